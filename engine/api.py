@@ -1,0 +1,222 @@
+"""The programmatic API: load, check, plan, run. It never prints; results are values and events.
+
+The CLI (`engine.cli`) is a thin shell over these functions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from engine import templating
+from engine.errors import LoadError, PlaybookError, TemplateError, ValidationErrors, suggest
+from engine.events import Event, EventBus
+from engine.executor import Executor, RunOptions, resolve_fleets
+from engine.hostvars import merged_vars
+from engine.model import CONTROLLER, Inventory, Playbook
+from engine.results import RunSummary
+
+__all__ = [
+    "Loaded",
+    "load",
+    "find_inventory",
+    "parse_extra_vars",
+    "check",
+    "execute",
+    "new_run_id",
+    "new_release_id",
+    "file_hash",
+]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    playbook: Playbook
+    inventory: Inventory
+
+
+def find_inventory(playbook: Playbook, explicit: str | None) -> str:
+    """`-i` wins; then the playbook's `inventory:` (relative to it); then $PLAYBOOK_INVENTORY."""
+    if explicit:
+        return explicit
+    if playbook.inventory:
+        return os.path.normpath(os.path.join(os.path.dirname(playbook.path), playbook.inventory))
+    env = os.environ.get("PLAYBOOK_INVENTORY")
+    if env:
+        return env
+    raise LoadError(
+        "no inventory: pass -i INVENTORY, set `inventory:` in the playbook, or set $PLAYBOOK_INVENTORY",
+        path=playbook.path,
+    )
+
+
+def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
+    from engine.loader import load_inventory, load_playbook
+
+    pb = load_playbook(playbook_path)
+    inv = load_inventory(find_inventory(pb, inventory_path))
+    return Loaded(pb, inv)
+
+
+def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
+    """`-e key=value` (a string), `-e @vars.yml`, `-e '{"json": "object"}'`; later ones win."""
+    from engine.yamlload import load_file
+
+    result: dict[str, Any] = {}
+    for item in items:
+        if item.startswith("@"):
+            doc = load_file(item[1:])
+            if not isinstance(doc.data, dict):
+                raise LoadError(f"extra vars file must hold a mapping (got {type(doc.data).__name__})", path=item[1:])
+            result.update(doc.data)
+        elif item.lstrip().startswith("{"):
+            import json
+
+            try:
+                data = json.loads(item)
+            except json.JSONDecodeError as exc:
+                raise LoadError(f"-e JSON is not valid: {exc}") from None
+            if not isinstance(data, dict):
+                raise LoadError("-e JSON must be an object")
+            result.update(data)
+        elif "=" in item:
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if not key.isidentifier():
+                raise LoadError(f"-e: '{key}' is not a valid variable name (expected key=value)")
+            result[key] = value
+        else:
+            raise LoadError(f"-e expects key=value, @file.yml or a JSON object (got {item!r})")
+    return result
+
+
+def _walk(value: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    if isinstance(value, str):
+        if templating.is_template(value):
+            yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _walk(v, path + (k,))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _walk(v, path + (i,))
+
+
+def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None) -> None:
+    """Everything that can be known wrong without touching a host: host patterns, the rollout
+    graph, vars that reference each other, and templates naming undefined variables (per host
+    of the step's fleet). Raises ValidationErrors listing every problem."""
+    pb, inv = loaded.playbook, loaded.inventory
+    extra = dict(extra_vars or {})
+    errors: list[PlaybookError] = []
+    fleet_hosts = resolve_fleets(pb, inv, limit)
+    executor = Executor(pb, inv, RunOptions(mode="plan", limit=limit, extra_vars=extra))
+    known: dict[str | None, set[str]] = {}
+    hosts_needed = {None} | {h for hs in fleet_hosts.values() for h in hs}
+    for h in hosts_needed:
+        try:
+            executor.host_context(h)
+        except PlaybookError as exc:
+            errors.append(type(exc)(exc.message, path=f"host {h or CONTROLLER}: {exc.path}".rstrip(": ")))
+        if h is None:
+            names = set(pb.vars) | set(extra)
+        else:
+            names = set(merged_vars(inv, h, playbook_vars=pb.vars, extra_vars=extra)[0])
+        known[h] = names | set(templating.BUILTIN_NAMES)
+    for step in pb.steps:
+        hosts: list[str | None] = [None] if step.fleet == CONTROLLER else list(fleet_hosts.get(step.fleet, []))
+        templates = list(_walk(dict(step.args), ("args",)))
+        if step.when:
+            templates.append((("when",), step.when if templating.is_template(step.when) else "{{ " + step.when + " }}"))
+        for path, source in templates:
+            try:
+                names = templating.undeclared(source)
+            except TemplateError as exc:
+                errors.append(TemplateError(exc.message, location=_loc(step, path), path=_dotted(step.id, path)))
+                continue
+            reported: set[str] = set()
+            for h in hosts:
+                for name in sorted(names - known[h] - reported):
+                    reported.add(name)
+                    who = f" for host {h}" if h else ""
+                    errors.append(TemplateError(
+                        f"undefined variable '{name}'{who}" + suggest(name, known[h]),
+                        location=_loc(step, path), path=_dotted(step.id, path),
+                    ))
+    if errors:
+        raise ValidationErrors(errors) if len(errors) > 1 else errors[0]
+
+
+def _loc(step: Any, path: tuple) -> Any:
+    locs = getattr(step, "args_locations", {}) or {}
+    if path and path[0] == "args":
+        inner = path[1:]
+        while inner:
+            if inner in locs:
+                return locs[inner]
+            inner = inner[:-1]
+    return step.location
+
+
+def _dotted(step_id: str, path: tuple) -> str:
+    out = f"steps.{step_id}"
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def file_hash(path: str) -> str:
+    """sha256 of a file's bytes (playbook and inventory hashes in the history)."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return "sha256:" + hashlib.sha256(fh.read()).hexdigest()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def new_release_id() -> str:
+    """A sortable release id, UTC to the second (Capistrano style): 20261124T051500Z."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def execute(
+    loaded: Loaded,
+    options: RunOptions,
+    *,
+    subscribers: Sequence[Callable[[Event], None]] = (),
+    connect: Callable[[str], Any] | None = None,
+    on_executor: Callable[[Executor], None] | None = None,
+) -> RunSummary:
+    """Plan or run (per `options.mode`). Opens SSH connections through one shared pool unless
+    `connect` is given (tests pass a fake)."""
+    if not options.run_id:
+        options.run_id = new_run_id()
+    if not options.release_id:
+        options.release_id = new_release_id()
+    bus = EventBus(subscribers)
+    pool = None
+    release = None
+    if connect is None:
+        from engine.connection.pool import ConnectionPool
+
+        pool = ConnectionPool()
+        inv = loaded.inventory
+
+        def connect(name: str) -> Any:
+            return pool.get(inv.hosts[name])
+
+        release = getattr(pool, "release", None)
+    try:
+        executor = Executor(loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release)
+        if on_executor:
+            on_executor(executor)
+        return executor.execute()
+    finally:
+        if pool is not None:
+            pool.close_all()

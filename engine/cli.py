@@ -1,0 +1,285 @@
+"""The `playbook` command: a thin shell over `engine.api`.
+
+Exit codes: 0 success / no changes; 1 error or any failed host; 2 changes planned (`plan`);
+130 interrupted. A user mistake prints one located message, never a traceback (`-vvv` adds
+tracebacks for internal errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any, Sequence
+
+from engine.errors import PlaybookError
+
+__all__ = ["main", "build_parser"]
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("playbook", help="playbook YAML file")
+    p.add_argument("-i", "--inventory", help="inventory YAML (default: the playbook's `inventory:`)")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
+                   help="key=value, @file.yml or a JSON object; highest precedence; repeatable")
+    p.add_argument("-l", "--limit", help="host pattern restricting every fleet (see docs/patterns.md)")
+    p.add_argument("-f", "--forks", type=int, default=int(os.environ.get("PLAYBOOK_FORKS", "50")),
+                   help="hosts worked on at once (default 50)")
+    p.add_argument("--format", choices=["text", "json", "jsonl"], default="text", help="output format")
+    p.add_argument("--release-id", help="release id to use (default: UTC timestamp)")
+    p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"),
+                   help="controller state: caches, records (default ./.playbook)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="playbook",
+        description="Declarative deployments: plan, review, apply.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="apply a playbook to its fleets")
+    _common_run_args(p)
+    p = sub.add_parser("plan", help="dry run: show what would change (exit 2 when something would)")
+    _common_run_args(p)
+
+    p = sub.add_parser("validate", help="check playbooks (and their inventory) without contacting any host")
+    p.add_argument("files", nargs="+", help="playbook files (an inventory file is checked on its own)")
+    p.add_argument("-i", "--inventory")
+    p.add_argument("-e", "--extra-vars", action="append", default=[])
+
+    p = sub.add_parser("graph", help="print the step graph")
+    p.add_argument("playbook")
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+
+    p = sub.add_parser("history", help="list recorded runs (newest first), or one run's results")
+    p.add_argument("playbook", nargs="?", help="only runs of this playbook (name or path)")
+    p.add_argument("--run", help="show the results of one run (id or prefix)")
+    p.add_argument("-n", type=int, default=20, help="how many runs (default 20)")
+    p.add_argument("--all-modes", action="store_true", help="include plans, not only runs")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
+
+    p = sub.add_parser("modules", help="list modules, or document one")
+    p.add_argument("name", nargs="?")
+    return parser
+
+
+def _reporter(fmt: str, mode: str, verbose: int) -> Any:
+    if fmt == "json":
+        from engine.report.jsondoc import JsonReporter
+
+        return JsonReporter(sys.stdout)
+    if fmt == "jsonl":
+        from engine.report.jsondoc import JsonLinesReporter
+
+        return JsonLinesReporter(sys.stdout)
+    from engine.report.console import ConsoleReporter
+
+    return ConsoleReporter(mode=mode, verbose=verbose)
+
+
+def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
+    from engine import api
+    from engine.executor import RunOptions
+
+    loaded = api.load(ns.playbook, ns.inventory)
+    extra = api.parse_extra_vars(ns.extra_vars)
+    api.check(loaded, extra, ns.limit)
+    if ns.forks < 1:
+        raise PlaybookError(f"--forks must be at least 1 (got {ns.forks})")
+    opts = RunOptions(mode=mode, forks=ns.forks, limit=ns.limit, extra_vars=extra,
+                      release_id=ns.release_id or "", state_dir=ns.state_dir, verbose=ns.verbose)
+    reporter = _reporter(ns.format, mode, ns.verbose)
+    subscribers: list[Any] = [reporter]
+    history = None
+    if mode == "run":
+        from engine.history import History, HistoryRecorder
+        from engine.secrets import SCRUBBER
+
+        history = History(ns.state_dir)
+        opts.run_id = api.new_run_id()
+        opts.release_id = opts.release_id or api.new_release_id()
+        subscribers.insert(0, HistoryRecorder(
+            history, name=loaded.playbook.name, release_id=opts.release_id, limit=ns.limit,
+            playbook_hash=api.file_hash(loaded.playbook.path), inventory_hash=api.file_hash(loaded.inventory.path),
+            scrub=SCRUBBER.scrub_obj,
+        ))
+    executors: list[Any] = []
+    interrupts = {"n": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        interrupts["n"] += 1
+        if interrupts["n"] > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        for ex in executors:
+            ex.request_stop()
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        summary = api.execute(loaded, opts, subscribers=subscribers, on_executor=executors.append)
+    finally:
+        if history is not None:
+            history.close()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        close = getattr(reporter, "close", None)
+        if close:
+            close()
+    return summary.exit_code()
+
+
+def _cmd_validate(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from engine import api
+    from engine.errors import ValidationErrors
+    from engine.loader import load_inventory, load_playbook
+
+    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False)
+    extra = api.parse_extra_vars(ns.extra_vars)
+    bad = 0
+    for path in ns.files:
+        try:
+            if _looks_like_inventory(path):
+                load_inventory(path)
+            else:
+                pb = load_playbook(path)
+                try:
+                    inv_path = api.find_inventory(pb, ns.inventory)
+                except PlaybookError:
+                    inv_path = None
+                if inv_path:
+                    api.check(api.Loaded(pb, load_inventory(inv_path)), extra)
+            out.print(f"[green]ok[/green] {path}")
+        except ValidationErrors as exc:
+            bad += 1
+            for e in exc.errors:
+                err.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+        except PlaybookError as exc:
+            bad += 1
+            err.print(f"[red]error:[/red] {_escape(str(exc))}", soft_wrap=True)
+    return 1 if bad else 0
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _looks_like_inventory(path: str) -> bool:
+    from engine.yamlload import load_file
+
+    try:
+        data = load_file(path).data
+    except PlaybookError:
+        return False
+    return isinstance(data, dict) and ("hosts" in data or "groups" in data) and "steps" not in data
+
+
+def _cmd_graph(ns: argparse.Namespace) -> int:
+    from engine.graph import to_dot, to_mermaid
+    from engine.loader import load_playbook
+
+    pb = load_playbook(ns.playbook)
+    sys.stdout.write(to_mermaid(pb) if ns.format == "mermaid" else to_dot(pb))
+    return 0
+
+
+def _cmd_history(ns: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine.history import History
+
+    if not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
+        raise PlaybookError(f"no history in {ns.state_dir}/ yet (runs are recorded there; see --state-dir)")
+    hist = History(ns.state_dir)
+    try:
+        if ns.run:
+            rec = hist.run(ns.run)
+            if rec is None:
+                raise PlaybookError(f"no run '{ns.run}' in the history")
+            results = hist.results(rec.run_id)
+            if ns.format == "json":
+                print(json.dumps({"run": rec.to_dict(), "results": results}, indent=2))
+                return 0
+            table = Table(title=f"run {rec.run_id} — {rec.name} ({rec.status})")
+            for col in ("step", "host", "status", "message"):
+                table.add_column(col)
+            for r in results:
+                table.add_row(r["step"], r["host"] or "controller", r["status"], (r["message"] or "")[:80])
+            Console().print(table)
+            return 0
+        runs = hist.runs(ns.playbook, mode=None if ns.all_modes else "run", limit=ns.n)
+        if ns.format == "json":
+            print(json.dumps([r.to_dict() for r in runs], indent=2))
+            return 0
+        table = Table()
+        for col in ("run", "when (UTC)", "playbook", "user", "release", "status", "exit"):
+            table.add_column(col)
+        for r in runs:
+            when = datetime.datetime.fromtimestamp(r.started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            table.add_row(r.run_id, when, r.name, r.user, r.release_id or "", r.status, str(r.exit_code))
+        Console().print(table)
+        return 0
+    finally:
+        hist.close()
+
+
+def _cmd_modules(ns: argparse.Namespace) -> int:
+    from engine.docs import module_doc, module_table
+
+    if ns.name:
+        sys.stdout.write(module_doc(ns.name))
+    else:
+        sys.stdout.write(module_table())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not ns.command:
+        parser.print_help()
+        return 1
+    verbose = getattr(ns, "verbose", 0)
+    try:
+        if ns.command in ("run", "plan"):
+            return _cmd_execute(ns, ns.command)
+        if ns.command == "validate":
+            return _cmd_validate(ns)
+        if ns.command == "graph":
+            return _cmd_graph(ns)
+        if ns.command == "history":
+            return _cmd_history(ns)
+        if ns.command == "modules":
+            return _cmd_modules(ns)
+    except PlaybookError as exc:
+        from engine.secrets import SCRUBBER
+
+        sys.stderr.write(f"error: {SCRUBBER.scrub(str(exc))}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # an internal error: say so plainly, traceback only on request
+        if verbose >= 3:
+            raise
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (run with -vvv for a traceback)\n")
+        return 1
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""One open connection per host for a whole run.
+
+The executor asks the pool for a host's connection whenever a step needs it; the first ask opens
+it (SSH: connect, verify the host key, authenticate), later asks get the same object. Two
+threads asking at once for the same host wait for one open. A host that failed to connect
+keeps failing fast with the same `ConnectionFailed`, so one unreachable host costs one
+connect timeout per run, not one per step.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from engine.connection.base import Connection
+from engine.connection.local import LocalConnection
+from engine.connection.ssh import DEFAULT_KNOWN_HOSTS, KnownHosts, SSHConnection
+from engine.errors import ConnectionFailed, PlaybookError
+from engine.model import Host
+
+__all__ = ["ConnectionPool"]
+
+
+@dataclass
+class _Slot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    conn: Connection | None = None
+    error: ConnectionFailed | None = None
+
+
+class ConnectionPool:
+    """Opens connections lazily, one per host name, and closes them all at the end.
+
+    `connection: ssh` hosts get an `SSHConnection`, `connection: local` a `LocalConnection`.
+    Each distinct known_hosts path is parsed once (`~/.ssh/known_hosts` when a host sets none).
+    """
+
+    def __init__(self, *, connect_timeout: float = 10.0, default_known_hosts: str = DEFAULT_KNOWN_HOSTS) -> None:
+        self.connect_timeout = connect_timeout
+        self.default_known_hosts = default_known_hosts
+        self._lock = threading.Lock()
+        self._slots: dict[str, _Slot] = {}
+        self._known: dict[str, KnownHosts | PlaybookError] = {}
+        self._known_locks: dict[str, threading.Lock] = {}
+
+    def __enter__(self) -> "ConnectionPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_all()
+
+    def get(self, host: Host) -> Connection:
+        """The open connection to `host`; raises `ConnectionFailed` (the same one every time)."""
+        with self._lock:
+            slot = self._slots.setdefault(host.name, _Slot())
+        with slot.lock:
+            if slot.conn is not None:
+                return slot.conn
+            if slot.error is not None:
+                raise slot.error
+            try:
+                conn = self._open(host)
+            except ConnectionFailed as exc:
+                slot.error = exc
+                raise
+            slot.conn = conn
+            return conn
+
+    def known_hosts(self, path: str | None = None) -> KnownHosts:
+        """The parsed known_hosts at `path` (default: the pool's default), parsed once."""
+        full = os.path.abspath(os.path.expanduser(path or self.default_known_hosts))
+        with self._lock:
+            lock = self._known_locks.setdefault(full, threading.Lock())
+        with lock:
+            cached = self._known.get(full)
+            if cached is None:
+                try:
+                    cached = KnownHosts(full)
+                except PlaybookError as exc:
+                    cached = exc
+                self._known[full] = cached
+        if isinstance(cached, PlaybookError):
+            raise cached
+        return cached
+
+    def opened(self) -> dict[str, Connection]:
+        """The connections opened so far, by host name (a snapshot)."""
+        with self._lock:
+            return {name: s.conn for name, s in self._slots.items() if s.conn is not None}
+
+    def close_all(self) -> None:
+        """Close every connection and forget failures; the pool can be used again afterwards."""
+        with self._lock:
+            slots, self._slots = self._slots, {}
+        for slot in slots.values():
+            with slot.lock:
+                conn, slot.conn = slot.conn, None
+            if conn is not None:
+                conn.close()
+
+    def _open(self, host: Host) -> Connection:
+        if host.connection == "local":
+            conn: Connection = LocalConnection(host.name)
+        elif host.connection == "ssh":
+            try:
+                kh = self.known_hosts(host.known_hosts)
+            except PlaybookError as exc:
+                raise ConnectionFailed(f"known_hosts unusable: {exc}", host=host.name) from None
+            conn = SSHConnection(host, kh, connect_timeout=self.connect_timeout)
+        else:
+            raise ConnectionFailed(
+                f"'connection' must be 'ssh' or 'local' (got {host.connection!r})", host=host.name
+            )
+        conn.open()
+        return conn

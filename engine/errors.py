@@ -1,0 +1,124 @@
+"""The exception tree of playbook.
+
+Every error the engine raises on purpose is a `PlaybookError`. Subtypes also inherit the
+builtin they resemble, so callers that catch `ValueError` or `OSError` keep working, and they
+carry their subject as fields (location, host, step) rather than only as prose.
+
+Third-party exceptions (paramiko, botocore, kubernetes, jinja2, yaml) are translated into these
+at the boundary of the layer that calls them; none escapes a connection or a module.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+__all__ = [
+    "Location",
+    "PlaybookError",
+    "LoadError",
+    "ValidationError",
+    "ValidationErrors",
+    "TemplateError",
+    "GraphError",
+    "ConnectionFailed",
+    "HostKeyError",
+    "CommandTimeout",
+    "ModuleError",
+    "ArgError",
+    "LockHeld",
+    "suggest",
+]
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a YAML file: 1-based line and column, as editors count."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class PlaybookError(Exception):
+    """Base of every error playbook raises on purpose; its str() is the user-facing message."""
+
+    def __init__(self, message: str, *, location: Location | None = None, path: str = "") -> None:
+        self.message = message
+        self.location = location
+        self.path = path
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = f"{self.location} " if self.location else ""
+        subject = f"{self.path}: " if self.path else ""
+        return f"{where}{subject}{self.message}"
+
+
+class LoadError(PlaybookError, ValueError):
+    """A file could not be read or parsed (YAML syntax, duplicate key, forbidden tag)."""
+
+
+class ValidationError(PlaybookError, ValueError):
+    """A value does not fit the schema: the field, what was expected and what was found."""
+
+
+class ValidationErrors(PlaybookError, ValueError):
+    """Several validation errors found in one pass; str() lists them one per line."""
+
+    def __init__(self, errors: Iterable[PlaybookError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+class TemplateError(PlaybookError, ValueError):
+    """A Jinja2 template failed to parse or render (undefined variable, sandbox violation)."""
+
+
+class GraphError(PlaybookError, ValueError):
+    """The step graph is not a DAG, or a step names a step that does not exist."""
+
+
+class ConnectionFailed(PlaybookError, ConnectionError):
+    """A host could not be reached or authenticated; the host is then `unreachable`."""
+
+    def __init__(self, message: str, *, host: str = "") -> None:
+        self.host = host
+        super().__init__(message, path=host)
+
+
+class HostKeyError(ConnectionFailed):
+    """The host's key is unknown or differs from known_hosts; carries the offered fingerprint."""
+
+    def __init__(self, message: str, *, host: str = "", fingerprint: str = "") -> None:
+        self.fingerprint = fingerprint
+        super().__init__(message, host=host)
+
+
+class CommandTimeout(PlaybookError, TimeoutError):
+    """A command ran longer than its step's timeout."""
+
+
+class ModuleError(PlaybookError, RuntimeError):
+    """A module could not plan or apply; the message says what on which host."""
+
+
+class ArgError(PlaybookError, ValueError):
+    """A module argument is invalid after rendering."""
+
+
+class LockHeld(PlaybookError, RuntimeError):
+    """A deploy lock is held by another run; the message names the holder."""
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """Return ` (did you mean 'x'?)` for the closest candidate, or an empty string."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,78 @@
+"""The effective vars of a host, with where each came from.
+
+Precedence, lowest to highest (documented in docs/templating.md):
+
+1. playbook `vars:` (defaults shipped with the playbook)
+2. inventory `vars:` (the implicit group `all`)
+3. group vars: parent groups before their children; groups at the same depth by name
+4. host vars
+5. `-e` extra vars on the command line
+
+Vars may reference other vars (`app_dir: "/srv/{{ app }}"`); they are resolved per host.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Mapping
+
+from engine.model import Inventory
+
+__all__ = ["host_groups", "merged_vars", "group_depths"]
+
+
+def group_depths(inventory: Inventory) -> dict[str, int]:
+    """Depth of each group below the root (a group nobody lists as a child has depth 1)."""
+    parents: dict[str, list[str]] = {g: [] for g in inventory.groups}
+    for g in inventory.groups.values():
+        for child in g.children:
+            parents.setdefault(child, []).append(g.name)
+
+    @lru_cache(maxsize=None)
+    def depth(name: str, guard: int = 0) -> int:
+        if guard > len(parents):
+            return 1
+        ps = parents.get(name, [])
+        return 1 + max((depth(p, guard + 1) for p in ps), default=0)
+
+    return {g: depth(g) for g in inventory.groups}
+
+
+def host_groups(inventory: Inventory, host: str) -> list[str]:
+    """Every group the host belongs to, directly or through children, parents first."""
+    direct = {g.name for g in inventory.groups.values() if host in g.hosts}
+    result = set(direct)
+    changed = True
+    while changed:
+        changed = False
+        for g in inventory.groups.values():
+            if g.name not in result and any(c in result for c in g.children):
+                result.add(g.name)
+                changed = True
+    depths = group_depths(inventory)
+    return sorted(result, key=lambda n: (depths.get(n, 1), n))
+
+
+def merged_vars(
+    inventory: Inventory,
+    host: str,
+    *,
+    playbook_vars: Mapping[str, Any] | None = None,
+    extra_vars: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The host's raw (unrendered) vars after precedence, and for each the layer it came from."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def layer(values: Mapping[str, Any] | None, name: str) -> None:
+        for k, v in (values or {}).items():
+            merged[k] = v
+            origin[k] = name
+
+    layer(playbook_vars, "playbook vars")
+    layer(inventory.vars, "group all")
+    for g in host_groups(inventory, host):
+        layer(inventory.groups[g].vars, f"group {g}")
+    layer(inventory.hosts[host].vars, f"host {host}")
+    layer(extra_vars, "extra vars (-e)")
+    return merged, origin

@@ -1,0 +1,600 @@
+"""Load a playbook or an inventory: YAML → schema validation → semantic checks → model objects.
+
+Everything wrong with the input is reported before anything runs, located at file:line:col and
+worded `path: 'field' must be X (got Y)`. Several problems are raised together as
+`ValidationErrors`, sorted by line. Nothing but `PlaybookError`s escapes for bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterable, Iterator, Mapping
+
+import jsonschema
+import networkx as nx
+
+from engine import templating
+from engine.argschema import TEMPLATE_SCHEMA, describe_value, schema_for
+from engine.errors import (
+    GraphError,
+    LoadError,
+    Location,
+    PlaybookError,
+    TemplateError,
+    ValidationError,
+    ValidationErrors,
+    suggest,
+)
+from engine.model import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Source, Step
+from engine.module import all_modules, source_module, source_types
+from engine.schemas import PATTERN_TEXT, inventory_schema, playbook_schema
+from engine.yamlload import Document, load_file
+
+__all__ = ["load_playbook", "load_inventory", "schema_errors", "display_path"]
+
+_CONNECTION_KEYS = ("connection", "user", "port", "key", "known_hosts")
+_TYPE_NAMES = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean",
+               "null": "null", "array": "list", "object": "mapping"}
+
+
+# --- jsonschema errors as located, worded messages -----------------------------------------
+
+def display_path(path: Iterable[Any]) -> str:
+    """`("steps", 2, "args", "port")` → `steps[2].args.port`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _field_name(path: tuple) -> str:
+    """The subject of a message: the last key, with the list indexes that follow it."""
+    tail = ""
+    for part in reversed(path):
+        if isinstance(part, int):
+            tail = f"[{part}]" + tail
+        else:
+            return f"{part}{tail}"
+    return tail or "value"
+
+
+def _describe(schema: Any) -> str:
+    """A reader's wording of what a schema accepts."""
+    if not isinstance(schema, dict) or not schema:
+        return "any value"
+    if schema == TEMPLATE_SCHEMA:
+        return "a template"
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    if "const" in schema:
+        return repr(schema["const"])
+    if "anyOf" in schema or "oneOf" in schema:
+        return " or ".join(_describe(s) for s in schema.get("anyOf") or schema["oneOf"])
+    kind = schema.get("type")
+    if "pattern" in schema:
+        return PATTERN_TEXT.get(schema["pattern"], f"a string matching {schema['pattern']}")
+    if isinstance(kind, list):
+        return " or ".join(_TYPE_NAMES.get(k, k) for k in kind)
+    if kind == "string":
+        return "a non-empty string" if schema.get("minLength") else "string"
+    if kind in ("integer", "number"):
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        if lo is not None and hi is not None:
+            return f"{kind} from {lo:g} to {hi:g}"
+        if lo is not None:
+            return f"{kind} >= {lo:g}"
+        if schema.get("exclusiveMinimum") is not None:
+            return f"{kind} > {schema['exclusiveMinimum']:g}"
+        if hi is not None:
+            return f"{kind} <= {hi:g}"
+        return kind
+    if kind == "array":
+        items = schema.get("items")
+        simple = isinstance(items, dict) and set(items) <= {"type", "description"} and isinstance(items.get("type"), str)
+        return f"list of {_describe(items)}" if simple else "list"
+    if kind:
+        return _TYPE_NAMES.get(kind, kind)
+    return "a valid value"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "unknown"
+
+
+def _branch_accepts_type(branch: dict, value: Any) -> bool:
+    kind = branch.get("type")
+    actual = _json_type(value)
+    if kind is None:
+        return False
+    kinds = kind if isinstance(kind, list) else [kind]
+    return actual in kinds or (actual == "integer" and "number" in kinds)
+
+
+def schema_errors(
+    schema: Mapping[str, Any],
+    instance: Any,
+    doc: Document,
+    *,
+    base: tuple = (),
+    noun: str = "key",
+) -> list[PlaybookError]:
+    """Validate `instance` (found at `base` in `doc`) and word each error, located."""
+    validator = jsonschema.Draft202012Validator(schema)
+    out: list[PlaybookError] = []
+    for error in validator.iter_errors(instance):
+        out.extend(_word(error, doc, base, noun))
+    return out
+
+
+def _word(error: jsonschema.ValidationError, doc: Document, base: tuple, noun: str) -> list[PlaybookError]:
+    path = base + tuple(error.absolute_path)
+    name = _field_name(path)
+    shown = display_path(path)
+    value = error.instance
+    kind = error.validator
+    schema = error.schema if isinstance(error.schema, dict) else {}
+
+    def err(message: str, location: Location | None = None) -> ValidationError:
+        return ValidationError(message, location=location or doc.where(path), path=shown)
+
+    if "propertyNames" in error.relative_schema_path:
+        key = value
+        where = doc.key_where(path + (key,))
+        if kind == "not":
+            return [ValidationError(f"'{key}' is a reserved name", location=where, path=shown)]
+        return [ValidationError(f"'{key}' is not a valid name: use {_describe(schema)}", location=where, path=shown)]
+    if kind == "additionalProperties" and isinstance(value, dict):
+        known = list(schema.get("properties", {}))
+        patterns = list(schema.get("patternProperties", {}))
+        extras = [k for k in value if k not in known and not any(re.search(p, str(k)) for p in patterns)]
+        return [
+            ValidationError(f"unknown {noun} '{k}'{suggest(str(k), known)}", location=doc.key_where(path + (k,)), path=shown)
+            for k in extras
+        ]
+    if kind == "required" and isinstance(value, dict):
+        where = doc.key_where(path) if path else doc.where(path)
+        return [err(f"missing required {noun} '{k}'", where) for k in error.validator_value if k not in value]
+    if kind in ("anyOf", "oneOf"):
+        branches = error.validator_value
+        fitting = [i for i, b in enumerate(branches) if isinstance(b, dict) and _branch_accepts_type(b, value)]
+        if isinstance(value, (dict, list)) and len(fitting) == 1:
+            inner = [e for e in error.context or () if e.relative_schema_path and e.relative_schema_path[0] == fitting[0]]
+            if inner:
+                return [m for e in inner for m in _word(e, doc, base, noun)]
+        return [err(f"'{name}' must be {_describe(schema)} (got {describe_value(value)})")]
+    if kind in ("enum", "const"):
+        options = error.validator_value if kind == "enum" else [error.validator_value]
+        hint = suggest(value, [o for o in options if isinstance(o, str)]) if isinstance(value, str) else ""
+        return [err(f"'{name}' must be {_describe(schema)} (got {describe_value(value)}){hint}")]
+    if kind in ("minItems", "minLength", "minProperties") and error.validator_value == 1:
+        return [err(f"'{name}' must not be empty")]
+    if kind == "uniqueItems":
+        return [err(f"'{name}' lists the same item twice")]
+    if kind == "type":
+        names = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if any(n in ("array", "object") for n in names):
+            expected = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+        else:
+            expected = _describe(schema)  # keeps bounds: 'integer from 1 to 65535'
+        return [err(f"'{name}' must be {expected} (got {describe_value(value)})")]
+    if kind in ("pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength",
+                "maxLength", "minItems", "maxItems"):
+        return [err(f"'{name}' must be {_describe(schema)} (got {describe_value(value)})")]
+    return [err(f"'{name}': {error.message}")]
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+def _read_mapping(path: str, what: str) -> Document:
+    doc = load_file(path)
+    if doc.data is None:
+        raise LoadError(f"the {what} file is empty", location=Location(str(path), 1, 1))
+    if not isinstance(doc.data, dict):
+        raise LoadError(
+            f"the {what} must be a mapping at the top level (got {describe_value(doc.data)})", location=doc.where(())
+        )
+    return doc
+
+
+def _raise(errors: list[PlaybookError]) -> None:
+    if not errors:
+        return
+    unique: list[PlaybookError] = []
+    seen: set[str] = set()
+    for e in errors:
+        if str(e) not in seen:
+            seen.add(str(e))
+            unique.append(e)
+    unique.sort(key=lambda e: (e.location.line, e.location.col) if e.location else (0, 0))
+    raise unique[0] if len(unique) == 1 else ValidationErrors(unique)
+
+
+def _walk_strings(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk_strings(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk_strings(v, path + (i,))
+
+
+def _locations(doc: Document, prefix: tuple) -> dict[tuple, Location]:
+    out: dict[tuple, Location] = {}
+    for rel in doc.paths(prefix):
+        loc = doc.where(prefix + rel)
+        if loc is not None:
+            out[rel] = loc
+    return out
+
+
+# --- playbook -------------------------------------------------------------------------------
+
+class _PlaybookLoader:
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self.doc = _read_mapping(self.path, "playbook")
+        self.data: dict[str, Any] = self.doc.data
+        self.errors: list[PlaybookError] = []
+        self.modules = all_modules()
+
+    def located(self, cls: type[PlaybookError], message: str, path: tuple, *, key: bool = False, subject: tuple | None = None) -> None:
+        where = self.doc.key_where(path) if key else self.doc.where(path)
+        self.errors.append(cls(message, location=where, path=display_path(subject if subject is not None else path)))
+
+    def load(self) -> Playbook:
+        self.errors.extend(schema_errors(playbook_schema(with_modules=False), self.data, self.doc))
+        fleets = self.fleets()
+        sources, source_steps = self.sources()
+        steps = self.steps(fleets, sources)
+        all_steps = source_steps + steps
+        self.infer_and_check_needs(all_steps, sources)
+        self.check_cycles(all_steps)
+        _raise(self.errors)
+        name = self.data.get("name")
+        inventory = self.data.get("inventory")
+        return Playbook(
+            path=self.path,
+            name=name if isinstance(name, str) and name else os.path.splitext(os.path.basename(self.path))[0],
+            sources=sources,
+            fleets=fleets,
+            steps=tuple(s["step"] for s in all_steps),
+            vars=dict(self.data.get("vars") or {}) if isinstance(self.data.get("vars"), dict) else {},
+            inventory=inventory if isinstance(inventory, str) else None,
+            location=self.doc.where(()),
+        )
+
+    def fleets(self) -> dict[str, Fleet]:
+        raw = self.data.get("fleets")
+        out: dict[str, Fleet] = {}
+        if not isinstance(raw, dict):
+            return out
+        for name, spec in raw.items():
+            if not isinstance(spec, dict):
+                continue
+            hosts = spec.get("hosts")
+            if isinstance(hosts, list):
+                hosts = ",".join(str(h) for h in hosts)
+            mfp = spec.get("max_fail_percentage")
+            out[name] = Fleet(
+                name=name,
+                hosts=hosts if isinstance(hosts, str) else "",
+                serial=spec.get("serial") if isinstance(spec.get("serial"), (int, str)) else None,
+                max_fail_percentage=float(mfp) if isinstance(mfp, (int, float)) and not isinstance(mfp, bool) else None,
+                forks=spec.get("forks") if isinstance(spec.get("forks"), int) else None,
+                location=self.doc.key_where(("fleets", name)),
+            )
+        return out
+
+    def check_args(self, module_name: str, args: Any, at: tuple) -> None:
+        schema = schema_for(self.modules[module_name].Args, templated=True)
+        self.errors.extend(schema_errors(schema, args, self.doc, base=at, noun="argument"))
+
+    def sources(self) -> tuple[dict[str, Source], list[dict[str, Any]]]:
+        raw = self.data.get("sources")
+        sources: dict[str, Source] = {}
+        steps: list[dict[str, Any]] = []
+        if not isinstance(raw, dict):
+            return sources, steps
+        for name, spec in raw.items():
+            if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+                continue
+            at = ("sources", name)
+            kind = spec["type"]
+            module = source_module(kind)
+            if module is None:
+                self.located(ValidationError, f"unknown source type '{kind}'{suggest(kind, source_types())}", at + ("type",))
+                continue
+            args = {k: v for k, v in spec.items() if k != "type"}
+            self.check_args(module, args, at)
+            location = self.doc.key_where(at)
+            sources[name] = Source(name=name, type=kind, module=module, args=args, location=location)
+            arg_locs = {rel: loc for rel, loc in _locations(self.doc, at).items() if rel[0] != "type"}
+            step = Step(
+                id=f"sources.{name}",
+                module=module,
+                fleet=CONTROLLER,
+                args=args,
+                description=f"source {name} ({kind})",
+                location=location,
+                args_locations=arg_locs,
+            )
+            steps.append({"step": step, "at": at, "args_at": at, "needs": [], "when_at": None})
+        return sources, steps
+
+    def steps(self, fleets: Mapping[str, Fleet], sources: Mapping[str, Source]) -> list[dict[str, Any]]:
+        raw = self.data.get("steps")
+        out: list[dict[str, Any]] = []
+        if not isinstance(raw, list):
+            return out
+        first_seen: dict[str, int] = {}
+        for i, spec in enumerate(raw):
+            at = ("steps", i)
+            if not isinstance(spec, dict) or not isinstance(spec.get("id"), str) or not isinstance(spec.get("module"), str):
+                continue
+            step_id, module_name = spec["id"], spec["module"]
+            ok = True
+            if step_id in first_seen:
+                line = first_seen[step_id]
+                self.located(ValidationError, f"duplicate step id '{step_id}' (first at line {line})", at + ("id",))
+                ok = False
+            else:
+                loc = self.doc.where(at + ("id",))
+                first_seen[step_id] = loc.line if loc else 0
+            module = self.modules.get(module_name)
+            if module is None:
+                self.located(ValidationError, f"unknown module '{module_name}'{suggest(module_name, self.modules)}", at + ("module",))
+                continue
+            fleet = spec.get("fleet")
+            if fleet is None:
+                if module.controller_only:
+                    fleet = CONTROLLER
+                else:
+                    self.located(
+                        ValidationError,
+                        f"missing 'fleet': module '{module_name}' runs on hosts; name a fleet"
+                        + (f" ({', '.join(repr(f) for f in fleets)})" if fleets else "")
+                        + " or 'controller'",
+                        at,
+                    )
+                    ok = False
+            elif not isinstance(fleet, str):
+                ok = False
+            elif fleet != CONTROLLER and fleet not in fleets:
+                self.located(ValidationError, f"unknown fleet '{fleet}'{suggest(fleet, [*fleets, CONTROLLER])}", at + ("fleet",))
+                ok = False
+            elif fleet != CONTROLLER and module.controller_only:
+                self.located(
+                    ValidationError,
+                    f"module '{module_name}' runs only on the controller (got fleet '{fleet}'): use fleet 'controller' or omit it",
+                    at + ("fleet",),
+                )
+                ok = False
+            args = spec.get("args")
+            args = {} if args is None else args
+            if not isinstance(args, dict):
+                continue  # the structural check reported it
+            self.check_args(module_name, args, at + ("args",))
+            if not ok:
+                continue
+            needs = spec.get("needs") if isinstance(spec.get("needs"), list) else []
+            when = spec.get("when") if isinstance(spec.get("when"), str) else None
+            timeout = spec.get("timeout")
+            retry_delay = spec.get("retry_delay")
+            step = Step(
+                id=step_id,
+                module=module_name,
+                fleet=fleet,
+                args=args,
+                needs=tuple(n for n in needs if isinstance(n, str)),
+                timeout=float(timeout) if _is_number(timeout) else None,
+                retries=spec["retries"] if isinstance(spec.get("retries"), int) and not isinstance(spec.get("retries"), bool) else 0,
+                retry_delay=float(retry_delay) if _is_number(retry_delay) else 1.0,
+                when=when,
+                description=spec.get("description") if isinstance(spec.get("description"), str) else "",
+                location=self.doc.where(at),
+                args_locations=_locations(self.doc, at + ("args",)),
+            )
+            out.append({"step": step, "at": at, "args_at": at + ("args",), "needs": needs, "when_at": at + ("when",)})
+        return out
+
+    def infer_and_check_needs(self, entries: list[dict[str, Any]], sources: Mapping[str, Source]) -> None:
+        ids = [e["step"].id for e in entries]
+        known = set(ids)
+        for entry in entries:
+            step: Step = entry["step"]
+            at = entry["at"]
+            needs: list[str] = []
+            for j, need in enumerate(entry["needs"]):
+                if not isinstance(need, str):
+                    continue
+                if need not in known:
+                    what = "source" if need.startswith("sources.") else "step"
+                    self.located(GraphError, f"needs unknown {what} '{need}'{suggest(need, ids)}", at + ("needs", j))
+                elif need not in needs:
+                    needs.append(need)
+            templates = [(entry["args_at"] + rel, text) for rel, text in _walk_strings(dict(step.args))]
+            if step.when is not None and entry["when_at"] is not None:
+                expr = step.when if templating.is_template(step.when) else "{{ " + step.when + " }}"
+                templates.append((entry["when_at"], expr))
+            for where, text in templates:
+                if not templating.is_template(text):
+                    continue
+                try:
+                    refs = templating.references(text)
+                except TemplateError as exc:
+                    self.located(TemplateError, exc.message, where)
+                    continue
+                for namespace, name, _attr in sorted(refs, key=lambda r: (r[0], r[1], r[2] or "")):
+                    target = name if namespace == "steps" else f"sources.{name}"
+                    if target not in known:
+                        pool = ids if namespace == "steps" else [f"sources.{s}" for s in sources]
+                        hint = suggest(target, pool)
+                        self.located(GraphError, f"template refers to unknown {namespace[:-1]} '{name}'{hint}", where)
+                    elif target not in needs:
+                        needs.append(target)
+            entry["step"] = _replace(step, needs=tuple(needs))
+
+    def check_cycles(self, entries: list[dict[str, Any]]) -> None:
+        graph = nx.DiGraph()
+        order = {e["step"].id: i for i, e in enumerate(entries)}
+        for e in entries:
+            graph.add_node(e["step"].id)
+            for need in e["step"].needs:
+                graph.add_edge(e["step"].id, need)  # edge: step -> what it needs
+        try:
+            edges = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            return
+        cycle = [u for u, _v in edges]
+        start = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+        cycle = cycle[start:] + cycle[:start]
+        first = entries[order[cycle[0]]]
+        text = " -> ".join(cycle + [cycle[0]])
+        self.located(GraphError, f"steps need each other in a cycle: {text}", first["at"])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _replace(step: Step, **changes: Any) -> Step:
+    import dataclasses
+
+    return dataclasses.replace(step, **changes)
+
+
+def load_playbook(path: str) -> Playbook:
+    """Load, validate and check a playbook file; see docs/playbook-format.md.
+
+    Source entries become controller steps `sources.<name>` placed first; references to
+    `steps.X` / `sources.X` in argument templates are added to `needs`.
+    """
+    return _PlaybookLoader(path).load()
+
+
+# --- inventory ------------------------------------------------------------------------------
+
+def _resolve_path(value: Any, base_dir: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    value = os.path.expanduser(value)
+    return os.path.normpath(value if os.path.isabs(value) else os.path.join(base_dir, value))
+
+
+def load_inventory(path: str) -> Inventory:
+    """Load and validate an inventory file; see docs/inventory.md.
+
+    Hosts named only in a group's `hosts` list are created with the defaults. `key` and
+    `known_hosts` are resolved relative to the inventory's directory. `Host.groups` lists the
+    groups a host is directly in, in file order.
+    """
+    path = str(path)
+    doc = _read_mapping(path, "inventory")
+    data: dict[str, Any] = doc.data
+    errors: list[PlaybookError] = schema_errors(inventory_schema(), data, doc)
+    base_dir = os.path.dirname(os.path.abspath(path))
+
+    defaults = dict(data["defaults"]) if isinstance(data.get("defaults"), dict) else {}
+    for k in ("key", "known_hosts"):
+        if k in defaults:
+            defaults[k] = _resolve_path(defaults[k], base_dir)
+
+    raw_hosts = data.get("hosts") if isinstance(data.get("hosts"), dict) else {}
+    raw_groups = data.get("groups") if isinstance(data.get("groups"), dict) else {}
+    specs: dict[str, tuple[dict[str, Any], Location | None]] = {}
+    for name, spec in raw_hosts.items():
+        specs[str(name)] = (spec if isinstance(spec, dict) else {}, doc.key_where(("hosts", name)))
+
+    groups: dict[str, Group] = {}
+    member_of: dict[str, list[str]] = {}
+    group_names = [str(g) for g in raw_groups]
+    for gname, gspec in raw_groups.items():
+        gname = str(gname)
+        gspec = gspec if isinstance(gspec, dict) else {}
+        hosts = [h for h in gspec.get("hosts") or [] if isinstance(h, str)] if isinstance(gspec.get("hosts"), list) else []
+        children = [c for c in gspec.get("children") or [] if isinstance(c, str)] if isinstance(gspec.get("children"), list) else []
+        for j, h in enumerate(hosts):
+            if h not in specs:
+                specs[h] = ({}, doc.where(("groups", gname, "hosts", j)))
+            member_of.setdefault(h, [])
+            if gname not in member_of[h]:
+                member_of[h].append(gname)
+        for j, child in enumerate(children):
+            if child not in raw_groups:
+                hint = suggest(child, group_names)
+                if child == "all":
+                    msg = "'all' holds every host; it cannot be a child group"
+                else:
+                    msg = f"unknown group '{child}' in children{hint}"
+                errors.append(ValidationError(msg, location=doc.where(("groups", gname, "children", j)),
+                                              path=display_path(("groups", gname, "children", j))))
+        gvars = gspec.get("vars")
+        groups[gname] = Group(
+            name=gname,
+            hosts=tuple(dict.fromkeys(hosts)),
+            children=tuple(c for c in dict.fromkeys(children) if c in raw_groups),
+            vars=dict(gvars) if isinstance(gvars, dict) else {},
+            location=doc.key_where(("groups", gname)),
+        )
+
+    graph = nx.DiGraph()
+    for g in groups.values():
+        graph.add_node(g.name)
+        graph.add_edges_from((g.name, c) for c in g.children)
+    try:
+        edges = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        pass
+    else:
+        cycle = [u for u, _v in edges]
+        start = min(range(len(cycle)), key=lambda i: group_names.index(cycle[i]))
+        cycle = cycle[start:] + cycle[:start]
+        errors.append(GraphError(f"groups contain each other in a cycle: {' -> '.join(cycle + [cycle[0]])}",
+                                 location=doc.key_where(("groups", cycle[0])), path=display_path(("groups", cycle[0]))))
+
+    _raise(errors)
+
+    hosts: dict[str, Host] = {}
+    for name, (spec, location) in specs.items():
+        settings = {k: spec.get(k, defaults.get(k)) for k in _CONNECTION_KEYS}
+        hvars = spec.get("vars")
+        hosts[name] = Host(
+            name=name,
+            connection=settings["connection"] or "ssh",
+            address=spec.get("address"),
+            port=settings["port"] if settings["port"] is not None else 22,
+            user=settings["user"],
+            key=_resolve_path(settings["key"], base_dir) if "key" in spec else settings["key"],
+            known_hosts=_resolve_path(settings["known_hosts"], base_dir) if "known_hosts" in spec else settings["known_hosts"],
+            vars=dict(hvars) if isinstance(hvars, dict) else {},
+            groups=tuple(member_of.get(name, ())),
+            location=location,
+        )
+    all_vars = data.get("vars")
+    return Inventory(
+        path=path,
+        hosts=hosts,
+        groups=groups,
+        vars=dict(all_vars) if isinstance(all_vars, dict) else {},
+        defaults=defaults,
+    )

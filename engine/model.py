@@ -1,0 +1,140 @@
+"""The loaded, validated shape of a playbook and an inventory.
+
+The loader builds these from YAML after schema validation; everything downstream (graph,
+planner, executor) reads only these. Each object keeps the `Location` it came from so later
+errors (an undefined variable at render time, a cycle) still point at the YAML line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from engine.errors import Location
+
+__all__ = [
+    "CONTROLLER",
+    "Host",
+    "Group",
+    "Inventory",
+    "Fleet",
+    "Source",
+    "Step",
+    "Playbook",
+]
+
+CONTROLLER = "controller"
+"""The reserved fleet name for steps that run once, on the machine running playbook."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """One inventory host with its connection settings (vars are resolved per run)."""
+
+    name: str
+    connection: str = "ssh"  # "ssh" | "local"
+    address: str | None = None
+    port: int = 22
+    user: str | None = None
+    key: str | None = None
+    known_hosts: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()  # direct groups, in file order
+    location: Location | None = None
+
+    @property
+    def hostname(self) -> str:
+        return self.address or self.name
+
+
+@dataclass(frozen=True)
+class Group:
+    """A named set of hosts; `children` are other groups whose hosts belong here too."""
+
+    name: str
+    hosts: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Hosts and groups from one inventory file. `all` always exists and holds every host."""
+
+    path: str
+    hosts: Mapping[str, Host]
+    groups: Mapping[str, Group]
+    vars: Mapping[str, Any] = field(default_factory=dict)  # the `all` group's vars
+    # connection defaults applied to hosts that do not set their own
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Where steps run and how: a host pattern plus rollout policy.
+
+    `serial` is a batch size: an int count, or a string like "25%". `max_fail_percentage`
+    is one failure budget for the whole run over this fleet's hosts. `forks` caps how many of
+    this fleet's hosts run at once (the CLI's --forks caps the whole run).
+    """
+
+    name: str
+    hosts: str  # a host pattern: names, groups, globs, '!' exclusion, '&' intersection
+    serial: int | str | None = None
+    max_fail_percentage: float | None = None
+    forks: int | None = None
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """An artifact a deploy needs; implemented by the module registered for its `type`."""
+
+    name: str
+    type: str  # "local", "git", "s3", "npm", "image" ...
+    module: str  # the module that fetches it, e.g. "local_tree", "s3_fetch"
+    args: Mapping[str, Any] = field(default_factory=dict)
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named call of a module on a fleet (or on the controller).
+
+    `args` are raw (still templates). `needs` lists step ids and `sources.<name>` ids this step
+    waits for, declared plus inferred from references in `args`.
+    """
+
+    id: str
+    module: str
+    fleet: str  # a fleet name, or CONTROLLER
+    args: Mapping[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 1.0
+    when: str | None = None
+    description: str = ""
+    location: Location | None = None
+    args_locations: Mapping[tuple, Location] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Playbook:
+    """A whole playbook file after validation."""
+
+    path: str
+    name: str
+    sources: Mapping[str, Source]
+    fleets: Mapping[str, Fleet]
+    steps: tuple[Step, ...]
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    inventory: str | None = None  # default inventory path, relative to the playbook
+    location: Location | None = None
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)

@@ -1,0 +1,177 @@
+"""The module interface and registry.
+
+A module plans; only the engine applies. `plan` gets a `PlanContext` whose connection is a
+read-only view (probes and reads, no `put`), so a dry run cannot mutate a host by construction;
+`apply` is only ever called by the executor in run mode, with the plan it made.
+
+Arguments are one frozen dataclass per module (`Args`). The JSON Schema in `schemas/`, the
+loader's validation and `playbook modules NAME` are all generated from it: declare a field once,
+with `arg(doc=...)` for its description.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+
+from engine.connection.base import CommandResult, Connection, ReadOnly
+from engine.errors import CommandTimeout, ModuleError, PlaybookError
+from engine.results import Plan, StepResult
+
+__all__ = [
+    "arg",
+    "Module",
+    "PlanContext",
+    "ApplyContext",
+    "register",
+    "get_module",
+    "all_modules",
+    "source_module",
+]
+
+_MISSING = dataclasses.MISSING
+
+
+def arg(default: Any = _MISSING, *, doc: str, default_factory: Any = _MISSING, secret: bool = False) -> Any:
+    """Declare a module argument with its documentation (used for schema, docs and help)."""
+    meta = {"doc": doc, "secret": secret}
+    if default_factory is not _MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    if default is _MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class _Context:
+    """What a module may know about where it runs."""
+
+    host: str | None  # None for controller steps
+    step: str
+    vars: Mapping[str, Any]
+    run_id: str
+    release_id: str
+    state_dir: str  # controller-side directory for caches and records
+    timeout: float | None = None
+    deadline: float | None = None
+    emit: Callable[[str], None] = lambda _msg: None  # progress lines for the reporter
+    target: Any = None  # the inventory Host (engine.model.Host) for host steps; None on the controller
+    mode: str = "plan"  # "plan" | "run"
+
+    def remaining(self) -> float | None:
+        import time
+
+        if self.deadline is None:
+            return self.timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise CommandTimeout(f"step '{self.step}' timed out after {self.timeout:g}s", path=self.host or "")
+        return left
+
+
+@dataclass
+class PlanContext(_Context):
+    """Context for `Module.plan`: `conn` is read-only (`probe`, `get`)."""
+
+    conn: ReadOnly | None = None
+
+    def probe(self, argv: Any, **kw: Any) -> CommandResult:
+        if self.conn is None:
+            raise ModuleError("this step has no connection", path=self.step)
+        kw.setdefault("timeout", self.remaining())
+        return self.conn.probe(argv, **kw)
+
+
+@dataclass
+class ApplyContext(_Context):
+    """Context for `Module.apply`: `conn` is the host's full connection."""
+
+    conn: Connection | None = None
+
+    def run(self, argv: Any, **kw: Any) -> CommandResult:
+        if self.conn is None:
+            raise ModuleError("this step has no connection", path=self.step)
+        kw.setdefault("timeout", self.remaining())
+        return self.conn.run(argv, **kw)
+
+    def probe(self, argv: Any, **kw: Any) -> CommandResult:
+        return self.run(argv, **kw)
+
+
+@runtime_checkable
+class Module(Protocol):
+    """What every module provides. See the module docstring for the contract."""
+
+    name: ClassVar[str]
+    Args: ClassVar[type]
+    summary: ClassVar[str]
+    outputs: ClassVar[Mapping[str, str]]  # output name -> description
+    controller_only: ClassVar[bool]
+
+    def plan(self, ctx: PlanContext, args: Any) -> Plan: ...
+
+    def apply(self, ctx: ApplyContext, plan: Plan) -> StepResult | Mapping[str, Any] | None: ...
+
+
+_REGISTRY: dict[str, Module] = {}
+_SOURCES: dict[str, str] = {}
+_loaded = False
+_lock = threading.Lock()
+
+
+def register(cls: type) -> type:
+    """Class decorator: register a module by its `name` (and its `source_type`, if any)."""
+    for attr in ("name", "Args", "summary"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"module {cls.__name__} lacks '{attr}'")
+    if not dataclasses.is_dataclass(cls.Args):
+        raise TypeError(f"module {cls.name}: Args must be a dataclass")
+    cls.outputs = dict(getattr(cls, "outputs", {}))
+    cls.controller_only = bool(getattr(cls, "controller_only", False))
+    _REGISTRY[cls.name] = cls()
+    source_type = getattr(cls, "source_type", None)
+    if source_type:
+        _SOURCES[source_type] = cls.name
+    return cls
+
+
+def _load_all() -> None:
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        import modules
+
+        for info in pkgutil.iter_modules(modules.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"modules.{info.name}")
+        _loaded = True
+
+
+def all_modules() -> dict[str, Module]:
+    """Every registered module by name, importing the `modules` package on first use."""
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_module(name: str) -> Module:
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise PlaybookError(f"unknown module '{name}'") from None
+
+
+def source_module(source_type: str) -> str | None:
+    """The module name that implements a source type (`local`, `s3`, `npm`, ...)."""
+    _load_all()
+    return _SOURCES.get(source_type)
+
+
+def source_types() -> list[str]:
+    _load_all()
+    return sorted(_SOURCES)

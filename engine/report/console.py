@@ -1,0 +1,402 @@
+"""The terminal reporter: live progress, a Terraform-like plan, a per-host recap.
+
+It subscribes to engine events (`reporter(event)`); the engine never prints. On a terminal a
+rich `Live` display shows hosts done and what each running host is doing; elsewhere (CI, pipes,
+tests) one plain line per finished step is printed instead. Every piece of text is scrubbed
+and built as `rich.text.Text`, never parsed as markup, so `[bold]` in a host's output is just text.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from engine.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.report.diffs import describe_hosts, group_hosts, host_sort_key, render_diff, scrub_diff
+from engine.results import RunSummary, Status, StepResult
+from engine.secrets import SCRUBBER, Scrubber
+
+__all__ = ["ConsoleReporter", "STATUS_STYLE", "format_duration"]
+
+STATUS_STYLE: dict[Status, str] = {
+    Status.OK: "green",
+    Status.CHANGED: "yellow",
+    Status.FAILED: "bold red",
+    Status.UNREACHABLE: "bold magenta",
+    Status.SKIPPED: "dim",
+    Status.UNKNOWN: "cyan",
+}
+
+# How a plan line starts, Terraform style.
+_PLAN_SYMBOL: dict[Status, str] = {
+    Status.CHANGED: "~",
+    Status.OK: "=",
+    Status.UNKNOWN: "?",
+    Status.FAILED: "!",
+    Status.UNREACHABLE: "!",
+    Status.SKIPPED: "-",
+}
+
+_PLAN_VERB: dict[Status, str] = {
+    Status.CHANGED: "will change",
+    Status.OK: "no change",
+    Status.UNKNOWN: "unknown",
+    Status.FAILED: "failed",
+    Status.UNREACHABLE: "unreachable",
+    Status.SKIPPED: "skipped",
+}
+
+# Worst first: a host's colour in the recap is that of its worst status.
+_SEVERITY = [Status.UNREACHABLE, Status.FAILED, Status.UNKNOWN, Status.CHANGED, Status.OK, Status.SKIPPED]
+_RECAP_COLUMNS = [Status.OK, Status.CHANGED, Status.FAILED, Status.UNREACHABLE, Status.SKIPPED]
+_LIVE_ROWS = 10
+CONTROLLER = "controller"
+
+
+def format_duration(seconds: float) -> str:
+    """1.2s, 12s, 1m02s, 1h03m."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _diff_line_style(line: str) -> str:
+    if line.startswith(("+++", "---")):
+        return "bold"
+    if line.startswith("@@"):
+        return "cyan"
+    stripped = line.lstrip()
+    if stripped.startswith("->"):
+        return "blue"
+    if line.startswith("+") or stripped.startswith("+ "):
+        return "green"
+    if line.startswith("-") or stripped.startswith("- "):
+        return "red"
+    if stripped.startswith("~ "):
+        return "yellow"
+    if line.startswith("…") or line.startswith("Binary"):
+        return "dim"
+    return ""
+
+
+class ConsoleReporter:
+    """Render engine events to a rich console.
+
+    `mode` is "plan" or "run"; `verbose` ≥ 1 also prints unchanged steps in full, ok/skipped
+    lines on a terminal and info messages. `live` forces the live display on or off (default:
+    on when the console is a terminal). Call `close()` when done; it stops any live display.
+    """
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        mode: str,
+        verbose: int = 0,
+        scrubber: Scrubber = SCRUBBER,
+        live: bool | None = None,
+    ) -> None:
+        self.console = console if console is not None else Console(highlight=False)
+        self.mode = mode
+        self.verbose = verbose
+        self.scrubber = scrubber
+        self._use_live = self.console.is_terminal if live is None else live
+        self._lock = threading.RLock()
+        self._live: Live | None = None
+        self._hosts: list[str] = []
+        self._host_width = len(CONTROLLER)
+        self._running: dict[str, list[str]] = defaultdict(list)
+        self._done_hosts: set[str] = set()
+        self._finished_steps = 0
+        self._started_at = time.monotonic()
+
+    # -- event dispatch ---------------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if isinstance(event, RunStarted):
+                self._on_run_started(event)
+            elif isinstance(event, StepStarted):
+                self._running[event.host or CONTROLLER].append(event.step)
+                self._refresh()
+            elif isinstance(event, StepFinished):
+                self._on_step_finished(event.result)
+            elif isinstance(event, HostFinished):
+                self._done_hosts.add(event.host)
+                self._running.pop(event.host, None)
+                self._refresh()
+            elif isinstance(event, Message):
+                self._on_message(event)
+            elif isinstance(event, RunFinished):
+                self._stop_live()
+                self.render_summary(event.summary)
+
+    def close(self) -> None:
+        """Stop the live display, if any (safe to call more than once)."""
+        with self._lock:
+            self._stop_live()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _s(self, text: Any) -> str:
+        return self.scrubber.scrub("" if text is None else str(text))
+
+    def _print(self, *renderables: RenderableType) -> None:
+        # While live, rich prints above the live display through its own console.
+        self.console.print(*renderables, highlight=False, soft_wrap=False)
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.refresh()
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            live, self._live = self._live, None
+            live.stop()
+
+    # -- live / streaming -------------------------------------------------------------------
+
+    def _on_run_started(self, event: RunStarted) -> None:
+        self._hosts = list(event.hosts)
+        self._host_width = max([len(CONTROLLER), *(len(self._s(h)) for h in self._hosts)])
+        self._started_at = time.monotonic()
+        verb = "Planning" if self.mode == "plan" else "Running"
+        head = Text.assemble(
+            (f"{verb} ", "bold"),
+            (self._s(event.playbook), "bold cyan"),
+            f" on {len(self._hosts)} host{'s' if len(self._hosts) != 1 else ''}",
+            (f"  (run {self._s(event.run_id)})", "dim"),
+        )
+        self._print(head)
+        if self._use_live and self._live is None:
+            self._live = Live(
+                console=self.console,
+                get_renderable=self._live_renderable,
+                refresh_per_second=8,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+
+    def _live_renderable(self) -> RenderableType:
+        with self._lock:
+            total = len(self._hosts)
+            done = len(self._done_hosts)
+            running = {h: list(s) for h, s in self._running.items() if s}
+            finished = self._finished_steps
+        elapsed = format_duration(time.monotonic() - self._started_at)
+        header = Table.grid(padding=(0, 1))
+        header.add_row(
+            Text("hosts", style="bold"),
+            ProgressBar(total=max(total, 1), completed=done, width=30),
+            Text(f"{done}/{total} done · {finished} steps finished · {elapsed}"),
+        )
+        rows = Table.grid(padding=(0, 2))
+        for host in sorted(running, key=host_sort_key)[:_LIVE_ROWS]:
+            rows.add_row(Text(f"  {self._s(host)}", style="bold"), Text(self._s(", ".join(running[host])), style="cyan"))
+        if len(running) > _LIVE_ROWS:
+            rows.add_row(Text(f"  … {len(running) - _LIVE_ROWS} more hosts running", style="dim"), Text(""))
+        return Group(header, rows)
+
+    def _on_step_finished(self, r: StepResult) -> None:
+        host = r.host or CONTROLLER
+        steps = self._running.get(host)
+        if steps and r.step in steps:
+            steps.remove(r.step)
+        self._finished_steps += 1
+        self._refresh()
+        if self.mode == "plan" and not self.verbose:
+            return  # the plan itself, failures included, is printed at the end
+        if self._use_live and not self.verbose and r.status in (Status.OK, Status.SKIPPED):
+            return  # the live display already shows progress; keep the scrollback for news
+        self._print(self._step_line(r))
+        if r.failed and r.message:
+            self._print(self._indented(r.message, 6, "red"))
+
+    def _step_line(self, r: StepResult) -> Text:
+        style = STATUS_STYLE.get(r.status, "")
+        line = Text("  ")
+        line.append(f"{r.status.value:<11}", style=style)
+        line.append(f"  {self._s(r.host or CONTROLLER):<{self._host_width}}  ")
+        line.append(self._s(r.step), style="bold")
+        line.append(f"  ({format_duration(r.duration)})", style="dim")
+        if r.attempts > 1:
+            line.append(f" [{r.attempts} attempts]", style="dim")
+        return line
+
+    def _indented(self, text: str, indent: int, style: str = "") -> Text:
+        pad = " " * indent
+        body = "\n".join(pad + line for line in self._s(text).splitlines())
+        return Text(body, style=style)
+
+    def _on_message(self, m: Message) -> None:
+        if m.level == "info" and not self.verbose:
+            return
+        style = {"error": "bold red", "warning": "yellow"}.get(m.level, "dim")
+        where = " ".join(self._s(x) for x in (m.host, m.step) if x)
+        line = Text(f"{m.level}: " if m.level != "info" else "", style=style)
+        if where:
+            line.append(f"[{where}] ", style="bold")
+        line.append(self._s(m.text), style=style if m.level != "info" else "")
+        self._print(line)
+
+    # -- end of run -------------------------------------------------------------------------
+
+    def render_summary(self, summary: RunSummary) -> None:
+        """Print the plan (plan mode) or the recap (run mode) for a finished summary."""
+        if summary.mode == "plan":
+            self._render_plan(summary)
+        else:
+            self._render_recap(summary)
+
+    def _ordered_steps(self, summary: RunSummary) -> list[tuple[str, list[StepResult]]]:
+        by_step: dict[str, list[StepResult]] = {}
+        for r in summary.results:
+            by_step.setdefault(r.step, []).append(r)
+        order = [s for s in summary.steps if s in by_step]
+        order += [s for s in by_step if s not in order]
+        # Artifact fetches first: everything else depends on them.
+        order.sort(key=lambda s: 0 if s.startswith("sources.") else 1)
+        return [(s, by_step[s]) for s in order]
+
+    def _render_plan(self, summary: RunSummary) -> None:
+        self._print(Text(""))
+        section = None
+        for step, results in self._ordered_steps(summary):
+            kind = "Sources" if step.startswith("sources.") else "Steps"
+            if kind != section:
+                section = kind
+                self._print(Text(kind, style="bold underline"))
+            self._render_plan_step(step, results)
+        counts = {s: sum(1 for r in summary.results if r.status == s) for s in Status}
+        line = Text("\nPlan: ", style="bold")
+        line.append(f"{counts[Status.CHANGED]} will change", style="yellow" if counts[Status.CHANGED] else "")
+        line.append(f", {counts[Status.OK]} unchanged")
+        line.append(f", {counts[Status.UNKNOWN]} unknown", style="cyan" if counts[Status.UNKNOWN] else "")
+        for s in (Status.FAILED, Status.UNREACHABLE, Status.SKIPPED):
+            if counts[s]:
+                line.append(f", {counts[s]} {s.value}", style=STATUS_STYLE[s])
+        n = len(summary.hosts)
+        line.append(f" across {n} host{'s' if n != 1 else ''}.")
+        self._print(line)
+        self._render_abort(summary)
+
+    def _render_plan_step(self, step: str, results: list[StepResult]) -> None:
+        groups = group_hosts(results)
+        unchanged = [(h, r) for h, r in groups if r.status == Status.OK]
+        if unchanged and not self.verbose:
+            hosts = [h for hs, _ in unchanged for h in hs]
+            reasons = list(dict.fromkeys(self._reason(r) for _, r in unchanged if self._reason(r)))
+            reason = "; ".join(reasons[:3]) + (f" (+{len(reasons) - 3} more reasons)" if len(reasons) > 3 else "")
+            count = f"{len(hosts)} hosts" if len(hosts) > 1 else hosts[0]
+            self._print(self._plan_head(Status.OK, step, count, reason))
+            groups = [(h, r) for h, r in groups if r.status != Status.OK]
+        for hosts, r in groups:
+            self._print(self._plan_head(r.status, step, describe_hosts(hosts), self._reason(r)))
+            if r.failed and r.message:
+                reason_lines = self._reason(r).splitlines()
+                message = r.message
+                if reason_lines and message.startswith(reason_lines[0]):
+                    message = "\n".join(message.splitlines()[1:])  # first line is already on the head
+                if message.strip():
+                    self._print(self._indented(message, 6, "red"))
+            if r.plan is not None and r.plan.diffs and r.status in (Status.CHANGED, Status.UNKNOWN, Status.OK):
+                self._print_diffs(r)
+
+    def _reason(self, r: StepResult) -> str:
+        if r.plan is not None and r.plan.reason:
+            return r.plan.reason
+        return r.message
+
+    def _plan_head(self, status: Status, step: str, where: str, reason: str) -> Text:
+        style = STATUS_STYLE.get(status, "")
+        line = Text("  ")
+        line.append(_PLAN_SYMBOL.get(status, "?"), style=style)
+        line.append(" ")
+        line.append(self._s(step), style="bold")
+        line.append(f"  on {self._s(where)}: ")
+        line.append(_PLAN_VERB.get(status, status.value), style=style)
+        if reason:
+            first, *rest = self._s(reason).splitlines() or [""]
+            line.append(f" — {first}")
+        return line
+
+    def _print_diffs(self, r: StepResult) -> None:
+        assert r.plan is not None
+        for diff in r.plan.diffs:
+            for raw in render_diff(scrub_diff(diff, self.scrubber)):
+                line = self._s(raw)
+                self._print(Text("      " + line, style=_diff_line_style(line)))
+
+    def _render_recap(self, summary: RunSummary) -> None:
+        counts = summary.by_host()
+        hosts = sorted(summary.hosts, key=host_sort_key)
+        if any(r.host is None for r in summary.results):
+            hosts = [CONTROLLER, *hosts]
+        table = Table(title="Recap", title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
+        table.add_column("host")
+        for s in _RECAP_COLUMNS:
+            table.add_column(s.value, justify="right")
+        show_unknown = any(c.get(Status.UNKNOWN.value) for c in counts.values())
+        if show_unknown:
+            table.add_column(Status.UNKNOWN.value, justify="right")
+        columns = _RECAP_COLUMNS + ([Status.UNKNOWN] if show_unknown else [])
+        for host in hosts:
+            c = counts.get(host, {})
+            worst = next((s for s in _SEVERITY if c.get(s.value)), None)
+            cells = [Text(self._s(host), style=STATUS_STYLE.get(worst, "") if worst else "dim")]
+            for s in columns:
+                n = c.get(s.value, 0)
+                cells.append(Text(str(n), style=STATUS_STYLE[s] if n else "dim"))
+            table.add_row(*cells)
+        self._print(Text(""))
+        self._print(table)
+        failures = [r for r in summary.results if r.failed]
+        if failures:
+            self._print(Text("\nFailures:", style="bold red"))
+            for r in failures:
+                self._print(self._step_line(r))
+                if r.message:
+                    self._print(self._indented(r.message, 6, "red"))
+        self._render_abort(summary)
+        self._print(self._verdict(summary))
+
+    def _render_abort(self, summary: RunSummary) -> None:
+        if summary.interrupted:
+            self._print(Text("Interrupted: work in progress was finished, nothing new was started.", style="bold red"))
+        if summary.aborted:
+            self._print(Text(f"Aborted: {self._s(summary.aborted)}", style="bold red"))
+
+    def _verdict(self, summary: RunSummary) -> Text:
+        took = summary.finished - summary.started if summary.finished and summary.started else 0.0
+        n_hosts = len(summary.hosts)
+        changed = sum(1 for r in summary.results if r.status == Status.CHANGED)
+        ok = sum(1 for r in summary.results if r.status == Status.OK)
+        failed = summary.failed_hosts
+        tail = f" in {format_duration(took)}" if took else ""
+        if failed:
+            text = f"Run failed on {describe_hosts(failed)}{tail} (exit {summary.exit_code()})."
+            return Text(self._s(text), style="bold red")
+        if summary.interrupted or summary.aborted:
+            word = "interrupted" if summary.interrupted else "aborted"
+            return Text(f"Run {word} after {changed} changed, {ok} ok{tail} (exit {summary.exit_code()}).", style="bold red")
+        return Text(
+            f"Run succeeded: {changed} changed, {ok} ok on {n_hosts} host{'s' if n_hosts != 1 else ''}{tail}.",
+            style="bold green" if not changed else "bold yellow",
+        )
+

@@ -1,0 +1,249 @@
+"""Machine-readable reports: one JSON document per run, or one JSON line per event.
+
+The run document (`summary_to_dict`, written by `JsonReporter`), format_version 1::
+
+    {
+      "format_version": 1,
+      "run_id": "20240501-1203-ab12",
+      "playbook": "playbooks/deploy-widgets.yml",
+      "mode": "plan" | "run",
+      "started": "2024-05-01T12:03:00.123456+00:00" | null,   # UTC, ISO 8601
+      "finished": "…" | null,
+      "duration": 12.345 | null,                              # seconds
+      "exit_code": 0 | 1 | 2 | 130,                           # what the CLI exits with
+      "aborted": "failure budget exceeded …" | null,
+      "interrupted": false,
+      "changes": 3,                       # results that changed / will or may change
+      "failed_hosts": ["web03"],          # "controller" for controller steps
+      "steps": ["sources.widgets", "sync", …],
+      "hosts": {"web01": {"ok": 2, "changed": 1, "failed": 0, "skipped": 0,
+                          "unreachable": 0, "unknown": 0}, …, "controller": {…}},
+      "results": [
+        {"step": "sync", "host": "web01" | null,   # null: ran on the controller
+         "status": "ok" | "changed" | "failed" | "skipped" | "unreachable" | "unknown",
+         "message": "…", "duration": 1.234, "attempts": 1,
+         "plan": {"change": "will_change" | "no_change" | "unknown", "reason": "…",
+                  "diffs": [Diff.to_dict(), …], "fingerprint": {…}} | null,
+         "outputs": {…}},                  # JSON-safe: unknown-until-applied values are null
+        …],
+      "messages": [{"level": "warning" | "error", "text": "…", "host": …, "step": …}],
+      "extra": {…}                         # RunFinished.extra, e.g. the saved plan path
+    }
+
+`results` keep completion order. Everything is scrubbed of registered secrets. New keys may
+be added within a format version; none is removed or changes meaning.
+
+The event stream (`JsonLinesReporter`) writes one object per line, each with `"event"` and
+`"time"` (epoch seconds): run_started, step_started, step_finished (the result's keys, flat),
+host_finished, message, and run_finished (`"summary"`: the document above).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import enum
+import json
+import math
+import threading
+import time
+from pathlib import PurePath
+from typing import IO, Any, Mapping
+
+from engine.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.results import Diff, Plan, RunSummary, StepResult, UnknownValue
+from engine.secrets import MASK, SCRUBBER, Scrubber, Secret
+
+__all__ = [
+    "FORMAT_VERSION",
+    "json_safe",
+    "result_to_dict",
+    "plan_to_dict",
+    "summary_to_dict",
+    "event_to_dict",
+    "JsonReporter",
+    "JsonLinesReporter",
+]
+
+FORMAT_VERSION = 1
+_NO_SCRUB = Scrubber()  # for inner documents that the caller scrubs as a whole
+
+
+def json_safe(value: Any) -> Any:
+    """Convert `value` into plain JSON types.
+
+    Unknown-until-applied values and non-finite floats become None, bytes are decoded (UTF-8,
+    invalid bytes replaced), a `Secret` becomes its mask, enums their value, tuples/sets lists,
+    paths and anything else unrecognised their `str`.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, UnknownValue):
+        return None
+    if isinstance(value, Secret):
+        return MASK
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, Diff):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(json_safe(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        items = [json_safe(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_safe(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, PurePath):
+        return str(value)
+    return str(value)
+
+
+def _iso(ts: float) -> str | None:
+    if not ts:
+        return None
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat()
+
+
+def plan_to_dict(plan: Plan | None) -> dict[str, Any] | None:
+    """The public part of a plan (`data` is private to the module and left out)."""
+    if plan is None:
+        return None
+    return {
+        "change": plan.change.value,
+        "reason": plan.reason,
+        "diffs": [d.to_dict() for d in plan.diffs],
+        "fingerprint": json_safe(plan.fingerprint),
+    }
+
+
+def result_to_dict(result: StepResult, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]:
+    """One step result as a scrubbed, JSON-safe dict (see the module docstring)."""
+    return scrubber.scrub_obj(_result_dict(result))
+
+
+def _result_dict(result: StepResult) -> dict[str, Any]:
+    doc = {
+        "step": result.step,
+        "host": result.host,
+        "status": result.status.value,
+        "message": result.message,
+        "duration": round(result.duration, 3),
+        "attempts": result.attempts,
+        "plan": plan_to_dict(result.plan),
+        "outputs": json_safe(result.outputs),
+    }
+    return json_safe(doc)
+
+
+def summary_to_dict(
+    summary: RunSummary,
+    *,
+    scrubber: Scrubber = SCRUBBER,
+    messages: list[Message] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run document described in the module docstring, scrubbed and JSON-safe."""
+    duration = summary.finished - summary.started if summary.started and summary.finished else None
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "run_id": summary.run_id,
+        "playbook": summary.playbook,
+        "mode": summary.mode,
+        "started": _iso(summary.started),
+        "finished": _iso(summary.finished),
+        "duration": None if duration is None else round(duration, 3),
+        "exit_code": summary.exit_code(),
+        "aborted": summary.aborted,
+        "interrupted": summary.interrupted,
+        "changes": summary.changes,
+        "failed_hosts": summary.failed_hosts,
+        "steps": list(summary.steps),
+        "hosts": summary.by_host(),
+        "results": [_result_dict(r) for r in summary.results],
+        "messages": [_message_dict(m) for m in messages or ()],
+        "extra": json_safe(dict(extra or {})),
+    }
+    return scrubber.scrub_obj(json_safe(doc))
+
+
+def _message_dict(m: Message) -> dict[str, Any]:
+    return {"level": m.level, "text": m.text, "host": m.host, "step": m.step}
+
+
+def event_to_dict(event: Event, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]:
+    """One event as a flat JSON-safe dict with an `"event"` name (see the module docstring)."""
+    doc: dict[str, Any]
+    if isinstance(event, RunStarted):
+        doc = {"event": "run_started", "run_id": event.run_id, "playbook": event.playbook,
+               "mode": event.mode, "hosts": list(event.hosts), "steps": list(event.steps)}
+    elif isinstance(event, StepStarted):
+        doc = {"event": "step_started", "step": event.step, "host": event.host}
+    elif isinstance(event, StepFinished):
+        doc = {"event": "step_finished", **_result_dict(event.result)}
+    elif isinstance(event, HostFinished):
+        doc = {"event": "host_finished", "host": event.host, "status": event.status}
+    elif isinstance(event, Message):
+        doc = {"event": "message", **_message_dict(event)}
+    elif isinstance(event, RunFinished):
+        doc = {"event": "run_finished",
+               "summary": summary_to_dict(event.summary, scrubber=_NO_SCRUB, extra=event.extra)}
+    else:
+        name = type(event).__name__
+        doc = {"event": name, **json_safe(event)}
+    doc["time"] = round(time.time(), 3)
+    return scrubber.scrub_obj(json_safe(doc))
+
+
+class JsonReporter:
+    """Collects events and writes the run document (`json.dumps(doc, indent=2)`) on RunFinished.
+
+    Warning and error messages seen during the run go into the document's `messages`.
+    """
+
+    def __init__(self, stream: IO[str], *, scrubber: Scrubber = SCRUBBER) -> None:
+        self.stream = stream
+        self.scrubber = scrubber
+        self.messages: list[Message] = []
+        self.document: dict[str, Any] | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Message) and event.level in ("warning", "error"):
+            self.messages.append(event)
+        elif isinstance(event, RunFinished):
+            self.document = summary_to_dict(
+                event.summary, scrubber=self.scrubber, messages=self.messages, extra=event.extra
+            )
+            self.stream.write(json.dumps(self.document, indent=2) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class JsonLinesReporter:
+    """Writes one JSON object per event as it happens, flushed, for CI log streaming."""
+
+    def __init__(self, stream: IO[str], *, scrubber: Scrubber = SCRUBBER) -> None:
+        self.stream = stream
+        self.scrubber = scrubber
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        line = json.dumps(event_to_dict(event, self.scrubber), separators=(",", ":"))
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        pass

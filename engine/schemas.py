@@ -1,0 +1,281 @@
+"""The JSON Schemas of a playbook and an inventory, generated from code.
+
+`schemas/playbook.schema.json` and `schemas/inventory.schema.json` are written from here
+(`python -m engine.schemas`) and a test checks they are in sync. The playbook schema carries, for
+every registered module, an `if module == X then args: <X's argument schema>` clause (and the
+same for source types), so editors complete module arguments; module argument schemas come from
+each module's `Args` dataclass through `engine.argschema`, never written by hand.
+
+The loader validates the structure with `playbook_schema(with_modules=False)` and checks each
+step's arguments against its module's schema itself, so that it can word those errors per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from engine.argschema import schema_for
+from engine.module import all_modules, source_types, source_module
+
+__all__ = [
+    "DRAFT",
+    "IDENTIFIER",
+    "HOST_NAME",
+    "PERCENT",
+    "playbook_schema",
+    "inventory_schema",
+    "source_args_schema",
+    "rendered_schemas",
+    "write_schemas",
+]
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+FLEET_NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+HOST_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+PERCENT = r"^([1-9][0-9]?|100)%$"
+
+PATTERN_TEXT = {
+    IDENTIFIER: "an identifier (letters, digits and '_', not starting with a digit)",
+    FLEET_NAME: "a name of letters, digits, '_' and '-', not starting with a digit or '-'",
+    HOST_NAME: "a name of letters, digits, '.', '_' and '-' (no spaces, ',' or ':')",
+    PERCENT: "a percentage from 1% to 100%",
+    r"\{\{|\{%": "a template",
+}
+"""How error messages describe each pattern used in the schemas."""
+
+
+def _vars(description: str) -> dict[str, Any]:
+    return {"type": "object", "description": description}
+
+
+def _fleet() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Where steps run (a host pattern) and the rollout policy.",
+        "properties": {
+            "hosts": {
+                "description": "A host pattern (`web:!web07`, `web:&canary`, `db*`), or a list of terms united.",
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                ],
+            },
+            "serial": {
+                "description": "Rolling batches: a host count, or a percentage of the fleet (`25%`).",
+                "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": PERCENT}],
+            },
+            "max_fail_percentage": {
+                "description": "Stop the rollout when more than this percentage of the fleet's hosts failed.",
+                "type": "number",
+                "minimum": 0,
+                "maximum": 100,
+            },
+            "forks": {"description": "At most this many of the fleet's hosts at once.", "type": "integer", "minimum": 1},
+            "description": {"type": "string"},
+        },
+        "required": ["hosts"],
+        "additionalProperties": False,
+    }
+
+
+def _step(with_modules: bool) -> dict[str, Any]:
+    modules = all_modules() if with_modules else {}
+    module: dict[str, Any] = {"type": "string", "description": "The module this step calls (`playbook modules`)."}
+    if modules:
+        module["enum"] = list(modules)
+    schema: dict[str, Any] = {
+        "type": "object",
+        "description": "One call of a module on a fleet or on the controller.",
+        "properties": {
+            "id": {"type": "string", "pattern": IDENTIFIER, "description": "Unique step id, used in `needs:` and `steps.<id>`."},
+            "module": module,
+            "fleet": {
+                "type": "string",
+                "minLength": 1,
+                "description": "A fleet name, or `controller`; may be omitted for controller-only modules.",
+            },
+            "args": {"type": "object", "description": "The module's arguments; strings are templates."},
+            "needs": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "uniqueItems": True,
+                "description": "Step ids (and `sources.<name>`) this step waits for.",
+            },
+            "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds per host before the step fails."},
+            "retries": {"type": "integer", "minimum": 0, "description": "Retries after a failure.", "default": 0},
+            "retry_delay": {"type": "number", "minimum": 0, "description": "Seconds between retries.", "default": 1},
+            "when": {"type": "string", "description": "Run only when this expression (or template) is true."},
+            "description": {"type": "string", "description": "What the step is for (shown in plans)."},
+        },
+        "required": ["id", "module"],
+        "additionalProperties": False,
+    }
+    if modules:
+        schema["allOf"] = [
+            {
+                "if": {"properties": {"module": {"const": name}}, "required": ["module"]},
+                "then": {"properties": {"args": schema_for(mod.Args, templated=True)}},
+            }
+            for name, mod in modules.items()
+        ]
+    return schema
+
+
+def source_args_schema(source_type: str) -> dict[str, Any] | None:
+    """A source's schema for one type: its module's arguments plus `type`, or None if unknown."""
+    name = source_module(source_type)
+    if name is None:
+        return None
+    schema = schema_for(all_modules()[name].Args, templated=True)
+    schema["properties"] = {"type": {"const": source_type}, **schema["properties"]}
+    return schema
+
+
+def _source(with_modules: bool) -> dict[str, Any]:
+    types = source_types() if with_modules else []
+    type_schema: dict[str, Any] = {"type": "string", "description": "The source type (`local`, `git`, `s3`, `npm`, ...)."}
+    if types:
+        type_schema["enum"] = types
+    schema: dict[str, Any] = {
+        "type": "object",
+        "description": "An artifact the deploy needs; all keys but `type` are arguments of the type's module.",
+        "properties": {"type": type_schema},
+        "required": ["type"],
+    }
+    if types:
+        schema["allOf"] = [
+            {"if": {"properties": {"type": {"const": t}}, "required": ["type"]}, "then": source_args_schema(t)}
+            for t in types
+        ]
+    return schema
+
+
+def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
+    """The playbook JSON Schema. With `with_modules`, module/source-type names are enumerated and
+    each one's arguments are described (the form written to `schemas/`)."""
+    return {
+        "$schema": DRAFT,
+        "$id": "playbook.schema.json",
+        "title": "playbook",
+        "description": "A playbook: sources, fleets and steps (docs/playbook-format.md).",
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "description": "The playbook's name; default: the file name without extension."},
+            "inventory": {"type": "string", "minLength": 1, "description": "Default inventory file, relative to this file."},
+            "vars": _vars("Playbook defaults for vars (lowest precedence)."),
+            "sources": {
+                "type": "object",
+                "description": "Artifacts the deploy needs, by name (`sources.<name>.path` in templates).",
+                "propertyNames": {"pattern": IDENTIFIER},
+                "additionalProperties": {"$ref": "#/$defs/source"},
+            },
+            "fleets": {
+                "type": "object",
+                "description": "Named host sets with rollout policy.",
+                "propertyNames": {"pattern": FLEET_NAME, "not": {"const": "controller"}},
+                "additionalProperties": {"$ref": "#/$defs/fleet"},
+            },
+            "steps": {"type": "array", "description": "The steps, in default order.", "items": {"$ref": "#/$defs/step"}},
+        },
+        "patternProperties": {"^x-": {"description": "Ignored: a place for YAML anchors (`x-common: &common`)."}},
+        "required": ["steps"],
+        "additionalProperties": False,
+        "$defs": {"source": _source(with_modules), "fleet": _fleet(), "step": _step(with_modules)},
+    }
+
+
+def inventory_schema() -> dict[str, Any]:
+    """The inventory JSON Schema (docs/inventory.md)."""
+    connection = {
+        "connection": {"enum": ["ssh", "local"], "description": "How to reach the host: `ssh` (default) or `local`."},
+        "user": {"type": "string", "minLength": 1, "description": "SSH user."},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "SSH port.", "default": 22},
+        "key": {"type": "string", "minLength": 1, "description": "Private key file, relative to the inventory; `~` expanded."},
+        "known_hosts": {
+            "type": "string",
+            "minLength": 1,
+            "description": "known_hosts file used for strict host key checking, relative to the inventory.",
+        },
+    }
+    # hosts and groups are inlined (no $ref) and nullable by type (no anyOf): validating a
+    # 200-host inventory is twice as fast that way
+    host = {
+        "type": ["object", "null"],
+        "description": "One host; unset connection settings come from `defaults`.",
+        "properties": {
+            "address": {"type": "string", "minLength": 1, "description": "Address or DNS name; default: the host name."},
+            **connection,
+            "vars": _vars("Host vars (highest inventory precedence)."),
+        },
+        "additionalProperties": False,
+    }
+    group = {
+        "type": ["object", "null"],
+        "description": "A named set of hosts; children are groups whose hosts belong here too.",
+        "properties": {
+            "hosts": {"type": "array", "items": {"type": "string", "pattern": HOST_NAME}, "uniqueItems": True},
+            "children": {"type": "array", "items": {"type": "string", "pattern": HOST_NAME}, "uniqueItems": True},
+            "vars": _vars("Group vars."),
+        },
+        "additionalProperties": False,
+    }
+    return {
+        "$schema": DRAFT,
+        "$id": "inventory.schema.json",
+        "title": "playbook inventory",
+        "description": "Hosts, groups, vars and connection settings (docs/inventory.md).",
+        "type": "object",
+        "properties": {
+            "defaults": {
+                "type": "object",
+                "description": "Connection settings for every host that does not set its own.",
+                "properties": connection,
+                "additionalProperties": False,
+            },
+            "vars": _vars("Vars of the implicit group `all`."),
+            "hosts": {
+                "type": "object",
+                "propertyNames": {"pattern": HOST_NAME},
+                "additionalProperties": host,
+            },
+            "groups": {
+                "type": "object",
+                "propertyNames": {"pattern": HOST_NAME, "not": {"const": "all"}},
+                "additionalProperties": group,
+            },
+        },
+        "additionalProperties": False,
+    }
+
+
+def _dump(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def rendered_schemas() -> dict[str, str]:
+    """File name -> text of each schema file, as `write_schemas` writes them."""
+    return {
+        "playbook.schema.json": _dump(playbook_schema()),
+        "inventory.schema.json": _dump(inventory_schema()),
+    }
+
+
+def write_schemas(dir: str = "schemas") -> list[str]:
+    """Write both schema files into `dir`; returns the paths written."""
+    os.makedirs(dir, exist_ok=True)
+    written = []
+    for name, text in rendered_schemas().items():
+        path = os.path.join(dir, name)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in write_schemas(sys.argv[1] if len(sys.argv) > 1 else "schemas"):
+        print(p)

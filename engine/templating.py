@@ -1,0 +1,244 @@
+"""Jinja2 templating of step arguments, in the sandbox, with strict undefined.
+
+Only strings written in playbooks and inventories are templates. Values that come from hosts or
+from step outputs are inserted as data and never rendered again (a file on a host containing
+`{{ ... }}` stays literal). Rendering a value that is only known after an upstream step has been
+applied raises `UnknownReference`, which the planner turns into an `unknown` plan.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+from typing import Any, Iterator, Mapping
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from engine.errors import TemplateError
+from engine.results import UnknownValue
+
+__all__ = [
+    "is_template",
+    "references",
+    "undeclared",
+    "render",
+    "render_value",
+    "resolve_vars",
+    "UnknownReference",
+    "BUILTIN_NAMES",
+]
+
+BUILTIN_NAMES = frozenset({"steps", "sources", "host", "run", "release_id", "groups", "playbook_dir"})
+"""Names every template may use besides vars: see docs/templating.md."""
+
+
+class UnknownReference(Exception):
+    """A template touched a value that is known only after an upstream step is applied."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(what)
+
+
+class _Undefined(jinja2.StrictUndefined):
+    pass
+
+
+class _Env(ImmutableSandboxedEnvironment):
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, UnknownValue):
+            raise UnknownReference(attribute)
+        value = super().getattr(obj, attribute)
+        if isinstance(value, UnknownValue):
+            raise UnknownReference(attribute)
+        return value
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, UnknownValue):
+            raise UnknownReference(str(argument))
+        value = super().getitem(obj, argument)
+        if isinstance(value, UnknownValue):
+            raise UnknownReference(str(argument))
+        return value
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, UnknownValue):
+        raise UnknownReference("value")
+    return value
+
+
+_ENV = _Env(undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize)
+_ENV.filters.update(
+    {
+        "quote": lambda v: shlex.quote(str(v)),
+        "basename": lambda v: posixpath.basename(str(v)),
+        "dirname": lambda v: posixpath.dirname(str(v)),
+        "to_json": lambda v: json.dumps(v, sort_keys=True),
+    }
+)
+_cache: dict[str, jinja2.Template] = {}
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def _parse(source: str) -> nodes.Template:
+    try:
+        return _ENV.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message} in {source!r}") from None
+
+
+def references(source: str) -> set[tuple[str, str, str | None]]:
+    """`(namespace, name, attribute)` for each `steps.X.Y` / `sources.X.Y` in a template.
+
+    `steps['x']` works too. The attribute is None when the template uses the whole object.
+    """
+    found: set[tuple[str, str, str | None]] = set()
+    tree = _parse(source)
+
+    def key_of(node: nodes.Node) -> str | None:
+        if isinstance(node, nodes.Getattr):
+            return node.attr
+        if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            return node.arg.value
+        return None
+
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        inner = node.node
+        if isinstance(inner, nodes.Name) and inner.name in ("steps", "sources"):
+            name = key_of(node)
+            if name is not None:
+                found.add((inner.name, name, None))
+    # second pass for the attribute one level down
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        mid = node.node
+        if isinstance(mid, (nodes.Getattr, nodes.Getitem)) and isinstance(mid.node, nodes.Name):
+            if mid.node.name in ("steps", "sources"):
+                name, attr = key_of(mid), key_of(node)
+                if name is not None and attr is not None:
+                    found.discard((mid.node.name, name, None))
+                    found.add((mid.node.name, name, attr))
+    return found
+
+
+def undeclared(source: str) -> set[str]:
+    """Top-level names a template reads (loop variables and `set` targets excluded)."""
+    from jinja2 import meta
+
+    return set(meta.find_undeclared_variables(_parse(source)))
+
+
+def render(source: str, context: Mapping[str, Any], *, what: str = "") -> Any:
+    """Render one template string. A string that is exactly one `{{ expr }}` keeps the type of
+    the expression's value (a list stays a list); anything else renders to a string."""
+    tpl = _cache.get(source)
+    if tpl is None:
+        try:
+            tpl = _ENV.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"template syntax error: {exc.message} in {source!r}", path=what) from None
+        _cache[source] = tpl
+    single = _single_expression(source)
+    try:
+        if single is not None:
+            value = _ENV.compile_expression(single, undefined_to_none=False)(**context)
+            if isinstance(value, jinja2.Undefined):
+                str(value)  # raises UndefinedError with jinja's message
+            if isinstance(value, UnknownValue):
+                raise UnknownReference(single)
+            return value
+        return tpl.render(**context)
+    except UnknownReference:
+        raise
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"undefined variable: {_undefined_name(exc)}", path=what) from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise TemplateError(f"template not allowed by the sandbox: {exc}", path=what) from None
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"template error: {exc}", path=what) from None
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+        raise TemplateError(f"template error: {exc}", path=what) from None
+
+
+def _undefined_name(exc: jinja2.UndefinedError) -> str:
+    msg = str(exc.message or exc)
+    # jinja: "'foo' is undefined" / "'dict object' has no attribute 'x'"
+    return msg.replace(" is undefined", "") if msg.endswith(" is undefined") else msg
+
+
+def _single_expression(source: str) -> str | None:
+    s = source.strip()
+    if s.startswith("{{") and s.endswith("}}") and s.count("{{") == 1 and "{%" not in s and "{#" not in s:
+        return s[2:-2].strip()
+    return None
+
+
+def render_value(value: Any, context: Mapping[str, Any], *, what: str = "") -> Any:
+    """Render every template string inside a nested structure of dicts and lists."""
+    if isinstance(value, str):
+        return render(value, context, what=what) if is_template(value) else value
+    if isinstance(value, Mapping):
+        return {k: render_value(v, context, what=f"{what}.{k}" if what else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [render_value(v, context, what=f"{what}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _template_names(value: Any) -> Iterator[str]:
+    if isinstance(value, str) and is_template(value):
+        yield from undeclared(value)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _template_names(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _template_names(v)
+
+
+def resolve_vars(raw: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Render vars that reference other vars (`app_dir: "/srv/{{ app }}"`), in dependency order.
+
+    `base` holds names available to every var (run facts, `host`). A cycle is an error naming it.
+    """
+    base = dict(base or {})
+    done: dict[str, Any] = {k: v for k, v in raw.items() if not any(is_template(x) for x in _flatten(v))}
+    plain = dict(base)
+    plain.update(done)
+    active: list[str] = []
+
+    def resolve(name: str) -> Any:
+        if name in done:
+            return done[name]
+        if name in active:
+            cycle = " -> ".join(active[active.index(name):] + [name])
+            raise TemplateError(f"vars reference each other in a cycle: {cycle}")
+        active.append(name)
+        value = raw[name]
+        deps = {n for n in _template_names(value) if n in raw and n != name}
+        ctx = dict(plain)
+        for dep in deps:
+            ctx[dep] = resolve(dep)
+        done[name] = render_value(value, ctx, what=f"vars.{name}")
+        active.pop()
+        return done[name]
+
+    for key in raw:
+        resolve(key)
+    return done
+
+
+def _flatten(value: Any) -> Iterator[Any]:
+    if isinstance(value, Mapping):
+        for v in value.values():
+            yield from _flatten(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _flatten(v)
+    else:
+        yield value

@@ -1,0 +1,89 @@
+"""`command`: run a command on each host, guarded so that re-runs can be no-ops."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import ClassVar
+
+from engine.errors import ArgError, ModuleError
+from engine.module import ApplyContext, PlanContext, arg, register
+from engine.results import Diff, Plan
+
+__all__ = ["Command"]
+
+
+@dataclass(frozen=True)
+class CommandArgs:
+    argv: tuple[str, ...] | None = arg(None, doc="The command as a list of arguments (no shell). Give `argv` or `shell`.")
+    shell: str | None = arg(None, doc="A command line run by `/bin/sh -c`. Give `argv` or `shell`.")
+    creates: str | None = arg(None, doc="Do nothing when this path exists on the host.")
+    removes: str | None = arg(None, doc="Do nothing when this path does not exist on the host.")
+    unless: str | None = arg(None, doc="A shell command run read-only while planning; when it exits 0 the step does nothing.")
+    chdir: str | None = arg(None, doc="Directory to run the command in.")
+    env: dict[str, str] | None = arg(None, doc="Extra environment variables. Values are visible in the remote process list: pass secrets with `stdin`.")
+    stdin: str | None = arg(None, doc="Text fed to the command's standard input.")
+    ok_rc: tuple[int, ...] = arg((0,), doc="Exit codes that count as success.")
+
+
+def _describe(args: CommandArgs) -> str:
+    text = args.shell if args.shell is not None else shlex.join(args.argv or ())
+    if args.chdir:
+        text = f"(cd {args.chdir}) {text}"
+    return text
+
+
+@register
+class Command:
+    """Runs `argv` (or a `shell` line) on the host. Without a guard it runs every time and
+    reports changed; with `creates`, `removes` or `unless` it plans a no-change when the guard
+    says the work is done, which makes it idempotent."""
+
+    name: ClassVar[str] = "command"
+    Args: ClassVar[type] = CommandArgs
+    summary: ClassVar[str] = "run a command (argv or shell), guarded by creates/removes/unless"
+    outputs: ClassVar[dict[str, str]] = {"rc": "exit code", "stdout": "standard output", "stderr": "standard error"}
+    controller_only: ClassVar[bool] = False
+
+    def plan(self, ctx: PlanContext, args: CommandArgs) -> Plan:
+        if (args.argv is None) == (args.shell is None):
+            raise ArgError("give exactly one of 'argv' and 'shell'", path=f"{ctx.step}.args")
+        if args.argv is not None and not args.argv:
+            raise ArgError("'argv' must not be empty", path=f"{ctx.step}.args")
+        fingerprint: dict[str, object] = {}
+        if args.creates:
+            exists = ctx.probe(["test", "-e", args.creates]).ok
+            fingerprint["creates"] = exists
+            if exists:
+                return Plan.no_change(f"'{args.creates}' exists (creates)", fingerprint=fingerprint)
+        if args.removes:
+            exists = ctx.probe(["test", "-e", args.removes]).ok
+            fingerprint["removes"] = exists
+            if not exists:
+                return Plan.no_change(f"'{args.removes}' does not exist (removes)", fingerprint=fingerprint)
+        if args.unless:
+            guard = ctx.probe(args.unless, shell=True, cwd=args.chdir)
+            fingerprint["unless_rc"] = guard.rc
+            if guard.ok:
+                return Plan.no_change("the 'unless' command succeeded", fingerprint=fingerprint)
+        text = _describe(args)
+        why = "the 'unless' command failed" if args.unless else (
+            "its guard path is absent" if args.creates else "no guard: a command runs every time")
+        return Plan.will_change(
+            f"will run ({why})",
+            diffs=(Diff(header="command", after=text + "\n"),),
+            data={"args": args},
+            fingerprint=fingerprint,
+        )
+
+    def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, object]:
+        args: CommandArgs = plan.data["args"]
+        stdin = args.stdin.encode() if args.stdin is not None else None
+        if args.shell is not None:
+            res = ctx.run(args.shell, shell=True, stdin=stdin, env=args.env, cwd=args.chdir)
+        else:
+            res = ctx.run(list(args.argv or ()), stdin=stdin, env=args.env, cwd=args.chdir)
+        if res.rc not in args.ok_rc:
+            tail = (res.err.strip() or res.out.strip())[-2000:]
+            raise ModuleError(f"command exited {res.rc}: {_describe(args)}" + (f"\n{tail}" if tail else ""))
+        return {"rc": res.rc, "stdout": res.out, "stderr": res.err}
