@@ -26,7 +26,31 @@ import paramiko  # noqa: E402
 from engine.connection.pool import ConnectionPool  # noqa: E402
 from tests.harness.sshd import FleetHost, SshdFleet  # noqa: E402
 
-__all__ = ["start_fleet", "lean_fanout", "pool_fanout", "main"]
+__all__ = ["start_fleet", "lean_fanout", "pool_fanout", "playbook_fanout", "main"]
+
+FANOUT_PLAYBOOK = """\
+name: fanout
+fleets:
+  web: {hosts: web}
+steps:
+  - {id: noop, module: command, fleet: web, args: {argv: ["true"]}}
+"""
+
+
+def playbook_fanout(inventory: Path, workdir: Path, *, forks: int = 50) -> float:
+    """Wall time of a whole `playbook run` process doing `true` on every host."""
+    import subprocess
+
+    pb = Path(workdir) / "fanout.yml"
+    pb.write_text(FANOUT_PLAYBOOK)
+    cmd = [sys.executable, "-m", "engine.cli", "run", str(pb), "-i", str(inventory), "--forks", str(forks),
+           "--format", "json", "--state-dir", str(Path(workdir) / "state")]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    took = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"playbook run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return took
 
 
 def start_fleet(
@@ -99,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(ns.repeats):
                 lean = lean_fanout(fleet, threads=ns.threads)
                 pooled, closing = pool_fanout(fleet, threads=ns.threads)
+                whole = playbook_fanout(inventory, workdir, forks=ns.threads)
                 print(
                     f"run {rep + 1}: lean paramiko {lean:.2f}s | ConnectionPool {pooled:.2f}s"
-                    f" (+{closing:.2f}s close_all) | {ns.threads} threads, {ns.hosts} hosts",
+                    f" (+{closing:.2f}s close_all) | playbook run (whole process) {whole:.2f}s"
+                    f" | {ns.threads} threads, {ns.hosts} hosts",
                     flush=True,
                 )
         finally:

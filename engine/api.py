@@ -16,6 +16,7 @@ from engine.errors import LoadError, PlaybookError, TemplateError, ValidationErr
 from engine.events import Event, EventBus
 from engine.executor import Executor, RunOptions, resolve_fleets
 from engine.hostvars import merged_vars
+from engine.locks import LockInfo, acquire_all, default_lock_path, release_all
 from engine.model import CONTROLLER, Inventory, Playbook
 from engine.results import RunSummary
 
@@ -212,11 +213,38 @@ def execute(
             return pool.get(inv.hosts[name])
 
         release = getattr(pool, "release", None)
+    taken: list[tuple[str, list[str], Any]] = []
     try:
         executor = Executor(loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release)
         if on_executor:
             on_executor(executor)
+        if options.mode == "run" and options.locks:
+            taken = _acquire_locks(loaded.playbook, executor, connect, options)
         return executor.execute()
     finally:
+        for path, hosts, info in taken:
+            release_all({h: (lambda h=h: connect(h)) for h in hosts}, path, info.run_id, workers=options.forks)
         if pool is not None:
             pool.close_all()
+
+
+def _acquire_locks(playbook: Playbook, executor: Executor, connect: Callable[[str], Any],
+                   options: RunOptions) -> list[tuple[str, list[str], Any]]:
+    """Take every locked fleet's deploy lock on all its hosts before any step starts; a lock
+    held by another run fails the whole run at once, naming the holder (nothing has run)."""
+    taken: list[tuple[str, list[str], Any]] = []
+    info = LockInfo.create(run_id=options.run_id, playbook=playbook.path)
+    try:
+        for name, fleet in playbook.fleets.items():
+            hosts = executor.fleet_hosts.get(name, [])
+            if not fleet.lock or not hosts:
+                continue
+            path = default_lock_path(name)
+            got, _unreachable = acquire_all({h: (lambda h=h: connect(h)) for h in hosts}, path, info,
+                                            workers=options.forks)
+            taken.append((path, got, info))  # unreachable hosts fail at their first step
+    except BaseException:
+        for path, hosts, held in taken:
+            release_all({h: (lambda h=h: connect(h)) for h in hosts}, path, held.run_id, workers=options.forks)
+        raise
+    return taken

@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
 
+    p = sub.add_parser("lock", help="inspect or break the deploy locks of a playbook's fleets")
+    p.add_argument("action", choices=["status", "release"])
+    p.add_argument("playbook")
+    p.add_argument("-i", "--inventory")
+    p.add_argument("-l", "--limit")
+    p.add_argument("--force", action="store_true",
+                   help="release: break locks even when their holder may still be running")
+
     p = sub.add_parser("modules", help="list modules, or document one")
     p.add_argument("name", nargs="?")
     return parser
@@ -235,6 +243,65 @@ def _cmd_history(ns: argparse.Namespace) -> int:
         hist.close()
 
 
+def _cmd_lock(ns: argparse.Namespace) -> int:
+    import socket
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine import api
+    from engine.connection.pool import ConnectionPool
+    from engine.errors import ConnectionFailed
+    from engine.executor import resolve_fleets
+    from engine.locks import break_lock, default_lock_path, status
+
+    loaded = api.load(ns.playbook, ns.inventory)
+    fleets = resolve_fleets(loaded.playbook, loaded.inventory, ns.limit)
+    table = Table()
+    for col in ("fleet", "host", "lock"):
+        table.add_column(col)
+    refused = 0
+    with ConnectionPool() as pool:
+        for name, fleet in loaded.playbook.fleets.items():
+            if not fleet.lock:
+                continue
+            path = default_lock_path(name)
+            for host in fleets.get(name, []):
+                try:
+                    conn = pool.get(loaded.inventory.hosts[host])
+                    holder = status(conn, path)
+                    if holder is None:
+                        table.add_row(name, host, "free")
+                        continue
+                    if ns.action == "status":
+                        table.add_row(name, host, f"held by {holder.describe()}")
+                        continue
+                    alive = holder.host == socket.gethostname() and _pid_alive(holder.pid)
+                    if alive and not ns.force:
+                        refused += 1
+                        table.add_row(name, host, f"kept: {holder.describe()} is still running (use --force)")
+                        continue
+                    break_lock(conn, path)
+                    table.add_row(name, host, f"released (was {holder.describe()})")
+                except ConnectionFailed as exc:
+                    refused += 1
+                    table.add_row(name, host, f"unreachable: {exc}")
+    Console(highlight=False).print(table)
+    return 1 if refused else 0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _cmd_modules(ns: argparse.Namespace) -> int:
     from engine.docs import module_doc, module_table
 
@@ -259,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_validate(ns)
         if ns.command == "graph":
             return _cmd_graph(ns)
+        if ns.command == "lock":
+            return _cmd_lock(ns)
         if ns.command == "history":
             return _cmd_history(ns)
         if ns.command == "modules":

@@ -54,6 +54,7 @@ class RunOptions:
     release_id: str = ""
     state_dir: str = ".playbook"
     verbose: int = 0
+    locks: bool = True  # take fleets' deploy locks in run mode (engine.api.execute)
     only: Mapping[tuple[str, str | None], Any] | None = None  # resume/apply: restrict nodes
 
 
@@ -194,6 +195,8 @@ class Executor:
             if n in seen:
                 continue
             seen.add(n)
+            if n.barrier == "batch":
+                continue
             if n.barrier:
                 todo.extend(self.graph.graph.predecessors(n))
             elif n in self._results:

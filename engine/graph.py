@@ -23,11 +23,15 @@ __all__ = ["Node", "ExecGraph", "build_graph", "step_graph", "step_order", "batc
 
 @dataclass(frozen=True, order=True)
 class Node:
-    """One unit of work: a step on a host, a controller step (host None), or a barrier."""
+    """One unit of work: a step on a host, a controller step (host None), or a barrier.
+
+    `barrier` is "" for work, "needs" for a cross-fleet dependency (a failure behind it skips
+    what waits on it) and "batch" for a rolling-batch boundary (it orders, it does not carry
+    failures: those count against the failure budget instead)."""
 
     step: str
     host: str | None = None
-    barrier: bool = False
+    barrier: str = ""
 
     def __str__(self) -> str:
         return f"{self.step}@{self.host}" if self.host else self.step
@@ -129,7 +133,7 @@ def build_graph(playbook: Playbook, fleet_hosts: Mapping[str, Sequence[str]]) ->
                 for y in b_nodes:
                     g.add_edge(x, y)
         else:
-            bar = Node(f"{dep}=>{sid}", barrier=True)
+            bar = Node(f"{dep}=>{sid}", barrier="needs")
             g.add_node(bar)
             for x in a_nodes:
                 g.add_edge(x, bar)
@@ -145,7 +149,7 @@ def build_graph(playbook: Playbook, fleet_hosts: Mapping[str, Sequence[str]]) ->
             for h in part:
                 batch_of[(fname, h)] = k
         for k in range(1, len(parts)):
-            bar = Node(f"{fname}#batch{k}", barrier=True)
+            bar = Node(f"{fname}#batch{k}", barrier="batch")
             g.add_node(bar)
             for h in parts[k - 1]:
                 for sid in fleet_steps:

@@ -7,6 +7,7 @@ worded `path: 'field' must be X (got Y)`. Several problems are raised together a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Iterable, Iterator, Mapping
@@ -33,6 +34,7 @@ from engine.yamlload import Document, load_file
 
 __all__ = ["load_playbook", "load_inventory", "schema_errors", "display_path"]
 
+_FLEET_FIELDS = {f.name for f in dataclasses.fields(Fleet)}
 _CONNECTION_KEYS = ("connection", "user", "port", "key", "known_hosts")
 _TYPE_NAMES = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean",
                "null": "null", "array": "list", "object": "mapping"}
@@ -129,15 +131,16 @@ def _branch_accepts_type(branch: dict, value: Any) -> bool:
 
 
 def schema_errors(
-    schema: Mapping[str, Any],
+    schema: Mapping[str, Any] | jsonschema.Draft202012Validator,
     instance: Any,
     doc: Document,
     *,
     base: tuple = (),
     noun: str = "key",
 ) -> list[PlaybookError]:
-    """Validate `instance` (found at `base` in `doc`) and word each error, located."""
-    validator = jsonschema.Draft202012Validator(schema)
+    """Validate `instance` (found at `base` in `doc`) against a schema (or a ready validator)
+    and word each error, located. `noun` is what unknown/missing keys are called."""
+    validator = schema if isinstance(schema, jsonschema.Draft202012Validator) else jsonschema.Draft202012Validator(schema)
     out: list[PlaybookError] = []
     for error in validator.iter_errors(instance):
         out.extend(_word(error, doc, base, noun))
@@ -238,12 +241,20 @@ def _walk_strings(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
             yield from _walk_strings(v, path + (i,))
 
 
-def _locations(doc: Document, prefix: tuple) -> dict[tuple, Location]:
+def _locations(doc: Document, prefix: tuple, data: Any) -> dict[tuple, Location]:
+    """Where each value inside `data` (found at `prefix`) is written, keyed by relative path."""
     out: dict[tuple, Location] = {}
-    for rel in doc.paths(prefix):
-        loc = doc.where(prefix + rel)
-        if loc is not None:
-            out[rel] = loc
+
+    def walk(value: Any, rel: tuple) -> None:
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for k, v in items:
+            sub = rel + (k,)
+            loc = doc.exact(prefix + sub)
+            if loc is not None:
+                out[sub] = loc
+            walk(v, sub)
+
+    walk(data, ())
     return out
 
 
@@ -256,10 +267,10 @@ class _PlaybookLoader:
         self.data: dict[str, Any] = self.doc.data
         self.errors: list[PlaybookError] = []
         self.modules = all_modules()
+        self.validators: dict[str, jsonschema.Draft202012Validator] = {}
 
-    def located(self, cls: type[PlaybookError], message: str, path: tuple, *, key: bool = False, subject: tuple | None = None) -> None:
-        where = self.doc.key_where(path) if key else self.doc.where(path)
-        self.errors.append(cls(message, location=where, path=display_path(subject if subject is not None else path)))
+    def located(self, cls: type[PlaybookError], message: str, path: tuple) -> None:
+        self.errors.append(cls(message, location=self.doc.where(path), path=display_path(path)))
 
     def load(self) -> Playbook:
         self.errors.extend(schema_errors(playbook_schema(with_modules=False), self.data, self.doc))
@@ -301,13 +312,17 @@ class _PlaybookLoader:
                 serial=spec.get("serial") if isinstance(spec.get("serial"), (int, str)) else None,
                 max_fail_percentage=float(mfp) if isinstance(mfp, (int, float)) and not isinstance(mfp, bool) else None,
                 forks=spec.get("forks") if isinstance(spec.get("forks"), int) else None,
+                **({"lock": spec["lock"]} if isinstance(spec.get("lock"), bool) and "lock" in _FLEET_FIELDS else {}),
                 location=self.doc.key_where(("fleets", name)),
             )
         return out
 
     def check_args(self, module_name: str, args: Any, at: tuple) -> None:
-        schema = schema_for(self.modules[module_name].Args, templated=True)
-        self.errors.extend(schema_errors(schema, args, self.doc, base=at, noun="argument"))
+        validator = self.validators.get(module_name)
+        if validator is None:
+            schema = schema_for(self.modules[module_name].Args, templated=True)
+            validator = self.validators[module_name] = jsonschema.Draft202012Validator(schema)
+        self.errors.extend(schema_errors(validator, args, self.doc, base=at, noun="argument"))
 
     def sources(self) -> tuple[dict[str, Source], list[dict[str, Any]]]:
         raw = self.data.get("sources")
@@ -328,7 +343,7 @@ class _PlaybookLoader:
             self.check_args(module, args, at)
             location = self.doc.key_where(at)
             sources[name] = Source(name=name, type=kind, module=module, args=args, location=location)
-            arg_locs = {rel: loc for rel, loc in _locations(self.doc, at).items() if rel[0] != "type"}
+            arg_locs = _locations(self.doc, at, args)
             step = Step(
                 id=f"sources.{name}",
                 module=module,
@@ -412,7 +427,7 @@ class _PlaybookLoader:
                 when=when,
                 description=spec.get("description") if isinstance(spec.get("description"), str) else "",
                 location=self.doc.where(at),
-                args_locations=_locations(self.doc, at + ("args",)),
+                args_locations=_locations(self.doc, at + ("args",), args),
             )
             out.append({"step": step, "at": at, "args_at": at + ("args",), "needs": needs, "when_at": at + ("when",)})
         return out
@@ -429,7 +444,8 @@ class _PlaybookLoader:
                     continue
                 if need not in known:
                     what = "source" if need.startswith("sources.") else "step"
-                    self.located(GraphError, f"needs unknown {what} '{need}'{suggest(need, ids)}", at + ("needs", j))
+                    hint = f" (did you mean 'sources.{need}'?)" if f"sources.{need}" in known else suggest(need, ids)
+                    self.located(GraphError, f"needs unknown {what} '{need}'{hint}", at + ("needs", j))
                 elif need not in needs:
                     needs.append(need)
             templates = [(entry["args_at"] + rel, text) for rel, text in _walk_strings(dict(step.args))]
@@ -452,7 +468,7 @@ class _PlaybookLoader:
                         self.located(GraphError, f"template refers to unknown {namespace[:-1]} '{name}'{hint}", where)
                     elif target not in needs:
                         needs.append(target)
-            entry["step"] = _replace(step, needs=tuple(needs))
+            entry["step"] = dataclasses.replace(step, needs=tuple(needs))
 
     def check_cycles(self, entries: list[dict[str, Any]]) -> None:
         graph = nx.DiGraph()
@@ -475,12 +491,6 @@ class _PlaybookLoader:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _replace(step: Step, **changes: Any) -> Step:
-    import dataclasses
-
-    return dataclasses.replace(step, **changes)
 
 
 def load_playbook(path: str) -> Playbook:

@@ -178,7 +178,7 @@ class ExcludeRules:
     """
 
     patterns: tuple[str, ...] = ()
-    _compiled: tuple[tuple[re.Pattern[str], bool], ...] = field(default=(), compare=False, repr=False)
+    _compiled: tuple[tuple[re.Pattern[str], bool], ...] = field(default=(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         compiled = []

@@ -84,6 +84,7 @@ class Fleet:
     serial: int | str | None = None
     max_fail_percentage: float | None = None
     forks: int | None = None
+    lock: bool = True  # take the fleet's deploy lock on every host for the length of a run
     location: Location | None = None
 
 

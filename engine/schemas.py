@@ -75,6 +75,11 @@ def _fleet() -> dict[str, Any]:
                 "maximum": 100,
             },
             "forks": {"description": "At most this many of the fleet's hosts at once.", "type": "integer", "minimum": 1},
+            "lock": {
+                "description": "Take the fleet's deploy lock on every host for the length of a run.",
+                "type": "boolean",
+                "default": True,
+            },
             "description": {"type": "string"},
         },
         "required": ["hosts"],

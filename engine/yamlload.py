@@ -116,6 +116,11 @@ class Document:
                 return None
             path = path[:-1]
 
+    def exact(self, path: tuple) -> Location | None:
+        """Where the value at `path` is written, or None if it is not (no fallback)."""
+        pos = self._values.get(tuple(path))
+        return Location(self.file, pos[0], pos[1]) if pos is not None else None
+
     def key_where(self, path: tuple) -> Location | None:
         """Where the mapping key that ends `path` is written (for 'unknown key' errors)."""
         pos = self._keys.get(tuple(path))

@@ -9,6 +9,19 @@ import pytest
 from tests.harness.sshd import SSHD, SshdFleet
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_lock_dir(tmp_path_factory):
+    """Deploy locks of this test session live in its own directory, not /tmp/playbook-locks:
+    the fleet's hosts share this machine's /tmp with any other run (a benchmark, another suite)."""
+    old = os.environ.get("PLAYBOOK_LOCK_DIR")
+    os.environ["PLAYBOOK_LOCK_DIR"] = str(tmp_path_factory.mktemp("locks"))
+    yield
+    if old is None:
+        os.environ.pop("PLAYBOOK_LOCK_DIR", None)
+    else:
+        os.environ["PLAYBOOK_LOCK_DIR"] = old
+
+
 def _require_sshd() -> None:
     if os.path.exists(SSHD):
         return

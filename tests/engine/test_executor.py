@@ -236,3 +236,13 @@ def test_undefined_variable_fails_the_step_with_its_name():
     summary, res = execute(pb, inv, fleet, "plan")
     assert res[("a", "h01")].status == Status.FAILED
     assert "undefined variable" in res[("a", "h01")].message and "nope" in res[("a", "h01")].message
+
+
+def test_failure_in_one_batch_does_not_skip_the_next_batch():
+    # Only the failure budget stops a rollout; a batch boundary orders work, it is not a dependency.
+    inv = inventory(4)
+    fleet = Fleet_(inv, fail={"deploy": {"h01"}})
+    pb = playbook([cmd("a", argv=["deploy"]), cmd("b", argv=["echo"], needs=("a",))], serial=2)
+    summary, res = execute(pb, inv, fleet, "run")
+    assert res[("b", "h01")].status == Status.SKIPPED
+    assert all(res[(s, h)].status == Status.CHANGED for s in ("a", "b") for h in ("h02", "h03", "h04"))

@@ -1,0 +1,285 @@
+"""Deploy locks on targets: one deploy at a time per fleet.
+
+A lock is a directory on each target host, created with `mkdir` (atomic: exactly one of two
+racing runs succeeds; there is no check-then-write window), with `info.json` inside naming the
+holder. The default path is `/tmp/playbook-locks/<fleet>.lock` (`default_lock_path`): it does
+not depend on any step's `dest`, so every playbook that deploys to a fleet of that name on those
+hosts shares it. `/tmp/playbook-locks` is created mode 1777 (sticky, like /tmp) so different
+deploy users can each hold locks there; a reboot or tmp cleaner forgets stale locks.
+
+    info = LockInfo.create(run_id=..., playbook=...)
+    acquire(conn, path, info)            # or LockHeld naming the holder and its age
+    ...
+    release(conn, path, info.run_id)     # only removes our own lock
+    status(conn, path)                   # LockInfo | None
+    break_lock(conn, path)               # removes whoever holds it (explicit operator action)
+
+`acquire_all`/`release_all` do the same over many hosts in parallel, releasing what they took
+if any host is held by another run.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import posixpath
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping
+
+from engine.connection.base import Connection
+from engine.errors import ArgError, ConnectionFailed, LockHeld, ModuleError
+
+__all__ = [
+    "LOCK_ROOT",
+    "LockInfo",
+    "default_lock_path",
+    "acquire",
+    "release",
+    "break_lock",
+    "status",
+    "acquire_all",
+    "release_all",
+    "format_age",
+]
+
+LOCK_ROOT = "/tmp/playbook-locks"
+INFO_FILE = "info.json"
+
+_ACQUIRE = r"""
+root=$(dirname -- "$1")
+if [ ! -d "$root" ]; then
+  mkdir -p -- "$(dirname -- "$root")" && mkdir -m 1777 -- "$root" 2>/dev/null
+  [ -d "$root" ] || { echo "cannot create $root" >&2; exit 1; }
+fi
+if mkdir -m 0755 -- "$1" 2>/dev/null; then
+  cat > "$1/.info.tmp" && chmod 0644 "$1/.info.tmp" && mv -f -- "$1/.info.tmp" "$1/info.json" && exit 0
+  rm -rf -- "$1"; exit 1
+fi
+[ -e "$1" ] && exit 3
+mkdir -- "$1"
+"""
+_STAT = r"""[ -d "$1" ] || exit 3; stat -c %Y -- "$1"; cat -- "$1/info.json" 2>/dev/null; exit 0"""
+_HELD = 3
+_FRESH_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds a lock: user, run id, playbook, controller pid and host, and since when
+    (seconds since the epoch, controller clock)."""
+
+    owner: str
+    run_id: str
+    playbook: str
+    pid: int
+    time: float
+    host: str
+
+    @classmethod
+    def create(cls, *, run_id: str, playbook: str, owner: str | None = None) -> "LockInfo":
+        """Info for this process: the current user, pid and hostname, now."""
+        try:
+            user = owner or getpass.getuser()
+        except Exception:  # no passwd entry (containers): still record something useful
+            user = owner or str(os.getuid())
+        return cls(user, run_id, playbook, os.getpid(), time.time(), socket.gethostname())
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | None, *, fallback_time: float = 0.0) -> "LockInfo":
+        """Parse `info.json`; a missing or damaged file gives an `unknown` holder."""
+        try:
+            raw = json.loads(data or b"")
+            if not isinstance(raw, dict):
+                raise ValueError
+            return cls(
+                str(raw.get("owner", "unknown")),
+                str(raw.get("run_id", "")),
+                str(raw.get("playbook", "")),
+                int(raw.get("pid", 0) or 0),
+                float(raw.get("time", fallback_time) or fallback_time),
+                str(raw.get("host", "")),
+            )
+        except (ValueError, TypeError):
+            return cls("unknown", "", "", 0, fallback_time, "")
+
+    def age(self, now: float | None = None) -> float:
+        return max(0.0, (time.time() if now is None else now) - self.time)
+
+    def describe(self, now: float | None = None) -> str:
+        """`alice (run 3f2a…, playbook deploy.yml, pid 42 on deploy1) for 3m12s`."""
+        where = f"pid {self.pid} on {self.host}" if self.host else f"pid {self.pid}"
+        run = self.run_id or "unknown"
+        pb = self.playbook or "unknown"
+        return f"{self.owner} (run {run}, playbook {pb}, {where}) for {format_age(self.age(now))}"
+
+
+def format_age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def default_lock_path(fleet: str) -> str:
+    """`/tmp/playbook-locks/<fleet>.lock` (unsafe characters of the name replaced by `_`).
+
+    `$PLAYBOOK_LOCK_DIR` on the controller replaces `/tmp/playbook-locks` (an absolute path on
+    the targets), e.g. to keep separate test fleets that share one machine apart."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", fleet).lstrip(".") or "fleet"
+    return posixpath.join(os.environ.get("PLAYBOOK_LOCK_DIR") or LOCK_ROOT, f"{safe}.lock")
+
+
+def _check_path(path: str) -> str:
+    norm = posixpath.normpath(path)
+    if not path.startswith("/") or norm == "/" or ".." in path.split("/") or posixpath.dirname(norm) == "/":
+        raise ArgError(f"lock path must be an absolute path at least two levels deep (got {path!r})")
+    return norm
+
+
+def acquire(conn: Connection, path: str, info: LockInfo, *, timeout: float | None = 30) -> None:
+    """Take the lock at `path` on `conn`'s host, or raise `LockHeld` naming the holder.
+    Taking a lock this run (`info.run_id`) already holds succeeds and changes nothing.
+
+    `mkdir` is the atomic test-and-set; `info.json` is written after it (temp + rename). A
+    holder seen between those two moments shows as `unknown`, aged from the directory's mtime.
+    """
+    path = _check_path(path)
+    res = conn.run(["sh", "-c", _ACQUIRE, "sh", path], stdin=info.to_json(), timeout=timeout)
+    if res.rc == _HELD:
+        holder = status(conn, path, timeout=timeout)
+        if holder is not None and holder.run_id and holder.run_id == info.run_id:
+            return  # re-entrant: this run holds it already (hosts sharing one /tmp, two fleets on a host)
+        if holder is None:  # released between our mkdir and our look: try once more
+            res = conn.run(["sh", "-c", _ACQUIRE, "sh", path], stdin=info.to_json(), timeout=timeout)
+            if res.rc == _HELD:
+                holder = status(conn, path, timeout=timeout)
+        if res.rc == _HELD:
+            who = holder.describe() if holder else "another run"
+            raise LockHeld(
+                f"deploy lock {path} is held by {who}; wait for it to finish, or break a stale lock "
+                f"with 'playbook lock release --force'",
+                path=conn.host,
+            )
+    if res.rc != 0:
+        raise ModuleError(f"cannot create deploy lock {path}: {res.err.strip()[-300:] or f'exit {res.rc}'}", path=conn.host)
+
+
+def status(conn: Connection, path: str, *, timeout: float | None = 30) -> LockInfo | None:
+    """The holder of the lock at `path`, or None when it is free."""
+    path = _check_path(path)
+    for _ in range(_FRESH_RETRIES):
+        res = conn.run(["sh", "-c", _STAT, "sh", path], timeout=timeout)
+        if res.rc == _HELD:
+            return None
+        if res.rc != 0:
+            raise ModuleError(f"cannot read deploy lock {path}: {res.err.strip()[-300:]}", path=conn.host)
+        first, _, rest = res.stdout.partition(b"\n")
+        try:
+            mtime = float(first.strip() or 0)
+        except ValueError:
+            mtime = 0.0
+        holder = LockInfo.from_json(rest, fallback_time=mtime)
+        # a lock taken a moment ago may not show its info.json yet (it is written right after
+        # mkdir, in the same command): look again before calling the holder unknown
+        if holder.run_id or holder.age() > 5:
+            return holder
+        time.sleep(0.1)
+    return holder
+
+
+def release(conn: Connection, path: str, run_id: str, *, timeout: float | None = 30) -> bool:
+    """Remove the lock if `run_id` holds it; True when removed, False when free or held by
+    another run (then it is left alone)."""
+    holder = status(conn, path, timeout=timeout)
+    if holder is None or holder.run_id != run_id or not run_id:
+        return False
+    _remove(conn, _check_path(path), timeout)
+    return True
+
+
+def break_lock(conn: Connection, path: str, *, timeout: float | None = 30) -> LockInfo | None:
+    """Remove the lock whoever holds it (an operator's explicit action). Returns the holder
+    that was removed, or None when it was free."""
+    holder = status(conn, path, timeout=timeout)
+    if holder is not None:
+        _remove(conn, _check_path(path), timeout)
+    return holder
+
+
+def _remove(conn: Connection, path: str, timeout: float | None) -> None:
+    # rename first: a run that mkdirs the same path right after sees a fresh, empty lock
+    # instead of racing our recursive removal
+    script = 't="$1.released-$$"; mv -T -- "$1" "$t" 2>/dev/null || exit 0; rm -rf -- "$t"'
+    res = conn.run(["sh", "-c", script, "sh", path], timeout=timeout)
+    if res.rc != 0:
+        raise ModuleError(f"cannot remove deploy lock {path}: {res.err.strip()[-300:]}", path=conn.host)
+
+
+def acquire_all(
+    conns: Mapping[str, Callable[[], Connection]],
+    path: str,
+    info: LockInfo,
+    *,
+    workers: int = 32,
+    timeout: float | None = 30,
+) -> tuple[list[str], dict[str, ConnectionFailed]]:
+    """Acquire on every host at once. `conns` maps host name to a function returning its open
+    connection. Returns (hosts locked, hosts unreachable with their error). If any host is held
+    by another run, the locks taken here are released and that `LockHeld` is raised."""
+    held: list[LockHeld] = []
+    unreachable: dict[str, ConnectionFailed] = {}
+    got: list[str] = []
+    errors: list[Exception] = []
+
+    def one(host: str) -> None:
+        try:
+            acquire(conns[host](), path, info, timeout=timeout)
+            got.append(host)
+        except LockHeld as exc:
+            held.append(exc)
+        except ConnectionFailed as exc:
+            unreachable[host] = exc
+        except Exception as exc:  # reported after the others finished
+            errors.append(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(conns) or 1))) as ex:
+        list(ex.map(one, list(conns)))
+    if held or errors:
+        release_all({h: conns[h] for h in got}, path, info.run_id, workers=workers, timeout=timeout)
+        raise (held[0] if held else errors[0])
+    return sorted(got), unreachable
+
+
+def release_all(
+    conns: Mapping[str, Callable[[], Connection]],
+    path: str,
+    run_id: str,
+    *,
+    workers: int = 32,
+    timeout: float | None = 30,
+) -> dict[str, Exception]:
+    """Release our lock on every host (best effort); returns the hosts that failed."""
+    failed: dict[str, Exception] = {}
+
+    def one(host: str) -> None:
+        try:
+            release(conns[host](), path, run_id, timeout=timeout)
+        except Exception as exc:  # a host gone since: its lock stays until broken
+            failed[host] = exc
+
+    if conns:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(conns)))) as ex:
+            list(ex.map(one, list(conns)))
+    return failed

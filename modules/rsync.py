@@ -1,0 +1,351 @@
+"""`rsync`: sync a controller directory to hosts with the real rsync over OpenSSH.
+
+Planning starts no rsync process: the module compares a manifest of the source (built once per
+run and shared by every host) with one `find` probe of the target over the engine's open
+connection, the way rsync itself would compare (size + whole-second mtime, or content with
+`checksum`), and lists exactly the paths to create (+), update (~) and delete (-). Applying
+sends exactly those paths (`--files-from`, deletions as missing arguments), so a host that is in
+sync costs one probe and no transfer.
+
+With `releases: true` the tree goes to `DEST/releases/<release-id>/`, seeded from the current
+release by a hard-link copy, and `DEST/current` is switched atomically (see engine/releases.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import re
+import shlex
+import subprocess
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from engine import releases as rel
+from engine.errors import ArgError, CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
+from engine.manifest import ChmodRules, Entry, ExcludeRules, compare_trees, local_manifest, manifest_digest, tree_digest
+from engine.module import ApplyContext, PlanContext, arg, register
+from engine.results import Diff, Plan
+
+__all__ = ["Rsync", "RsyncArgs", "ssh_command", "rsync_argv", "source_manifest", "clear_manifest_cache"]
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+MAX_DIFF_ITEMS = 2000  # per host in the shown diff; apply always has the full list
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_CHOWN = re.compile(rf"(?:{_NAME}(?::{_NAME})?|:{_NAME})\Z")
+
+
+@dataclass(frozen=True)
+class RsyncArgs:
+    src: str = arg(doc="Directory on the controller to sync (its contents, like `rsync SRC/`), e.g. `{{ sources.app.path }}`. Relative paths are relative to the playbook's directory.")
+    dest: str = arg(doc="Absolute directory on the host. With `releases`, the deploy root that holds `releases/`, `shared/` and `current`.")
+    delete: bool = arg(True, doc="Delete files on the host that are not in `src` (excluded paths are kept).")
+    exclude: tuple[str, ...] = arg((), doc="rsync exclude patterns: `*.log` (any depth), `/cache/` (at the root, directories only), `**/tmp`.")
+    checksum: bool = arg(False, doc="Compare files by content (sha256) instead of size and modification time.")
+    chown: str | None = arg(None, doc="Owner of the synced files as `user:group` (`user`, `:group`; names or ids), like rsync `--chown`. Unset: files belong to the connection user.")
+    chmod: str | None = arg(None, doc="Permission rules like rsync `--chmod`, e.g. `D755,F644` or `ug+rwX,o-w`. Unset: modes are copied from `src`.")
+    releases: bool = arg(False, doc="Atomic release layout: sync into `dest/releases/<release-id>/` (seeded from the current release) and switch the `dest/current` symlink by rename.")
+    keep: int = arg(5, doc="With `releases`: how many releases to keep. The one `current` points to and the previous one are never removed.")
+    shared: tuple[str, ...] = arg((), doc="With `releases`: paths (relative to the release) symlinked to `dest/shared/<path>` in every release, e.g. `wp-content/uploads`. Missing ones are created as directories; `src` content at these paths is not synced.")
+
+
+# -- the source manifest, once per run -----------------------------------------------------------
+
+_cache: "OrderedDict[tuple[str, str], tuple[threading.Lock, list]]" = OrderedDict()
+_cache_lock = threading.Lock()
+_CACHE_SIZE = 8
+
+
+def source_manifest(path: str, run_id: str) -> tuple[dict[str, Entry], str]:
+    """The manifest and content digest of `path`, computed once per (run, path) even when 200
+    hosts ask at once."""
+    key = (run_id, path)
+    with _cache_lock:
+        slot = _cache.get(key)
+        if slot is None:
+            slot = (threading.Lock(), [])
+            _cache[key] = slot
+            while len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+        else:
+            _cache.move_to_end(key)
+    lock, box = slot
+    with lock:
+        if not box:
+            manifest = local_manifest(path)
+            box.append((manifest, tree_digest(manifest)))
+        return box[0]
+
+
+def clear_manifest_cache() -> None:
+    """Forget cached source manifests (tests; a long-lived process between runs)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+# -- the rsync command ---------------------------------------------------------------------------
+
+
+def ssh_command(target: Any) -> list[str]:
+    """The OpenSSH command rsync uses for an inventory host: strict host keys against the same
+    known_hosts the engine uses, no prompts, only the configured key."""
+    known = os.path.expanduser(target.known_hosts or DEFAULT_KNOWN_HOSTS)
+    cmd = [
+        "ssh",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "UpdateHostKeys=no",
+        "-o", "GSSAPIAuthentication=no",
+        "-o", "ConnectTimeout=10",
+        "-o", "ServerAliveInterval=10",
+        "-o", "ServerAliveCountMax=3",
+        "-p", str(target.port),
+    ]
+    if target.key:
+        cmd += ["-o", "IdentitiesOnly=yes", "-i", os.path.expanduser(target.key)]
+    if target.user:
+        cmd += ["-l", target.user]
+    return cmd
+
+
+def _is_local(target: Any) -> bool:
+    return target is None or getattr(target, "connection", "ssh") == "local"
+
+
+def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None) -> list[str]:
+    """argv of one rsync that sends the paths named on stdin (NUL-separated) from `src` to
+    `dest_dir` on `target`; named paths missing from `src` are deleted on the target.
+
+    `-I` makes rsync rewrite every named file (temp + rename) even when size and mtime match
+    (content or mode-only changes): a new inode, so a hard-linked older release is never written
+    through. No `--inplace`, for the same reason.
+    """
+    argv = [
+        "rsync", "-a", "--no-owner", "--no-group", "-I", "--mkpath",
+        "--from0", "--files-from=-", "--delete-missing-args", "--force",
+    ]
+    if chown:
+        argv.append(f"--chown={chown}")
+    if chmod:
+        argv.append(f"--chmod={chmod}")
+    source = src.rstrip("/") + "/"
+    if _is_local(target):
+        return argv + [source, dest_dir.rstrip("/") + "/"]
+    host = target.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    rsh = " ".join(shlex.quote(p) for p in ssh_command(target))
+    return argv + ["-e", rsh, source, f"{host}:{dest_dir.rstrip('/')}/"]
+
+
+def _tail(text: str, n: int = 800) -> str:
+    text = text.strip()
+    return text[-n:] if text else ""
+
+
+def _run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str]) -> None:
+    stdin = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
+    timeout = ctx.remaining()
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CommandTimeout(f"rsync timed out after {timeout:g}s", path=ctx.host or "") from None
+    except FileNotFoundError:
+        raise ModuleError("the 'rsync' program is not installed on the controller", path=ctx.host or "") from None
+    if proc.returncode == 0:
+        return
+    err = proc.stderr.decode("utf-8", "replace")
+    if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
+        raise HostKeyError(f"rsync refused the host key (unknown or changed in known_hosts): {_tail(err, 400)}",
+                           host=ctx.host or "")
+    if proc.returncode == 255:
+        raise ConnectionFailed(f"rsync could not reach the host over ssh: {_tail(err, 400)}", host=ctx.host or "")
+    raise ModuleError(f"rsync exited {proc.returncode}: {_tail(err)}", path=ctx.host or "")
+
+
+# -- the module ----------------------------------------------------------------------------------
+
+
+def _validate(ctx: PlanContext, args: RsyncArgs) -> tuple[str, ExcludeRules, ChmodRules, tuple[str, ...]]:
+    where = f"{ctx.step}.args"
+    base = str(ctx.vars.get("playbook_dir", ".")) if ctx.vars else "."
+    src = os.path.normpath(os.path.join(base, os.path.expanduser(args.src)))
+    if not os.path.isdir(src):
+        raise ModuleError(f"'src' must be an existing directory on the controller (got '{src}')", path=ctx.step)
+    if not args.dest.startswith("/") or posixpath.normpath(args.dest) == "/":
+        raise ArgError(f"'dest' must be an absolute path other than / (got {args.dest!r})", path=where)
+    if args.keep < 1:
+        raise ArgError(f"'keep' must be at least 1 (got {args.keep})", path=where)
+    if args.chown and not _CHOWN.match(args.chown):
+        raise ArgError(f"'chown' must be user, user:group or :group (got {args.chown!r})", path=where)
+    try:
+        chmod = ChmodRules(args.chmod or "")
+    except ValueError as exc:
+        raise ArgError(str(exc), path=where) from None
+    shared: list[str] = []
+    for p in args.shared:
+        norm = posixpath.normpath(p.strip("/")) if p else ""
+        if not p or p.startswith("/") or norm in (".", "") or norm.startswith("..") or rel.RELEASE_INFO == norm:
+            raise ArgError(f"'shared' paths must be relative paths inside the release (got {p!r})", path=where)
+        shared.append(norm)
+    if shared and not args.releases:
+        raise ArgError("'shared' needs 'releases: true'", path=where)
+    return src, ExcludeRules(tuple(args.exclude)), chmod, tuple(shared)
+
+
+@register
+class Rsync:
+    """Syncs `src` to `dest` on each host with the real rsync over OpenSSH, after a dry-run
+    comparison that needs no rsync process; optionally as atomic releases (`releases/<id>` +
+    `current` switched by rename, `keep`, `shared`)."""
+
+    name: ClassVar[str] = "rsync"
+    Args: ClassVar[type] = RsyncArgs
+    summary: ClassVar[str] = "sync a tree to hosts with rsync over OpenSSH; atomic releases optional"
+    outputs: ClassVar[dict[str, str]] = {
+        "release": "the directory holding the deployed tree (`dest`, or `dest/releases/<id>`)",
+        "release_name": "the release directory name (empty without releases)",
+        "changed_files": "how many paths were (or would be) created, updated or deleted",
+        "source_digest": "sha256 over the synced source's names, modes and contents",
+    }
+    controller_only: ClassVar[bool] = False
+
+    def plan(self, ctx: PlanContext, args: RsyncArgs) -> Plan:
+        src, excludes, chmod, shared = _validate(ctx, args)
+        dest = posixpath.normpath(args.dest)
+        local, source_digest = source_manifest(src, ctx.run_id)
+        state = rel.parse_probe(
+            dest,
+            ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=args.checksum)),
+            releases=args.releases,
+            host=ctx.host or "",
+        )
+        if state.current_blocked:
+            raise ModuleError(f"'{dest}/current' exists and is not a symlink: move it away before using releases", path=ctx.host or "")
+        if state.tree_not_dir:
+            where = state.tree_path or dest
+            raise ModuleError(f"'{where}' exists and is not a directory", path=ctx.host or "")
+        ignore = (rel.RELEASE_INFO, *shared) if args.releases else ()
+        remote_tree = state.tree
+        if remote_tree is not None and shared:
+            # directories made only to hold a shared link are part of the layout, not strays
+            holders = {"/".join(p.split("/")[:n]) for p in shared for n in range(1, p.count("/") + 1)}
+            remote_tree = {k: v for k, v in remote_tree.items() if k not in holders or k in local}
+        delta = compare_trees(local, remote_tree, checksum=args.checksum, delete=args.delete, excludes=excludes,
+                              chmod=chmod, chown=args.chown or "", ignore=ignore)
+        remote_seen = {k: v for k, v in (state.tree or {}).items() if not excludes.excluded(k, is_dir=v.kind == "d")}
+        fingerprint = {
+            "remote": manifest_digest(remote_seen) if state.tree is not None else "absent",
+            "current": state.current_target,
+            "releases": list(state.releases),
+            "source": source_digest,
+        }
+        common = {"source_digest": source_digest}
+        if not args.releases:
+            outputs = {"release": dest, "release_name": "", "changed_files": delta.changed, **common}
+            if not delta.changed:
+                files = sum(1 for e in local.values() if e.kind == "f")
+                return Plan.no_change(f"in sync: {files} files", outputs=outputs, fingerprint=fingerprint)
+            diff = Diff(header=dest, items=_shown(delta.items()), truncated=len(delta.items()) > MAX_DIFF_ITEMS)
+            return Plan.will_change(
+                _summary(delta), diffs=(diff,), outputs=outputs, fingerprint=fingerprint,
+                data=_data(args, src, dest, delta, source_digest),
+            )
+
+        current = state.current_release
+        links_ok = current is not None and state.tree is not None and all(
+            (e := state.tree.get(p)) is not None and e.kind == "l" and e.target == rel.shared_link_target(dest, current, p)
+            for p in shared
+        )
+        if current is not None and state.tree is not None and not delta.changed and links_ok:
+            files = sum(1 for e in local.values() if e.kind == "f")
+            outputs = {"release": f"{dest}/releases/{current}", "release_name": current, "changed_files": 0, **common}
+            return Plan.no_change(f"in sync: {files} files (release {current})", outputs=outputs, fingerprint=fingerprint)
+
+        release_id = ctx.release_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = rel.release_name_for(release_id, state.releases, current)
+        remove = rel.releases_to_remove([*state.releases, name], args.keep, protect=(name, current))
+        seed = state.tree_path if state.tree is not None else None
+        items = _shown(delta.items()) + (("->", f"current -> releases/{name}"),)
+        diffs = [Diff(
+            header=dest,
+            before=f"current -> {state.current_target}\n" if state.current_target else None,
+            after=f"current -> releases/{name}\n",
+            items=items,
+            truncated=len(delta.items()) > MAX_DIFF_ITEMS,
+        )]
+        if remove:
+            diffs.append(Diff(header=f"{dest}/releases (keep {args.keep})", items=tuple(("-", f"releases/{r}") for r in remove)))
+        reason = _summary(delta) + f"; new release {name}"
+        if not delta.changed and current is not None:
+            reason = f"shared links need updating; new release {name}"
+        data = _data(args, src, dest, delta, source_digest)
+        data.update({"release": name, "seed": seed, "remove": remove, "shared": list(shared), "previous": current})
+        outputs = {"release": f"{dest}/releases/{name}", "release_name": name, "changed_files": delta.changed, **common}
+        return Plan.will_change(reason, diffs=tuple(diffs), outputs=outputs, fingerprint=fingerprint, data=data)
+
+    def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
+        d = plan.data
+        dest = d["dest"]
+        _, digest = source_manifest(d["src"], ctx.run_id)
+        if digest != d["source_digest"]:
+            raise ModuleError(f"'{d['src']}' changed since the plan was made ({d['source_digest'][:19]}… is now "
+                              f"{digest[:19]}…): plan again", path=ctx.host or "")
+        target = ctx.target
+        paths = sorted(d["transfer"] + d["delete_roots"])
+        if not d.get("releases"):
+            ctx.emit(f"rsync: {len(paths)} paths to {dest}")
+            _run_rsync(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths)
+            return {"changed_files": d["changed"]}
+
+        name = d["release"]
+        assert ctx.conn is not None
+        partial = rel.prepare_release(ctx.conn, dest, name, d["seed"], timeout=ctx.remaining())
+        try:
+            ctx.emit(f"rsync: {len(paths)} paths to release {name}")
+            if paths:
+                _run_rsync(ctx, rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]), paths)
+            info = {
+                "release": name, "source_digest": d["source_digest"], "run_id": ctx.run_id,
+                "previous": d.get("previous"), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            rel.finish_release(ctx.conn, dest, name, d["shared"], info=info, timeout=ctx.remaining())
+        except BaseException:
+            rel.discard_release(ctx.conn, dest, name)
+            raise
+        if d["remove"]:
+            try:
+                rel.remove_releases(ctx.conn, dest, d["remove"], timeout=ctx.remaining())
+            except Exception as exc:  # the deploy itself succeeded; the next run retries the cleanup
+                ctx.emit(f"warning: old releases not removed: {exc}")
+        return {"changed_files": d["changed"], "release": f"{dest}/releases/{name}", "release_name": name}
+
+
+def _shown(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return items[:MAX_DIFF_ITEMS]
+
+
+def _summary(delta: Any) -> str:
+    return f"{len(delta.created)} to create, {len(delta.updated)} to update, {len(delta.deleted)} to delete"
+
+
+def _data(args: RsyncArgs, src: str, dest: str, delta: Any, digest: str) -> dict[str, Any]:
+    """What apply needs, JSON-friendly (a saved plan carries it)."""
+    return {
+        "args": dataclasses.asdict(args),
+        "src": src,
+        "dest": dest,
+        "releases": args.releases,
+        "transfer": list(delta.transfer),
+        "delete_roots": list(delta.delete_roots),
+        "changed": delta.changed,
+        "chown": args.chown,
+        "chmod": args.chmod,
+        "source_digest": digest,
+    }

@@ -1,0 +1,173 @@
+"""The CLI on bad input: one located, clear error per broken file, exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from tests.engine.test_loader import fake_modules  # noqa: F401  (the samples use its test doubles)
+
+DATA = Path(__file__).parent / "data"
+BROKEN = sorted((DATA / "broken").glob("*.yml"))
+
+
+def _expected(path: Path) -> tuple[str, list[str]]:
+    """The first line of each sample says `# error: LINE:COL PATH :: word; word`."""
+    head = path.read_text().splitlines()[0] if path.read_text() else ""
+    m = re.match(r"# error: (\d+:\d+)?\s*(\S*)\s*::\s*(.*)", head)
+    if not m:
+        return "", []
+    return m.group(1) or "", [w.strip() for w in m.group(3).split(";") if w.strip()]
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
+def test_validate_broken_playbook(path, capsys, fake_modules):
+    code = main(["validate", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in out + err
+    where, words = _expected(path)
+    if where:
+        assert f"{path}:{where}" in err, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    return write(tmp_path, "inv.yml", """\
+        defaults: {connection: local}
+        vars: {deploy_root: /tmp/x}
+        hosts:
+          a: {}
+          b: {vars: {only_b: 1}}
+        groups:
+          web: {hosts: [a, b]}
+        """)
+
+
+def test_undefined_variable_is_located_and_named(tmp_path, inventory, capsys):
+    pb = write(tmp_path, "pb.yml", """\
+        fleets:
+          web: {hosts: web}
+        steps:
+          - id: deploy
+            module: command
+            fleet: web
+            args:
+              argv: [ls, "{{ deploy_rot }}"]
+        """)
+    code = main(["validate", str(pb), "-i", str(inventory)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{pb}:8:" in err
+    assert "undefined variable 'deploy_rot'" in err and "did you mean 'deploy_root'" in err
+    assert "steps.deploy.args.argv[1]" in err
+
+
+def test_variable_defined_on_some_hosts_only_names_the_host(tmp_path, inventory, capsys):
+    pb = write(tmp_path, "pb.yml", """\
+        fleets:
+          web: {hosts: web}
+        steps:
+          - id: s
+            module: command
+            fleet: web
+            args: {argv: [echo, "{{ only_b }}"]}
+        """)
+    assert main(["validate", str(pb), "-i", str(inventory)]) == 1
+    err = capsys.readouterr().err
+    assert "undefined variable 'only_b' for host a" in err
+    assert "for host b" not in err
+
+
+def test_plan_refuses_bad_input_before_touching_hosts(tmp_path, inventory, capsys):
+    marker = tmp_path / "touched"
+    pb = write(tmp_path, "pb.yml", f"""\
+        fleets:
+          web: {{hosts: web}}
+        steps:
+          - id: first
+            module: command
+            fleet: web
+            args: {{argv: [touch, "{marker}"]}}
+          - id: second
+            module: command
+            fleet: web
+            args: {{argv: [echo, "{{{{ nope }}}}"]}}
+        """)
+    assert main(["run", str(pb), "-i", str(inventory)]) == 1
+    assert "undefined variable 'nope'" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_limit_typo_is_an_error(tmp_path, inventory, capsys):
+    pb = write(tmp_path, "pb.yml", """\
+        fleets:
+          web: {hosts: web}
+        steps:
+          - {id: s, module: command, fleet: web, args: {argv: ["true"]}}
+        """)
+    assert main(["plan", str(pb), "-i", str(inventory), "--limit", "webb"]) == 1
+    assert "did you mean 'web'" in capsys.readouterr().err
+
+
+def test_plan_json_and_exit_codes(tmp_path, inventory, capsys):
+    target = tmp_path / "made"
+    pb = write(tmp_path, "pb.yml", f"""\
+        fleets:
+          web: {{hosts: web}}
+        steps:
+          - id: make
+            module: command
+            fleet: web
+            args: {{argv: [touch, "{target}-{{{{ host.name }}}}"], creates: "{target}-{{{{ host.name }}}}"}}
+        """)
+    assert main(["plan", str(pb), "-i", str(inventory), "--format", "json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert {(r["host"], r["status"]) for r in doc["results"]} == {("a", "changed"), ("b", "changed")}
+    assert not Path(f"{target}-a").exists()
+    assert main(["run", str(pb), "-i", str(inventory), "--format", "json", "--state-dir", str(tmp_path / "st")]) == 0
+    capsys.readouterr()
+    assert Path(f"{target}-a").exists() and Path(f"{target}-b").exists()
+    assert main(["plan", str(pb), "-i", str(inventory), "--format", "json"]) == 0
+
+
+def test_graph_and_modules(capsys, tmp_path):
+    pb = write(tmp_path, "pb.yml", """\
+        sources:
+          site: {type: local, path: .}
+        fleets:
+          web: {hosts: web}
+        steps:
+          - {id: s, module: command, fleet: web, args: {argv: [ls, "{{ sources.site.path }}"]}}
+        """)
+    assert main(["graph", str(pb)]) == 0
+    assert "s_sources_site --> s_s" in capsys.readouterr().out
+    assert main(["modules"]) == 0
+    assert "command" in capsys.readouterr().out
+    assert main(["modules", "comand"]) == 1
+    assert "did you mean 'command'" in capsys.readouterr().err
+
+
+def test_no_traceback_from_the_real_process(tmp_path):
+    pb = write(tmp_path, "pb.yml", "steps: [\n")
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "validate", str(pb)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"{pb}:" in proc.stderr

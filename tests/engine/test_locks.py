@@ -1,0 +1,157 @@
+"""Deploy locks on real directories through LocalConnection."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from engine.connection.local import LocalConnection
+from engine.errors import ArgError, ConnectionFailed, LockHeld
+from engine.locks import (
+    LockInfo, acquire, acquire_all, break_lock, default_lock_path, format_age, release, release_all, status,
+)
+
+
+@pytest.fixture
+def conn() -> LocalConnection:
+    return LocalConnection("web1")
+
+
+def info(run_id: str, **kw) -> LockInfo:
+    return LockInfo.create(run_id=run_id, playbook="deploy.yml", **kw)
+
+
+def test_acquire_records_holder_and_release(tmp_path, conn):
+    path = str(tmp_path / "locks" / "web.lock")
+    mine = info("run-1", owner="alice")
+    acquire(conn, path, mine)
+    data = json.loads((tmp_path / "locks" / "web.lock" / "info.json").read_text())
+    assert data["owner"] == "alice" and data["run_id"] == "run-1" and data["playbook"] == "deploy.yml"
+    assert data["pid"] == os.getpid()
+    assert status(conn, path) == mine
+    assert oct((tmp_path / "locks").stat().st_mode & 0o7777) == "0o1777"
+    assert release(conn, path, "run-1") is True
+    assert status(conn, path) is None and not os.path.exists(path)
+    assert release(conn, path, "run-1") is False
+
+
+def test_second_run_is_refused_naming_the_holder(tmp_path, conn):
+    path = str(tmp_path / "web.lock")
+    first = LockInfo("alice", "run-1", "deploy-smartweb.yml", 4242, time.time() - 185, "deploy1")
+    acquire(conn, path, first)
+    with pytest.raises(LockHeld) as err:
+        acquire(conn, path, info("run-2", owner="bob"))
+    msg = str(err.value)
+    assert "alice" in msg and "run-1" in msg and "deploy-smartweb.yml" in msg and "3m05s" in msg
+    assert "web1" in msg and "playbook lock release" in msg
+    assert status(conn, path).run_id == "run-1"  # the refused run changed nothing
+    assert release(conn, path, "run-2") is False and status(conn, path).run_id == "run-1"
+
+
+def test_break_lock_removes_any_holder(tmp_path, conn):
+    path = str(tmp_path / "web.lock")
+    acquire(conn, path, info("run-1"))
+    holder = break_lock(conn, path)
+    assert holder is not None and holder.run_id == "run-1"
+    assert status(conn, path) is None and break_lock(conn, path) is None
+    acquire(conn, path, info("run-2"))
+
+
+def test_lock_without_info_shows_unknown_holder(tmp_path, conn):
+    path = tmp_path / "web.lock"
+    path.mkdir()  # a holder that died between mkdir and writing info.json
+    with pytest.raises(LockHeld, match="held by unknown"):
+        acquire(conn, str(path), info("run-2"))
+    assert status(conn, str(path)).owner == "unknown"
+    assert release(conn, str(path), "") is False
+    assert break_lock(conn, str(path)) is not None and not path.exists()
+
+
+def test_concurrent_acquire_has_exactly_one_winner(tmp_path, conn):
+    path = str(tmp_path / "race.lock")
+    winners, losers = [], []
+    barrier = threading.Barrier(16)
+
+    def contender(i: int) -> None:
+        barrier.wait()
+        try:
+            acquire(LocalConnection("web1"), path, info(f"run-{i}"))
+            winners.append(i)
+        except LockHeld:
+            losers.append(i)
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(losers) == 15
+    assert status(conn, path).run_id == f"run-{winners[0]}"
+
+
+class Down:
+    host = "down1"
+
+    def run(self, *a, **kw):
+        raise ConnectionFailed("connection refused", host="down1")
+
+
+class Rooted(LocalConnection):
+    """A local "host" whose `/locks/...` paths live under its own directory."""
+
+    def __init__(self, host: str, root) -> None:
+        super().__init__(host)
+        self.root = str(root)
+
+    def _map(self, text: str) -> str:
+        return text.replace("/locks/", self.root + "/locks/")
+
+    def run(self, argv, **kw):
+        return super().run([self._map(a) for a in argv], **kw)
+
+    def put(self, path, data, *, mode=None):
+        return super().put(self._map(path), data, mode=mode)
+
+
+def test_acquire_all_rolls_back_when_one_host_is_held(tmp_path):
+    hosts = {h: Rooted(h, tmp_path / h) for h in ("h1", "h2", "h3")}
+    path = "/locks/web/deploy.lock"
+    acquire(hosts["h2"], path, info("other-run", owner="carol"))
+    with pytest.raises(LockHeld, match="carol"):
+        acquire_all({h: (lambda c=c: c) for h, c in hosts.items()}, path, info("run-9"))
+    assert status(hosts["h1"], path) is None and status(hosts["h3"], path) is None  # ours rolled back
+    assert status(hosts["h2"], path).run_id == "other-run"  # theirs kept
+    got, unreachable = acquire_all({h: (lambda c=c: c) for h, c in hosts.items() if h != "h2"}, path, info("run-9"))
+    assert got == ["h1", "h3"] and not unreachable
+
+
+def test_same_run_may_take_its_lock_again(tmp_path, conn):
+    path = str(tmp_path / "web.lock")
+    acquire(conn, path, info("run-1"))
+    acquire(conn, path, info("run-1"))
+    assert release(conn, path, "run-1") is True
+
+
+def test_acquire_all_reports_unreachable_hosts(tmp_path):
+    path = str(tmp_path / "web.lock")
+    conns = {"h1": lambda: LocalConnection("h1"), "down1": lambda: Down()}
+    got, unreachable = acquire_all(conns, path, info("run-1"))
+    assert got == ["h1"] and list(unreachable) == ["down1"]
+    assert release_all({"h1": conns["h1"]}, path, "run-1") == {}
+    assert status(LocalConnection("h1"), path) is None
+
+
+def test_paths_and_formatting(monkeypatch):
+    monkeypatch.delenv("PLAYBOOK_LOCK_DIR", raising=False)
+    assert default_lock_path("web") == "/tmp/playbook-locks/web.lock"
+    assert default_lock_path("../evil fleet") == "/tmp/playbook-locks/_evil_fleet.lock"
+    monkeypatch.setenv("PLAYBOOK_LOCK_DIR", "/srv/locks")
+    assert default_lock_path("web") == "/srv/locks/web.lock"
+    for bad in ("relative.lock", "/", "/top.lock", "/tmp/../etc"):
+        with pytest.raises(ArgError):
+            status(LocalConnection(), bad)
+    assert format_age(5) == "5s" and format_age(3725) == "1h02m" and format_age(90061) == "1d01h"

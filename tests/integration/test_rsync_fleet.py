@@ -1,0 +1,294 @@
+"""The rsync module against the real sshd fleet, through the real executor and connection pool."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.connection.pool import ConnectionPool
+from engine.errors import HostKeyError
+from engine.executor import Executor, RunOptions
+from engine.model import Fleet, Group, Inventory, Playbook, Step
+from engine.module import ApplyContext, PlanContext, get_module
+from engine.connection.base import ReadOnly
+from engine.results import Change, Status
+import modules.rsync as rsync_mod
+from modules.rsync import RsyncArgs
+
+pytestmark = pytest.mark.fleet
+
+_ids = itertools.count()
+
+
+def write(path: Path, text: str, mtime: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def make_tree(root: Path, n: int) -> list[str]:
+    names = []
+    for i in range(n):
+        rel = f"wp-content/d{i % 10}/f{i:04d}.php"
+        write(root / rel, f"<?php // file {i}\n" + "x" * (200 + i % 500), mtime=1_700_000_000)
+        names.append(rel)
+    return names
+
+
+class Deployer:
+    """Plans and runs a one-step (or two-step) playbook on fleet hosts through the executor."""
+
+    def __init__(self, fleet, src: Path, app: str, *, hosts=None, **rsync_args) -> None:
+        self.fleet = fleet
+        self.hosts = hosts or fleet.model_hosts()
+        self.src = src
+        self.app = app
+        self.args = {"src": str(src), "dest": "{{ root }}/" + app, **rsync_args}
+        self.rsync_calls: list[tuple[str, int]] = []
+
+    def inventory(self) -> Inventory:
+        names = tuple(h.name for h in self.hosts)
+        return Inventory("inv.yml", {h.name: h for h in self.hosts}, {"web": Group("web", hosts=names)})
+
+    def run(self, mode: str = "run", steps: list[Step] | None = None, release_id: str | None = None):
+        steps = steps or [Step("sync", "rsync", "web", self.args)]
+        pb = Playbook("deploy.yml", "deploy", {}, {"web": Fleet("web", "web")}, tuple(steps))
+        inv = self.inventory()
+        n = next(_ids)
+        opts = RunOptions(mode=mode, run_id=f"run{n}-{time.time_ns()}", release_id=release_id or f"2026{n:04d}T{time.time_ns() % 10**9:09d}Z",
+                          forks=10)
+        with ConnectionPool(connect_timeout=5) as pool:
+            ex = Executor(pb, inv, opts, connect=lambda name: pool.get(inv.hosts[name]))
+            summary = ex.execute()
+        return summary, {(r.step, r.host): r for r in summary.results}
+
+    def dest(self, i: int) -> Path:
+        return self.fleet[i].data_dir / self.app
+
+
+def tree_of(root: Path) -> dict[str, bytes | str]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            full = Path(dirpath) / n
+            rel = str(full.relative_to(root))
+            if rel == ".playbook-release.json":
+                continue
+            out[rel] = "->" + os.readlink(full) if full.is_symlink() else (full.read_bytes() if full.is_file() else "dir")
+    return out
+
+
+@pytest.fixture
+def count_rsync(monkeypatch):
+    calls: list[tuple[str | None, int]] = []
+    real = rsync_mod._run_rsync
+
+    def counting(ctx, argv, paths):
+        calls.append((ctx.host, len(paths)))
+        return real(ctx, argv, paths)
+
+    monkeypatch.setattr(rsync_mod, "_run_rsync", counting)
+    return calls
+
+
+def test_full_deploy_rerun_and_one_percent_change(sshd_fleet, tmp_path, count_rsync):
+    src = tmp_path / "src"
+    names = make_tree(src, 400)
+    d = Deployer(sshd_fleet, src, "plain-app", exclude=("*.log",))
+    summary, res = d.run()
+    assert summary.exit_code() == 0, [r.message for r in summary.results]
+    assert {r.status for r in res.values()} == {Status.CHANGED}
+    for i in range(3):
+        assert tree_of(d.dest(i)) == tree_of(src)
+    assert sorted(h for h, _ in count_rsync) == sshd_fleet.names
+
+    count_rsync.clear()
+    summary, res = d.run()
+    assert {r.status for r in res.values()} == {Status.OK}
+    assert all(r.message == "in sync: 400 files" for r in res.values())
+    assert count_rsync == []  # no rsync process where nothing changed
+
+    changed = names[::100]  # 1%
+    for rel in changed:
+        write(src / rel, "<?php // new\n", mtime=1_750_000_000)
+    inodes = {i: {p: p.stat().st_ino for p in d.dest(i).rglob("*.php")} for i in range(3)}
+    plan_summary, plan_res = d.run("plan")
+    assert plan_summary.exit_code() == 2
+    for h in sshd_fleet.names:
+        diff = plan_res[("sync", h)].plan.diffs[0]
+        assert set(diff.items) == {("~", rel) for rel in changed}
+    summary, res = d.run()
+    assert summary.exit_code() == 0
+    assert sorted(count_rsync) == sorted((h, len(changed)) for h in sshd_fleet.names)
+    for i in range(3):
+        moved = {str(p.relative_to(d.dest(i))) for p, ino in inodes[i].items() if p.stat().st_ino != ino}
+        assert moved == set(changed)
+        assert tree_of(d.dest(i)) == tree_of(src)
+
+
+def test_releases_on_fleet_then_cache_clear_only_when_changed(sshd_fleet, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, 50)
+    d = Deployer(sshd_fleet, src, "rel-app", releases=True, keep=2, shared=("wp-content/uploads",))
+    marker = "{{ root }}/rel-app/flushed-{{ run.id }}"
+    steps = [
+        Step("sync", "rsync", "web", d.args),
+        Step("flush", "cache_clear", "web", {"command": ["touch", marker], "only_if_changed": ["sync"]}, needs=("sync",)),
+    ]
+    summary, res = d.run(steps=steps, release_id="20260101T000001Z")
+    assert summary.exit_code() == 0, [r.message for r in summary.results]
+    for i in range(3):
+        root = d.dest(i)
+        assert os.readlink(root / "current") == "releases/20260101T000001Z"
+        assert os.readlink(root / "current" / "wp-content" / "uploads") == "../../../shared/wp-content/uploads"
+        assert len(list(root.glob("flushed-*"))) == 1
+    summary, res = d.run(steps=steps, release_id="20260101T000002Z")
+    assert {(k[0], r.status) for k, r in res.items()} == {("sync", Status.OK), ("flush", Status.OK)}
+    for i in range(3):
+        assert os.listdir(d.dest(i) / "releases") == ["20260101T000001Z"]
+        assert len(list(d.dest(i).glob("flushed-*"))) == 1  # nothing changed: no flush
+
+
+def test_unknown_host_key_is_refused_by_rsync_too(sshd_fleet, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, 5)
+    partial_kh = sshd_fleet.write_known_hosts(tmp_path / "known_hosts_partial", only=[1, 2])
+    good = sshd_fleet.model_hosts()[0]
+    stranger = dataclasses.replace(good, known_hosts=str(partial_kh))
+    module = get_module("rsync")
+    dest = str(sshd_fleet[0].data_dir / "hostkey-app")
+    with ConnectionPool(connect_timeout=5) as pool:
+        conn = pool.get(good)  # the engine's connection is fine; only rsync's ssh sees the partial file
+        common = dict(host=good.name, step="sync", vars={}, run_id=f"hk{time.time_ns()}", release_id="r1",
+                      state_dir=str(tmp_path), target=stranger, mode="run")
+        plan = module.plan(PlanContext(conn=ReadOnly(conn), **common), RsyncArgs(src=str(src), dest=dest))
+        assert plan.change == Change.WILL_CHANGE
+        with pytest.raises(HostKeyError, match="refused the host key"):
+            module.apply(ApplyContext(conn=conn, **common), plan)
+    assert not os.path.exists(os.path.join(dest, "wp-content"))
+    # and through the executor, the engine itself refuses the host before any rsync
+    d = Deployer(sshd_fleet, src, "hostkey-app2", hosts=[stranger])
+    summary, res = d.run()
+    assert res[("sync", good.name)].status == Status.UNREACHABLE
+    assert "unknown host key" in res[("sync", good.name)].message
+
+
+def test_host_down_mid_deploy_fails_alone_and_converges_later(fleet_factory, tmp_path, monkeypatch):
+    fleet = fleet_factory(3)
+    src = tmp_path / "src"
+    names = make_tree(src, 100)
+    d = Deployer(fleet, src, "app", releases=True, keep=3)
+    summary, _ = d.run(release_id="20260101T000001Z")
+    assert summary.exit_code() == 0
+    old = {i: tree_of(d.dest(i) / "releases" / "20260101T000001Z") for i in range(3)}
+
+    for rel in names[:10]:
+        write(src / rel, "<?php // v2\n", mtime=1_760_000_000)
+    real = rsync_mod._run_rsync
+
+    def dying(ctx, argv, paths):
+        if ctx.host == fleet[1].name:
+            fleet.stop_host(1)  # sshd (and every session it forked) dies after the release was prepared
+        return real(ctx, argv, paths)
+
+    monkeypatch.setattr(rsync_mod, "_run_rsync", dying)
+    summary, res = d.run(release_id="20260101T000002Z")
+    monkeypatch.undo()
+    assert summary.exit_code() == 1
+    assert res[("sync", fleet[1].name)].status in (Status.UNREACHABLE, Status.FAILED)
+    for i in (0, 2):
+        assert res[("sync", fleet[i].name)].status == Status.CHANGED
+        assert os.readlink(d.dest(i) / "current") == "releases/20260101T000002Z"
+    broken = d.dest(1)
+    assert os.readlink(broken / "current") == "releases/20260101T000001Z"
+    assert tree_of(broken / "releases" / "20260101T000001Z") == old[1]
+    assert "20260101T000002Z" not in os.listdir(broken / "releases")
+
+    fleet.start_host(1)
+    summary, res = d.run(release_id="20260101T000003Z")
+    assert summary.exit_code() == 0
+    assert res[("sync", fleet[1].name)].status == Status.CHANGED
+    assert {res[("sync", fleet[i].name)].status for i in (0, 2)} == {Status.OK}
+    assert os.readlink(broken / "current") == "releases/20260101T000003Z"
+    assert tree_of(broken / "current") == tree_of(src)
+    assert not [n for n in os.listdir(broken / "releases") if n.startswith(".")]  # stale partial removed
+
+
+def test_sshd_killed_while_rsync_is_transferring(fleet_factory, tmp_path, monkeypatch):
+    fleet = fleet_factory(1)
+    src = tmp_path / "src"
+    make_tree(src, 10)
+    d = Deployer(fleet, src, "app", releases=True)
+    assert d.run(release_id="20260101T000001Z")[0].exit_code() == 0
+    for i in range(40):
+        (src / "big").mkdir(exist_ok=True)
+        (src / "big" / f"blob{i}").write_bytes(os.urandom(4 << 20))
+    real = rsync_mod._run_rsync
+
+    def killer(ctx, argv, paths):
+        threading.Timer(0.15, fleet.stop_host, args=(0,)).start()
+        return real(ctx, argv, paths)
+
+    monkeypatch.setattr(rsync_mod, "_run_rsync", killer)
+    summary, res = d.run(release_id="20260101T000002Z")
+    assert summary.exit_code() == 1, [r.message for r in summary.results]
+    assert os.readlink(d.dest(0) / "current") == "releases/20260101T000001Z"
+    assert "big" not in os.listdir(d.dest(0) / "current")
+    fleet.start_host(0)
+
+
+def test_reader_never_sees_current_missing(sshd_fleet, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, 20)
+    d = Deployer(sshd_fleet, src, "readlink-app", releases=True, keep=2)
+    d.run()
+    link = d.dest(0) / "current"
+    stop = threading.Event()
+    seen: list[str] = []
+    missing: list[BaseException] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(os.readlink(link))
+            except OSError as exc:
+                missing.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for k in range(8):
+            write(src / "version.txt", f"{k}\n", mtime=1_700_000_000 + k)
+            summary, _ = d.run()
+            assert summary.exit_code() == 0
+    finally:
+        stop.set()
+        t.join()
+    assert missing == []
+    assert len(set(seen)) >= 8 and len(seen) > 1000
+
+
+def test_lock_over_ssh_refuses_a_second_run(sshd_fleet, tmp_path):
+    from engine.errors import LockHeld
+    from engine.locks import LockInfo, acquire, release, status
+
+    path = str(tmp_path / "locks" / "web.lock")
+    host = sshd_fleet.model_hosts()[0]
+    with ConnectionPool(connect_timeout=5) as first, ConnectionPool(connect_timeout=5) as second:
+        holder = LockInfo.create(run_id="run-A", playbook="deploy-smartweb.yml", owner="alice")
+        acquire(first.get(host), path, holder)
+        with pytest.raises(LockHeld) as err:
+            acquire(second.get(host), path, LockInfo.create(run_id="run-B", playbook="deploy-smartweb.yml"))
+        assert "alice" in str(err.value) and "run-A" in str(err.value) and host.name in str(err.value)
+        assert status(second.get(host), path) == holder
+        assert release(first.get(host), path, "run-A") is True
+        assert status(second.get(host), path) is None
