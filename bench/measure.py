@@ -1,0 +1,202 @@
+"""Time one whole process: wall time, CPU of its process tree, peak memory of the tree.
+
+- wall: from spawn until the root process exits;
+- CPU: user+sys from the RUSAGE_CHILDREN delta around the run. The bench makes itself a child
+  subreaper, so daemonised leftovers (ssh ControlMaster processes) reparent to it; they are
+  killed and reaped after the root exits, which folds their CPU into the delta too;
+- peak memory: the tree's summed RSS, sampled from /proc every ~20 ms (orphans included), and
+  the root process's own high-water mark (VmHWM) reported separately as "controller".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Measurement", "run_measured", "become_subreaper"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants reparent to this process (Linux), so they stay measurable."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except Exception:
+        pass
+
+
+@dataclass
+class Measurement:
+    """One timed process run."""
+
+    argv: list[str]
+    rc: int
+    wall: float
+    cpu: float
+    peak_tree_rss: int  # bytes
+    peak_root_rss: int  # bytes (the controller process alone)
+    stdout: str = ""
+    stderr: str = ""
+    samples: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """{pid: (ppid, rss bytes)} for every process."""
+    out: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        # fields[0] is state (stat field 3): ppid is field 4, rss (pages) field 24
+        try:
+            out[int(entry)] = (int(fields[1]), int(fields[21]) * _PAGE)
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def _descendants(table: dict[int, tuple[int, int]], roots: set[int], exclude: set[int]) -> set[int]:
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        p = todo.pop()
+        if p in seen or p in exclude:
+            continue
+        seen.add(p)
+        todo.extend(kids.get(p, ()))
+    return seen
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_children() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_measured(
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    exclude_pids: set[int] | None = None,
+    timeout: float = 900.0,
+    interval: float = 0.02,
+    log: Path | None = None,
+) -> Measurement:
+    """Run `argv` to completion and measure it (see the module docstring).
+
+    `exclude_pids`: long-lived children of this process that are not part of the run (the
+    fleet's sshd servers): they and their descendants are left out of the tree.
+    """
+    exclude = set(exclude_pids or ())
+    me = os.getpid()
+    # our own long-lived children (sshd servers...) exist before the run: never count them
+    before = _proc_table()
+    exclude |= {p for p, (pp, _) in before.items() if pp == me}
+    cpu0 = _cpu_children()
+    out_path = log or Path(os.devnull)
+    with open(f"{out_path}.out" if log else os.devnull, "wb") as out, open(
+        f"{out_path}.err" if log else os.devnull, "wb"
+    ) as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    peak_tree = 0
+    peak_root = 0
+    samples = 0
+    done = threading.Event()
+    status: dict[str, int] = {}
+
+    def reap() -> None:
+        # wait4 on the root only: its rusage is folded into RUSAGE_CHILDREN by the kernel
+        _, st, _ = os.wait4(proc.pid, 0)
+        status["t"] = time.perf_counter()
+        status["rc"] = os.waitstatus_to_exitcode(st)
+        done.set()
+
+    waiter = threading.Thread(target=reap, daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    while not done.is_set():
+        table = _proc_table()
+        tree = _descendants(table, {proc.pid}, set())
+        # orphans adopted by us (subreaper) that are neither the root nor pre-existing children
+        orphans = {p for p, (pp, _) in table.items() if pp == me and p not in exclude and p != proc.pid}
+        tree |= _descendants(table, orphans, exclude)
+        rss = sum(table[p][1] for p in tree if p in table)
+        peak_tree = max(peak_tree, rss)
+        peak_root = max(peak_root, _vm_hwm(proc.pid))
+        samples += 1
+        if time.monotonic() > deadline:
+            timed_out = True
+            os.kill(proc.pid, signal.SIGKILL)
+        done.wait(interval)
+    wall = status["t"] - t0
+    rc = status["rc"] if not timed_out else -9
+    _kill_leftovers(me, exclude)
+    cpu = _cpu_children() - cpu0
+    m = Measurement(argv=list(argv), rc=rc, wall=wall, cpu=cpu, peak_tree_rss=peak_tree,
+                    peak_root_rss=peak_root, samples=samples)
+    if log:
+        m.stdout = Path(f"{log}.out").read_text(errors="replace")
+        m.stderr = Path(f"{log}.err").read_text(errors="replace")
+    if timed_out:
+        m.stderr += f"\n[bench] killed after {timeout:.0f}s"
+    return m
+
+
+def _kill_leftovers(me: int, exclude: set[int]) -> None:
+    """SIGKILL and reap processes the run left behind (e.g. ssh ControlMaster daemons)."""
+    for _ in range(50):
+        table = _proc_table()
+        left = {p for p, (pp, _) in table.items() if pp == me and p not in exclude}
+        left = _descendants(table, left, exclude)
+        if not left:
+            break
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in list(left):
+            try:
+                os.waitpid(p, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.02)
+    # reap any remaining zombies that are ours
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break

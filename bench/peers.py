@@ -1,0 +1,123 @@
+"""Install the tools playbook is compared with, each into its own virtualenv under bench/.venvs.
+
+- ansible: ansible-core (pinned) plus the `ansible.posix` collection, unpacked from the
+  `ansible` community wheel (Galaxy is not reachable here) into a collections dir beside it;
+- pyinfra (pinned).
+
+Everything is idempotent: a venv whose marker file names the pinned version is left alone.
+playbook itself runs from this Python's installed `playbook` (or the repo's .venv if present).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ANSIBLE_CORE", "ANSIBLE", "PYINFRA", "Peers", "ensure_peers", "playbook_command"]
+
+ANSIBLE_CORE = "2.19.14"
+ANSIBLE = "12.3.0"  # the community package built on ansible-core 2.19; only ansible.posix is taken
+PYINFRA = "3.10.0"
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENVS = BENCH / ".venvs"
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Where each installed tool lives."""
+
+    ansible_bin: Path | None
+    ansible_collections: Path | None
+    pyinfra_bin: Path | None
+
+
+def _run(argv: list[str], **kw) -> None:
+    print("  $", " ".join(map(str, argv)), flush=True)
+    subprocess.run(argv, check=True, **kw)
+
+
+def _venv(path: Path) -> Path:
+    if not (path / "bin" / "python").exists():
+        _run([sys.executable, "-m", "venv", str(path)])
+    return path / "bin" / "python"
+
+
+def _marker_ok(venv: Path, want: str) -> bool:
+    m = venv / ".bench-installed"
+    return m.exists() and m.read_text().strip() == want
+
+
+def _ensure_ansible() -> tuple[Path, Path]:
+    venv = VENVS / "ansible"
+    want = f"ansible-core=={ANSIBLE_CORE} ansible.posix from ansible=={ANSIBLE}"
+    collections = venv / "collections"
+    if not _marker_ok(venv, want):
+        print(f"installing {want} into {venv}", flush=True)
+        py = _venv(venv)
+        _run([str(py), "-m", "pip", "install", "-q", f"ansible-core=={ANSIBLE_CORE}"])
+        with tempfile.TemporaryDirectory() as tmp:
+            _run([str(py), "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, f"ansible=={ANSIBLE}"])
+            wheel = next(Path(tmp).glob("ansible-*.whl"))
+            prefix = "ansible_collections/ansible/posix/"
+            if collections.exists():
+                shutil.rmtree(collections)
+            with zipfile.ZipFile(wheel) as zf:
+                members = [n for n in zf.namelist() if n.startswith(prefix)]
+                if not members:
+                    raise RuntimeError(f"{wheel.name} has no {prefix}")
+                for name in members:
+                    # the wheel is from PyPI, but never write outside the target all the same
+                    target = (collections / name).resolve()
+                    if not str(target).startswith(str(collections.resolve()) + os.sep):
+                        raise RuntimeError(f"unsafe path in wheel: {name}")
+                    zf.extract(name, collections)
+        (venv / ".bench-installed").write_text(want + "\n")
+    return venv / "bin" / "ansible-playbook", collections
+
+
+def _ensure_pyinfra() -> Path:
+    venv = VENVS / "pyinfra"
+    want = f"pyinfra=={PYINFRA}"
+    if not _marker_ok(venv, want):
+        print(f"installing {want} into {venv}", flush=True)
+        py = _venv(venv)
+        _run([str(py), "-m", "pip", "install", "-q", want])
+        (venv / ".bench-installed").write_text(want + "\n")
+    return venv / "bin" / "pyinfra"
+
+
+def ensure_peers(tools: set[str]) -> Peers:
+    """Install (when missing) the peers among `tools` and say where they are."""
+    VENVS.mkdir(parents=True, exist_ok=True)
+    ans_bin = ans_col = pyi = None
+    # a peer that cannot be installed is reported as "n/a (not installed)"; the rest still runs
+    if "ansible" in tools:
+        try:
+            ans_bin, ans_col = _ensure_ansible()
+        except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as exc:
+            print(f"  ansible not installed: {exc}", file=sys.stderr, flush=True)
+    if "pyinfra" in tools:
+        try:
+            pyi = _ensure_pyinfra()
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"  pyinfra not installed: {exc}", file=sys.stderr, flush=True)
+    return Peers(ans_bin, ans_col, pyi)
+
+
+def playbook_command() -> list[str]:
+    """argv prefix that runs playbook: the repo's .venv if present, else this Python's install."""
+    venv_py = REPO / ".venv" / "bin" / "python"
+    py = str(venv_py) if venv_py.exists() else sys.executable
+    return [py, "-m", "engine.cli"]
+
+
+if __name__ == "__main__":
+    print(ensure_peers({"ansible", "pyinfra"}))
