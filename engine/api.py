@@ -30,6 +30,7 @@ __all__ = [
     "new_run_id",
     "new_release_id",
     "file_hash",
+    "resolve_secrets",
 ]
 
 
@@ -92,6 +93,44 @@ def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
         else:
             raise LoadError(f"-e expects key=value, @file.yml or a JSON object (got {item!r})")
     return result
+
+
+def resolve_secrets(playbook: Playbook, cli: Sequence[str] = ()) -> dict[str, str]:
+    """Secret vars: the playbook's `secrets:` (env or file) and `--secret NAME` (the value of env
+    var NAME) / `--secret NAME=@FILE`. Every value is registered with the scrubber before it is
+    used, so it is masked in every output; none ever travels in argv."""
+    from engine.secrets import SCRUBBER
+
+    found: dict[str, str] = {}
+
+    def read_file(name: str, path: str) -> str:
+        full = os.path.expanduser(path)
+        if not os.path.isabs(full):
+            full = os.path.join(os.path.dirname(os.path.abspath(playbook.path)), full)
+        try:
+            with open(full, encoding="utf-8") as fh:
+                return fh.read().rstrip("\n")
+        except OSError as exc:
+            raise LoadError(f"secret '{name}': cannot read file {path}: {exc.strerror}") from None
+
+    def read_env(name: str, var: str) -> str:
+        if var not in os.environ:
+            raise LoadError(f"secret '{name}': environment variable {var} is not set")
+        return os.environ[var]
+
+    for name, spec in playbook.secrets.items():
+        found[name] = read_env(name, spec["env"]) if "env" in spec else read_file(name, spec["file"])
+    for item in cli:
+        name, sep, rest = item.partition("=")
+        if not name.isidentifier():
+            raise LoadError(f"--secret: '{name}' is not a valid variable name (expected NAME or NAME=@FILE)")
+        if sep and not rest.startswith("@"):
+            raise LoadError(f"--secret {name}: give the value in the environment variable {name} or as "
+                            f"{name}=@FILE; a value on the command line would be visible to every user of the machine")
+        found[name] = read_file(name, rest[1:]) if sep else read_env(name, name)
+    for value in found.values():
+        SCRUBBER.add(value)
+    return found
 
 
 def _walk(value: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
@@ -236,7 +275,8 @@ def _acquire_locks(playbook: Playbook, executor: Executor, connect: Callable[[st
     info = LockInfo.create(run_id=options.run_id, playbook=playbook.path)
     try:
         for name, fleet in playbook.fleets.items():
-            hosts = executor.fleet_hosts.get(name, [])
+            hosts = [h for h in executor.fleet_hosts.get(name, [])
+                     if executor.inventory.hosts[h].connection != "kubernetes"]  # the API has its own concurrency control
             if not fleet.lock or not hosts:
                 continue
             path = default_lock_path(name)

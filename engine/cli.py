@@ -26,7 +26,10 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--limit", help="host pattern restricting every fleet (see docs/patterns.md)")
     p.add_argument("-f", "--forks", type=int, default=int(os.environ.get("PLAYBOOK_FORKS", "50")),
                    help="hosts worked on at once (default 50)")
-    p.add_argument("--format", choices=["text", "json", "jsonl"], default="text", help="output format")
+    p.add_argument("--format", choices=["text", "json", "jsonl", "markdown"], default="text",
+                   help="output format (markdown: a plan sized for a merge-request comment)")
+    p.add_argument("--secret", action="append", default=[], metavar="NAME[=@FILE]",
+                   help="a secret var: the value of env var NAME, or the contents of FILE; masked in all output")
     p.add_argument("--release-id", help="release id to use (default: UTC timestamp)")
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"),
                    help="controller state: caches, records (default ./.playbook)")
@@ -42,8 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="apply a playbook to its fleets")
     _common_run_args(p)
+    p.add_argument("--resume", metavar="RUN_ID",
+                   help="redo only the host/steps that did not finish in that run (same release id)")
     p = sub.add_parser("plan", help="dry run: show what would change (exit 2 when something would)")
     _common_run_args(p)
+    p.add_argument("-o", "--out", metavar="PLAN.json", help="save the plan for `playbook apply`")
+
+    p = sub.add_parser("apply", help="apply exactly a saved plan; refuses if anything drifted since")
+    p.add_argument("plan_file", metavar="PLAN.json")
+    p.add_argument("-f", "--forks", type=int, default=int(os.environ.get("PLAYBOOK_FORKS", "50")))
+    p.add_argument("--format", choices=["text", "json", "jsonl"], default="text")
+    p.add_argument("--secret", action="append", default=[], metavar="NAME[=@FILE]")
+    p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
+    p.add_argument("-v", "--verbose", action="count", default=0)
 
     p = sub.add_parser("validate", help="check playbooks (and their inventory) without contacting any host")
     p.add_argument("files", nargs="+", help="playbook files (an inventory file is checked on its own)")
@@ -75,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _reporter(fmt: str, mode: str, verbose: int) -> Any:
+def _reporter(fmt: str, mode: str, verbose: int, playbook: Any = None) -> Any:
+    if fmt == "markdown":
+        from engine.graph import to_mermaid
+        from engine.report.markdown import MarkdownReporter
+
+        return MarkdownReporter(sys.stdout, mermaid=to_mermaid(playbook) if playbook else "")
     if fmt == "json":
         from engine.report.jsondoc import JsonReporter
 
@@ -95,12 +114,47 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
 
     loaded = api.load(ns.playbook, ns.inventory)
     extra = api.parse_extra_vars(ns.extra_vars)
+    secrets = api.resolve_secrets(loaded.playbook, ns.secret)
+    extra.update(secrets)
     api.check(loaded, extra, ns.limit)
     if ns.forks < 1:
         raise PlaybookError(f"--forks must be at least 1 (got {ns.forks})")
     opts = RunOptions(mode=mode, forks=ns.forks, limit=ns.limit, extra_vars=extra,
                       release_id=ns.release_id or "", state_dir=ns.state_dir, verbose=ns.verbose)
-    reporter = _reporter(ns.format, mode, ns.verbose)
+    if getattr(ns, "resume", None):
+        _prepare_resume(ns, loaded, opts)
+    return _execute(ns, loaded, opts, mode, secret_names=set(secrets), save_to=getattr(ns, "out", None))
+
+
+def _prepare_resume(ns: argparse.Namespace, loaded: Any, opts: Any) -> None:
+    """`run --resume RUN_ID`: reuse its release id, skip what it finished (with its outputs)."""
+    from engine import api
+    from engine.history import History
+
+    hist = History(ns.state_dir)
+    try:
+        rec = hist.run(ns.resume)
+        if rec is None or rec.mode != "run":
+            raise PlaybookError(f"--resume: no run '{ns.resume}' in the history ({ns.state_dir})")
+        if rec.playbook_hash != api.file_hash(loaded.playbook.path):
+            raise PlaybookError(f"--resume: the playbook changed since run {rec.run_id}; run it again instead")
+        if rec.inventory_hash != api.file_hash(loaded.inventory.path):
+            raise PlaybookError(f"--resume: the inventory changed since run {rec.run_id}; run it again instead")
+        if (rec.limit_pattern or None) != (ns.limit or None):
+            raise PlaybookError(f"--resume: run {rec.run_id} used --limit {rec.limit_pattern!r}; resume with the same")
+        opts.release_id = rec.release_id or opts.release_id
+        opts.resumed_from = rec.run_id
+        opts.done = {(r["step"], r["host"]): r["outputs"] for r in hist.results(rec.run_id)
+                     if r["status"] in ("ok", "changed")}
+    finally:
+        hist.close()
+
+
+def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secret_names: set[str],
+             save_to: str | None = None, plan_hash: str = "") -> int:
+    from engine import api
+
+    reporter = _reporter(ns.format, mode, ns.verbose, loaded.playbook)
     subscribers: list[Any] = [reporter]
     history = None
     if mode == "run":
@@ -111,9 +165,9 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
         opts.run_id = api.new_run_id()
         opts.release_id = opts.release_id or api.new_release_id()
         subscribers.insert(0, HistoryRecorder(
-            history, name=loaded.playbook.name, release_id=opts.release_id, limit=ns.limit,
+            history, name=loaded.playbook.name, release_id=opts.release_id, limit=opts.limit,
             playbook_hash=api.file_hash(loaded.playbook.path), inventory_hash=api.file_hash(loaded.inventory.path),
-            scrub=SCRUBBER.scrub_obj,
+            plan_hash=plan_hash, scrub=SCRUBBER.scrub_obj,
         ))
     executors: list[Any] = []
     interrupts = {"n": 0}
@@ -137,7 +191,42 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
         close = getattr(reporter, "close", None)
         if close:
             close()
+    if save_to and mode == "plan":
+        from engine.savedplan import save_plan
+        from engine.secrets import SCRUBBER
+
+        digest = save_plan(save_to, summary, playbook=loaded.playbook.path, inventory=loaded.inventory.path,
+                           extra_vars=opts.extra_vars, secret_names=secret_names, limit=opts.limit,
+                           release_id=opts.release_id, scrubber=SCRUBBER)
+        sys.stderr.write(f"plan saved to {save_to} ({digest[:19]}…); apply it with: playbook apply {save_to}\n")
     return summary.exit_code()
+
+
+def _cmd_apply(ns: argparse.Namespace) -> int:
+    from engine import api
+    from engine.executor import RunOptions
+    from engine.savedplan import StalePlan, check_files, drift, load_plan
+
+    saved = load_plan(ns.plan_file)
+    check_files(saved)
+    loaded = api.load(saved.playbook, saved.inventory)
+    extra = dict(saved.extra_vars)
+    secrets = api.resolve_secrets(loaded.playbook, ns.secret)
+    extra.update(secrets)
+    api.check(loaded, extra, saved.limit)
+    verify = RunOptions(mode="plan", forks=ns.forks, limit=saved.limit, extra_vars=extra,
+                        release_id=saved.release_id, state_dir=ns.state_dir, verbose=ns.verbose)
+    fresh = api.execute(loaded, verify)
+    drifted = drift(saved, fresh)
+    if drifted:
+        lines = "\n".join(f"  {host}  {step}: {why}" for host, step, why in drifted)
+        hosts = sorted({h for h, _, _ in drifted})
+        raise StalePlan(f"refusing to apply {ns.plan_file}: the world changed since the plan on "
+                        f"{len(hosts)} host(s) ({', '.join(hosts)}):\n{lines}\nplan again and review the new plan",
+                        drifted)
+    opts = RunOptions(mode="run", forks=ns.forks, limit=saved.limit, extra_vars=extra, release_id=saved.release_id,
+                      state_dir=ns.state_dir, verbose=ns.verbose, expected=saved.nodes)
+    return _execute(ns, loaded, opts, "run", secret_names=set(secrets), plan_hash=saved.plan_hash)
 
 
 def _cmd_validate(ns: argparse.Namespace) -> int:
@@ -322,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command in ("run", "plan"):
             return _cmd_execute(ns, ns.command)
+        if ns.command == "apply":
+            return _cmd_apply(ns)
         if ns.command == "validate":
             return _cmd_validate(ns)
         if ns.command == "graph":

@@ -55,7 +55,12 @@ class RunOptions:
     state_dir: str = ".playbook"
     verbose: int = 0
     locks: bool = True  # take fleets' deploy locks in run mode (engine.api.execute)
-    only: Mapping[tuple[str, str | None], Any] | None = None  # resume/apply: restrict nodes
+    # `playbook apply`: the saved plan per (step, host): {"change": ..., "fingerprint": ...}.
+    # Nodes outside it are skipped; a node whose fresh plan no longer matches fails as drifted.
+    expected: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
+    # `playbook run --resume`: nodes finished by the interrupted run, with their outputs
+    done: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
+    resumed_from: str = ""
 
 
 def resolve_fleets(playbook: Playbook, inventory: Inventory, limit: str | None) -> dict[str, list[str]]:
@@ -268,6 +273,9 @@ class Executor:
             return StepResult(step.id, host, Status.FAILED, str(exc))
         except Exception as exc:  # a bug in a module must not take the run down
             return StepResult(step.id, host, Status.FAILED, _internal(step, exc, self.opts.verbose))
+        drift = self._drift(step, host, plan, upstream)
+        if drift:
+            return StepResult(step.id, host, Status.FAILED, drift, plan=plan)
         if mode == "plan" or plan.change == Change.NO_CHANGE:
             status = {Change.WILL_CHANGE: Status.CHANGED, Change.NO_CHANGE: Status.OK, Change.UNKNOWN: Status.UNKNOWN}[plan.change]
             outputs = dict(plan.outputs)
@@ -374,6 +382,14 @@ class Executor:
                     if node.barrier:
                         finish(node, StepResult(node.step, None, Status.OK))
                         continue
+                    key = (node.step, node.host)
+                    if self.opts.done is not None and key in self.opts.done:
+                        finish(node, StepResult(node.step, node.host, Status.OK,
+                                                f"done in run {self.opts.resumed_from}", outputs=self.opts.done[key]))
+                        continue
+                    if self.opts.expected is not None and key not in self.opts.expected:
+                        finish(node, StepResult(node.step, node.host, Status.SKIPPED, "not in the saved plan"))
+                        continue
                     reason = skip_reason(node)
                     if reason is not None:
                         res = StepResult(node.step, node.host, Status.SKIPPED, reason)
@@ -418,6 +434,24 @@ class Executor:
         self.bus.emit(RunFinished(summary))
         return summary
 
+    def _drift(self, step: Step, host: str | None, plan: Plan, upstream: list[StepResult]) -> str:
+        """With a saved plan: why this node's fresh plan is not the reviewed one ("" if it is).
+
+        Nodes downstream of a change legitimately see a different world than at review time
+        (the upstream change has been applied since), so only the change itself is compared there."""
+        if self.opts.expected is None:
+            return ""
+        exp = self.opts.expected.get((step.id, host))
+        if exp is None:
+            return ""
+        if exp.get("change") == Change.NO_CHANGE.value and plan.change != Change.NO_CHANGE:
+            return "drifted since the plan: it planned no change, now it would change (" + plan.reason + ")"
+        if any(r.status == Status.CHANGED for r in upstream):
+            return ""
+        if _normal(exp.get("fingerprint", {})) != _normal(dict(plan.fingerprint)):
+            return f"drifted since the plan: {_what_differs(exp.get('fingerprint', {}), plan.fingerprint)}"
+        return ""
+
     def _check_budget(self, host: str) -> None:
         for name, fleet in self.playbook.fleets.items():
             hosts = self.fleet_hosts.get(name, [])
@@ -431,6 +465,20 @@ class Executor:
                         f"(max_fail_percentage {fleet.max_fail_percentage:g}%)"
                     )
                     self.bus.emit(Message(self._aborted, "error"))
+
+
+def _normal(value: Any) -> Any:
+    import json
+
+    from engine.report.jsondoc import json_safe
+
+    return json.loads(json.dumps(json_safe(value), sort_keys=True))
+
+
+def _what_differs(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    a, b = _normal(dict(before or {})), _normal(dict(after or {}))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "changed " + ", ".join(keys) if keys else "fingerprint changed"
 
 
 def _unknown_outputs(step: Step) -> dict[str, Any]:

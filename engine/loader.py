@@ -35,7 +35,7 @@ from engine.yamlload import Document, load_file
 __all__ = ["load_playbook", "load_inventory", "schema_errors", "display_path"]
 
 _FLEET_FIELDS = {f.name for f in dataclasses.fields(Fleet)}
-_CONNECTION_KEYS = ("connection", "user", "port", "key", "known_hosts")
+_CONNECTION_KEYS = ("connection", "user", "port", "key", "known_hosts", "kubeconfig", "context", "namespace")
 _TYPE_NAMES = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean",
                "null": "null", "array": "list", "object": "mapping"}
 
@@ -290,6 +290,8 @@ class _PlaybookLoader:
             fleets=fleets,
             steps=tuple(s["step"] for s in all_steps),
             vars=dict(self.data.get("vars") or {}) if isinstance(self.data.get("vars"), dict) else {},
+            secrets={str(k): dict(v) for k, v in (self.data.get("secrets") or {}).items() if isinstance(v, dict)}
+            if isinstance(self.data.get("secrets"), dict) else {},
             inventory=inventory if isinstance(inventory, str) else None,
             location=self.doc.where(()),
         )
@@ -525,7 +527,7 @@ def load_inventory(path: str) -> Inventory:
     base_dir = os.path.dirname(os.path.abspath(path))
 
     defaults = dict(data["defaults"]) if isinstance(data.get("defaults"), dict) else {}
-    for k in ("key", "known_hosts"):
+    for k in ("key", "known_hosts", "kubeconfig"):
         if k in defaults:
             defaults[k] = _resolve_path(defaults[k], base_dir)
 
@@ -596,6 +598,9 @@ def load_inventory(path: str) -> Inventory:
             user=settings["user"],
             key=_resolve_path(settings["key"], base_dir) if "key" in spec else settings["key"],
             known_hosts=_resolve_path(settings["known_hosts"], base_dir) if "known_hosts" in spec else settings["known_hosts"],
+            kubeconfig=_resolve_path(settings["kubeconfig"], base_dir) if "kubeconfig" in spec else settings["kubeconfig"],
+            context=settings["context"],
+            namespace=settings["namespace"],
             vars=dict(hvars) if isinstance(hvars, dict) else {},
             groups=tuple(member_of.get(name, ())),
             location=location,

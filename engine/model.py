@@ -32,12 +32,16 @@ class Host:
     """One inventory host with its connection settings (vars are resolved per run)."""
 
     name: str
-    connection: str = "ssh"  # "ssh" | "local"
+    connection: str = "ssh"  # "ssh" | "local" | "kubernetes"
     address: str | None = None
     port: int = 22
     user: str | None = None
     key: str | None = None
     known_hosts: str | None = None
+    # `connection: kubernetes`: a cluster namespace as a target; steps run on the controller
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
     vars: Mapping[str, Any] = field(default_factory=dict)
     groups: tuple[str, ...] = ()  # direct groups, in file order
     location: Location | None = None
@@ -131,6 +135,7 @@ class Playbook:
     fleets: Mapping[str, Fleet]
     steps: tuple[Step, ...]
     vars: Mapping[str, Any] = field(default_factory=dict)
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> {"env": X} | {"file": P}
     inventory: str | None = None  # default inventory path, relative to the playbook
     location: Location | None = None
 

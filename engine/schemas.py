@@ -172,6 +172,23 @@ def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
             "name": {"type": "string", "minLength": 1, "description": "The playbook's name; default: the file name without extension."},
             "inventory": {"type": "string", "minLength": 1, "description": "Default inventory file, relative to this file."},
             "vars": _vars("Playbook defaults for vars (lowest precedence)."),
+            "secrets": {
+                "type": "object",
+                "description": "Vars whose values are secret: read at run time from an environment variable or a "
+                "file, never written to any output (docs/secrets.md).",
+                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "env": {"type": "string", "minLength": 1, "description": "Environment variable holding the value."},
+                        "file": {"type": "string", "minLength": 1,
+                                 "description": "File holding the value (trailing newline stripped), relative to the playbook."},
+                    },
+                    "additionalProperties": False,
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                },
+            },
             "sources": {
                 "type": "object",
                 "description": "Artifacts the deploy needs, by name (`sources.<name>.path` in templates).",
@@ -196,7 +213,16 @@ def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
 def inventory_schema() -> dict[str, Any]:
     """The inventory JSON Schema (docs/inventory.md)."""
     connection = {
-        "connection": {"enum": ["ssh", "local"], "description": "How to reach the host: `ssh` (default) or `local`."},
+        "connection": {
+            "enum": ["ssh", "local", "kubernetes"],
+            "description": "How to reach the host: `ssh` (default), `local`, or `kubernetes` (a cluster namespace; "
+            "its steps run on the controller against the cluster's API).",
+        },
+        "kubeconfig": {"type": "string", "minLength": 1,
+                       "description": "kubernetes: kubeconfig file, relative to the inventory (default: $KUBECONFIG or ~/.kube/config)."},
+        "context": {"type": "string", "minLength": 1, "description": "kubernetes: kubeconfig context (default: its current context)."},
+        "namespace": {"type": "string", "minLength": 1, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                      "description": "kubernetes: namespace (default: the context's, else `default`)."},
         "user": {"type": "string", "minLength": 1, "description": "SSH user."},
         "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "SSH port.", "default": 22},
         "key": {"type": "string", "minLength": 1, "description": "Private key file, relative to the inventory; `~` expanded."},

@@ -100,7 +100,9 @@ class ConnectionPool:
                 conn.close()
 
     def _open(self, host: Host) -> Connection:
-        if host.connection == "local":
+        if host.connection in ("local", "kubernetes"):
+            # a kubernetes target's steps talk to its API from the controller (ctx.target has the
+            # kubeconfig, context and namespace); commands, if any, run here
             conn: Connection = LocalConnection(host.name)
         elif host.connection == "ssh":
             try:
@@ -110,7 +112,7 @@ class ConnectionPool:
             conn = SSHConnection(host, kh, connect_timeout=self.connect_timeout)
         else:
             raise ConnectionFailed(
-                f"'connection' must be 'ssh' or 'local' (got {host.connection!r})", host=host.name
+                f"'connection' must be 'ssh', 'local' or 'kubernetes' (got {host.connection!r})", host=host.name
             )
         conn.open()
         return conn
