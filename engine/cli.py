@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
     p.add_argument("-v", "--verbose", action="count", default=0)
 
+    p = sub.add_parser("rollback", help="return the fleet to a recorded release (default: the previous one)")
+    _common_run_args(p)
+    p.add_argument("--to", metavar="RELEASE", help="the release to return to (see `playbook history`)")
+    p.add_argument("--with-migrations", action="store_true",
+                   help="first run the down commands of migrations applied by the releases being undone")
+    p.add_argument("--plan", action="store_true", help="only show what the rollback would do")
+
     p = sub.add_parser("validate", help="check playbooks (and their inventory) without contacting any host")
     p.add_argument("files", nargs="+", help="playbook files (an inventory file is checked on its own)")
     p.add_argument("-i", "--inventory")
@@ -200,6 +207,31 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
                            release_id=opts.release_id, scrubber=SCRUBBER)
         sys.stderr.write(f"plan saved to {save_to} ({digest[:19]}…); apply it with: playbook apply {save_to}\n")
     return summary.exit_code()
+
+
+def _cmd_rollback(ns: argparse.Namespace) -> int:
+    from engine import api
+    from engine.executor import RunOptions
+    from engine.history import History
+    from engine.rollback import plan_rollback
+
+    loaded = api.load(ns.playbook, ns.inventory)
+    extra = api.parse_extra_vars(ns.extra_vars)
+    secrets = api.resolve_secrets(loaded.playbook, ns.secret)
+    extra.update(secrets)
+    hist = History(ns.state_dir)
+    try:
+        plan = plan_rollback(loaded.playbook, hist, to=ns.to, with_migrations=ns.with_migrations)
+    finally:
+        hist.close()
+    rolled = api.Loaded(plan.playbook, loaded.inventory)
+    api.check(rolled, extra, ns.limit)
+    mode = "plan" if ns.plan else "run"
+    sys.stderr.write(f"rollback of {loaded.playbook.name}: {plan.current} -> {plan.target}"
+                     f" ({len(plan.undone)} run(s) undone, {len(plan.migrations)} migration(s) to revert)\n")
+    opts = RunOptions(mode=mode, forks=ns.forks, limit=ns.limit, extra_vars=extra, release_id=plan.target,
+                      state_dir=ns.state_dir, verbose=ns.verbose)
+    return _execute(ns, rolled, opts, mode, secret_names=set(secrets))
 
 
 def _cmd_apply(ns: argparse.Namespace) -> int:
@@ -411,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command in ("run", "plan"):
             return _cmd_execute(ns, ns.command)
+        if ns.command == "rollback":
+            return _cmd_rollback(ns)
         if ns.command == "apply":
             return _cmd_apply(ns)
         if ns.command == "validate":

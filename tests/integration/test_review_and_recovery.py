@@ -148,3 +148,51 @@ def test_a_secret_never_appears_in_any_output(setup, tmp_path, capsys, monkeypat
     assert "********" in everything  # it was there to be masked...
     assert secret not in everything  # ...and never shown
     SCRUBBER.add(secret)
+
+
+MIGRATION = """
+  - id: add_orders_index
+    module: migrate
+    fleet: web
+    needs: [sync]
+    args:
+      name: "2026_11_add_orders_index"
+      up: 'echo "up {{ release_id }}" >> {{ (app_root ~ "/db.log") | quote }}'
+      down: 'echo "down" >> {{ (app_root ~ "/db.log") | quote }}'
+      ledger_dir: "{{ app_root }}/.migrations"   # the test hosts share one $HOME
+"""
+
+
+def test_rollback_across_a_migration_is_refused_then_done_with_migrations(setup, tmp_path, capsys):
+    fleet, tree, base, state = setup
+    pb = tmp_path / "pb.yml"
+    pb.write_text(PLAYBOOK.read_text())
+    assert main(["run", str(pb), *base, "--release-id", "20261101T000000Z"]) == 0
+    (tree / "app/f03.php").write_text("<?php // release B\n")
+    pb.write_text(PLAYBOOK.read_text() + MIGRATION)
+    assert main(["run", str(pb), *base, "--release-id", "20261102T000000Z"]) == 0
+    capsys.readouterr()
+    for h in fleet:
+        assert (Path(h.data_dir) / "app/db.log").read_text() == "up 20261102T000000Z\n"
+
+    assert main(["rollback", str(pb), *base]) == 1
+    err = capsys.readouterr().err
+    assert "2026_11_add_orders_index" in err and "--with-migrations" in err
+    for h in fleet:  # refused: nothing touched
+        assert os.readlink(Path(h.data_dir) / "app/current") == "releases/20261102T000000Z"
+
+    assert main(["rollback", str(pb), *base, "--with-migrations", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for name in fleet.names:  # on every host: the down migration first, then the switch
+        order = [r["step"] for r in doc["results"] if r["host"] == name]
+        assert order == ["migration_down_0", "rollback_sync"], order
+    for h in fleet:
+        root = Path(h.data_dir) / "app"
+        assert os.readlink(root / "current") == "releases/20261101T000000Z"
+        assert (root / "db.log").read_text() == "up 20261102T000000Z\ndown\n"
+        assert "release B" not in (root / "current/app/f03.php").read_text()
+    # the rollback is recorded: history's current release is the old one again, and a second
+    # rollback has nothing newer to undo than ... the release we left
+    assert main(["history", "--state-dir", str(state), "--format", "json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert runs[0]["release_id"] == "20261101T000000Z" and runs[0]["status"] == "ok"

@@ -1,0 +1,137 @@
+"""`playbook rollback`: return a fleet to a recorded release.
+
+The history says which releases of a playbook went live and in what order. Rolling back to an
+earlier release undoes every run after it. If those runs applied migrations, the rollback is
+refused (the seed team's "Automatic-with-migrations" incident: code rolled back, migration left
+behind) unless `--with-migrations`, which first runs their `down` commands, newest first. Then
+each releases-layout `rsync` step's `current` is switched back where that release is still on
+the host. The rollback is itself an ordinary plan/run of a generated playbook: same locks,
+parallelism, events and history (recorded with the target release id, so it becomes "current").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from engine.errors import PlaybookError
+from engine.history import History, RunRecord
+from engine.model import CONTROLLER, Fleet, Playbook, Step
+
+__all__ = ["RollbackPlan", "plan_rollback", "RollbackRefused"]
+
+
+class RollbackRefused(PlaybookError, RuntimeError):
+    """The rollback would leave migrations applied; the message lists them."""
+
+
+@dataclass
+class Migration:
+    run: RunRecord
+    step: str
+    host: str | None
+    name: str
+    down: str
+
+
+@dataclass
+class RollbackPlan:
+    current: str
+    target: str
+    undone: list[RunRecord]
+    migrations: list[Migration] = field(default_factory=list)
+    playbook: Playbook | None = None
+
+
+def _releases(history: History, name: str) -> list[RunRecord]:
+    """Successful runs of the playbook, oldest first."""
+    runs = [r for r in history.runs(name, limit=10_000) if r.status == "ok" and r.release_id]
+    return sorted(runs, key=lambda r: r.started)
+
+
+def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_migrations: bool) -> RollbackPlan:
+    ok = _releases(history, playbook.name)
+    if not ok:
+        raise PlaybookError(f"no successful run of '{playbook.name}' in the history: nothing to roll back")
+    current = ok[-1].release_id or ""
+    order: list[str] = []
+    for r in ok:
+        if r.release_id in order:
+            order.remove(r.release_id)
+        order.append(r.release_id or "")
+    if to is None:
+        if len(order) < 2:
+            raise PlaybookError(f"'{playbook.name}' has only one recorded release ({current}): nothing earlier to go back to")
+        target = order[-2]
+    else:
+        if to not in order:
+            known = ", ".join(order[-5:])
+            raise PlaybookError(f"release {to} was never deployed successfully by '{playbook.name}' (recent: {known})")
+        target = to
+    if target == current:
+        raise PlaybookError(f"release {target} is already the current release")
+    since = max(r.started for r in ok if r.release_id == target)
+    undone = [r for r in history.runs(playbook.name, limit=10_000)
+              if r.started > since and r.release_id != target]
+    undone.sort(key=lambda r: r.started, reverse=True)
+
+    migrations: list[Migration] = []
+    for run in undone:  # newest run first; within a run, last applied first
+        for res in reversed(history.results(run.run_id)):
+            outs = res.get("outputs") or {}
+            if res["status"] == "changed" and outs.get("migration") and outs.get("action", "up") == "up":
+                migrations.append(Migration(run, res["step"], res["host"], outs["migration"], outs.get("down", "")))
+    plan = RollbackPlan(current, target, undone, migrations)
+    if migrations and not with_migrations:
+        lines = "\n".join(f"  {m.name} on {m.host or CONTROLLER} (release {m.run.release_id}, step {m.step})"
+                          for m in migrations)
+        raise RollbackRefused(
+            f"rolling back to {target} would leave {len(migrations)} migration(s) applied by the releases it undoes:\n"
+            f"{lines}\nrun again with --with-migrations to run their down commands first (newest first), "
+            f"or revert them yourself")
+    plan.playbook = _rollback_playbook(playbook, plan)
+    return plan
+
+
+def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
+    fleets: dict[str, Fleet] = dict(playbook.fleets)
+    steps: list[Step] = []
+    previous: tuple[str, ...] = ()
+    groups: dict[tuple[str, str, str], list[Migration]] = {}
+    for m in plan.migrations:  # one step per migration, on every host that applied it, in parallel
+        groups.setdefault((m.run.run_id, m.step, m.name), []).append(m)
+    for i, members in enumerate(groups.values()):
+        m = members[0]
+        hosts = [x.host for x in members if x.host is not None]
+        fleet = CONTROLLER
+        if hosts:
+            fleet = f"_migration_{i}"
+            fleets[fleet] = Fleet(fleet, ",".join(hosts), lock=False)
+        original = _find(playbook, m.step)
+        args: dict[str, Any] = {"name": m.name, "up": "", "down": m.down, "action": "down"}
+        if original is not None:
+            for key in ("chdir", "ledger_dir"):
+                if key in original.args:
+                    args[key] = original.args[key]
+        sid = f"migration_down_{i}"
+        steps.append(Step(sid, "migrate", fleet, args, needs=previous, description=f"revert {m.name}"))
+        previous = (sid,)
+    for s in playbook.steps:
+        if s.module == "rsync" and _truthy(s.args.get("releases")):
+            steps.append(Step(f"rollback_{s.id}", "release_switch", s.fleet,
+                              {"dest": s.args["dest"], "release": plan.target}, needs=previous,
+                              location=s.location, description=f"switch {s.id} back to {plan.target}"))
+    if not any(s.module == "release_switch" for s in steps):
+        raise PlaybookError(f"'{playbook.name}' has no rsync step with `releases: true`: there is no release to switch back to")
+    return replace(playbook, steps=tuple(steps), fleets=fleets, sources={})
+
+
+def _find(playbook: Playbook, step_id: str) -> Step | None:
+    for s in playbook.steps:
+        if s.id == step_id:
+            return s
+    return None
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
