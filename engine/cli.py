@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("modules", help="list modules, or document one")
     p.add_argument("name", nargs="?")
+
+    from engine import inventory_cli
+
+    inventory_cli.register(sub)
     return parser
 
 
@@ -308,7 +312,7 @@ def _looks_like_inventory(path: str) -> bool:
         data = load_file(path).data
     except PlaybookError:
         return False
-    return isinstance(data, dict) and ("hosts" in data or "groups" in data) and "steps" not in data
+    return isinstance(data, dict) and ("hosts" in data or "groups" in data or "dynamic" in data) and "steps" not in data
 
 
 def _cmd_graph(ns: argparse.Namespace) -> int:
@@ -451,6 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_validate(ns)
         if ns.command == "graph":
             return _cmd_graph(ns)
+        if ns.command == "inventory":
+            from engine import inventory_cli
+
+            return inventory_cli.run(ns)
         if ns.command == "lock":
             return _cmd_lock(ns)
         if ns.command == "history":

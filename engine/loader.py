@@ -28,7 +28,7 @@ from engine.errors import (
     suggest,
 )
 from engine.model import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Source, Step
-from engine.module import all_modules, source_module, source_types
+from engine.module import all_modules, find_module, source_module, source_types
 from engine.schemas import PATTERN_TEXT, inventory_schema, playbook_schema
 from engine.yamlload import Document, load_file
 
@@ -266,7 +266,7 @@ class _PlaybookLoader:
         self.doc = _read_mapping(self.path, "playbook")
         self.data: dict[str, Any] = self.doc.data
         self.errors: list[PlaybookError] = []
-        self.modules = all_modules()
+        self.modules = _LazyModules()
         self.validators: dict[str, jsonschema.Draft202012Validator] = {}
 
     def located(self, cls: type[PlaybookError], message: str, path: tuple) -> None:
@@ -495,6 +495,23 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class _LazyModules:
+    """The module registry as the loader reads it: one module imported per name asked for; all of
+    them only when a name is unknown (to suggest the closest)."""
+
+    def get(self, name: str) -> Any:
+        return find_module(name) if isinstance(name, str) else None
+
+    def __getitem__(self, name: str) -> Any:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(all_modules())
+
+
 def load_playbook(path: str) -> Playbook:
     """Load, validate and check a playbook file; see docs/playbook-format.md.
 
@@ -513,12 +530,16 @@ def _resolve_path(value: Any, base_dir: str) -> Any:
     return os.path.normpath(value if os.path.isabs(value) else os.path.join(base_dir, value))
 
 
-def load_inventory(path: str) -> Inventory:
+def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
     """Load and validate an inventory file; see docs/inventory.md.
 
     Hosts named only in a group's `hosts` list are created with the defaults. `key` and
     `known_hosts` are resolved relative to the inventory's directory. `Host.groups` lists the
     groups a host is directly in, in file order.
+
+    With `dynamic` (the default), the file's `dynamic:` sources (AWS EC2) are queried once per
+    process and their hosts and groups merged in (engine/inventory_ec2.py); without it only the
+    file is read, and groups that a source may create are empty placeholders.
     """
     path = str(path)
     doc = _read_mapping(path, "inventory")
@@ -540,6 +561,13 @@ def load_inventory(path: str) -> Inventory:
     groups: dict[str, Group] = {}
     member_of: dict[str, list[str]] = {}
     group_names = [str(g) for g in raw_groups]
+    sources: list[tuple[str, dict[str, Any], tuple]] = []
+    if isinstance(data.get("dynamic"), list):
+        from engine.inventory_ec2 import dynamic_group_matcher, dynamic_sources
+
+        sources = dynamic_sources(data["dynamic"])
+    from_source = dynamic_group_matcher(sources) if sources else (lambda _name: False)
+    placeholders: list[str] = []
     for gname, gspec in raw_groups.items():
         gname = str(gname)
         gspec = gspec if isinstance(gspec, dict) else {}
@@ -552,7 +580,9 @@ def load_inventory(path: str) -> Inventory:
             if gname not in member_of[h]:
                 member_of[h].append(gname)
         for j, child in enumerate(children):
-            if child not in raw_groups:
+            if child not in raw_groups and child != "all" and from_source(child):
+                placeholders.append(child)  # filled by its dynamic source
+            elif child not in raw_groups:
                 hint = suggest(child, group_names)
                 if child == "all":
                     msg = "'all' holds every host; it cannot be a child group"
@@ -564,10 +594,13 @@ def load_inventory(path: str) -> Inventory:
         groups[gname] = Group(
             name=gname,
             hosts=tuple(dict.fromkeys(hosts)),
-            children=tuple(c for c in dict.fromkeys(children) if c in raw_groups),
+            children=tuple(c for c in dict.fromkeys(children) if c in raw_groups or c in placeholders),
             vars=dict(gvars) if isinstance(gvars, dict) else {},
             location=doc.key_where(("groups", gname)),
         )
+
+    for name in dict.fromkeys(placeholders):
+        groups[name] = Group(name=name)
 
     graph = nx.DiGraph()
     for g in groups.values():
@@ -606,10 +639,15 @@ def load_inventory(path: str) -> Inventory:
             location=location,
         )
     all_vars = data.get("vars")
-    return Inventory(
+    inventory = Inventory(
         path=path,
         hosts=hosts,
         groups=groups,
         vars=dict(all_vars) if isinstance(all_vars, dict) else {},
         defaults=defaults,
     )
+    if dynamic and sources:
+        from engine.inventory_ec2 import merge_dynamic
+
+        return merge_dynamic(inventory, sources, doc=doc, explicit_hosts=raw_hosts)
+    return inventory

@@ -31,6 +31,7 @@ __all__ = [
     "get_module",
     "all_modules",
     "source_module",
+    "find_module",
 ]
 
 _MISSING = dataclasses.MISSING
@@ -158,16 +159,38 @@ def all_modules() -> dict[str, Module]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def find_module(name: str) -> Module | None:
+    """The module called `name`, importing only `modules/<name>.py` (a plan or run loads just
+    the modules its playbook uses; each file registers the module of its own name)."""
+    hit = _REGISTRY.get(name)
+    if hit is not None:
+        return hit
+    if name.isidentifier() and not name.startswith("_"):
+        try:
+            importlib.import_module(f"modules.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"modules.{name}":
+                raise
+    if name not in _REGISTRY:
+        _load_all()
+    return _REGISTRY.get(name)
+
+
 def get_module(name: str) -> Module:
-    _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise PlaybookError(f"unknown module '{name}'") from None
+    found = find_module(name)
+    if found is None:
+        raise PlaybookError(f"unknown module '{name}'")
+    return found
 
 
 def source_module(source_type: str) -> str | None:
-    """The module name that implements a source type (`local`, `s3`, `npm`, ...)."""
+    """The module name that implements a source type (`local`, `s3`, `npm`, ...): looked up in
+    `modules.SOURCE_TYPES` first (no imports), else among all modules."""
+    import modules
+
+    name = getattr(modules, "SOURCE_TYPES", {}).get(source_type)
+    if name is not None and find_module(name) is not None:
+        return name
     _load_all()
     return _SOURCES.get(source_type)
 

@@ -34,6 +34,7 @@ __all__ = [
     "RELEASE_INFO",
     "RemoteState",
     "probe_argv",
+    "canonical_digest",
     "parse_probe",
     "read_state",
     "release_name_for",
@@ -51,7 +52,7 @@ __all__ = [
 RELEASE_INFO = ".playbook-release.json"
 
 _PROBE = r"""
-dest=$1 layout=$2 sums=$3 fmt=$4
+dest=$1 layout=$2 sums=$3 fmt=$4 expect=$5
 t=$dest
 if [ "$layout" = releases ]; then
   if [ -L "$dest/current" ]; then
@@ -69,7 +70,11 @@ if [ "$layout" = releases ]; then
 fi
 rc=0
 if [ -n "$t" ]; then
-  if [ -d "$t" ]; then
+  if [ -d "$t" ] && [ -n "$expect" ] && [ "$(cd -- "$t" && find . -mindepth 1 ! -path ./.playbook-release.json \
+      \( -type f -printf 'f %m %s %Ts %P\0' -o -type d -printf 'd %m %P\0' -o -type l -printf 'l %P %l\0' \
+      -o -printf 'o %P\0' \) | LC_ALL=C sort -z | sha256sum | cut -c1-64)" = "$expect" ]; then
+    printf 'H\000'
+  elif [ -d "$t" ]; then
     printf 'T\000'
     find "$t" -mindepth 1 -printf "$fmt" || rc=1
     if [ "$sums" = 1 ]; then
@@ -162,9 +167,31 @@ class RemoteState:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def probe_argv(dest: str, *, releases: bool, checksum: bool) -> list[str]:
-    """The one read-only command that describes `dest` (see `parse_probe`)."""
-    return ["sh", "-c", _PROBE, "sh", dest, "releases" if releases else "plain", "1" if checksum else "0", FIND_PRINTF]
+def probe_argv(dest: str, *, releases: bool, checksum: bool, expect: str = "") -> list[str]:
+    """The one read-only command that describes `dest` (see `parse_probe`).
+
+    With `expect` (a `canonical_digest` of the tree the host should have), a host whose tree
+    matches answers with one `H` record instead of its whole listing: the in-sync case costs a
+    digest computed on the host, not a manifest shipped and parsed here."""
+    return ["sh", "-c", _PROBE, "sh", dest, "releases" if releases else "plain", "1" if checksum else "0", FIND_PRINTF,
+            expect]
+
+
+def canonical_digest(tree: Mapping[str, Entry]) -> str:
+    """sha256 of the tree's canonical listing, as the probe computes it on the host: one NUL-ended
+    line per entry (`f MODE SIZE MTIME PATH`, `d MODE PATH`, `l PATH TARGET`), sorted bytewise."""
+    lines = []
+    for rel, e in tree.items():
+        if e.kind == "f":
+            line = f"f {e.mode:o} {e.size} {e.mtime} {rel}"
+        elif e.kind == "d":
+            line = f"d {e.mode:o} {rel}"
+        elif e.kind == "l":
+            line = f"l {rel} {e.target}"
+        else:
+            line = f"o {rel}"
+        lines.append(line.encode("utf-8", "surrogateescape") + b"\0")
+    return hashlib.sha256(b"".join(sorted(lines))).hexdigest()
 
 
 def _release_of(dest: str, target: str) -> str | None:
@@ -190,6 +217,7 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
     tree_records: list[bytes] | None = None
     sums: dict[str, str] = {}
     not_dir = False
+    matched = False
     while i < len(tokens):
         tok = tokens[i]
         i += 1
@@ -207,6 +235,8 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
                 rels.append(name)
         elif tok == b"N":
             not_dir = True
+        elif tok == b"H":
+            matched = True
         elif tok == b"T":
             tree_records = []
             while i + 1 < len(tokens) and b"/" in tokens[i]:
@@ -244,6 +274,7 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
         releases=tuple(sorted(rels)),
         partials=tuple(sorted(partials)),
         raw_digest="sha256:" + hashlib.sha256(result.stdout).hexdigest(),
+        extra={"matched": True} if matched else {},
     )
 
 

@@ -210,6 +210,48 @@ def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
     }
 
 
+def _dynamic(connection: dict[str, Any]) -> dict[str, Any]:
+    """Dynamic inventory sources (docs/inventory-cli.md#dynamic-inventory); one key per item."""
+    aws_ec2 = {
+        "type": "object",
+        "description": "EC2 instances, found by filters (usually tags), as hosts grouped by tags.",
+        "properties": {
+            "regions": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True,
+                        "description": "AWS regions to search."},
+            "filters": {"type": "object", "description": "EC2 DescribeInstances filters, e.g. `tag:role: web`; "
+                        "a value may be a list. Default adds `instance-state-name: running`."},
+            "group_by_tags": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True,
+                              "description": "A tag key `role` makes groups `role_<value>`; a template "
+                              "(`{{ tags.env }}_{{ tags.role }}`) names a group directly."},
+            "address": {"type": "string", "pattern": "^(private_ip|public_ip|private_dns|public_dns|instance_id|tag:.+)$",
+                        "description": "What to connect to: private_ip (default), public_ip, private_dns, public_dns, "
+                        "instance_id or tag:KEY."},
+            "name": {"type": "string", "minLength": 1,
+                     "description": "Template for host names (default: the instance id), e.g. `{{ tags.Name }}`."},
+            "profile": {"type": "string", "minLength": 1, "description": "AWS profile (default: the standard chain)."},
+            "endpoint_url": {"type": ["string", "null"], "description": "EC2 endpoint override (tests, private endpoints)."},
+            "defaults": {"type": "object", "properties": connection, "additionalProperties": False,
+                         "description": "Connection settings for these hosts, over the file's `defaults`."},
+            "vars": _vars("Vars of these hosts (host level)."),
+            "cache_ttl": {"type": "integer", "minimum": 0, "default": 0,
+                          "description": "Seconds to reuse the instances from an on-disk cache in the state dir (0: only within one run)."},
+        },
+        "required": ["regions"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "array",
+        "description": "Dynamic inventory sources merged with the static hosts and groups.",
+        "items": {
+            "type": "object",
+            "properties": {"aws_ec2": aws_ec2},
+            "additionalProperties": False,
+            "minProperties": 1,
+            "maxProperties": 1,
+        },
+    }
+
+
 def inventory_schema() -> dict[str, Any]:
     """The inventory JSON Schema (docs/inventory.md)."""
     connection = {
@@ -278,6 +320,7 @@ def inventory_schema() -> dict[str, Any]:
                 "propertyNames": {"pattern": HOST_NAME, "not": {"const": "all"}},
                 "additionalProperties": group,
             },
+            "dynamic": _dynamic(connection),
         },
         "additionalProperties": False,
     }

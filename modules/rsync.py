@@ -58,6 +58,7 @@ class RsyncArgs:
 _cache: "OrderedDict[tuple[str, str], tuple[threading.Lock, list]]" = OrderedDict()
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 8
+_expected: dict[tuple, str] = {}
 
 
 def source_manifest(path: str, run_id: str) -> tuple[dict[str, Entry], str]:
@@ -81,10 +82,33 @@ def source_manifest(path: str, run_id: str) -> tuple[dict[str, Entry], str]:
         return box[0]
 
 
+def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str, src: str) -> str:
+    """`canonical_digest` of the tree a host has once `src` is synced to it (excluded paths left
+    out, `chmod` applied), once per run and source."""
+    key = (run_id, src, tuple(getattr(excludes, "patterns", ())), getattr(chmod, "spec", ""))
+    with _cache_lock:
+        hit = _expected.get(key)
+    if hit is not None:
+        return hit
+    tree = {}
+    for rel_path, e in local.items():
+        if excludes.excluded(rel_path, is_dir=e.kind == "d"):
+            continue
+        mode = chmod.apply(e.mode, is_dir=e.kind == "d") if e.kind in ("f", "d") else e.mode
+        tree[rel_path] = Entry(e.kind, mode, e.size, e.mtime, target=e.target)
+    digest = rel.canonical_digest(tree)
+    with _cache_lock:
+        _expected[key] = digest
+        while len(_expected) > _CACHE_SIZE:
+            _expected.pop(next(iter(_expected)))
+    return digest
+
+
 def clear_manifest_cache() -> None:
     """Forget cached source manifests (tests; a long-lived process between runs)."""
     with _cache_lock:
         _cache.clear()
+        _expected.clear()
 
 
 # -- the rsync command ---------------------------------------------------------------------------
@@ -220,12 +244,31 @@ class Rsync:
         src, excludes, chmod, shared = _validate(ctx, args)
         dest = posixpath.normpath(args.dest)
         local, source_digest = source_manifest(src, ctx.run_id)
+        expect = ""
+        if not (args.checksum or args.chown or shared):  # the fast path compares what rsync -a keeps
+            expect = expected_digest(local, excludes, chmod, ctx.run_id, src)
         state = rel.parse_probe(
             dest,
-            ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=args.checksum)),
+            ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=args.checksum, expect=expect)),
             releases=args.releases,
             host=ctx.host or "",
         )
+        if state.extra.get("matched"):
+            # the host computed the digest of its tree and it is the source's: in sync, and
+            # nothing had to be listed or parsed here
+            files = sum(1 for e in local.values() if e.kind == "f")
+            fingerprint = {"remote": "canonical:" + expect, "current": state.current_target,
+                           "releases": list(state.releases), "source": source_digest}
+            common = {"source_digest": source_digest, "changed_files": 0}
+            if not args.releases:
+                return Plan.no_change(f"in sync: {files} files", fingerprint=fingerprint,
+                                      outputs={"release": dest, "release_name": "", **common})
+            if state.current_release is not None:
+                current = state.current_release
+                return Plan.no_change(f"in sync: {files} files (release {current})", fingerprint=fingerprint,
+                                      outputs={"release": f"{dest}/releases/{current}", "release_name": current, **common})
+            state = rel.parse_probe(  # `current` points outside releases/: take the long way
+                dest, ctx.probe(rel.probe_argv(dest, releases=True, checksum=False)), releases=True, host=ctx.host or "")
         if state.current_blocked:
             raise ModuleError(f"'{dest}/current' exists and is not a symlink: move it away before using releases", path=ctx.host or "")
         if state.tree_not_dir:

@@ -171,3 +171,22 @@ def test_no_traceback_from_the_real_process(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"{pb}:" in proc.stderr
+
+
+def test_source_type_index_matches_the_modules():
+    import modules
+    from engine.module import all_modules
+
+    declared = {getattr(m, "source_type", None): name for name, m in all_modules().items()}
+    declared.pop(None, None)
+    assert declared == modules.SOURCE_TYPES
+
+
+def test_every_module_file_registers_the_module_of_its_name():
+    import pkgutil
+
+    import modules
+    from engine.module import all_modules
+
+    files = {i.name for i in pkgutil.iter_modules(modules.__path__) if not i.name.startswith("_")}
+    assert files == set(all_modules())
