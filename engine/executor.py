@@ -366,6 +366,7 @@ class Executor:
 
         controller_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="playbook-ctl")
         host_pool = ThreadPoolExecutor(max_workers=forks, thread_name_prefix="playbook-host")
+        warm = self._prewarm(forks)
 
         def worker(node: Node) -> None:
             try:
@@ -428,6 +429,8 @@ class Executor:
         finally:
             controller_pool.shutdown(wait=True)
             host_pool.shutdown(wait=True)
+            if warm is not None:
+                warm.shutdown(wait=True, cancel_futures=True)
         summary.aborted = self._aborted
         summary.interrupted = self._stop.is_set()
         summary.finished = time.time()
@@ -451,6 +454,27 @@ class Executor:
         if _normal(exp.get("fingerprint", {})) != _normal(dict(plan.fingerprint)):
             return f"drifted since the plan: {_what_differs(exp.get('fingerprint', {}), plan.fingerprint)}"
         return ""
+
+    def _prewarm(self, forks: int) -> ThreadPoolExecutor | None:
+        """Open host connections in the background while controller steps (artifact fetches,
+        source digests) run first: handshakes overlap that work instead of following it. A
+        failure is kept by the connection pool and reported by the host's first step."""
+        g = self.graph.graph
+        if self._connect is None or not self.hosts or not any(n.host is None and not n.barrier for n in g.nodes):
+            return None
+        pool = ThreadPoolExecutor(max_workers=min(forks, len(self.hosts)), thread_name_prefix="playbook-connect")
+
+        def connect(host: str) -> None:
+            if self._stop.is_set():
+                return
+            try:
+                self._connect(host)
+            except Exception:  # reported by the step that needs the connection
+                pass
+
+        for host in self.hosts:
+            pool.submit(connect, host)
+        return pool
 
     def _check_budget(self, host: str) -> None:
         for name, fleet in self.playbook.fleets.items():

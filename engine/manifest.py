@@ -7,9 +7,11 @@ decide which hosts differ without starting an rsync process.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -50,7 +52,75 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def local_manifest(root: str, *, with_digests: bool = True) -> dict[str, Entry]:
+class DigestCache:
+    """sha256 of files remembered by (size, mtime_ns, ctime_ns, inode), like git's index: an
+    unchanged file is not read again. ctime cannot be set by users, so a file rewritten with
+    its old mtime restored is still noticed. Persisted as JSON under the controller state dir."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        if path:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    data = json.load(fh)
+                if isinstance(data, dict):
+                    self.entries = data
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def digest(self, full: str, st: os.stat_result) -> str:
+        key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        hit = self.entries.get(full)
+        if hit is not None and hit[:4] == key:
+            return hit[4]
+        digest = file_sha256(full)
+        self.entries[full] = key + [digest]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if not (self.path and self.dirty):
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.entries, fh)
+        os.replace(tmp, self.path)
+
+
+_memo: dict[tuple[str, str], tuple[tuple, dict[str, "Entry"]]] = {}
+_memo_lock = threading.Lock()
+
+
+def cached_manifest(root: str, state_dir: str | None, run_id: str = "") -> dict[str, "Entry"]:
+    """`local_manifest(root)` computed once per run in this process (every source and every host
+    asking shares it), with file digests reused from `<state_dir>/cache/digests-<root hash>.json`."""
+    root = os.path.abspath(root)
+    key = (run_id, root)
+    with _memo_lock:
+        hit = _memo.get(key)
+        if hit is not None:
+            return hit[1]
+        cache = None
+        if state_dir:
+            name = hashlib.sha256(root.encode()).hexdigest()[:24]
+            cache = DigestCache(os.path.join(state_dir, "cache", f"digests-{name}.json"))
+        manifest = local_manifest(root, digest_cache=cache)
+        if cache is not None:
+            try:
+                cache.save()
+            except OSError:  # a read-only state dir only costs speed
+                pass
+        if run_id:  # without a run there is nothing to share it with
+            _memo[key] = ((), manifest)
+        while len(_memo) > 16:
+            _memo.pop(next(iter(_memo)))
+        return manifest
+
+
+def local_manifest(root: str, *, with_digests: bool = True, digest_cache: DigestCache | None = None) -> dict[str, Entry]:
     """Walk `root` (not following symlinks) into {relative path: Entry}, sorted by path."""
     out: dict[str, Entry] = {}
     root = os.path.abspath(root)
@@ -67,7 +137,12 @@ def local_manifest(root: str, *, with_digests: bool = True) -> dict[str, Entry]:
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = Entry("d", mode)
             elif stat.S_ISREG(st.st_mode):
-                digest = file_sha256(full) if with_digests else ""
+                if not with_digests:
+                    digest = ""
+                elif digest_cache is not None:
+                    digest = digest_cache.digest(full, st)
+                else:
+                    digest = file_sha256(full)
                 out[rel] = Entry("f", mode, st.st_size, int(st.st_mtime), digest)
     return dict(sorted(out.items()))
 

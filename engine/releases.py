@@ -35,6 +35,8 @@ __all__ = [
     "RemoteState",
     "probe_argv",
     "canonical_digest",
+    "canonical_lines",
+    "delta_probe",
     "parse_probe",
     "read_state",
     "release_name_for",
@@ -53,6 +55,10 @@ RELEASE_INFO = ".playbook-release.json"
 
 _PROBE = r"""
 dest=$1 layout=$2 sums=$3 fmt=$4 expect=$5
+canon() {  # the canonical listing (see canonical_lines): what rsync -a keeps, one NUL-ended line each
+  find . -mindepth 1 ! -path ./.playbook-release.json \( -type f -printf 'f %m %s %Ts %P\0' \
+    -o -type d -printf 'd %m %P\0' -o -type l -printf 'l %P\001%l\0' -o -printf 'o %P\0' \)
+}
 t=$dest
 if [ "$layout" = releases ]; then
   if [ -L "$dest/current" ]; then
@@ -70,10 +76,16 @@ if [ "$layout" = releases ]; then
 fi
 rc=0
 if [ -n "$t" ]; then
-  if [ -d "$t" ] && [ -n "$expect" ] && [ "$(cd -- "$t" && find . -mindepth 1 ! -path ./.playbook-release.json \
-      \( -type f -printf 'f %m %s %Ts %P\0' -o -type d -printf 'd %m %P\0' -o -type l -printf 'l %P %l\0' \
-      -o -printf 'o %P\0' \) | LC_ALL=C sort -z | sha256sum | cut -c1-64)" = "$expect" ]; then
-    printf 'H\000'
+  if [ -d "$t" ] && [ "$expect" = "-" ]; then
+    # stdin: the expected canonical listing; lines found once are on one side only
+    printf 'D\000'
+    { cat; cd -- "$t" && canon; } | LC_ALL=C sort -z | LC_ALL=C uniq -z -u || rc=1
+  elif [ -d "$t" ] && [ -n "$expect" ]; then
+    if [ "$(cd -- "$t" && canon | LC_ALL=C sort -z | sha256sum)" = "$expect  -" ]; then
+      printf 'H\000'
+    else
+      printf 'M\000'
+    fi
   elif [ -d "$t" ]; then
     printf 'T\000'
     find "$t" -mindepth 1 -printf "$fmt" || rc=1
@@ -177,21 +189,70 @@ def probe_argv(dest: str, *, releases: bool, checksum: bool, expect: str = "") -
             expect]
 
 
-def canonical_digest(tree: Mapping[str, Entry]) -> str:
-    """sha256 of the tree's canonical listing, as the probe computes it on the host: one NUL-ended
-    line per entry (`f MODE SIZE MTIME PATH`, `d MODE PATH`, `l PATH TARGET`), sorted bytewise."""
-    lines = []
+def canonical_lines(tree: Mapping[str, Entry]) -> dict[bytes, str]:
+    """The tree's canonical listing as the probe's `canon` prints it on the host, line -> path:
+    `f MODE SIZE MTIME PATH`, `d MODE PATH`, `l PATH\\x01TARGET`, `o PATH` (NUL-ended)."""
+    lines = {}
     for rel, e in tree.items():
         if e.kind == "f":
             line = f"f {e.mode:o} {e.size} {e.mtime} {rel}"
         elif e.kind == "d":
             line = f"d {e.mode:o} {rel}"
         elif e.kind == "l":
-            line = f"l {rel} {e.target}"
+            line = f"l {rel}\x01{e.target}"
         else:
             line = f"o {rel}"
-        lines.append(line.encode("utf-8", "surrogateescape") + b"\0")
-    return hashlib.sha256(b"".join(sorted(lines))).hexdigest()
+        lines[line.encode("utf-8", "surrogateescape") + b"\0"] = rel
+    return lines
+
+
+def canonical_digest(tree: Mapping[str, Entry]) -> str:
+    """sha256 of the sorted canonical listing: what the host's probe compares against."""
+    return hashlib.sha256(b"".join(sorted(canonical_lines(tree)))).hexdigest()
+
+
+def parse_canonical(line: bytes) -> tuple[str, Entry]:
+    """One canonical line (without its NUL) back into (path, Entry)."""
+    text = line.decode("utf-8", "surrogateescape")
+    kind = text[:1]
+    if kind == "f":
+        _, mode, size, mtime, rel = text.split(" ", 4)
+        return rel, Entry("f", int(mode, 8), int(size), int(mtime))
+    if kind == "d":
+        _, mode, rel = text.split(" ", 2)
+        return rel, Entry("d", int(mode, 8))
+    if kind == "l":
+        rel, _, target = text[2:].partition("\x01")
+        return rel, Entry("l", 0o777, target=target)
+    return text[2:], Entry("o", 0)
+
+
+def delta_probe(conn: Any, dest: str, expected: Mapping[str, Entry], *, timeout: float | None = None) -> dict[str, Entry] | None:
+    """The host's tree, learned by sending the expected listing and getting back only the lines
+    that differ (a 1% change costs 1% of a listing). None when the tree is not a directory."""
+    lines = canonical_lines(expected)
+    runner = getattr(conn, "probe", None) or conn.run
+    res = runner(["sh", "-c", _PROBE, "sh", dest, "plain", "0", FIND_PRINTF, "-"], stdin=b"".join(lines), timeout=timeout)
+    if res.rc != 0:
+        raise ModuleError(f"cannot read the tree under {dest}: {res.err.strip()[-500:] or res.rc}", path=getattr(conn, "host", ""))
+    out = res.stdout
+    head, sep, rest = out.partition(b"D\0")
+    if not sep:
+        return None
+    rest = rest.rsplit(b"E\0", 1)[0]
+    tree = dict(expected)
+    for line in rest.split(b"\0"):
+        if not line:
+            continue
+        full = line + b"\0"
+        if full in lines:  # expected, but not on the host (or not like that)
+            rel = lines[full]
+            if tree.get(rel) is expected.get(rel):
+                tree.pop(rel, None)
+        else:  # on the host, not as expected
+            rel, entry = parse_canonical(line)
+            tree[rel] = entry
+    return dict(sorted(tree.items()))
 
 
 def _release_of(dest: str, target: str) -> str | None:
@@ -218,6 +279,7 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
     sums: dict[str, str] = {}
     not_dir = False
     matched = False
+    mismatched = False
     while i < len(tokens):
         tok = tokens[i]
         i += 1
@@ -237,6 +299,8 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
             not_dir = True
         elif tok == b"H":
             matched = True
+        elif tok == b"M":
+            mismatched = True
         elif tok == b"T":
             tree_records = []
             while i + 1 < len(tokens) and b"/" in tokens[i]:
@@ -274,7 +338,7 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
         releases=tuple(sorted(rels)),
         partials=tuple(sorted(partials)),
         raw_digest="sha256:" + hashlib.sha256(result.stdout).hexdigest(),
-        extra={"matched": True} if matched else {},
+        extra={"matched": True} if matched else ({"mismatched": True} if mismatched else {}),
     )
 
 

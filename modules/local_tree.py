@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from engine.errors import ModuleError
-from engine.manifest import local_manifest, tree_digest
+from engine.manifest import cached_manifest, tree_digest
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.results import Plan
 
@@ -42,7 +42,7 @@ class LocalTree:
         path = os.path.normpath(os.path.join(base, os.path.expanduser(args.path)))
         if not os.path.isdir(path):
             raise ModuleError(f"source directory '{path}' does not exist", path=ctx.step)
-        manifest = local_manifest(path)
+        manifest = cached_manifest(path, ctx.state_dir, ctx.run_id)
         digest = tree_digest(manifest)
         if args.sha256 and args.sha256 != digest:
             raise ModuleError(f"tree '{path}' has digest {digest}, but the playbook pins {args.sha256}", path=ctx.step)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from engine import releases as rel
 from engine.errors import ArgError, CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
-from engine.manifest import ChmodRules, Entry, ExcludeRules, compare_trees, local_manifest, manifest_digest, tree_digest
+from engine.manifest import ChmodRules, Entry, ExcludeRules, cached_manifest, compare_trees, manifest_digest, tree_digest
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.results import Diff, Plan
 
@@ -58,10 +58,10 @@ class RsyncArgs:
 _cache: "OrderedDict[tuple[str, str], tuple[threading.Lock, list]]" = OrderedDict()
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 8
-_expected: dict[tuple, str] = {}
+_expected: dict[tuple, tuple[str, dict]] = {}
 
 
-def source_manifest(path: str, run_id: str) -> tuple[dict[str, Entry], str]:
+def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tuple[dict[str, Entry], str]:
     """The manifest and content digest of `path`, computed once per (run, path) even when 200
     hosts ask at once."""
     key = (run_id, path)
@@ -77,14 +77,14 @@ def source_manifest(path: str, run_id: str) -> tuple[dict[str, Entry], str]:
     lock, box = slot
     with lock:
         if not box:
-            manifest = local_manifest(path)
+            manifest = cached_manifest(path, state_dir, run_id)
             box.append((manifest, tree_digest(manifest)))
         return box[0]
 
 
-def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str, src: str) -> str:
-    """`canonical_digest` of the tree a host has once `src` is synced to it (excluded paths left
-    out, `chmod` applied), once per run and source."""
+def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str, src: str) -> tuple[str, dict[str, Entry]]:
+    """The tree a host has once `src` is synced to it (excluded paths left out, `chmod` applied)
+    and its `canonical_digest`, once per run and source."""
     key = (run_id, src, tuple(getattr(excludes, "patterns", ())), getattr(chmod, "spec", ""))
     with _cache_lock:
         hit = _expected.get(key)
@@ -98,10 +98,10 @@ def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: 
         tree[rel_path] = Entry(e.kind, mode, e.size, e.mtime, target=e.target)
     digest = rel.canonical_digest(tree)
     with _cache_lock:
-        _expected[key] = digest
+        _expected[key] = (digest, tree)
         while len(_expected) > _CACHE_SIZE:
             _expected.pop(next(iter(_expected)))
-    return digest
+    return digest, tree
 
 
 def clear_manifest_cache() -> None:
@@ -243,10 +243,10 @@ class Rsync:
     def plan(self, ctx: PlanContext, args: RsyncArgs) -> Plan:
         src, excludes, chmod, shared = _validate(ctx, args)
         dest = posixpath.normpath(args.dest)
-        local, source_digest = source_manifest(src, ctx.run_id)
-        expect = ""
+        local, source_digest = source_manifest(src, ctx.run_id, ctx.state_dir)
+        expect, expected_tree = "", None
         if not (args.checksum or args.chown or shared):  # the fast path compares what rsync -a keeps
-            expect = expected_digest(local, excludes, chmod, ctx.run_id, src)
+            expect, expected_tree = expected_digest(local, excludes, chmod, ctx.run_id, src)
         state = rel.parse_probe(
             dest,
             ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=args.checksum, expect=expect)),
@@ -269,6 +269,14 @@ class Rsync:
                                       outputs={"release": f"{dest}/releases/{current}", "release_name": current, **common})
             state = rel.parse_probe(  # `current` points outside releases/: take the long way
                 dest, ctx.probe(rel.probe_argv(dest, releases=True, checksum=False)), releases=True, host=ctx.host or "")
+        elif state.extra.get("mismatched") and expected_tree is not None:
+            # differs: learn the host's tree from the lines that differ, not from a full listing
+            tree = rel.delta_probe(ctx, state.tree_path or dest, expected_tree, timeout=ctx.remaining())
+            if tree is not None:
+                state = dataclasses.replace(state, tree=tree)
+            else:
+                state = rel.parse_probe(dest, ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=False)),
+                                        releases=args.releases, host=ctx.host or "")
         if state.current_blocked:
             raise ModuleError(f"'{dest}/current' exists and is not a symlink: move it away before using releases", path=ctx.host or "")
         if state.tree_not_dir:

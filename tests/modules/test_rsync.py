@@ -276,8 +276,8 @@ def test_source_manifest_computed_once_for_many_hosts(tmp_path, src, monkeypatch
     import modules.rsync as mod
 
     calls = []
-    real = mod.local_manifest
-    monkeypatch.setattr(mod, "local_manifest", lambda p: calls.append(p) or real(p))
+    real = mod.cached_manifest
+    monkeypatch.setattr(mod, "cached_manifest", lambda p, *a: calls.append(p) or real(p, *a))
     results = []
     threads = [threading.Thread(target=lambda: results.append(source_manifest(str(src), "shared-run"))) for _ in range(20)]
     for t in threads:
