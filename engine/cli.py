@@ -180,6 +180,9 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
             playbook_hash=api.file_hash(loaded.playbook.path), inventory_hash=api.file_hash(loaded.inventory.path),
             plan_hash=plan_hash, scrub=SCRUBBER.scrub_obj,
         ))
+        from engine.artifacts import ArtifactRecorder
+
+        subscribers.append(ArtifactRecorder(opts.state_dir, loaded.playbook.name))
     executors: list[Any] = []
     interrupts = {"n": 0}
 

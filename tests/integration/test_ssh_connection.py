@@ -336,7 +336,7 @@ def test_pool_local_connection_and_unknown_type(hosts):
     with ConnectionPool() as p:
         local = p.get(dataclasses.replace(hosts[0], name="ctl", connection="local"))
         assert isinstance(local, LocalConnection) and local.run(["true"]).rc == 0
-        with pytest.raises(ConnectionFailed, match="'connection' must be 'ssh' or 'local'"):
+        with pytest.raises(ConnectionFailed, match="'connection' must be 'ssh', 'local' or 'kubernetes'"):
             p.get(dataclasses.replace(hosts[0], name="odd", connection="telnet"))
 
 
