@@ -36,9 +36,7 @@ from engine.module import ApplyContext, PlanContext, arg, register
 from engine.results import Diff, Plan
 from engine.secrets import SCRUBBER
 
-__all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart", "DEFAULT_REGISTRY"]
-
-DEFAULT_REGISTRY = "https://registry.npmjs.org/"
+__all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart"]
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*\Z")
 _CHUNK = 1 << 20
 _ACCEPT = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
@@ -48,7 +46,7 @@ _ACCEPT = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, 
 class NpmFetchArgs:
     package: str = arg(doc="Package name, scoped or not: `@seed/templates`, `left-pad`.")
     version: str = arg("latest", doc="An exact version (`1.0.0`) or a dist-tag (`latest`, `next`). Ranges are not accepted: a deploy names what it ships.")
-    registry: str | None = arg(None, doc="Registry URL, e.g. `https://npm.example.com/`. Unset: the `.npmrc`'s `@scope:registry` or `registry`, else the public registry.")
+    registry: str | None = arg(None, doc="Registry URL, e.g. `https://npm.example.com/`. Unset: the `.npmrc`'s `@scope:registry` or `registry`, else `$NPM_CONFIG_REGISTRY`; one of them is required.")
     token_env: str | None = arg(None, doc="Name of an environment variable holding the registry token (e.g. `NPM_TOKEN`). Takes precedence over `.npmrc`.")
     npmrc: str | None = arg(None, doc="An `.npmrc` to read the registry and `//host/:_authToken=` from (relative to the playbook's directory). Unset: `$NPM_CONFIG_USERCONFIG` or `~/.npmrc`, when present.")
     integrity: str | None = arg(None, doc="Pin the tarball's integrity (`sha512-<base64>`, as `dist.integrity` and the plan show it). Any other bytes - including a republished version - fail the step.")
@@ -229,7 +227,11 @@ def _settings(ctx: PlanContext | ApplyContext, args: NpmFetchArgs, where: str) -
         if key.endswith((":_authToken", ":_auth", ":_password")) and value:
             SCRUBBER.add(value)
     scope = args.package.split("/")[0] if args.package.startswith("@") else ""
-    registry = args.registry or (config.get(f"{scope}:registry") if scope else None) or config.get("registry") or DEFAULT_REGISTRY
+    registry = (args.registry or (config.get(f"{scope}:registry") if scope else None) or config.get("registry")
+                or os.environ.get("NPM_CONFIG_REGISTRY") or os.environ.get("npm_config_registry"))
+    if not registry:
+        # a deploy should name the registry it trusts: no built-in public default
+        raise ArgError("no registry: set 'registry', a `registry=` in the .npmrc, or $NPM_CONFIG_REGISTRY", path=where)
     parts = urllib.parse.urlsplit(registry)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ArgError(f"'registry' must be an http(s) URL (got {registry!r})", path=where)
