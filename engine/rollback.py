@@ -5,7 +5,8 @@ earlier release undoes every run after it. If those runs applied migrations, the
 refused (the seed team's "Automatic-with-migrations" incident: code rolled back, migration left
 behind) unless `--with-migrations`, which first runs their `down` commands, newest first. Then
 each releases-layout `rsync` step's `current` is switched back where that release is still on
-the host. The rollback is itself an ordinary plan/run of a generated playbook: same locks,
+the host, each canary Deployment (`canary_switch` set_image/revert) is reverted to the image it
+had in that release, and each `helm_bump` field is set back to the tag (and digest) recorded then. The rollback is itself an ordinary plan/run of a generated playbook: same locks,
 parallelism, events and history (recorded with the target release id, so it becomes "current").
 """
 
@@ -41,6 +42,24 @@ class RollbackPlan:
     undone: list[RunRecord]
     migrations: list[Migration] = field(default_factory=list)
     playbook: Playbook | None = None
+    # step id -> host (None: controller) -> outputs recorded when the target release was live
+    images: dict[str, dict[str | None, dict]] = field(default_factory=dict)
+
+
+_IMAGE_STEPS = {"canary_switch": ("set_image", "revert"), "helm_bump": None}
+
+
+def _recorded_images(playbook: Playbook, history: History, ok: list[RunRecord], since: float) -> dict:
+    """For each image-setting step (canary_switch set_image/revert, helm_bump): the outputs it
+    recorded in the newest successful run at or before the target release, per host."""
+    wanted = {s.id for s in playbook.steps if s.module in _IMAGE_STEPS}
+    found: dict[str, dict[str | None, dict]] = {}
+    for run in sorted((r for r in ok if r.started <= since), key=lambda r: r.started, reverse=True):
+        for res in history.results(run.run_id):
+            outs = res.get("outputs") or {}
+            if res["step"] in wanted and res["status"] in ("ok", "changed") and (outs.get("image") or outs.get("tag")):
+                found.setdefault(res["step"], {}).setdefault(res["host"], outs)
+    return found
 
 
 def _releases(history: History, name: str) -> list[RunRecord]:
@@ -82,6 +101,7 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
             if res["status"] == "changed" and outs.get("migration") and outs.get("action", "up") == "up":
                 migrations.append(Migration(run, res["step"], res["host"], outs["migration"], outs.get("down", "")))
     plan = RollbackPlan(current, target, undone, migrations)
+    plan.images = _recorded_images(playbook, history, ok, since)
     if migrations and not with_migrations:
         lines = "\n".join(f"  {m.name} on {m.host or CONTROLLER} (release {m.run.release_id}, step {m.step})"
                           for m in migrations)
@@ -121,8 +141,39 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
             steps.append(Step(f"rollback_{s.id}", "release_switch", s.fleet,
                               {"dest": s.args["dest"], "release": plan.target}, needs=previous,
                               location=s.location, description=f"switch {s.id} back to {plan.target}"))
-    if not any(s.module == "release_switch" for s in steps):
-        raise PlaybookError(f"'{playbook.name}' has no rsync step with `releases: true`: there is no release to switch back to")
+    for s in playbook.steps:
+        recorded = plan.images.get(s.id)
+        if not recorded:
+            continue
+        if s.module == "canary_switch" and str(s.args.get("action")) in ("set_image", "revert"):
+            by_image: dict[tuple, list[str]] = {}
+            for host, outs in recorded.items():
+                if host is not None and outs.get("image"):
+                    by_image.setdefault((outs["image"], outs.get("colour") or ""), []).append(host)
+            for i, ((image, colour), hosts) in enumerate(sorted(by_image.items())):
+                fleet = f"_rollback_{s.id}_{i}"
+                fleets[fleet] = Fleet(fleet, ",".join(sorted(hosts)), lock=False)
+                args = {k: v for k, v in s.args.items() if k not in ("to",)}
+                args.update({"action": "revert", "image": image})
+                if colour:
+                    args["colour"] = colour
+                steps.append(Step(f"rollback_{s.id}_{i}" if len(by_image) > 1 else f"rollback_{s.id}", "canary_switch",
+                                  fleet, args, needs=previous, location=s.location,
+                                  description=f"revert {s.id} to the image of {plan.target}"))
+        elif s.module == "helm_bump" and None in recorded:
+            outs = recorded[None]
+            args = {k: v for k, v in s.args.items() if k not in ("tags", "tag_pattern", "tag_order", "semver_range")}
+            if outs.get("tag"):
+                args["tag"] = outs["tag"]
+            image = str(outs.get("image") or "")
+            if "@sha256:" in image:
+                args["digest"] = image.split("@", 1)[1]
+            args["message"] = f"rollback to {plan.target}: {{image}} in {{file}}"
+            steps.append(Step(f"rollback_{s.id}", "helm_bump", CONTROLLER, args, needs=previous, location=s.location,
+                              description=f"set {s.id}'s image back to the one of {plan.target}"))
+    if not any(s.module in ("release_switch", "canary_switch", "helm_bump") for s in steps):
+        raise PlaybookError(f"'{playbook.name}' has no step to roll back (rsync with `releases: true`, canary_switch "
+                            f"set_image/revert, helm_bump) with a record for release {plan.target}")
     return replace(playbook, steps=tuple(steps), fleets=fleets, sources={})
 
 

@@ -1,0 +1,76 @@
+"""Rollback planning from the history: target release, migrations guard, generated steps."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine.errors import PlaybookError
+from engine.history import History
+from engine.model import CONTROLLER, Fleet, Playbook, Step
+from engine.results import Plan, Change, Status, StepResult
+from engine.rollback import RollbackRefused, plan_rollback
+
+
+def playbook() -> Playbook:
+    steps = (
+        Step("sync", "rsync", "web", {"src": "x", "dest": "{{ app_root }}", "releases": True}),
+        Step("migrate_db", "migrate", "db", {"name": "m1", "up": "u", "down": "d", "chdir": "/srv"}),
+        Step("canary", "canary_switch", "k8s", {"action": "set_image", "image": "{{ img }}", "container": "web"}),
+        Step("bump", "helm_bump", CONTROLLER, {"repo": "r", "file": "f", "tags": ["master-1"], "author_name": "a",
+                                              "author_email": "a@b"}),
+    )
+    fleets = {"web": Fleet("web", "web"), "db": Fleet("db", "db"), "k8s": Fleet("k8s", "k8s")}
+    return Playbook("pb.yml", "shop", {}, fleets, steps)
+
+
+def record(hist: History, run_id: str, release: str, results: list[StepResult], status: str = "ok") -> None:
+    hist.start_run(run_id=run_id, playbook="pb.yml", name="shop", mode="run", release_id=release)
+    for r in results:
+        hist.add_result(run_id, r)
+    hist.finish_run(run_id, 0 if status == "ok" else 1, status)
+    time.sleep(0.01)
+
+
+def res(step, host, status=Status.CHANGED, **outputs) -> StepResult:
+    return StepResult(step, host, status, "", plan=Plan(Change.WILL_CHANGE, ""), outputs=outputs)
+
+
+@pytest.fixture
+def hist(tmp_path):
+    h = History(str(tmp_path))
+    record(h, "r1", "REL1", [res("sync", "w1"), res("canary", "k1", image="repo@sha256:aaa", colour="green"),
+                             res("bump", None, tag="master-1", image="repo:master-1")])
+    record(h, "r2", "REL2", [res("sync", "w1"), res("migrate_db", "d1", migration="m1", action="up", down="d"),
+                             res("canary", "k1", image="repo@sha256:bbb", colour="green"),
+                             res("bump", None, tag="master-2", image="repo:master-2")])
+    yield h
+    h.close()
+
+
+def test_refuses_across_migrations_then_generates_the_rollback(hist):
+    with pytest.raises(RollbackRefused) as err:
+        plan_rollback(playbook(), hist, to=None, with_migrations=False)
+    assert "m1 on d1" in str(err.value) and "REL2" in str(err.value)
+    plan = plan_rollback(playbook(), hist, to=None, with_migrations=True)
+    assert (plan.current, plan.target) == ("REL2", "REL1")
+    steps = {s.id: s for s in plan.playbook.steps}
+    assert list(steps) == ["migration_down_0", "rollback_sync", "rollback_canary", "rollback_bump"]
+    down = steps["migration_down_0"]
+    assert down.args == {"name": "m1", "up": "", "down": "d", "action": "down", "chdir": "/srv"}
+    assert plan.playbook.fleets[down.fleet].hosts == "d1"
+    assert steps["rollback_sync"].args == {"dest": "{{ app_root }}", "release": "REL1"}
+    assert steps["rollback_sync"].needs == ("migration_down_0",)
+    canary = steps["rollback_canary"]
+    assert canary.args["action"] == "revert" and canary.args["image"] == "repo@sha256:aaa"
+    assert canary.args["colour"] == "green" and canary.args["container"] == "web"
+    bump = steps["rollback_bump"]
+    assert bump.args["tag"] == "master-1" and "tags" not in bump.args and bump.fleet == CONTROLLER
+
+
+def test_targets(hist):
+    with pytest.raises(PlaybookError, match="already the current release"):
+        plan_rollback(playbook(), hist, to="REL2", with_migrations=True)
+    with pytest.raises(PlaybookError, match="never deployed successfully"):
+        plan_rollback(playbook(), hist, to="REL9", with_migrations=True)
