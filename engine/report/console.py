@@ -339,9 +339,13 @@ class ConsoleReporter:
     def _print_diffs(self, r: StepResult) -> None:
         assert r.plan is not None
         for diff in r.plan.diffs:
+            block = Text()  # one print per diff: rich's per-call cost dominates long plans
             for raw in render_diff(scrub_diff(diff, self.scrubber)):
-                line = self._s(raw)
-                self._print(Text("      " + line, style=_diff_line_style(line)))
+                if block:
+                    block.append("\n")
+                block.append("      " + raw, style=_diff_line_style(raw))
+            if block:
+                self._print(block)
 
     def _render_recap(self, summary: RunSummary) -> None:
         counts = summary.by_host()
