@@ -37,6 +37,7 @@ __all__ = [
     "canonical_digest",
     "canonical_lines",
     "delta_probe",
+    "apply_delta",
     "parse_probe",
     "read_state",
     "release_name_for",
@@ -80,12 +81,6 @@ if [ -n "$t" ]; then
     # stdin: the expected canonical listing; lines found once are on one side only
     printf 'D\000'
     { cat; cd -- "$t" && canon; } | LC_ALL=C sort -z | LC_ALL=C uniq -z -u || rc=1
-  elif [ -d "$t" ] && [ -n "$expect" ]; then
-    if [ "$(cd -- "$t" && canon | LC_ALL=C sort -z | sha256sum)" = "$expect  -" ]; then
-      printf 'H\000'
-    else
-      printf 'M\000'
-    fi
   elif [ -d "$t" ]; then
     printf 'T\000'
     find "$t" -mindepth 1 -printf "$fmt" || rc=1
@@ -182,9 +177,8 @@ class RemoteState:
 def probe_argv(dest: str, *, releases: bool, checksum: bool, expect: str = "") -> list[str]:
     """The one read-only command that describes `dest` (see `parse_probe`).
 
-    With `expect` (a `canonical_digest` of the tree the host should have), a host whose tree
-    matches answers with one `H` record instead of its whole listing: the in-sync case costs a
-    digest computed on the host, not a manifest shipped and parsed here."""
+    With `expect="-"` the expected canonical listing comes on stdin and the host answers with a
+    `D` section of the lines found on one side only instead of its whole listing (`delta_probe`)."""
     return ["sh", "-c", _PROBE, "sh", dest, "releases" if releases else "plain", "1" if checksum else "0", FIND_PRINTF,
             expect]
 
@@ -227,23 +221,10 @@ def parse_canonical(line: bytes) -> tuple[str, Entry]:
     return text[2:], Entry("o", 0)
 
 
-def delta_probe(conn: Any, dest: str, expected: Mapping[str, Entry], *, timeout: float | None = None) -> dict[str, Entry] | None:
-    """The host's tree, learned by sending the expected listing and getting back only the lines
-    that differ (a 1% change costs 1% of a listing). None when the tree is not a directory."""
-    lines = canonical_lines(expected)
-    runner = getattr(conn, "probe", None) or conn.run
-    res = runner(["sh", "-c", _PROBE, "sh", dest, "plain", "0", FIND_PRINTF, "-"], stdin=b"".join(lines), timeout=timeout)
-    if res.rc != 0:
-        raise ModuleError(f"cannot read the tree under {dest}: {res.err.strip()[-500:] or res.rc}", path=getattr(conn, "host", ""))
-    out = res.stdout
-    head, sep, rest = out.partition(b"D\0")
-    if not sep:
-        return None
-    rest = rest.rsplit(b"E\0", 1)[0]
+def apply_delta(expected: Mapping[str, Entry], lines: Mapping[bytes, str], delta: Sequence[bytes]) -> dict[str, Entry]:
+    """The host's tree from the expected tree and the canonical lines found on one side only."""
     tree = dict(expected)
-    for line in rest.split(b"\0"):
-        if not line:
-            continue
+    for line in delta:
         full = line + b"\0"
         if full in lines:  # expected, but not on the host (or not like that)
             rel = lines[full]
@@ -253,6 +234,23 @@ def delta_probe(conn: Any, dest: str, expected: Mapping[str, Entry], *, timeout:
             rel, entry = parse_canonical(line)
             tree[rel] = entry
     return dict(sorted(tree.items()))
+
+
+def delta_probe(conn: Any, dest: str, expected: Mapping[str, Entry], *, releases: bool = False,
+                timeout: float | None = None) -> tuple["RemoteState", dict[str, Entry] | None]:
+    """Probe `dest` sending the expected canonical listing on stdin: the host answers with the
+    lines found on one side only (`sort | uniq -u`; nothing is written there), so an in-sync host
+    answers with nothing and a 1% change costs 1% of a listing. Returns the state and the host's
+    tree (None when there is no tree)."""
+    lines = canonical_lines(expected)
+    runner = getattr(conn, "probe", None) or conn.run
+    res = runner(probe_argv(dest, releases=releases, checksum=False, expect="-"),
+                 stdin=b"".join(sorted(lines)), timeout=timeout)
+    state = parse_probe(dest, res, releases=releases, host=getattr(conn, "host", ""))
+    delta = state.extra.get("delta")
+    if delta is None:
+        return state, None
+    return state, apply_delta(expected, lines, delta)
 
 
 def _release_of(dest: str, target: str) -> str | None:
@@ -278,8 +276,7 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
     tree_records: list[bytes] | None = None
     sums: dict[str, str] = {}
     not_dir = False
-    matched = False
-    mismatched = False
+    delta: list[bytes] | None = None
     while i < len(tokens):
         tok = tokens[i]
         i += 1
@@ -297,10 +294,13 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
                 rels.append(name)
         elif tok == b"N":
             not_dir = True
-        elif tok == b"H":
-            matched = True
-        elif tok == b"M":
-            mismatched = True
+        elif tok == b"D":
+            start = i
+            while i < len(tokens) and tokens[i] != b"E":
+                i += 1
+            delta = [t for t in tokens[start:i] if t]
+            continue
+
         elif tok == b"T":
             tree_records = []
             while i + 1 < len(tokens) and b"/" in tokens[i]:
@@ -338,7 +338,7 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
         releases=tuple(sorted(rels)),
         partials=tuple(sorted(partials)),
         raw_digest="sha256:" + hashlib.sha256(result.stdout).hexdigest(),
-        extra={"matched": True} if matched else ({"mismatched": True} if mismatched else {}),
+        extra={"delta": delta} if delta is not None else {},
     )
 
 

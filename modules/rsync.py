@@ -244,39 +244,33 @@ class Rsync:
         src, excludes, chmod, shared = _validate(ctx, args)
         dest = posixpath.normpath(args.dest)
         local, source_digest = source_manifest(src, ctx.run_id, ctx.state_dir)
-        expect, expected_tree = "", None
+        expected_tree = None
         if not (args.checksum or args.chown or shared):  # the fast path compares what rsync -a keeps
             expect, expected_tree = expected_digest(local, excludes, chmod, ctx.run_id, src)
-        state = rel.parse_probe(
-            dest,
-            ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=args.checksum, expect=expect)),
-            releases=args.releases,
-            host=ctx.host or "",
-        )
-        if state.extra.get("matched"):
-            # the host computed the digest of its tree and it is the source's: in sync, and
-            # nothing had to be listed or parsed here
-            files = sum(1 for e in local.values() if e.kind == "f")
-            fingerprint = {"remote": "canonical:" + expect, "current": state.current_target,
-                           "releases": list(state.releases), "source": source_digest}
-            common = {"source_digest": source_digest, "changed_files": 0}
-            if not args.releases:
-                return Plan.no_change(f"in sync: {files} files", fingerprint=fingerprint,
-                                      outputs={"release": dest, "release_name": "", **common})
-            if state.current_release is not None:
-                current = state.current_release
-                return Plan.no_change(f"in sync: {files} files (release {current})", fingerprint=fingerprint,
-                                      outputs={"release": f"{dest}/releases/{current}", "release_name": current, **common})
-            state = rel.parse_probe(  # `current` points outside releases/: take the long way
-                dest, ctx.probe(rel.probe_argv(dest, releases=True, checksum=False)), releases=True, host=ctx.host or "")
-        elif state.extra.get("mismatched") and expected_tree is not None:
-            # differs: learn the host's tree from the lines that differ, not from a full listing
-            tree = rel.delta_probe(ctx, state.tree_path or dest, expected_tree, timeout=ctx.remaining())
-            if tree is not None:
-                state = dataclasses.replace(state, tree=tree)
-            else:
-                state = rel.parse_probe(dest, ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=False)),
-                                        releases=args.releases, host=ctx.host or "")
+        if expected_tree is not None:
+            state, tree = rel.delta_probe(ctx, dest, expected_tree, releases=args.releases, timeout=ctx.remaining())
+            if tree is not None and not state.extra.get("delta"):
+                # the host's tree is exactly the source's: in sync, and nothing was listed or parsed here
+                files = sum(1 for e in local.values() if e.kind == "f")
+                fingerprint = {"remote": "canonical:" + expect, "current": state.current_target,
+                               "releases": list(state.releases), "source": source_digest}
+                common = {"source_digest": source_digest, "changed_files": 0}
+                if not args.releases:
+                    return Plan.no_change(f"in sync: {files} files", fingerprint=fingerprint,
+                                          outputs={"release": dest, "release_name": "", **common})
+                if state.current_release is not None:
+                    current = state.current_release
+                    return Plan.no_change(f"in sync: {files} files (release {current})", fingerprint=fingerprint,
+                                          outputs={"release": f"{dest}/releases/{current}", "release_name": current,
+                                                   **common})
+            state = dataclasses.replace(state, tree=tree)
+        else:
+            state = rel.parse_probe(
+                dest,
+                ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=args.checksum)),
+                releases=args.releases,
+                host=ctx.host or "",
+            )
         if state.current_blocked:
             raise ModuleError(f"'{dest}/current' exists and is not a symlink: move it away before using releases", path=ctx.host or "")
         if state.tree_not_dir:

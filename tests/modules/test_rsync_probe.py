@@ -1,4 +1,4 @@
-"""The probe's fast paths agree with the full listing: same tree, far fewer bytes."""
+"""The delta probe agrees with the full listing: same tree, a fraction of the bytes."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _make(root, files):
         os.utime(p, (1_700_000_000, 1_700_000_000))
 
 
-def test_digest_match_and_delta_reconstruction(tmp_path):
+def test_in_sync_answers_nothing_and_a_delta_rebuilds_the_full_listing(tmp_path):
     src, dest = tmp_path / "src", tmp_path / "dest"
     files = {f"d{i % 5}/f {i}.txt": f"content {i}\n" for i in range(60)}
     _make(src, files)
@@ -30,11 +30,9 @@ def test_digest_match_and_delta_reconstruction(tmp_path):
     os.symlink("d1/f 1.txt", dest / "link")
     expected = {k: Entry(e.kind, e.mode, e.size, e.mtime, target=e.target) for k, e in local_manifest(str(src)).items()}
     conn = LocalConnection()
-    digest = rel.canonical_digest(expected)
 
-    same = rel.parse_probe(str(dest), conn.run(rel.probe_argv(str(dest), releases=False, checksum=False, expect=digest)),
-                           releases=False)
-    assert same.extra == {"matched": True} and same.tree is None  # one record, no listing
+    state, tree = rel.delta_probe(conn, str(dest), expected)
+    assert state.extra == {"delta": []} and _strip(tree) == _strip(expected)  # in sync: an empty answer
 
     (dest / "d2/f 7.txt").write_text("changed by hand\n")  # updated
     os.unlink(dest / "d3/f 8.txt")  # missing
@@ -42,13 +40,13 @@ def test_digest_match_and_delta_reconstruction(tmp_path):
     os.chmod(dest / "d4", 0o700)  # mode
     os.unlink(dest / "link")
     os.symlink("elsewhere", dest / "link")  # retargeted
-    res = conn.run(rel.probe_argv(str(dest), releases=False, checksum=False, expect=digest))
-    moved = rel.parse_probe(str(dest), res, releases=False)
-    assert moved.extra == {"mismatched": True} and len(res.stdout) < 100
-
-    delta = rel.delta_probe(conn, str(dest), expected)
+    state, delta = rel.delta_probe(conn, str(dest), expected)
+    assert 0 < len(state.extra["delta"]) <= 10  # only the differing lines travel
     full = rel.parse_probe(str(dest), conn.run(rel.probe_argv(str(dest), releases=False, checksum=False)),
                            releases=False).tree
     assert _strip(delta) == _strip(full)
-    assert delta["d3/f 8.txt" if "d3/f 8.txt" in delta else "stray.log"].kind == "f"
-    assert "d3/f 8.txt" not in delta and delta["link"].target == "elsewhere" and delta["d4"].mode == 0o700
+    assert "d3/f 8.txt" not in delta and delta["stray.log"].kind == "f"
+    assert delta["link"].target == "elsewhere" and delta["d4"].mode == 0o700
+
+    state, tree = rel.delta_probe(conn, str(tmp_path / "absent"), expected)
+    assert tree is None  # first deploy: nothing there
