@@ -200,6 +200,12 @@ def canonical_lines(tree: Mapping[str, Entry]) -> dict[bytes, str]:
     return lines
 
 
+def expected_listing(tree: Mapping[str, Entry]) -> tuple[dict[bytes, str], bytes]:
+    """(line -> path, the sorted listing as sent on stdin): compute once, send to every host."""
+    lines = canonical_lines(tree)
+    return lines, b"".join(sorted(lines))
+
+
 def canonical_digest(tree: Mapping[str, Entry]) -> str:
     """sha256 of the sorted canonical listing: what the host's probe compares against."""
     return hashlib.sha256(b"".join(sorted(canonical_lines(tree)))).hexdigest()
@@ -237,15 +243,15 @@ def apply_delta(expected: Mapping[str, Entry], lines: Mapping[bytes, str], delta
 
 
 def delta_probe(conn: Any, dest: str, expected: Mapping[str, Entry], *, releases: bool = False,
-                timeout: float | None = None) -> tuple["RemoteState", dict[str, Entry] | None]:
+                timeout: float | None = None,
+                listing: tuple[Mapping[bytes, str], bytes] | None = None) -> tuple["RemoteState", dict[str, Entry] | None]:
     """Probe `dest` sending the expected canonical listing on stdin: the host answers with the
     lines found on one side only (`sort | uniq -u`; nothing is written there), so an in-sync host
     answers with nothing and a 1% change costs 1% of a listing. Returns the state and the host's
     tree (None when there is no tree)."""
-    lines = canonical_lines(expected)
+    lines, payload = listing if listing is not None else expected_listing(expected)
     runner = getattr(conn, "probe", None) or conn.run
-    res = runner(probe_argv(dest, releases=releases, checksum=False, expect="-"),
-                 stdin=b"".join(sorted(lines)), timeout=timeout)
+    res = runner(probe_argv(dest, releases=releases, checksum=False, expect="-"), stdin=payload, timeout=timeout)
     state = parse_probe(dest, res, releases=releases, host=getattr(conn, "host", ""))
     delta = state.extra.get("delta")
     if delta is None:

@@ -14,6 +14,7 @@ release by a hard-link copy, and `DEST/current` is switched atomically (see engi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import posixpath
 import re
@@ -58,7 +59,8 @@ class RsyncArgs:
 _cache: "OrderedDict[tuple[str, str], tuple[threading.Lock, list]]" = OrderedDict()
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 8
-_expected: dict[tuple, tuple[str, dict]] = {}
+_expected: dict[tuple, tuple[str, dict, tuple]] = {}
+_expected_lock = threading.Lock()
 
 
 def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tuple[dict[str, Entry], str]:
@@ -82,31 +84,36 @@ def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tup
         return box[0]
 
 
-def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str, src: str) -> tuple[str, dict[str, Entry]]:
-    """The tree a host has once `src` is synced to it (excluded paths left out, `chmod` applied)
-    and its `canonical_digest`, once per run and source."""
+def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str,
+                    src: str) -> tuple[str, dict[str, Entry], tuple[dict[bytes, str], bytes]]:
+    """The tree a host has once `src` is synced to it (excluded paths left out, `chmod` applied),
+    its `canonical_digest` and its listing as the probe sends it; once per run and source."""
     key = (run_id, src, tuple(getattr(excludes, "patterns", ())), getattr(chmod, "spec", ""))
-    with _cache_lock:
+    with _expected_lock:  # the first host computes it; the others wait for it rather than redo it
         hit = _expected.get(key)
-    if hit is not None:
-        return hit
+        if hit is not None:
+            return hit
+        return _compute_expected(key, local, excludes, chmod)
+
+
+def _compute_expected(key: tuple, local: dict[str, Entry], excludes: Any, chmod: Any) -> tuple:
     tree = {}
     for rel_path, e in local.items():
         if excludes.excluded(rel_path, is_dir=e.kind == "d"):
             continue
         mode = chmod.apply(e.mode, is_dir=e.kind == "d") if e.kind in ("f", "d") else e.mode
         tree[rel_path] = Entry(e.kind, mode, e.size, e.mtime, target=e.target)
-    digest = rel.canonical_digest(tree)
-    with _cache_lock:
-        _expected[key] = (digest, tree)
-        while len(_expected) > _CACHE_SIZE:
-            _expected.pop(next(iter(_expected)))
-    return digest, tree
+    lines, payload = rel.expected_listing(tree)
+    digest = hashlib.sha256(payload).hexdigest()  # == rel.canonical_digest(tree)
+    _expected[key] = (digest, tree, (lines, payload))
+    while len(_expected) > _CACHE_SIZE:
+        _expected.pop(next(iter(_expected)))
+    return digest, tree, (lines, payload)
 
 
 def clear_manifest_cache() -> None:
     """Forget cached source manifests (tests; a long-lived process between runs)."""
-    with _cache_lock:
+    with _cache_lock, _expected_lock:
         _cache.clear()
         _expected.clear()
 
@@ -246,9 +253,10 @@ class Rsync:
         local, source_digest = source_manifest(src, ctx.run_id, ctx.state_dir)
         expected_tree = None
         if not (args.checksum or args.chown or shared):  # the fast path compares what rsync -a keeps
-            expect, expected_tree = expected_digest(local, excludes, chmod, ctx.run_id, src)
+            expect, expected_tree, listing = expected_digest(local, excludes, chmod, ctx.run_id, src)
         if expected_tree is not None:
-            state, tree = rel.delta_probe(ctx, dest, expected_tree, releases=args.releases, timeout=ctx.remaining())
+            state, tree = rel.delta_probe(ctx, dest, expected_tree, releases=args.releases, timeout=ctx.remaining(),
+                                          listing=listing)
             if tree is not None and not state.extra.get("delta"):
                 # the host's tree is exactly the source's: in sync, and nothing was listed or parsed here
                 files = sum(1 for e in local.values() if e.kind == "f")
