@@ -65,6 +65,13 @@ mkdir -- "$1"
 """
 _STAT = r"""[ -d "$1" ] || exit 3; stat -c %Y -- "$1"; cat -- "$1/info.json" 2>/dev/null; exit 0"""
 _HELD = 3
+# $1 lock path, $2 the run id as written in info.json ("run_id": "<id>"): exit 3 when free or
+# held by another run, 0 when removed
+_RELEASE = r"""
+[ -f "$1/info.json" ] || exit 3
+grep -qF -- "\"run_id\": $2" "$1/info.json" || exit 3
+t="$1.released-$$"; mv -T -- "$1" "$t" 2>/dev/null || exit 3; rm -rf -- "$t"
+"""
 _FRESH_RETRIES = 20
 
 
@@ -202,11 +209,15 @@ def status(conn: Connection, path: str, *, timeout: float | None = 30) -> LockIn
 def release(conn: Connection, path: str, run_id: str, *, timeout: float | None = 30) -> bool:
     """Remove the lock if `run_id` holds it; True when removed, False when free or held by
     another run (then it is left alone)."""
-    holder = status(conn, path, timeout=timeout)
-    if holder is None or holder.run_id != run_id or not run_id:
+    if not run_id:
         return False
-    _remove(conn, _check_path(path), timeout)
-    return True
+    # one round trip: the host checks the holder's run id itself, then removes by rename + rm
+    res = conn.run(["sh", "-c", _RELEASE, "sh", _check_path(path), json.dumps(run_id)], timeout=timeout)
+    if res.rc == 0:
+        return True
+    if res.rc == _HELD:
+        return False
+    raise ModuleError(f"cannot remove deploy lock {path}: {res.err.strip()[-300:]}", path=conn.host)
 
 
 def break_lock(conn: Connection, path: str, *, timeout: float | None = 30) -> LockInfo | None:
