@@ -5,19 +5,21 @@ earlier release undoes every run after it. If those runs applied migrations, the
 refused (the seed team's "Automatic-with-migrations" incident: code rolled back, migration left
 behind) unless `--with-migrations`, which first runs their `down` commands, newest first. Then
 each releases-layout `rsync` step's `current` is switched back where that release is still on
-the host, each canary Deployment (`canary_switch` set_image/revert) is reverted to the image it
+the host and built again from the recorded artifact where `keep` removed it (see
+modules/recorded_artifact.py), each canary Deployment (`canary_switch` set_image/revert) is reverted to the image it
 had in that release, and each `helm_bump` field is set back to the tag (and digest) recorded then. The rollback is itself an ordinary plan/run of a generated playbook: same locks,
 parallelism, events and history (recorded with the target release id, so it becomes "current").
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.errors import PlaybookError
 from engine.history import History, RunRecord
-from engine.model import CONTROLLER, Fleet, Playbook, Step
+from engine.model import CONTROLLER, Fleet, Playbook, Source, Step
 
 __all__ = ["RollbackPlan", "plan_rollback", "RollbackRefused"]
 
@@ -44,6 +46,8 @@ class RollbackPlan:
     playbook: Playbook | None = None
     # step id -> host (None: controller) -> outputs recorded when the target release was live
     images: dict[str, dict[str | None, dict]] = field(default_factory=dict)
+    # source name -> outputs of `sources.<name>` in the run that deployed the target release
+    artifacts: dict[str, dict] = field(default_factory=dict)
 
 
 _IMAGE_STEPS = {"canary_switch": ("set_image", "revert"), "helm_bump": None}
@@ -59,6 +63,19 @@ def _recorded_images(playbook: Playbook, history: History, ok: list[RunRecord], 
             outs = res.get("outputs") or {}
             if res["step"] in wanted and res["status"] in ("ok", "changed") and (outs.get("image") or outs.get("tag")):
                 found.setdefault(res["step"], {}).setdefault(res["host"], outs)
+    return found
+
+
+def _recorded_artifacts(history: History, ok: list[RunRecord], target: str) -> dict[str, dict]:
+    """The outputs of each source (digest, version, path...) in the newest successful run that
+    deployed the target release."""
+    found: dict[str, dict] = {}
+    for run in sorted((r for r in ok if r.release_id == target), key=lambda r: r.started, reverse=True):
+        for res in history.results(run.run_id):
+            outs = res.get("outputs") or {}
+            if (res["host"] is None and res["step"].startswith("sources.") and res["status"] in ("ok", "changed")
+                    and outs.get("digest")):
+                found.setdefault(res["step"][len("sources."):], outs)
     return found
 
 
@@ -102,6 +119,7 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
                 migrations.append(Migration(run, res["step"], res["host"], outs["migration"], outs.get("down", "")))
     plan = RollbackPlan(current, target, undone, migrations)
     plan.images = _recorded_images(playbook, history, ok, since)
+    plan.artifacts = _recorded_artifacts(history, ok, target)
     if migrations and not with_migrations:
         lines = "\n".join(f"  {m.name} on {m.host or CONTROLLER} (release {m.run.release_id}, step {m.step})"
                           for m in migrations)
@@ -136,10 +154,15 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
         sid = f"migration_down_{i}"
         steps.append(Step(sid, "migrate", fleet, args, needs=previous, description=f"revert {m.name}"))
         previous = (sid,)
+    sources: dict[str, Source] = {}
     for s in playbook.steps:
         if s.module == "rsync" and _truthy(s.args.get("releases")):
-            steps.append(Step(f"rollback_{s.id}", "release_switch", s.fleet,
-                              {"dest": s.args["dest"], "release": plan.target}, needs=previous,
+            args, source = _switch_args(playbook, plan, s)
+            needs = previous
+            if source is not None:
+                sources[source.name] = source
+                needs = (*previous, f"sources.{source.name}")
+            steps.append(Step(f"rollback_{s.id}", "release_switch", s.fleet, args, needs=needs,
                               location=s.location, description=f"switch {s.id} back to {plan.target}"))
     for s in playbook.steps:
         recorded = plan.images.get(s.id)
@@ -174,7 +197,44 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
     if not any(s.module in ("release_switch", "canary_switch", "helm_bump") for s in steps):
         raise PlaybookError(f"'{playbook.name}' has no step to roll back (rsync with `releases: true`, canary_switch "
                             f"set_image/revert, helm_bump) with a record for release {plan.target}")
-    return replace(playbook, steps=tuple(steps), fleets=fleets, sources={})
+    source_steps = tuple(Step(f"sources.{src.name}", src.module, CONTROLLER, src.args, location=src.location,
+                              description=f"source {src.name}: the bytes of release {plan.target}")
+                         for src in sources.values())
+    return replace(playbook, steps=source_steps + tuple(steps), fleets=fleets, sources=sources)
+
+
+_SOURCE_REF = re.compile(r"\s*\{\{\s*sources\.([A-Za-z_][A-Za-z0-9_-]*)\.path\s*\}\}\s*")
+# how each source type is pinned to recorded outputs (argument -> output) when fetched again; a
+# local tree is only read, and recorded_artifact compares its digest itself
+_PINS = {"s3": {"sha256": "digest", "version_id": "version"}, "npm": {"version": "version", "integrity": "digest"},
+         "local": {}}
+
+
+def _switch_args(playbook: Playbook, plan: RollbackPlan, step: Step) -> tuple[dict[str, Any], Source | None]:
+    """The `release_switch` arguments for a releases-layout rsync step, and the `recorded` source
+    that can rebuild the release where `keep` removed it (None when nothing was recorded)."""
+    args: dict[str, Any] = {"dest": step.args["dest"], "release": plan.target}
+    src = step.args.get("src")
+    match = _SOURCE_REF.fullmatch(src) if isinstance(src, str) else None
+    name = match.group(1) if match else None
+    original = playbook.sources.get(name) if name else None
+    recorded = plan.artifacts.get(name) if name else None
+    if original is None or recorded is None:
+        what = f"source '{name}'" if name else f"its src ({src!r}, not a playbook source)"
+        args["unavailable"] = f"{what} has no recorded artifact for release {plan.target}"
+        return args, None
+    fetch: dict[str, Any] | None = None
+    if original.type in _PINS:
+        fetch = {"type": original.type, **original.args}
+        for key, output in _PINS[original.type].items():
+            if recorded.get(output):
+                fetch[key] = recorded[output]
+    source = Source(name, "recorded", "recorded_artifact",
+                    {"digest": recorded["digest"], "release": plan.target, "path": recorded.get("path"),
+                     "fetch": fetch}, location=original.location)
+    args.update({"src": src, "unavailable": f"{{{{ sources.{name}.error }}}}",
+                 "sync": {k: v for k, v in step.args.items() if k not in ("src", "dest", "releases")}})
+    return args, source
 
 
 def _find(playbook: Playbook, step_id: str) -> Step | None:

@@ -9,4 +9,5 @@ SOURCE_TYPES = {
     "local": "local_tree",
     "s3": "s3_fetch",
     "npm": "npm_fetch",
+    "recorded": "recorded_artifact",
 }

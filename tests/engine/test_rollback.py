@@ -8,7 +8,7 @@ import pytest
 
 from engine.errors import PlaybookError
 from engine.history import History
-from engine.model import CONTROLLER, Fleet, Playbook, Step
+from engine.model import CONTROLLER, Fleet, Playbook, Source, Step
 from engine.results import Plan, Change, Status, StepResult
 from engine.rollback import RollbackRefused, plan_rollback
 
@@ -60,7 +60,9 @@ def test_refuses_across_migrations_then_generates_the_rollback(hist):
     down = steps["migration_down_0"]
     assert down.args == {"name": "m1", "up": "", "down": "d", "action": "down", "chdir": "/srv"}
     assert plan.playbook.fleets[down.fleet].hosts == "d1"
-    assert steps["rollback_sync"].args == {"dest": "{{ app_root }}", "release": "REL1"}
+    assert steps["rollback_sync"].args == {  # src is no playbook source: nothing to rebuild a removed release from
+        "dest": "{{ app_root }}", "release": "REL1",
+        "unavailable": "its src ('x', not a playbook source) has no recorded artifact for release REL1"}
     assert steps["rollback_sync"].needs == ("migration_down_0",)
     canary = steps["rollback_canary"]
     assert canary.args["action"] == "revert" and canary.args["image"] == "repo@sha256:aaa"
@@ -74,3 +76,33 @@ def test_targets(hist):
         plan_rollback(playbook(), hist, to="REL2", with_migrations=True)
     with pytest.raises(PlaybookError, match="never deployed successfully"):
         plan_rollback(playbook(), hist, to="REL9", with_migrations=True)
+
+
+def test_a_removed_release_is_rebuilt_from_the_artifact_recorded_for_it(tmp_path):
+    bundle = Source("bundle", "s3", "s3_fetch", {"bucket": "{{ bucket }}", "key": "w.tgz", "sha256": None})
+    sync = Step("sync", "rsync", "web", {"src": "{{ sources.bundle.path }}", "dest": "/srv/w", "releases": True,
+                                         "keep": 2, "exclude": ["*.log"]}, needs=("sources.bundle",))
+    pb = Playbook("pb.yml", "shop", {"bundle": bundle}, {"web": Fleet("web", "web")},
+                  (Step("sources.bundle", "s3_fetch", CONTROLLER, bundle.args), sync))
+    h = History(str(tmp_path))
+    try:
+        for run, rel, digest, version in (("r1", "REL1", "sha256:" + "a" * 64, "v1"),
+                                          ("r2", "REL2", "sha256:" + "b" * 64, "v2")):
+            record(h, run, rel, [res("sources.bundle", None, digest=digest, version=version,
+                                     path=f"/state/cache/sha256/{digest[7:]}/tree"), res("sync", "w1")])
+        plan = plan_rollback(pb, h, to=None, with_migrations=False)
+    finally:
+        h.close()
+    steps = {s.id: s for s in plan.playbook.steps}
+    assert list(steps) == ["sources.bundle", "rollback_sync"]
+    source = plan.playbook.sources["bundle"]
+    assert (source.type, source.module) == ("recorded", "recorded_artifact")
+    assert steps["sources.bundle"].module == "recorded_artifact" and steps["sources.bundle"].fleet == CONTROLLER
+    assert source.args == {  # REL1's bytes, and how to fetch exactly them again: pinned by sha256 and version
+        "digest": "sha256:" + "a" * 64, "release": "REL1", "path": "/state/cache/sha256/" + "a" * 64 + "/tree",
+        "fetch": {"type": "s3", "bucket": "{{ bucket }}", "key": "w.tgz", "sha256": "sha256:" + "a" * 64,
+                  "version_id": "v1"}}
+    switch = steps["rollback_sync"]
+    assert switch.needs == ("sources.bundle",)
+    assert switch.args == {"dest": "/srv/w", "release": "REL1", "src": "{{ sources.bundle.path }}",
+                           "unavailable": "{{ sources.bundle.error }}", "sync": {"keep": 2, "exclude": ["*.log"]}}

@@ -196,3 +196,39 @@ def test_rollback_across_a_migration_is_refused_then_done_with_migrations(setup,
     assert main(["history", "--state-dir", str(state), "--format", "json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     assert runs[0]["release_id"] == "20261101T000000Z" and runs[0]["status"] == "ok"
+
+
+def test_rollback_rebuilds_a_removed_release_only_from_the_same_local_tree(setup, tmp_path, capsys):
+    fleet, tree, base, _ = setup
+    pb = tmp_path / "pb.yml"
+    pb.write_text(PLAYBOOK.read_text().replace("keep: 5", "keep: 2"))
+    for n in (1, 2, 3):
+        (tree / "app/f03.php").write_text(f"<?php // release {n}\n")
+        os.utime(tree / "app/f03.php", (1_700_000_000 + n, 1_700_000_000 + n))  # rsync's quick check sees it
+        assert main(["run", str(pb), *base, "--release-id", f"2026110{n}T000000Z"]) == 0
+    capsys.readouterr()
+    first = "20261101T000000Z"
+    for h in fleet:
+        assert sorted(os.listdir(Path(h.data_dir) / "app/releases")) == ["20261102T000000Z", "20261103T000000Z"]
+
+    # the code tree has moved on (release 3): it cannot stand in for release 1 anywhere
+    assert main(["rollback", str(pb), *base, "--to", first, "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    for h in fleet:
+        res = next(r for r in doc["results"] if r["step"] == "rollback_sync" and r["host"] == h.name)
+        assert res["status"] in ("failed", "skipped")
+        assert os.readlink(Path(h.data_dir) / "app/current") == "releases/20261103T000000Z"
+    messages = " ".join(r.get("message") or "" for r in doc["results"])
+    assert "cannot be rebuilt" in messages and "local source now gives" in messages
+
+    # the tree checked out at release 1 again: the release is rebuilt, shared paths linked as before
+    (tree / "app/f03.php").write_text("<?php // release 1\n")
+    os.utime(tree / "app/f03.php", (1_700_000_001, 1_700_000_001))
+    assert main(["rollback", str(pb), *base, "--to", first, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for h in fleet:
+        root = Path(h.data_dir) / "app"
+        assert os.readlink(root / "current") == f"releases/{first}"
+        assert (root / "current/app/f03.php").read_text() == "<?php // release 1\n"
+        assert os.path.islink(root / "current/wp-content/uploads")
+        assert next(r for r in doc["results"] if r["step"] == "rollback_sync" and r["host"] == h.name)["outputs"]["rebuilt"]

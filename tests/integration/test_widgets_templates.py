@@ -226,3 +226,114 @@ def test_templates_from_npm_with_the_1_0_0_republish(sshd_fleet, verdaccio, tmp_
     assert releases(sshd_fleet, tmp_path, "templates") == before
     for h in sshd_fleet:
         assert (app_root(h, tmp_path, "templates") / "current" / "base.html").read_text() == "<html>B</html>"
+
+
+def keep_two(path: Path, tmp_path: Path) -> Path:
+    """A copy of a shipped playbook that keeps only two releases, so a third deploy removes one."""
+    text = path.read_text()
+    assert "keep: 5" in text
+    copy = tmp_path / path.name
+    copy.write_text(text.replace("keep: 5", "keep: 2"))
+    return copy
+
+
+def current(host, tmp_path: Path, app: str) -> str:
+    return os.readlink(app_root(host, tmp_path, app) / "current")
+
+
+def test_rollback_rebuilds_a_removed_widgets_release_from_its_s3_version(sshd_fleet, moto_s3, tmp_path, capsys):
+    s3 = boto3.client("s3", endpoint_url=moto_s3)
+    bucket = f"widgets-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    key = "widgets/widgets.tar.gz"
+    pb = keep_two(WIDGETS, tmp_path)
+    base = fleet_setup(sshd_fleet, tmp_path, "widgets_root", "widgets") + [
+        "-e", f"widgets_bucket={bucket}", "-e", f"s3_endpoint_url={moto_s3}", "-e", f"widgets_key={key}"]
+    bundles = {}
+    for n in (1, 2, 3):
+        bundles[n] = tgz({"index.html": f"<div>widgets v{n}</div>", "js/widget.js": "w(1)"})
+        s3.put_object(Bucket=bucket, Key=key, Body=bundles[n], ChecksumAlgorithm="SHA256")
+        code, doc = cli(capsys, "run", str(pb), *base, "--release-id", f"20260201T00000{n}Z")
+        assert code == 0, doc
+    assert set(map(tuple, releases(sshd_fleet, tmp_path, "widgets").values())) == {
+        ("20260201T000002Z", "20260201T000003Z")}  # keep: 2 removed the first release everywhere
+
+    # the controller's cache is gone and the key now holds other bytes: only the S3 version recorded
+    # for the first release can give its bytes back
+    import shutil
+    shutil.rmtree(tmp_path / "state" / "cache")
+    s3.put_object(Bucket=bucket, Key=key, Body=tgz({"index.html": "v4"}), ChecksumAlgorithm="SHA256")
+    code, doc = cli(capsys, "rollback", str(pb), *base, "--to", "20260201T000001Z", "--plan")
+    assert code == 2, doc
+    assert "fetched again" in result(doc, "sources.widgets")["plan"]["reason"]
+    for h in sshd_fleet:
+        step = result(doc, "rollback_sync", h.name)
+        assert "no longer on this host" in step["plan"]["reason"] and "rebuild" in step["plan"]["reason"]
+        items = [tuple(i) for d in step["plan"]["diffs"] for i in d["items"]]
+        assert ("~", "index.html") in items and ("->", "current -> releases/20260201T000001Z") in items
+        assert current(h, tmp_path, "widgets") == "releases/20260201T000003Z"  # --plan changed nothing
+
+    code, doc = cli(capsys, "rollback", str(pb), *base, "--to", "20260201T000001Z")
+    assert code == 0, doc
+    for h in sshd_fleet:
+        assert result(doc, "rollback_sync", h.name)["outputs"]["rebuilt"] is True
+        root = app_root(h, tmp_path, "widgets")
+        assert current(h, tmp_path, "widgets") == "releases/20260201T000001Z"
+        assert (root / "current" / "index.html").read_text() == "<div>widgets v1</div>"
+    assert history(tmp_path / "state", "deploy-widgets", "widgets")[-1]["digest"] == sha256(bundles[1])
+
+    # back to the newest release: still on every host, so only `current` moves
+    code, doc = cli(capsys, "rollback", str(pb), *base)
+    assert code == 0, doc
+    for h in sshd_fleet:
+        assert result(doc, "rollback_sync", h.name)["outputs"]["rebuilt"] is False
+        assert (app_root(h, tmp_path, "widgets") / "current" / "index.html").read_text() == "<div>widgets v3</div>"
+
+
+def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(sshd_fleet, verdaccio, tmp_path, capsys,
+                                                                            monkeypatch):
+    name = f"@seed/templates-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("TEMPLATES_TEST_TOKEN", verdaccio.add_user("templates-rb"))
+    pb = keep_two(TEMPLATES, tmp_path)
+    base = fleet_setup(sshd_fleet, tmp_path, "templates_root", "templates") + [
+        "-e", f"templates_package={name}", "-e", f"npm_registry={verdaccio.url}",
+        "-e", "npm_token_env=TEMPLATES_TEST_TOKEN"]
+    integrity = {}
+    for n, text in enumerate(("A", "B", "C"), start=1):  # CI republishes 1.0.0 every time
+        if n > 1:
+            verdaccio.unpublish(f"{name}@1.0.0")
+        integrity[text] = publish(verdaccio, tmp_path, name, "1.0.0", {"base.html": f"<html>{text}</html>"})
+        code, doc = cli(capsys, "run", str(pb), *base, "--release-id", f"20260301T00000{n}Z")
+        assert code == 0, doc
+    first = "20260301T000001Z"
+    assert all(first not in r for r in releases(sshd_fleet, tmp_path, "templates").values())
+
+    # 1.0.0 is C in the registry now; A's bytes come from the controller's cache, by integrity
+    code, doc = cli(capsys, "rollback", str(pb), *base, "--to", first)
+    assert code == 0, doc
+    assert "from the controller's cache" in result(doc, "sources.templates")["plan"]["reason"]
+    for h in sshd_fleet:
+        assert (app_root(h, tmp_path, "templates") / "current" / "base.html").read_text() == "<html>A</html>"
+    code, doc = cli(capsys, "rollback", str(pb), *base)  # back to C: a switch
+    assert code == 0, doc
+
+    # A's bytes are nowhere now (cache emptied, registry serves C as 1.0.0), and the last host has
+    # lost the release: the hosts that still have it switch, that one fails and keeps its live release
+    import shutil
+    shutil.rmtree(tmp_path / "state" / "cache")
+    last = list(sshd_fleet)[-1]
+    shutil.rmtree(app_root(last, tmp_path, "templates") / "releases" / first)
+    code, doc = cli(capsys, "rollback", str(pb), *base, "--to", first)
+    assert code == 1, doc
+    src = result(doc, "sources.templates")
+    assert src["status"] == "ok" and src["outputs"]["available"] is False
+    failed = result(doc, "rollback_sync", last.name)
+    assert failed["status"] == "failed"
+    assert "cannot be rebuilt" in failed["message"] and integrity["A"] in failed["message"]
+    assert integrity["C"] in failed["message"]  # what the registry serves instead
+    assert current(last, tmp_path, "templates") == "releases/20260301T000003Z"
+    assert (app_root(last, tmp_path, "templates") / "current" / "base.html").read_text() == "<html>C</html>"
+    for h in list(sshd_fleet)[:-1]:
+        assert result(doc, "rollback_sync", h.name)["status"] == "changed"
+        assert current(h, tmp_path, "templates") == f"releases/{first}"
