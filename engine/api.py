@@ -11,14 +11,19 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from engine import templating
+from typing import TYPE_CHECKING
+
 from engine.errors import LoadError, PlaybookError, TemplateError, ValidationErrors, suggest
 from engine.events import Event, EventBus
-from engine.executor import Executor, RunOptions, resolve_fleets
 from engine.hostvars import merged_vars
 from engine.locks import LockInfo, acquire_all, default_lock_path, release_all
 from engine.model import CONTROLLER, Inventory, Playbook
+from engine.options import RunOptions, resolve_fleets
 from engine.results import RunSummary
+
+if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait for the graph library
+    from engine.connection.pool import ConnectionPool
+    from engine.executor import Executor
 
 __all__ = [
     "Loaded",
@@ -26,6 +31,7 @@ __all__ = [
     "find_inventory",
     "parse_extra_vars",
     "check",
+    "open_early",
     "execute",
     "new_run_id",
     "new_release_id",
@@ -134,6 +140,8 @@ def resolve_secrets(playbook: Playbook, cli: Sequence[str] = ()) -> dict[str, st
 
 
 def _walk(value: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    from engine import templating
+
     if isinstance(value, str):
         if templating.is_template(value):
             yield path, value
@@ -149,6 +157,9 @@ def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: st
     """Everything that can be known wrong without touching a host: host patterns, the rollout
     graph, vars that reference each other, and templates naming undefined variables (per host
     of the step's fleet). Raises ValidationErrors listing every problem."""
+    from engine import templating
+    from engine.executor import Executor
+
     pb, inv = loaded.playbook, loaded.inventory
     extra = dict(extra_vars or {})
     errors: list[PlaybookError] = []
@@ -225,27 +236,53 @@ def new_release_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def open_early(loaded: Loaded, limit: str | None, workers: int) -> "ConnectionPool | None":
+    """Start opening the SSH connections of every host the playbook's fleets select (after
+    `--limit`), in the background, and return the pool to pass to `execute`.
+
+    Called between `load` (the playbook and inventory are valid) and `check`: the handshakes
+    overlap the checks and the imports they need, instead of following them. Opening a
+    connection runs nothing on a host; a check that fails closes the pool, and a host that
+    cannot be reached is reported by its first step as usual. None when no host uses SSH.
+    """
+    fleet_hosts = resolve_fleets(loaded.playbook, loaded.inventory, limit)
+    names = list(dict.fromkeys(h for hosts in fleet_hosts.values() for h in hosts))
+    hosts = [loaded.inventory.hosts[n] for n in names if loaded.inventory.hosts[n].connection == "ssh"]
+    if not hosts:
+        return None
+    from engine.connection.pool import ConnectionPool
+
+    pool = ConnectionPool()
+    pool.prewarm(hosts, workers=max(1, workers))
+    return pool
+
+
 def execute(
     loaded: Loaded,
     options: RunOptions,
     *,
     subscribers: Sequence[Callable[[Event], None]] = (),
     connect: Callable[[str], Any] | None = None,
-    on_executor: Callable[[Executor], None] | None = None,
+    on_executor: "Callable[[Executor], None] | None" = None,
+    pool: "ConnectionPool | None" = None,
 ) -> RunSummary:
-    """Plan or run (per `options.mode`). Opens SSH connections through one shared pool unless
-    `connect` is given (tests pass a fake)."""
+    """Plan or run (per `options.mode`). Opens SSH connections through one shared pool (`pool`,
+    from `open_early`, or a new one; closed at the end) unless `connect` is given (tests pass
+    a fake)."""
+    from engine.executor import Executor
+
     if not options.run_id:
         options.run_id = new_run_id()
     if not options.release_id:
         options.release_id = new_release_id()
     bus = EventBus(subscribers)
-    pool = None
     release = None
+    warming = pool is not None
     if connect is None:
-        from engine.connection.pool import ConnectionPool
+        if pool is None:
+            from engine.connection.pool import ConnectionPool
 
-        pool = ConnectionPool()
+            pool = ConnectionPool()
         inv = loaded.inventory
 
         def connect(name: str) -> Any:
@@ -254,7 +291,8 @@ def execute(
         release = getattr(pool, "release", None)
     taken: list[tuple[str, list[str], Any]] = []
     try:
-        executor = Executor(loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release)
+        executor = Executor(loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release,
+                            prewarm=not warming)
         if on_executor:
             on_executor(executor)
         if options.mode == "run" and options.locks:
@@ -267,7 +305,7 @@ def execute(
             pool.close_all()
 
 
-def _acquire_locks(playbook: Playbook, executor: Executor, connect: Callable[[str], Any],
+def _acquire_locks(playbook: Playbook, executor: "Executor", connect: Callable[[str], Any],
                    options: RunOptions) -> list[tuple[str, list[str], Any]]:
     """Take every locked fleet's deploy lock on all its hosts before any step starts; a lock
     held by another run fails the whole run at once, naming the holder (nothing has run)."""

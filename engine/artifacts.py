@@ -31,7 +31,6 @@ from typing import Any, Callable, Iterable, Mapping
 
 from engine.errors import ModuleError
 from engine.events import Event, RunFinished
-from engine.extract import extract_archive
 from engine.results import Status, UnknownValue
 
 __all__ = [
@@ -181,6 +180,8 @@ class ArtifactCache:
         dest = self.entry(digest) / name
         if dest.is_dir():
             return dest
+        from engine.extract import extract_archive  # tarfile/zipfile: only when something is extracted
+
         try:
             return extract_archive(blob, dest, kind=kind, strip_components=strip_components, label=label or str(blob))
         except ModuleError:

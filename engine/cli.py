@@ -121,20 +121,26 @@ def _reporter(fmt: str, mode: str, verbose: int, playbook: Any = None) -> Any:
 
 def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     from engine import api
-    from engine.executor import RunOptions
+    from engine.options import RunOptions
 
+    if ns.forks < 1:
+        raise PlaybookError(f"--forks must be at least 1 (got {ns.forks})")
     loaded = api.load(ns.playbook, ns.inventory)
     extra = api.parse_extra_vars(ns.extra_vars)
     secrets = api.resolve_secrets(loaded.playbook, ns.secret)
     extra.update(secrets)
-    api.check(loaded, extra, ns.limit)
-    if ns.forks < 1:
-        raise PlaybookError(f"--forks must be at least 1 (got {ns.forks})")
-    opts = RunOptions(mode=mode, forks=ns.forks, limit=ns.limit, extra_vars=extra,
-                      release_id=ns.release_id or "", state_dir=ns.state_dir, verbose=ns.verbose)
-    if getattr(ns, "resume", None):
-        _prepare_resume(ns, loaded, opts)
-    return _execute(ns, loaded, opts, mode, secret_names=set(secrets), save_to=getattr(ns, "out", None))
+    pool = api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
+    try:
+        api.check(loaded, extra, ns.limit)
+        opts = RunOptions(mode=mode, forks=ns.forks, limit=ns.limit, extra_vars=extra,
+                          release_id=ns.release_id or "", state_dir=ns.state_dir, verbose=ns.verbose)
+        if getattr(ns, "resume", None):
+            _prepare_resume(ns, loaded, opts)
+        return _execute(ns, loaded, opts, mode, secret_names=set(secrets), save_to=getattr(ns, "out", None),
+                        pool=pool)
+    finally:  # a failed check: nothing ran on any host; close what was opened (execute closes it too)
+        if pool is not None:
+            pool.close_all()
 
 
 def _prepare_resume(ns: argparse.Namespace, loaded: Any, opts: Any) -> None:
@@ -162,7 +168,7 @@ def _prepare_resume(ns: argparse.Namespace, loaded: Any, opts: Any) -> None:
 
 
 def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secret_names: set[str],
-             save_to: str | None = None, plan_hash: str = "") -> int:
+             save_to: str | None = None, plan_hash: str = "", pool: Any = None) -> int:
     from engine import api
 
     reporter = _reporter(ns.format, mode, ns.verbose, loaded.playbook)
@@ -196,7 +202,7 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
     try:
-        summary = api.execute(loaded, opts, subscribers=subscribers, on_executor=executors.append)
+        summary = api.execute(loaded, opts, subscribers=subscribers, on_executor=executors.append, pool=pool)
     finally:
         if history is not None:
             history.close()
@@ -218,7 +224,7 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
 
 def _cmd_rollback(ns: argparse.Namespace) -> int:
     from engine import api
-    from engine.executor import RunOptions
+    from engine.options import RunOptions
     from engine.history import History
     from engine.rollback import plan_rollback
 
@@ -243,7 +249,7 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
 
 def _cmd_apply(ns: argparse.Namespace) -> int:
     from engine import api
-    from engine.executor import RunOptions
+    from engine.options import RunOptions
     from engine.savedplan import StalePlan, check_files, drift, load_plan
 
     saved = load_plan(ns.plan_file)
@@ -380,7 +386,7 @@ def _cmd_lock(ns: argparse.Namespace) -> int:
     from engine import api
     from engine.connection.pool import ConnectionPool
     from engine.errors import ConnectionFailed
-    from engine.executor import resolve_fleets
+    from engine.options import resolve_fleets
     from engine.locks import break_lock, default_lock_path, status
 
     loaded = api.load(ns.playbook, ns.inventory)

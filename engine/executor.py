@@ -25,9 +25,7 @@ import queue
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from engine import templating
 from engine.connection.base import Connection, ReadOnly
@@ -38,44 +36,11 @@ from engine.graph import ExecGraph, Node, build_graph, step_order
 from engine.hostvars import host_groups, merged_vars
 from engine.model import CONTROLLER, Inventory, Playbook, Step
 from engine.module import ApplyContext, PlanContext, get_module
-from engine.patterns import select_hosts
+from engine.options import RunOptions, resolve_fleets
 from engine.results import UNKNOWN, Change, Plan, RunSummary, Status, StepResult
+from engine.workers import Workers
 
 __all__ = ["RunOptions", "Executor", "resolve_fleets"]
-
-
-@dataclass
-class RunOptions:
-    mode: str = "plan"  # "plan" | "run"
-    forks: int = 50
-    limit: str | None = None
-    extra_vars: Mapping[str, Any] = field(default_factory=dict)
-    run_id: str = ""
-    release_id: str = ""
-    state_dir: str = ".playbook"
-    verbose: int = 0
-    locks: bool = True  # take fleets' deploy locks in run mode (engine.api.execute)
-    # `playbook apply`: the saved plan per (step, host): {"change": ..., "fingerprint": ...}.
-    # Nodes outside it are skipped; a node whose fresh plan no longer matches fails as drifted.
-    expected: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
-    # `playbook run --resume`: nodes finished by the interrupted run, with their outputs
-    done: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
-    resumed_from: str = ""
-
-
-def resolve_fleets(playbook: Playbook, inventory: Inventory, limit: str | None) -> dict[str, list[str]]:
-    """Host names per fleet after `--limit`."""
-    allowed: set[str] | None = None
-    if limit:
-        allowed = set(select_hosts(inventory, limit, what="--limit"))
-    result: dict[str, list[str]] = {}
-    for name, fleet in playbook.fleets.items():
-        try:
-            hosts = select_hosts(inventory, fleet.hosts, what=f"fleets.{name}.hosts")
-        except PlaybookError as exc:
-            raise type(exc)(exc.message, location=fleet.location, path=exc.path) from None
-        result[name] = [h for h in hosts if allowed is None or h in allowed]
-    return result
 
 
 _RANK = {Status.OK: 0, Status.SKIPPED: 0, Status.CHANGED: 1, Status.UNKNOWN: 1, Status.FAILED: 3, Status.UNREACHABLE: 3}
@@ -93,6 +58,7 @@ class Executor:
         bus: EventBus | None = None,
         connect: Callable[[str], Connection] | None = None,
         release: Callable[[str], None] | None = None,
+        prewarm: bool = True,
     ) -> None:
         self.playbook = playbook
         self.inventory = inventory
@@ -104,6 +70,7 @@ class Executor:
         self.order = step_order(playbook)
         self._connect = connect
         self._release = release
+        self._prewarm_connections = prewarm  # False: the caller already opens them (engine.api.open_early)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._results: dict[Node, StepResult] = {}
@@ -364,8 +331,9 @@ class Executor:
                 return f"needs '{bad[0].step}', which {bad[0].status.value if bad[0].status != Status.SKIPPED else 'was skipped'}"
             return None
 
-        controller_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="playbook-ctl")
-        host_pool = ThreadPoolExecutor(max_workers=forks, thread_name_prefix="playbook-host")
+        controller_pool = Workers(min(4, sum(1 for n in g.nodes if n.host is None and not n.barrier)) or 1,
+                                  "playbook-ctl")
+        host_pool = Workers(min(forks, len(self.hosts)) or 1, "playbook-host")
         warm = self._prewarm(forks)
 
         def worker(node: Node) -> None:
@@ -430,7 +398,7 @@ class Executor:
             controller_pool.shutdown(wait=True)
             host_pool.shutdown(wait=True)
             if warm is not None:
-                warm.shutdown(wait=True, cancel_futures=True)
+                warm.shutdown(wait=True, cancel=True)
         summary.aborted = self._aborted
         summary.interrupted = self._stop.is_set()
         summary.finished = time.time()
@@ -455,14 +423,15 @@ class Executor:
             return f"drifted since the plan: {_what_differs(exp.get('fingerprint', {}), plan.fingerprint)}"
         return ""
 
-    def _prewarm(self, forks: int) -> ThreadPoolExecutor | None:
+    def _prewarm(self, forks: int) -> Workers | None:
         """Open host connections in the background while controller steps (artifact fetches,
         source digests) run first: handshakes overlap that work instead of following it. A
         failure is kept by the connection pool and reported by the host's first step."""
         g = self.graph.graph
-        if self._connect is None or not self.hosts or not any(n.host is None and not n.barrier for n in g.nodes):
+        if (not self._prewarm_connections or self._connect is None or not self.hosts
+                or not any(n.host is None and not n.barrier for n in g.nodes)):
             return None
-        pool = ThreadPoolExecutor(max_workers=min(forks, len(self.hosts)), thread_name_prefix="playbook-connect")
+        pool = Workers(min(forks, len(self.hosts)), "playbook-connect")
 
         def connect(host: str) -> None:
             if self._stop.is_set():

@@ -121,9 +121,22 @@ def clear_manifest_cache() -> None:
 # -- the rsync command ---------------------------------------------------------------------------
 
 
+#: rsync's ssh key exchange: the engine's own first (see `ssh_command`), then OpenSSH's classic
+#: defaults; written out rather than `^...` so OpenSSH older than 8.7 accepts it too
+KEX = ("curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,"
+       "diffie-hellman-group-exchange-sha256,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,"
+       "diffie-hellman-group14-sha256")
+
+
 def ssh_command(target: Any) -> list[str]:
     """The OpenSSH command rsync uses for an inventory host: strict host keys against the same
-    known_hosts the engine uses, no prompts, only the configured key."""
+    known_hosts the engine uses, no prompts, only the configured key.
+
+    The key exchange the engine's own (paramiko) connection uses, curve25519-sha256, is put
+    first. OpenSSH 9's default, the sntrup761x25519 hybrid, costs about 70 ms of client CPU per
+    connection here, paid once per host per deploy, and a deploy's traffic is no better
+    protected than the engine's connection to the same host anyway. Servers without curve25519
+    negotiate one of the classic ECDH/DH exchanges that follow it."""
     known = os.path.expanduser(target.known_hosts or DEFAULT_KNOWN_HOSTS)
     cmd = [
         "ssh",
@@ -133,6 +146,7 @@ def ssh_command(target: Any) -> list[str]:
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "UpdateHostKeys=no",
         "-o", "GSSAPIAuthentication=no",
+        "-o", f"KexAlgorithms={KEX}",
         "-o", "ConnectTimeout=10",
         "-o", "ServerAliveInterval=10",
         "-o", "ServerAliveCountMax=3",

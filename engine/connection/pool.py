@@ -18,6 +18,7 @@ from engine.connection.local import LocalConnection
 from engine.connection.ssh import DEFAULT_KNOWN_HOSTS, KnownHosts, SSHConnection
 from engine.errors import ConnectionFailed, PlaybookError
 from engine.model import Host
+from engine.workers import Workers
 
 __all__ = ["ConnectionPool"]
 
@@ -43,6 +44,8 @@ class ConnectionPool:
         self._slots: dict[str, _Slot] = {}
         self._known: dict[str, KnownHosts | PlaybookError] = {}
         self._known_locks: dict[str, threading.Lock] = {}
+        self._warmers: list[Workers] = []
+        self._closing = threading.Event()
 
     def __enter__(self) -> "ConnectionPool":
         return self
@@ -66,6 +69,25 @@ class ConnectionPool:
                 raise
             slot.conn = conn
             return conn
+
+    def prewarm(self, hosts: list[Host], *, workers: int) -> None:
+        """Open these hosts' connections in the background, `workers` at a time. A failure is
+        kept for the host's first `get`, which raises it; a `get` meanwhile waits for the open."""
+        if not hosts:
+            return
+        warmer = Workers(min(workers, len(hosts)), "playbook-connect")
+        self._warmers.append(warmer)
+        for host in hosts:
+            warmer.submit(self._warm, host)
+        warmer.shutdown(wait=False)  # its threads end once every host was tried
+
+    def _warm(self, host: Host) -> None:
+        if self._closing.is_set():
+            return
+        try:
+            self.get(host)
+        except PlaybookError:
+            pass
 
     def known_hosts(self, path: str | None = None) -> KnownHosts:
         """The parsed known_hosts at `path` (default: the pool's default), parsed once."""
@@ -91,6 +113,11 @@ class ConnectionPool:
 
     def close_all(self) -> None:
         """Close every connection and forget failures; the pool can be used again afterwards."""
+        self._closing.set()
+        warmers, self._warmers = self._warmers, []
+        for warmer in warmers:  # no open may start after this, nor finish unclosed
+            warmer.shutdown(wait=True, cancel=True)
+        self._closing.clear()
         with self._lock:
             slots, self._slots = self._slots, {}
         for slot in slots.values():

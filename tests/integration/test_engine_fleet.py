@@ -176,3 +176,32 @@ def test_sigint_lets_in_flight_steps_finish(sshd_fleet, inventory, tmp_path):
         assert "interrupted" in finished[name]["message"]
     assert not (sshd_fleet[1].data_dir / "sigint-done").exists()
     assert "Traceback" not in err
+
+
+def test_connections_opened_early_are_closed_when_a_check_fails(sshd_fleet, inventory, tmp_path, capsys, monkeypatch):
+    """The CLI starts the SSH handshakes before the template checks; an undefined variable still
+    stops the run before anything runs anywhere, and every connection opened is closed."""
+    from engine import api
+
+    pools = []
+    real = api.open_early
+
+    def spy(*a, **kw):
+        pool = real(*a, **kw)
+        pools.append(pool)
+        return pool
+
+    monkeypatch.setattr(api, "open_early", spy)
+    pb = write_playbook(tmp_path / "pb.yml", MARK)  # run_tag is not given: undefined
+    before = {h.name: sorted(os.listdir(h.data_dir)) for h in sshd_fleet}
+    assert main(["run", str(pb), "-i", str(inventory), "--state-dir", str(tmp_path / "state")]) == 1
+    assert "undefined variable 'run_tag'" in capsys.readouterr().err
+    assert len(pools) == 1 and pools[0] is not None and pools[0].opened() == {}
+    assert {h.name: sorted(os.listdir(h.data_dir)) for h in sshd_fleet} == before
+
+    # and a valid run uses the connections opened early: one per host, all closed at the end
+    assert main(["run", str(pb), "-i", str(inventory), "-e", "run_tag=early", "--state-dir",
+                 str(tmp_path / "state")]) == 0
+    assert pools[1].opened() == {}
+    for h in sshd_fleet:
+        assert (h.data_dir / "marker-early").read_text().strip() == h.name

@@ -1,0 +1,50 @@
+"""What a plan or run is asked to do (`RunOptions`), and which hosts each fleet covers.
+
+Kept apart from the executor so the CLI can read options and open connections before the
+executor (and the graph library under it) is even imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from engine.errors import PlaybookError
+from engine.model import Inventory, Playbook
+from engine.patterns import select_hosts
+
+__all__ = ["RunOptions", "resolve_fleets"]
+
+
+@dataclass
+class RunOptions:
+    mode: str = "plan"  # "plan" | "run"
+    forks: int = 50
+    limit: str | None = None
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    release_id: str = ""
+    state_dir: str = ".playbook"
+    verbose: int = 0
+    locks: bool = True  # take fleets' deploy locks in run mode (engine.api.execute)
+    # `playbook apply`: the saved plan per (step, host): {"change": ..., "fingerprint": ...}.
+    # Nodes outside it are skipped; a node whose fresh plan no longer matches fails as drifted.
+    expected: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
+    # `playbook run --resume`: nodes finished by the interrupted run, with their outputs
+    done: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
+    resumed_from: str = ""
+
+
+def resolve_fleets(playbook: Playbook, inventory: Inventory, limit: str | None) -> dict[str, list[str]]:
+    """Host names per fleet after `--limit`."""
+    allowed: set[str] | None = None
+    if limit:
+        allowed = set(select_hosts(inventory, limit, what="--limit"))
+    result: dict[str, list[str]] = {}
+    for name, fleet in playbook.fleets.items():
+        try:
+            hosts = select_hosts(inventory, fleet.hosts, what=f"fleets.{name}.hosts")
+        except PlaybookError as exc:
+            raise type(exc)(exc.message, location=fleet.location, path=exc.path) from None
+        result[name] = [h for h in hosts if allowed is None or h in allowed]
+    return result
