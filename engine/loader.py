@@ -12,10 +12,9 @@ import os
 import re
 from typing import Any, Iterable, Iterator, Mapping
 
-import jsonschema
-import networkx as nx
+from typing import TYPE_CHECKING
 
-from engine import templating
+from engine import templating, validcache
 from engine.argschema import TEMPLATE_SCHEMA, describe_value, schema_for
 from engine.errors import (
     GraphError,
@@ -31,6 +30,9 @@ from engine.model import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, So
 from engine.module import all_modules, find_module, source_module, source_types
 from engine.schemas import PATTERN_TEXT, inventory_schema, playbook_schema
 from engine.yamlload import Document, load_file
+
+if TYPE_CHECKING:  # imported when first needed: a playbook validated before needs neither (see _valid)
+    import jsonschema
 
 __all__ = ["load_playbook", "load_inventory", "schema_errors", "display_path"]
 
@@ -140,6 +142,8 @@ def schema_errors(
 ) -> list[PlaybookError]:
     """Validate `instance` (found at `base` in `doc`) against a schema (or a ready validator)
     and word each error, located. `noun` is what unknown/missing keys are called."""
+    import jsonschema
+
     validator = schema if isinstance(schema, jsonschema.Draft202012Validator) else jsonschema.Draft202012Validator(schema)
     out: list[PlaybookError] = []
     for error in validator.iter_errors(instance):
@@ -267,13 +271,17 @@ class _PlaybookLoader:
         self.data: dict[str, Any] = self.doc.data
         self.errors: list[PlaybookError] = []
         self.modules = _LazyModules()
+        self.validated = False  # see load()
         self.validators: dict[str, jsonschema.Draft202012Validator] = {}
 
     def located(self, cls: type[PlaybookError], message: str, path: tuple) -> None:
         self.errors.append(cls(message, location=self.doc.where(path), path=display_path(path)))
 
     def load(self) -> Playbook:
-        self.errors.extend(schema_errors(playbook_schema(with_modules=False), self.data, self.doc))
+        marker = self.validation_key()
+        self.validated = validcache.known(marker)  # the same data passed the same schemas before
+        if not self.validated:
+            self.errors.extend(schema_errors(playbook_schema(with_modules=False), self.data, self.doc))
         fleets = self.fleets()
         sources, source_steps = self.sources()
         steps = self.steps(fleets, sources)
@@ -281,6 +289,8 @@ class _PlaybookLoader:
         self.infer_and_check_needs(all_steps, sources)
         self.check_cycles(all_steps)
         _raise(self.errors)
+        if not self.validated:
+            validcache.remember(marker)
         name = self.data.get("name")
         inventory = self.data.get("inventory")
         return Playbook(
@@ -319,9 +329,37 @@ class _PlaybookLoader:
             )
         return out
 
+    def validation_key(self) -> str | None:
+        """The name of this playbook's clean-validation marker (engine/validcache.py): the data,
+        the playbook schema and the argument schemas of every module it names; None when a
+        module name is unknown (full validation reports it)."""
+        names: set[str] = set()
+        steps = self.data.get("steps")
+        for step in steps if isinstance(steps, list) else ():
+            if not isinstance(step, dict) or not isinstance(step.get("module"), str):
+                return None
+            names.add(step["module"])
+        sources = self.data.get("sources")
+        for spec in sources.values() if isinstance(sources, dict) else ():
+            module = source_module(spec.get("type")) if isinstance(spec, dict) and isinstance(spec.get("type"), str) else None
+            if module is None:
+                return None
+            names.add(module)
+        schemas: dict[str, Any] = {"": playbook_schema(with_modules=False)}
+        for name in sorted(names):
+            module = self.modules.get(name)
+            if module is None:
+                return None
+            schemas[name] = schema_for(module.Args, templated=True)
+        return validcache.key("playbook", schemas, self.data)
+
     def check_args(self, module_name: str, args: Any, at: tuple) -> None:
+        if self.validated:
+            return
         validator = self.validators.get(module_name)
         if validator is None:
+            import jsonschema
+
             schema = schema_for(self.modules[module_name].Args, templated=True)
             validator = self.validators[module_name] = jsonschema.Draft202012Validator(schema)
         self.errors.extend(schema_errors(validator, args, self.doc, base=at, noun="argument"))
@@ -473,22 +511,44 @@ class _PlaybookLoader:
             entry["step"] = dataclasses.replace(step, needs=tuple(needs))
 
     def check_cycles(self, entries: list[dict[str, Any]]) -> None:
-        graph = nx.DiGraph()
         order = {e["step"].id: i for i, e in enumerate(entries)}
-        for e in entries:
-            graph.add_node(e["step"].id)
-            for need in e["step"].needs:
-                graph.add_edge(e["step"].id, need)  # edge: step -> what it needs
-        try:
-            edges = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
+        cycle = find_cycle({e["step"].id: e["step"].needs for e in entries})  # edge: step -> what it needs
+        if not cycle:
             return
-        cycle = [u for u, _v in edges]
         start = min(range(len(cycle)), key=lambda i: order[cycle[i]])
         cycle = cycle[start:] + cycle[:start]
         first = entries[order[cycle[0]]]
         text = " -> ".join(cycle + [cycle[0]])
         self.located(GraphError, f"steps need each other in a cycle: {text}", first["at"])
+
+
+def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str]:
+    """A cycle of a small directed graph (`node -> successors`) as the list of its nodes in edge
+    order, or [] when there is none. The loader's checks run before the execution graph (a
+    networkx DAG, engine/graph.py) is built, and without importing networkx."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in edges.get(node, ()):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in edges:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return list(found)
+    return []
 
 
 def _is_number(value: Any) -> bool:
@@ -544,7 +604,10 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
     path = str(path)
     doc = _read_mapping(path, "inventory")
     data: dict[str, Any] = doc.data
-    errors: list[PlaybookError] = schema_errors(inventory_schema(), data, doc)
+    schema = inventory_schema()
+    marker = validcache.key("inventory", schema, data)
+    validated = validcache.known(marker)
+    errors: list[PlaybookError] = [] if validated else schema_errors(schema, data, doc)
     base_dir = os.path.dirname(os.path.abspath(path))
 
     defaults = dict(data["defaults"]) if isinstance(data.get("defaults"), dict) else {}
@@ -602,22 +665,16 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
     for name in dict.fromkeys(placeholders):
         groups[name] = Group(name=name)
 
-    graph = nx.DiGraph()
-    for g in groups.values():
-        graph.add_node(g.name)
-        graph.add_edges_from((g.name, c) for c in g.children)
-    try:
-        edges = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        pass
-    else:
-        cycle = [u for u, _v in edges]
+    cycle = find_cycle({g.name: g.children for g in groups.values()})
+    if cycle:
         start = min(range(len(cycle)), key=lambda i: group_names.index(cycle[i]))
         cycle = cycle[start:] + cycle[:start]
         errors.append(GraphError(f"groups contain each other in a cycle: {' -> '.join(cycle + [cycle[0]])}",
                                  location=doc.key_where(("groups", cycle[0])), path=display_path(("groups", cycle[0]))))
 
     _raise(errors)
+    if not validated:
+        validcache.remember(marker)
 
     hosts: dict[str, Host] = {}
     for name, (spec, location) in specs.items():

@@ -22,6 +22,18 @@ def _private_lock_dir(tmp_path_factory):
         os.environ["PLAYBOOK_LOCK_DIR"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Clean-validation markers (engine/validcache.py) of this session in its own directory."""
+    old = os.environ.get("PLAYBOOK_CACHE_DIR")
+    os.environ["PLAYBOOK_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("PLAYBOOK_CACHE_DIR", None)
+    else:
+        os.environ["PLAYBOOK_CACHE_DIR"] = old
+
+
 def _require_sshd() -> None:
     if os.path.exists(SSHD):
         return

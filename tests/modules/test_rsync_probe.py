@@ -50,3 +50,18 @@ def test_in_sync_answers_nothing_and_a_delta_rebuilds_the_full_listing(tmp_path)
 
     state, tree = rel.delta_probe(conn, str(tmp_path / "absent"), expected)
     assert tree is None  # first deploy: nothing there
+
+
+def test_odd_names_and_modes_list_alike_on_both_sides(tmp_path):
+    """The host lists files through stat(1), the controller from lstat: a name with a newline, a
+    leading dash, a setuid bit, an empty mode or a sub-second mtime must come out the same."""
+    src = tmp_path / "src"
+    files = {"-rf": "a", "new\nline.txt": "b", "sp ace/ünï.txt": "c", "suid.sh": "d", "none": "e", "frac": "f"}
+    _make(src, files)
+    os.chmod(src / "suid.sh", 0o4755)
+    os.chmod(src / "none", 0)
+    os.utime(src / "frac", (1_700_000_000.75, 1_700_000_000.75))
+    expected = {k: Entry(e.kind, e.mode, e.size, e.mtime, target=e.target) for k, e in local_manifest(str(src)).items()}
+    state, tree = rel.delta_probe(LocalConnection(), str(src), expected)
+    assert state.extra == {"delta": []}, state.extra  # the tree probed against its own listing: in sync
+    assert _strip(tree) == _strip(expected)
