@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -9,29 +10,27 @@ import pytest
 from tests.harness.sshd import SSHD, SshdFleet
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _private_lock_dir(tmp_path_factory):
+def _private_dirs(tmp_path_factory):
     """Deploy locks of this test session live in its own directory, not /tmp/playbook-locks:
-    the fleet's hosts share this machine's /tmp with any other run (a benchmark, another suite)."""
-    old = os.environ.get("PLAYBOOK_LOCK_DIR")
-    os.environ["PLAYBOOK_LOCK_DIR"] = str(tmp_path_factory.mktemp("locks"))
-    yield
-    if old is None:
-        os.environ.pop("PLAYBOOK_LOCK_DIR", None)
-    else:
-        os.environ["PLAYBOOK_LOCK_DIR"] = old
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_cache_dir(tmp_path_factory):
-    """Clean-validation markers (engine/validcache.py) of this session in its own directory."""
-    old = os.environ.get("PLAYBOOK_CACHE_DIR")
-    os.environ["PLAYBOOK_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("PLAYBOOK_CACHE_DIR", None)
-    else:
-        os.environ["PLAYBOOK_CACHE_DIR"] = old
+    the fleet's hosts share this machine's /tmp with any other run (a benchmark, another
+    suite). So do its clean-validation markers (engine/validcache.py), not ~/.cache/playbook."""
+    with _env("PLAYBOOK_LOCK_DIR", str(tmp_path_factory.mktemp("locks"))), \
+            _env("PLAYBOOK_CACHE_DIR", str(tmp_path_factory.mktemp("cache"))):
+        yield
 
 
 def _require_sshd() -> None:
