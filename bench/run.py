@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import measure  # noqa: E402
 import report  # noqa: E402
 import tree  # noqa: E402
-from peers import ensure_peers  # noqa: E402
+from peers import compile_playbook, ensure_peers  # noqa: E402
 from tools import RUNNERS, SYNC_JOBS, FleetView, Target, make_runners  # noqa: E402
 
 JOBS = ("full", "nochange", "change", "dryrun", "fanout")
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ns.workdir.mkdir(parents=True, exist_ok=True)
     print("peers:", flush=True)
     peers = ensure_peers(set(ns.tools))
+    if "playbook" in ns.tools:
+        compile_playbook()
     print("artifact tree:", flush=True)
     trees = {"base": ns.workdir / "trees" / "base", "mut": ns.workdir / "trees" / "mut"}
     tree.generate(trees["base"], ns.seed)
