@@ -147,6 +147,11 @@ def clear_manifest_cache() -> None:
 KEX = ("curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,"
        "diffie-hellman-group-exchange-sha256,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,"
        "diffie-hellman-group14-sha256")
+#: rsync's ssh ciphers: AES-GCM first. With AES instructions (any x86-64 or ARMv8 server of the
+#: last decade) it cost about a third less CPU than OpenSSH's default chacha20-poly1305, on both
+#: ends, for the same bytes (measured here: 200 MB, 0.29 -> 0.19 s client, 0.43 -> 0.32 s server)
+CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+           "aes128-ctr,aes192-ctr,aes256-ctr")
 
 
 def ssh_command(target: Any) -> list[str]:
@@ -168,6 +173,7 @@ def ssh_command(target: Any) -> list[str]:
         "-o", "UpdateHostKeys=no",
         "-o", "GSSAPIAuthentication=no",
         "-o", f"KexAlgorithms={KEX}",
+        "-o", f"Ciphers={CIPHERS}",
         "-o", "ConnectTimeout=10",
         "-o", "ServerAliveInterval=10",
         "-o", "ServerAliveCountMax=3",

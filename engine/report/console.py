@@ -14,8 +14,6 @@ from collections import defaultdict
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -116,7 +114,7 @@ class ConsoleReporter:
         self.scrubber = scrubber
         self._use_live = self.console.is_terminal if live is None else live
         self._lock = threading.RLock()
-        self._live: Live | None = None
+        self._live: Any = None  # rich.live.Live on a terminal (imported only there)
         self._hosts: list[str] = []
         self._host_width = len(CONTROLLER)
         self._running: dict[str, list[str]] = defaultdict(list)
@@ -183,6 +181,8 @@ class ConsoleReporter:
         )
         self._print(head)
         if self._use_live and self._live is None:
+            from rich.live import Live
+
             self._live = Live(
                 console=self.console,
                 get_renderable=self._live_renderable,
@@ -203,7 +203,7 @@ class ConsoleReporter:
         header = Table.grid(padding=(0, 1))
         header.add_row(
             Text("hosts", style="bold"),
-            ProgressBar(total=max(total, 1), completed=done, width=30),
+            _progress_bar(total, done),
             Text(f"{done}/{total} done · {finished} steps finished · {elapsed}"),
         )
         rows = Table.grid(padding=(0, 2))
@@ -404,3 +404,8 @@ class ConsoleReporter:
             style="bold green" if not changed else "bold yellow",
         )
 
+
+def _progress_bar(total: int, done: int) -> RenderableType:
+    from rich.progress_bar import ProgressBar  # the live display only: not imported for pipes and CI logs
+
+    return ProgressBar(total=max(total, 1), completed=done, width=30)

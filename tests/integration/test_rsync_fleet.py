@@ -296,10 +296,11 @@ def test_lock_over_ssh_refuses_a_second_run(sshd_fleet, tmp_path):
 
 def test_rsync_ssh_negotiates_the_engines_key_exchange(sshd_fleet):
     """rsync's OpenSSH asks for curve25519-sha256 first (what paramiko negotiates), not OpenSSH 9's
-    far costlier sntrup761 hybrid; still strict about the host key."""
+    far costlier sntrup761 hybrid, and AES-GCM before chacha20; still strict about the host key."""
     host = sshd_fleet.model_hosts()[0]
     proc = subprocess.run([*rsync_mod.ssh_command(host), "-v", host.hostname, "true"], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "kex: algorithm: curve25519-sha256" in proc.stderr
+    assert "cipher: aes128-gcm@openssh.com" in proc.stderr  # hardware AES: cheaper than chacha20 here
     assert "sntrup761" not in proc.stderr.split("kex: algorithm:")[1].splitlines()[0]
