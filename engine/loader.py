@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from typing import Any, Iterable, Iterator, Mapping
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from engine import templating, validcache
-from engine.argschema import TEMPLATE_SCHEMA, describe_value, schema_for
+from engine.argschema import describe_value, schema_for
 from engine.errors import (
     GraphError,
     LoadError,
@@ -28,184 +25,17 @@ from engine.errors import (
 )
 from engine.model import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Source, Step
 from engine.module import all_modules, find_module, source_module, source_types
-from engine.schemas import PATTERN_TEXT, inventory_schema, playbook_schema
+from engine.schemaerrors import display_path, schema_errors
+from engine.schemas import inventory_schema, playbook_schema
 from engine.yamlload import Document, load_file
 
-if TYPE_CHECKING:  # imported when first needed: a playbook validated before needs neither (see _valid)
+if TYPE_CHECKING:  # imported when first needed: content validated before never needs it (validcache)
     import jsonschema
 
 __all__ = ["load_playbook", "load_inventory", "schema_errors", "display_path"]
 
 _FLEET_FIELDS = {f.name for f in dataclasses.fields(Fleet)}
 _CONNECTION_KEYS = ("connection", "user", "port", "key", "known_hosts", "kubeconfig", "context", "namespace")
-_TYPE_NAMES = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean",
-               "null": "null", "array": "list", "object": "mapping"}
-
-
-# --- jsonschema errors as located, worded messages -----------------------------------------
-
-def display_path(path: Iterable[Any]) -> str:
-    """`("steps", 2, "args", "port")` → `steps[2].args.port`."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _field_name(path: tuple) -> str:
-    """The subject of a message: the last key, with the list indexes that follow it."""
-    tail = ""
-    for part in reversed(path):
-        if isinstance(part, int):
-            tail = f"[{part}]" + tail
-        else:
-            return f"{part}{tail}"
-    return tail or "value"
-
-
-def _describe(schema: Any) -> str:
-    """A reader's wording of what a schema accepts."""
-    if not isinstance(schema, dict) or not schema:
-        return "any value"
-    if schema == TEMPLATE_SCHEMA:
-        return "a template"
-    if "enum" in schema:
-        return "one of " + ", ".join(repr(v) for v in schema["enum"])
-    if "const" in schema:
-        return repr(schema["const"])
-    if "anyOf" in schema or "oneOf" in schema:
-        return " or ".join(_describe(s) for s in schema.get("anyOf") or schema["oneOf"])
-    kind = schema.get("type")
-    if "pattern" in schema:
-        return PATTERN_TEXT.get(schema["pattern"], f"a string matching {schema['pattern']}")
-    if isinstance(kind, list):
-        return " or ".join(_TYPE_NAMES.get(k, k) for k in kind)
-    if kind == "string":
-        return "a non-empty string" if schema.get("minLength") else "string"
-    if kind in ("integer", "number"):
-        lo, hi = schema.get("minimum"), schema.get("maximum")
-        if lo is not None and hi is not None:
-            return f"{kind} from {lo:g} to {hi:g}"
-        if lo is not None:
-            return f"{kind} >= {lo:g}"
-        if schema.get("exclusiveMinimum") is not None:
-            return f"{kind} > {schema['exclusiveMinimum']:g}"
-        if hi is not None:
-            return f"{kind} <= {hi:g}"
-        return kind
-    if kind == "array":
-        items = schema.get("items")
-        simple = isinstance(items, dict) and set(items) <= {"type", "description"} and isinstance(items.get("type"), str)
-        return f"list of {_describe(items)}" if simple else "list"
-    if kind:
-        return _TYPE_NAMES.get(kind, kind)
-    return "a valid value"
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "unknown"
-
-
-def _branch_accepts_type(branch: dict, value: Any) -> bool:
-    kind = branch.get("type")
-    actual = _json_type(value)
-    if kind is None:
-        return False
-    kinds = kind if isinstance(kind, list) else [kind]
-    return actual in kinds or (actual == "integer" and "number" in kinds)
-
-
-def schema_errors(
-    schema: Mapping[str, Any] | jsonschema.Draft202012Validator,
-    instance: Any,
-    doc: Document,
-    *,
-    base: tuple = (),
-    noun: str = "key",
-) -> list[PlaybookError]:
-    """Validate `instance` (found at `base` in `doc`) against a schema (or a ready validator)
-    and word each error, located. `noun` is what unknown/missing keys are called."""
-    import jsonschema
-
-    validator = schema if isinstance(schema, jsonschema.Draft202012Validator) else jsonschema.Draft202012Validator(schema)
-    out: list[PlaybookError] = []
-    for error in validator.iter_errors(instance):
-        out.extend(_word(error, doc, base, noun))
-    return out
-
-
-def _word(error: jsonschema.ValidationError, doc: Document, base: tuple, noun: str) -> list[PlaybookError]:
-    path = base + tuple(error.absolute_path)
-    name = _field_name(path)
-    shown = display_path(path)
-    value = error.instance
-    kind = error.validator
-    schema = error.schema if isinstance(error.schema, dict) else {}
-
-    def err(message: str, location: Location | None = None) -> ValidationError:
-        return ValidationError(message, location=location or doc.where(path), path=shown)
-
-    if "propertyNames" in error.relative_schema_path:
-        key = value
-        where = doc.key_where(path + (key,))
-        if kind == "not":
-            return [ValidationError(f"'{key}' is a reserved name", location=where, path=shown)]
-        return [ValidationError(f"'{key}' is not a valid name: use {_describe(schema)}", location=where, path=shown)]
-    if kind == "additionalProperties" and isinstance(value, dict):
-        known = list(schema.get("properties", {}))
-        patterns = list(schema.get("patternProperties", {}))
-        extras = [k for k in value if k not in known and not any(re.search(p, str(k)) for p in patterns)]
-        return [
-            ValidationError(f"unknown {noun} '{k}'{suggest(str(k), known)}", location=doc.key_where(path + (k,)), path=shown)
-            for k in extras
-        ]
-    if kind == "required" and isinstance(value, dict):
-        where = doc.key_where(path) if path else doc.where(path)
-        return [err(f"missing required {noun} '{k}'", where) for k in error.validator_value if k not in value]
-    if kind in ("anyOf", "oneOf"):
-        branches = error.validator_value
-        fitting = [i for i, b in enumerate(branches) if isinstance(b, dict) and _branch_accepts_type(b, value)]
-        if isinstance(value, (dict, list)) and len(fitting) == 1:
-            inner = [e for e in error.context or () if e.relative_schema_path and e.relative_schema_path[0] == fitting[0]]
-            if inner:
-                return [m for e in inner for m in _word(e, doc, base, noun)]
-        return [err(f"'{name}' must be {_describe(schema)} (got {describe_value(value)})")]
-    if kind in ("enum", "const"):
-        options = error.validator_value if kind == "enum" else [error.validator_value]
-        hint = suggest(value, [o for o in options if isinstance(o, str)]) if isinstance(value, str) else ""
-        return [err(f"'{name}' must be {_describe(schema)} (got {describe_value(value)}){hint}")]
-    if kind in ("minItems", "minLength", "minProperties") and error.validator_value == 1:
-        return [err(f"'{name}' must not be empty")]
-    if kind == "uniqueItems":
-        return [err(f"'{name}' lists the same item twice")]
-    if kind == "type":
-        names = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        if any(n in ("array", "object") for n in names):
-            expected = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
-        else:
-            expected = _describe(schema)  # keeps bounds: 'integer from 1 to 65535'
-        return [err(f"'{name}' must be {expected} (got {describe_value(value)})")]
-    if kind in ("pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength",
-                "maxLength", "minItems", "maxItems"):
-        return [err(f"'{name}' must be {_describe(schema)} (got {describe_value(value)})")]
-    return [err(f"'{name}': {error.message}")]
 
 
 # --- shared helpers -------------------------------------------------------------------------
