@@ -20,6 +20,10 @@ fi
 echo "== installing verdaccio 6.8.0 into $dest"
 mkdir -p "$dest"
 cp tests/harness/verdaccio/package.json "$dest/package.json"
-(cd "$dest" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+# Debian bookworm's npm 9.2 crashes on the override ("Invalid comparator: cjs", fixed in npm 10):
+# there, a newer npm runs through npx for this one install; the system's npm is left alone
+npm=(npm)
+if [ "$(npm --version | cut -d. -f1)" -lt 10 ]; then npm=(npx --yes npm@10); fi
+(cd "$dest" && "${npm[@]}" install --no-audit --no-fund --loglevel=error >/dev/null)
 "$dest/node_modules/.bin/verdaccio" --version >/dev/null
 echo "$want" > "$dest/.installed"
