@@ -22,12 +22,15 @@ aptdir="$work/apt"
 mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial" "$bin"
 # the deb-src line mirrors this machine's own configured Debian archive (the first `deb` URI whose
 # suites include bookworm, from sources.list or deb822 .sources files)
+# (either kind may be absent: a debootstrapped system has only sources.list, so no status of
+# these lookups may stop the script)
 uri=$( { grep -hE '^deb\s' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-           | awk '$3 == "bookworm" {print $2; exit}'
+           | awk '$3 == "bookworm" {print $2; exit}' || true
          for f in /etc/apt/sources.list.d/*.sources; do
-           [ -f "$f" ] && awk 'BEGIN{RS=""} /Types:[^\n]*deb/ && /Suites:[^\n]*bookworm( |\n|$)/ {
+           [ -f "$f" ] || continue
+           awk 'BEGIN{RS=""} /Types:[^\n]*deb/ && /Suites:[^\n]*bookworm( |\n|$)/ {
                for (i = 1; i <= NF; i++) if ($i == "URIs:") {print $(i+1); exit}}' "$f"
-         done; } | head -n 1)
+         done; } | head -n 1) || true
 [ -n "$uri" ] || { echo "no Debian bookworm archive configured in /etc/apt (needed for the kubernetes source package)" >&2; exit 1; }
 echo "deb-src $uri bookworm main" > "$aptdir/sources.list"
 aptopts=(-o "Dir::Etc::SourceList=$aptdir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
