@@ -192,7 +192,7 @@ def _is_local(target: Any) -> bool:
 
 def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None) -> list[str]:
     """argv of one rsync that sends the paths named on stdin (NUL-separated) from `src` to
-    `dest_dir` on `target`; named paths missing from `src` are deleted on the target.
+    `dest_dir` on `target`. Deletions are not rsync's: see `_delete`.
 
     `-I` makes rsync rewrite every named file (temp + rename) even when size and mtime match
     (content or mode-only changes): a new inode, so a hard-linked older release is never written
@@ -200,7 +200,7 @@ def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod
     """
     argv = [
         "rsync", "-a", "--no-owner", "--no-group", "-I", "--mkpath",
-        "--from0", "--files-from=-", "--delete-missing-args", "--force",
+        "--from0", "--files-from=-", "--force",
     ]
     if chown:
         argv.append(f"--chown={chown}")
@@ -214,6 +214,27 @@ def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod
         host = f"[{host}]"
     rsh = " ".join(shlex.quote(p) for p in ssh_command(target))
     return argv + ["-e", rsh, source, f"{host}:{dest_dir.rstrip('/')}/"]
+
+
+def _delete(ctx: ApplyContext, root: str, paths: list[str]) -> None:
+    """Remove the planned deletions (paths relative to `root`) on the host, over the engine's
+    connection, after the transfer (like rsync's --delete-after).
+
+    Not rsync's `--delete-missing-args`: the rsync 3.2.7 of Debian bookworm's main archive
+    (3.2.7-1+deb12u6) rejects its own file list then ("invalid file mode 00 ... protocol
+    incompatibility"), and a deploy that only deletes needs no rsync connection at all."""
+    if not paths:
+        return
+    for p in paths:  # the planner's relative paths; anything else is a bug, never a deletion
+        if not p or p.startswith("/") or ".." in p.split("/"):
+            raise ModuleError(f"refusing to delete {p!r}: not a path inside {root}", path=ctx.host or "")
+    assert ctx.conn is not None
+    stdin = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
+    res = ctx.conn.run(["sh", "-c", 'cd -- "$1" && xargs -0r rm -rf --', "sh", root], stdin=stdin,
+                       timeout=ctx.remaining())
+    if res.rc != 0:
+        raise ModuleError(f"could not delete {len(paths)} paths under {root}: {_tail(res.err, 400)}",
+                          path=ctx.host or "")
 
 
 def _tail(text: str, n: int = 800) -> str:
@@ -404,19 +425,22 @@ class Rsync:
             raise ModuleError(f"'{d['src']}' changed since the plan was made ({d['source_digest'][:19]}… is now "
                               f"{digest[:19]}…): plan again", path=ctx.host or "")
         target = ctx.target
-        paths = sorted(d["transfer"] + d["delete_roots"])
+        paths = sorted(d["transfer"])
         if not d.get("releases"):
-            ctx.emit(f"rsync: {len(paths)} paths to {dest}")
-            _run_rsync(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths)
+            ctx.emit(f"rsync: {len(paths)} paths to {dest}, {len(d['delete_roots'])} to delete")
+            if paths:
+                _run_rsync(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths)
+            _delete(ctx, dest, d["delete_roots"])
             return {"changed_files": d["changed"]}
 
         name = d["release"]
         assert ctx.conn is not None
         partial = rel.prepare_release(ctx.conn, dest, name, d["seed"], timeout=ctx.remaining())
         try:
-            ctx.emit(f"rsync: {len(paths)} paths to release {name}")
+            ctx.emit(f"rsync: {len(paths)} paths to release {name}, {len(d['delete_roots'])} to delete")
             if paths:
                 _run_rsync(ctx, rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]), paths)
+            _delete(ctx, partial, d["delete_roots"])
             info = {
                 "release": name, "source_digest": d["source_digest"], "run_id": ctx.run_id,
                 "previous": d.get("previous"), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

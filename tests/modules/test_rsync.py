@@ -18,6 +18,7 @@ from engine.manifest import ExcludeRules, ChmodRules
 from engine.module import ApplyContext, PlanContext, get_module
 from engine.releases import RELEASE_INFO, releases_to_remove
 from engine.results import Change
+import modules.rsync as rsync_mod
 from modules.rsync import RsyncArgs, rsync_argv, source_manifest, ssh_command
 from engine.model import Host
 
@@ -449,3 +450,15 @@ def test_chmod_rules():
     assert ChmodRules("ug+rwX,o-w").apply(0o600, is_dir=False) == 0o660
     assert ChmodRules("ug+rwX,o-w").apply(0o702, is_dir=True) == 0o770
     assert ChmodRules("Fa=r").apply(0o777, is_dir=False) == 0o444
+
+
+def test_a_change_that_only_deletes_runs_no_rsync(tmp_path, src, monkeypatch):
+    dest = tmp_path / "dest"
+    deploy(tmp_path, RsyncArgs(src="src", dest=str(dest)))
+    (src / "d1" / "f001.txt").unlink()
+    calls = []
+    monkeypatch.setattr(rsync_mod, "_run_rsync", lambda *a, **kw: calls.append(a))
+    p, common = plan(tmp_path, RsyncArgs(src="src", dest=str(dest)))
+    assert items(p) == {("-", "d1/f001.txt")}
+    apply(tmp_path, p, common)
+    assert calls == [] and not (dest / "d1" / "f001.txt").exists() and (dest / "d0" / "f000.txt").exists()
