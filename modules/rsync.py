@@ -216,9 +216,54 @@ def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod
     return argv + ["-e", rsh, source, f"{host}:{dest_dir.rstrip('/')}/"]
 
 
+def _transfer_and_delete(ctx: ApplyContext, argv: list[str], paths: list[str], root: str,
+                         deletions: list[str]) -> None:
+    """rsync the planned paths and remove the planned deletions. A deleted path is never in the
+    source, so nothing the transfer writes is under it, and the order does not matter. Over ssh,
+    the shell that starts the host's rsync (`--rsync-path`) deletes first: no session more than
+    rsync's own. Otherwise (a local target, or a deletion list over 32 KB) the deletion runs over
+    the engine's connection while rsync transfers."""
+    if not deletions:
+        if paths:
+            _run_rsync(ctx, argv, paths)
+        return
+    if not paths:
+        _delete(ctx, root, deletions)
+        return
+    if not _is_local(ctx.target):
+        remote = f"cd -- {shlex.quote(root)} && rm -rf -- {' '.join(shlex.quote(p) for p in deletions)} && exec rsync"
+        if all(_inside(p) for p in deletions) and len(remote) <= _MAX_RSYNC_PATH:
+            # the host's rsync is started by a shell that deletes first: no extra session
+            _run_rsync(ctx, [*argv[:-2], f"--rsync-path={remote}", *argv[-2:]], paths)
+            return
+    failed: list[BaseException] = []
+
+    def delete() -> None:
+        try:
+            _delete(ctx, root, deletions)
+        except BaseException as exc:  # re-raised below, in the step's own thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=delete, name=f"rsync-delete-{ctx.host}", daemon=True)
+    worker.start()
+    try:
+        _run_rsync(ctx, argv, paths)
+    finally:
+        worker.join()
+    if failed:
+        raise failed[0]
+
+
+_MAX_RSYNC_PATH = 32 * 1024  # longer deletion lists go over the engine's connection instead
+
+
+def _inside(path: str) -> bool:
+    return bool(path) and not path.startswith("/") and ".." not in path.split("/")
+
+
 def _delete(ctx: ApplyContext, root: str, paths: list[str]) -> None:
     """Remove the planned deletions (paths relative to `root`) on the host, over the engine's
-    connection, after the transfer (like rsync's --delete-after).
+    connection (while rsync transfers: see `_transfer_and_delete`).
 
     Not rsync's `--delete-missing-args`: the rsync 3.2.7 of Debian bookworm's main archive
     (3.2.7-1+deb12u6) rejects its own file list then ("invalid file mode 00 ... protocol
@@ -226,7 +271,7 @@ def _delete(ctx: ApplyContext, root: str, paths: list[str]) -> None:
     if not paths:
         return
     for p in paths:  # the planner's relative paths; anything else is a bug, never a deletion
-        if not p or p.startswith("/") or ".." in p.split("/"):
+        if not _inside(p):
             raise ModuleError(f"refusing to delete {p!r}: not a path inside {root}", path=ctx.host or "")
     assert ctx.conn is not None
     stdin = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
@@ -428,9 +473,8 @@ class Rsync:
         paths = sorted(d["transfer"])
         if not d.get("releases"):
             ctx.emit(f"rsync: {len(paths)} paths to {dest}, {len(d['delete_roots'])} to delete")
-            if paths:
-                _run_rsync(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths)
-            _delete(ctx, dest, d["delete_roots"])
+            _transfer_and_delete(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths,
+                                 dest, d["delete_roots"])
             return {"changed_files": d["changed"]}
 
         name = d["release"]
@@ -438,9 +482,8 @@ class Rsync:
         partial = rel.prepare_release(ctx.conn, dest, name, d["seed"], timeout=ctx.remaining())
         try:
             ctx.emit(f"rsync: {len(paths)} paths to release {name}, {len(d['delete_roots'])} to delete")
-            if paths:
-                _run_rsync(ctx, rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]), paths)
-            _delete(ctx, partial, d["delete_roots"])
+            _transfer_and_delete(ctx, rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]),
+                                 paths, partial, d["delete_roots"])
             info = {
                 "release": name, "source_digest": d["source_digest"], "run_id": ctx.run_id,
                 "previous": d.get("previous"), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

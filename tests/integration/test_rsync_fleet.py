@@ -304,3 +304,39 @@ def test_rsync_ssh_negotiates_the_engines_key_exchange(sshd_fleet):
     assert "kex: algorithm: curve25519-sha256" in proc.stderr
     assert "cipher: aes128-gcm@openssh.com" in proc.stderr  # hardware AES: cheaper than chacha20 here
     assert "sntrup761" not in proc.stderr.split("kex: algorithm:")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("releases", [False, True])
+def test_deletions_over_ssh_with_and_without_a_transfer(sshd_fleet, tmp_path, count_rsync, releases, monkeypatch):
+    """Deletions ride on the rsync session (`--rsync-path` deletes first) when there is a
+    transfer, and go over the engine's connection when there is none; odd names included."""
+    src = tmp_path / "src"
+    names = make_tree(src, 30)
+    for odd in ("-rf", "it's here", "sp ace/x"):
+        write(src / odd, "odd\n", mtime=1_700_000_000)
+    d = Deployer(sshd_fleet, src, f"del-{releases}", releases=releases)
+    assert d.run()[0].exit_code() == 0
+
+    def live(i: int) -> Path:
+        return d.dest(i) / "current" if releases else d.dest(i)
+
+    (src / "-rf").unlink()
+    (src / "it's here").unlink()
+    shutil.rmtree(src / "sp ace")
+    write(src / names[0], "<?php // changed\n", mtime=1_750_000_000)
+    count_rsync.clear()
+    argvs = []
+    counting = rsync_mod._run_rsync
+    monkeypatch.setattr(rsync_mod, "_run_rsync", lambda ctx, argv, paths: (argvs.append(argv), counting(ctx, argv, paths)))
+    assert d.run(release_id=f"del{time.time_ns()}")[0].exit_code() == 0
+    assert sorted(h for h, _ in count_rsync) == sshd_fleet.names  # one rsync per host, nothing more
+    assert all(any(a.startswith("--rsync-path=cd -- ") and " rm -rf -- " in a for a in argv) for argv in argvs)
+    for i in range(3):
+        assert tree_of(live(i)) == tree_of(src)
+
+    (src / names[1]).unlink()  # only a deletion: no rsync at all
+    count_rsync.clear()
+    assert d.run(release_id=f"del{time.time_ns()}")[0].exit_code() == 0
+    assert count_rsync == []
+    for i in range(3):
+        assert tree_of(live(i)) == tree_of(src)
