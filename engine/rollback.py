@@ -164,6 +164,7 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
                 needs = (*previous, f"sources.{source.name}")
             steps.append(Step(f"rollback_{s.id}", "release_switch", s.fleet, args, needs=needs,
                               location=s.location, description=f"switch {s.id} back to {plan.target}"))
+    steps += _cache_clears(playbook, {s.id for s in steps})
     for s in playbook.steps:
         recorded = plan.images.get(s.id)
         if not recorded:
@@ -235,6 +236,35 @@ def _switch_args(playbook: Playbook, plan: RollbackPlan, step: Step) -> tuple[di
     args.update({"src": src, "unavailable": f"{{{{ sources.{name}.error }}}}",
                  "sync": {k: v for k, v in step.args.items() if k not in ("src", "dest", "releases")}})
     return args, source
+
+
+def _cache_clears(playbook: Playbook, generated: set[str]) -> list[Step]:
+    """The playbook's `cache_clear` steps, run again after the switch on the hosts whose
+    `current` moved: their `only_if_changed` names the generated switch steps instead of the
+    rsync steps. One whose arguments read another step's outputs (`steps.X`) is left out: those
+    steps do not run in a rollback."""
+    out: list[Step] = []
+    for s in playbook.steps:
+        if s.module != "cache_clear" or "steps." in repr(dict(s.args)):
+            continue
+        named = s.args.get("only_if_changed") or ()
+        if not isinstance(named, (list, tuple)):
+            continue
+        mapped = [f"rollback_{sid}" for sid in named if f"rollback_{sid}" in generated]
+        if named and len(mapped) != len(named):
+            continue
+        if not named:  # clears unconditionally: after every switch of its fleet
+            mapped = [g.id for g in playbook.steps if g.module == "rsync" and g.fleet == s.fleet
+                      and f"rollback_{g.id}" in generated]
+            mapped = [f"rollback_{sid}" for sid in mapped]
+            if not mapped:
+                continue
+        args = dict(s.args)
+        if named:
+            args["only_if_changed"] = mapped
+        out.append(Step(f"rollback_{s.id}", "cache_clear", s.fleet, args, needs=tuple(mapped), location=s.location,
+                        description=f"{s.description or s.id} after the rollback"))
+    return out
 
 
 def _find(playbook: Playbook, step_id: str) -> Step | None:

@@ -45,15 +45,17 @@ class ReleaseSwitch:
     Args: ClassVar[type] = ReleaseSwitchArgs
     summary: ClassVar[str] = "point current at a recorded release, rebuilding it where keep removed it (used by rollback)"
     outputs: ClassVar[dict[str, str]] = {"release": "the live release after the step", "previous": "the release before",
-                                         "rebuilt": "whether the release had to be built again on this host"}
+                                         "rebuilt": "whether the release had to be built again on this host",
+                                         "changed": "whether `current` moved on this host (what `cache_clear`'s `only_if_changed` reads)"}
     controller_only: ClassVar[bool] = False
 
     def plan(self, ctx: PlanContext, args: ReleaseSwitchArgs) -> Plan:
         state = read_state(ctx.conn, args.dest, releases=True)
-        outputs = {"release": args.release, "previous": state.current_release or "", "rebuilt": False}
+        outputs = {"release": args.release, "previous": state.current_release or "", "rebuilt": False, "changed": True}
         fingerprint = {"current": state.current_target, "releases": list(state.releases)}
         if state.current_release == args.release:
-            return Plan.no_change(f"current is already releases/{args.release}", outputs=outputs, fingerprint=fingerprint)
+            return Plan.no_change(f"current is already releases/{args.release}", outputs={**outputs, "changed": False},
+                                  fingerprint=fingerprint)
         if args.release not in state.releases:
             return self._rebuild(ctx, args, state)
         return Plan.will_change(
@@ -76,8 +78,9 @@ class ReleaseSwitch:
                            path=f"{ctx.step}.args.sync")
         plan = Rsync().plan(dataclasses.replace(ctx, release_id=args.release), rsync_args)
         built = str((plan.outputs or {}).get("release_name", ""))
-        outputs = {"release": built, "previous": state.current_release or "", "rebuilt": plan.change is Change.WILL_CHANGE}
-        if plan.change is not Change.WILL_CHANGE:  # the live release already has exactly these contents
+        rebuilt = plan.change is Change.WILL_CHANGE
+        outputs = {"release": built, "previous": state.current_release or "", "rebuilt": rebuilt, "changed": rebuilt}
+        if not rebuilt:  # the live release already has exactly these contents
             return Plan.no_change(f"{gone}; the live release {built} has the same contents", outputs=outputs,
                                   fingerprint=plan.fingerprint)
         if built != args.release:

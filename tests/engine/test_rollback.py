@@ -106,3 +106,25 @@ def test_a_removed_release_is_rebuilt_from_the_artifact_recorded_for_it(tmp_path
     assert switch.needs == ("sources.bundle",)
     assert switch.args == {"dest": "/srv/w", "release": "REL1", "src": "{{ sources.bundle.path }}",
                            "unavailable": "{{ sources.bundle.error }}", "sync": {"keep": 2, "exclude": ["*.log"]}}
+
+
+def test_cache_clears_follow_the_switch_unless_they_read_other_steps(tmp_path):
+    steps = (
+        Step("sync", "rsync", "web", {"src": "x", "dest": "/srv/a", "releases": True}),
+        Step("flush", "cache_clear", "web", {"command": ["wp", "cache", "flush"], "chdir": "/srv/a/current",
+                                             "only_if_changed": ["sync"]}, needs=("sync",)),
+        Step("purge", "cache_clear", "web", {"command": ["true"], "chdir": "{{ steps.sync.release }}"}, needs=("sync",)),
+    )
+    pb = Playbook("pb.yml", "shop", {}, {"web": Fleet("web", "web")}, steps)
+    h = History(str(tmp_path))
+    try:
+        record(h, "r1", "REL1", [res("sync", "w1")])
+        record(h, "r2", "REL2", [res("sync", "w1")])
+        plan = plan_rollback(pb, h, to=None, with_migrations=False)
+    finally:
+        h.close()
+    generated = {s.id: s for s in plan.playbook.steps}
+    assert list(generated) == ["rollback_sync", "rollback_flush"]  # purge reads steps.sync: left out
+    flush = generated["rollback_flush"]
+    assert flush.args["only_if_changed"] == ["rollback_sync"] and flush.needs == ("rollback_sync",)
+    assert flush.args["chdir"] == "/srv/a/current"

@@ -185,7 +185,7 @@ def test_rollback_across_a_migration_is_refused_then_done_with_migrations(setup,
     doc = json.loads(capsys.readouterr().out)
     for name in fleet.names:  # on every host: the down migration first, then the switch
         order = [r["step"] for r in doc["results"] if r["host"] == name]
-        assert order == ["migration_down_0", "rollback_sync"], order
+        assert order == ["migration_down_0", "rollback_sync", "rollback_flush_cache"], order  # caches cleared last
     for h in fleet:
         root = Path(h.data_dir) / "app"
         assert os.readlink(root / "current") == "releases/20261101T000000Z"

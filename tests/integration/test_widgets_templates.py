@@ -281,14 +281,23 @@ def test_rollback_rebuilds_a_removed_widgets_release_from_its_s3_version(sshd_fl
         root = app_root(h, tmp_path, "widgets")
         assert current(h, tmp_path, "widgets") == "releases/20260201T000001Z"
         assert (root / "current" / "index.html").read_text() == "<div>widgets v1</div>"
+        assert (root / "flushes").read_text() == "flushed\n" * 4  # three deploys, then the rollback's flush
     assert history(tmp_path / "state", "deploy-widgets", "widgets")[-1]["digest"] == sha256(bundles[1])
 
-    # back to the newest release: still on every host, so only `current` moves
+    # back to the newest release: still on every host, so only `current` moves. The first host is
+    # already there (switched by hand): nothing moves there, so its cache is not flushed either
+    first = list(sshd_fleet)[0]
+    link = app_root(first, tmp_path, "widgets") / "current"
+    os.symlink("releases/20260201T000003Z", str(link) + ".tmp")
+    os.replace(str(link) + ".tmp", link)
     code, doc = cli(capsys, "rollback", str(pb), *base)
     assert code == 0, doc
     for h in sshd_fleet:
         assert result(doc, "rollback_sync", h.name)["outputs"]["rebuilt"] is False
         assert (app_root(h, tmp_path, "widgets") / "current" / "index.html").read_text() == "<div>widgets v3</div>"
+        flushed = (app_root(h, tmp_path, "widgets") / "flushes").read_text()
+        assert flushed == "flushed\n" * (4 if h is first else 5), (h.name, flushed)
+    assert result(doc, "rollback_flush_cache", first.name)["status"] == "ok"
 
 
 def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(sshd_fleet, verdaccio, tmp_path, capsys,
