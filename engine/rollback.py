@@ -254,9 +254,8 @@ def _cache_clears(playbook: Playbook, generated: set[str]) -> list[Step]:
         if named and len(mapped) != len(named):
             continue
         if not named:  # clears unconditionally: after every switch of its fleet
-            mapped = [g.id for g in playbook.steps if g.module == "rsync" and g.fleet == s.fleet
-                      and f"rollback_{g.id}" in generated]
-            mapped = [f"rollback_{sid}" for sid in mapped]
+            mapped = [f"rollback_{g.id}" for g in playbook.steps
+                      if g.module == "rsync" and g.fleet == s.fleet and f"rollback_{g.id}" in generated]
             if not mapped:
                 continue
         args = dict(s.args)

@@ -56,62 +56,13 @@ class RsyncArgs:
 
 # -- the source manifest, once per run -----------------------------------------------------------
 
-_cache: "OrderedDict[tuple[str, str], tuple[threading.Lock, list]]" = OrderedDict()
-_cache_lock = threading.Lock()
 _CACHE_SIZE = 8
-_expected: dict[tuple, tuple[str, dict, tuple]] = {}
+# per-run memos, each key computed once however many hosts ask at once (see `_once`)
+_cache: "OrderedDict[tuple, tuple[threading.Lock, list]]" = OrderedDict()  # source manifests
+_cache_lock = threading.Lock()
+_expected: "OrderedDict[tuple, tuple[threading.Lock, list]]" = OrderedDict()  # expected host trees
 _expected_lock = threading.Lock()
-
-
-def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tuple[dict[str, Entry], str]:
-    """The manifest and content digest of `path`, computed once per (run, path) even when 200
-    hosts ask at once."""
-    key = (run_id, path)
-    with _cache_lock:
-        slot = _cache.get(key)
-        if slot is None:
-            slot = (threading.Lock(), [])
-            _cache[key] = slot
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-        else:
-            _cache.move_to_end(key)
-    lock, box = slot
-    with lock:
-        if not box:
-            manifest = cached_manifest(path, state_dir, run_id)
-            box.append((manifest, tree_digest(manifest)))
-        return box[0]
-
-
-def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str,
-                    src: str) -> tuple[str, dict[str, Entry], tuple[dict[bytes, str], bytes]]:
-    """The tree a host has once `src` is synced to it (excluded paths left out, `chmod` applied),
-    its `canonical_digest` and its listing as the probe sends it; once per run and source."""
-    key = (run_id, src, tuple(getattr(excludes, "patterns", ())), getattr(chmod, "spec", ""))
-    with _expected_lock:  # the first host computes it; the others wait for it rather than redo it
-        hit = _expected.get(key)
-        if hit is not None:
-            return hit
-        return _compute_expected(key, local, excludes, chmod)
-
-
-def _compute_expected(key: tuple, local: dict[str, Entry], excludes: Any, chmod: Any) -> tuple:
-    tree = {}
-    for rel_path, e in local.items():
-        if excludes.excluded(rel_path, is_dir=e.kind == "d"):
-            continue
-        mode = chmod.apply(e.mode, is_dir=e.kind == "d") if e.kind in ("f", "d") else e.mode
-        tree[rel_path] = Entry(e.kind, mode, e.size, e.mtime, target=e.target)
-    lines, payload = rel.expected_listing(tree)
-    digest = hashlib.sha256(payload).hexdigest()  # == rel.canonical_digest(tree)
-    _expected[key] = (digest, tree, (lines, payload))
-    while len(_expected) > _CACHE_SIZE:
-        _expected.pop(next(iter(_expected)))
-    return digest, tree, (lines, payload)
-
-
-_compared: "OrderedDict[tuple, tuple[threading.Lock, list]]" = OrderedDict()
+_compared: "OrderedDict[tuple, tuple[threading.Lock, list]]" = OrderedDict()  # compared probe answers
 _compared_lock = threading.Lock()
 
 
@@ -124,11 +75,43 @@ def _once(table: "OrderedDict[tuple, tuple[threading.Lock, list]]", table_lock: 
             slot = table[key] = (threading.Lock(), [])
             while len(table) > _CACHE_SIZE:
                 table.popitem(last=False)
+        else:
+            table.move_to_end(key)
     lock, box = slot
     with lock:
         if not box:
             box.append(compute())
         return box[0]
+
+
+def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tuple[dict[str, Entry], str]:
+    """The manifest and content digest of `path`, computed once per (run, path) even when 200
+    hosts ask at once."""
+    def compute() -> tuple[dict[str, Entry], str]:
+        manifest = cached_manifest(path, state_dir, run_id)
+        return manifest, tree_digest(manifest)
+
+    return _once(_cache, _cache_lock, (run_id, path), compute)
+
+
+def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str,
+                    src: str) -> tuple[str, dict[str, Entry], tuple[dict[bytes, str], bytes]]:
+    """The tree a host has once `src` is synced to it (excluded paths left out, `chmod` applied),
+    its `canonical_digest` and its listing as the probe sends it; once per run and source."""
+    key = (run_id, src, tuple(getattr(excludes, "patterns", ())), getattr(chmod, "spec", ""))
+    return _once(_expected, _expected_lock, key, lambda: _compute_expected(local, excludes, chmod))
+
+
+def _compute_expected(local: dict[str, Entry], excludes: Any, chmod: Any) -> tuple:
+    tree = {}
+    for rel_path, e in local.items():
+        if excludes.excluded(rel_path, is_dir=e.kind == "d"):
+            continue
+        mode = chmod.apply(e.mode, is_dir=e.kind == "d") if e.kind in ("f", "d") else e.mode
+        tree[rel_path] = Entry(e.kind, mode, e.size, e.mtime, target=e.target)
+    lines, payload = rel.expected_listing(tree)
+    digest = hashlib.sha256(payload).hexdigest()  # == rel.canonical_digest(tree)
+    return digest, tree, (lines, payload)
 
 
 def clear_manifest_cache() -> None:
