@@ -57,10 +57,11 @@ RELEASE_INFO = ".playbook-release.json"
 _PROBE = r"""
 dest=$1 layout=$2 sums=$3 fmt=$4 expect=$5
 canon() {  # the canonical listing (see canonical_lines): what rsync -a keeps, one NUL-ended line each
-  # files through stat(1): one statx each, where find -printf stats again for each of %m %s %T
-  find . -mindepth 1 -type f ! -path ./.playbook-release.json -printf '%P\0' |
-    xargs -0r stat --printf 'f %a %s %Y %n\0' --
-  find . -mindepth 1 ! -type f \( -type d -printf 'd %m %P\0' -o -type l -printf 'l %P\001%l\0' -o -printf 'o %P\0' \)
+  # One find. %Ts is strftime's seconds since the epoch, the same in any zone; a fixed TZ spares
+  # glibc a look at /etc/localtime for every file (half of the listing's CPU without it).
+  TZ=UTC0 find . -mindepth 1 \( -type f -path ./.playbook-release.json \
+    -o -type f -printf 'f %m %s %Ts %P\0' -o -type d -printf 'd %m %P\0' \
+    -o -type l -printf 'l %P\001%l\0' -o -printf 'o %P\0' \)
 }
 t=$dest
 if [ "$layout" = releases ]; then
