@@ -1,11 +1,12 @@
-"""`rsync`: sync a controller directory to hosts with the real rsync over OpenSSH.
+"""`rsync`: sync a controller directory to hosts with the real rsync over SSH.
 
 Planning starts no rsync process: the module compares a manifest of the source (built once per
 run and shared by every host) with one `find` probe of the target over the engine's open
 connection, the way rsync itself would compare (size + whole-second mtime, or content with
 `checksum`), and lists exactly the paths to create (+), update (~) and delete (-). Applying
-sends exactly those paths (`--files-from`, deletions as missing arguments), so a host that is in
-sync costs one probe and no transfer.
+sends exactly those paths (`--files-from`; deletions by the shell that starts the host's rsync),
+so a host that is in sync costs one probe and no transfer. rsync's remote shell is the engine's
+own connection for small transfers (`engine/connection/relay.py`), OpenSSH for large ones.
 
 With `releases: true` the tree goes to `DEST/releases/<release-id>/`, seeded from the current
 release by a hard-link copy, and `DEST/current` is switched atomically (see engine/releases.py).
@@ -173,7 +174,8 @@ def _is_local(target: Any) -> bool:
     return target is None or getattr(target, "connection", "ssh") == "local"
 
 
-def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None) -> list[str]:
+def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None,
+               rsh: str | None = None) -> list[str]:
     """argv of one rsync that sends the paths named on stdin (NUL-separated) from `src` to
     `dest_dir` on `target`. Deletions are not rsync's: see `_delete`.
 
@@ -195,12 +197,13 @@ def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod
     host = target.hostname
     if ":" in host:
         host = f"[{host}]"
-    rsh = " ".join(shlex.quote(p) for p in ssh_command(target))
+    if rsh is None:
+        rsh = " ".join(shlex.quote(p) for p in ssh_command(target))
     return argv + ["-e", rsh, source, f"{host}:{dest_dir.rstrip('/')}/"]
 
 
 def _transfer_and_delete(ctx: ApplyContext, argv: list[str], paths: list[str], root: str,
-                         deletions: list[str]) -> None:
+                         deletions: list[str], nbytes: int) -> None:
     """rsync the planned paths and remove the planned deletions. A deleted path is never in the
     source, so nothing the transfer writes is under it, and the order does not matter. Over ssh,
     the shell that starts the host's rsync (`--rsync-path`) deletes first: no session more than
@@ -208,7 +211,7 @@ def _transfer_and_delete(ctx: ApplyContext, argv: list[str], paths: list[str], r
     the engine's connection while rsync transfers."""
     if not deletions:
         if paths:
-            _run_rsync(ctx, argv, paths)
+            _run_rsync(ctx, argv, paths, nbytes)
         return
     if not paths:
         _delete(ctx, root, deletions)
@@ -217,7 +220,7 @@ def _transfer_and_delete(ctx: ApplyContext, argv: list[str], paths: list[str], r
         remote = f"cd -- {shlex.quote(root)} && rm -rf -- {' '.join(shlex.quote(p) for p in deletions)} && exec rsync"
         if all(_inside(p) for p in deletions) and len(remote) <= _MAX_RSYNC_PATH:
             # the host's rsync is started by a shell that deletes first: no extra session
-            _run_rsync(ctx, [*argv[:-2], f"--rsync-path={remote}", *argv[-2:]], paths)
+            _run_rsync(ctx, [*argv[:-2], f"--rsync-path={remote}", *argv[-2:]], paths, nbytes)
             return
     failed: list[BaseException] = []
 
@@ -230,7 +233,7 @@ def _transfer_and_delete(ctx: ApplyContext, argv: list[str], paths: list[str], r
     worker = threading.Thread(target=delete, name=f"rsync-delete-{ctx.host}", daemon=True)
     worker.start()
     try:
-        _run_rsync(ctx, argv, paths)
+        _run_rsync(ctx, argv, paths, nbytes)
     finally:
         worker.join()
     if failed:
@@ -270,22 +273,55 @@ def _tail(text: str, n: int = 800) -> str:
     return text[-n:] if text else ""
 
 
-def _run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str]) -> None:
+#: Up to this many bytes of file data per host, rsync's remote shell is a `Relay` over the
+#: engine's open connection instead of a new OpenSSH connection. A relayed byte costs the
+#: controller more CPU than one through OpenSSH (paramiko frames each packet in Python), a new
+#: connection costs both ends a process, a key exchange and a login (docs/connections.md).
+RELAY_MAX_BYTES = 8 << 20
+
+
+def _run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int) -> None:
     stdin = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
     timeout = ctx.remaining()
+    relay = None
+    if nbytes <= RELAY_MAX_BYTES and "-e" in argv and getattr(ctx.conn, "stream", None) is not None:
+        from engine.connection.relay import Relay
+
+        relay = Relay(ctx.conn)  # type: ignore[arg-type]
+        argv = list(argv)
+        argv[argv.index("-e") + 1] = relay.rsh
     try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise CommandTimeout(f"rsync timed out after {timeout:g}s", path=ctx.host or "") from None
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                pass_fds=relay.pass_fds if relay else ())
     except FileNotFoundError:
+        if relay:
+            relay.finish(0)
         raise ModuleError("the 'rsync' program is not installed on the controller", path=ctx.host or "") from None
+    if relay:
+        relay.start()
+    try:
+        _, err_bytes = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise CommandTimeout(f"rsync timed out after {timeout:g}s", path=ctx.host or "") from None
+    finally:
+        if relay:
+            relay.finish(ctx.remaining())
+    err = err_bytes.decode("utf-8", "replace")
+    if relay:
+        if relay.error is not None:
+            raise relay.error
+        remote = relay.stderr.decode("utf-8", "replace").strip()
+        if proc.returncode == 0 and relay.status not in (0, None):
+            raise ModuleError(f"the host's rsync exited {relay.status}: {_tail(remote)}", path=ctx.host or "")
+        err = "\n".join(t for t in (err.strip(), remote) if t)
     if proc.returncode == 0:
         return
-    err = proc.stderr.decode("utf-8", "replace")
     if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
         raise HostKeyError(f"rsync refused the host key (unknown or changed in known_hosts): {_tail(err, 400)}",
                            host=ctx.host or "")
-    if proc.returncode == 255:
+    if proc.returncode == 255 and not relay:
         raise ConnectionFailed(f"rsync could not reach the host over ssh: {_tail(err, 400)}", host=ctx.host or "")
     raise ModuleError(f"rsync exited {proc.returncode}: {_tail(err)}", path=ctx.host or "")
 
@@ -322,13 +358,13 @@ def _validate(ctx: PlanContext, args: RsyncArgs) -> tuple[str, ExcludeRules, Chm
 
 @register
 class Rsync:
-    """Syncs `src` to `dest` on each host with the real rsync over OpenSSH, after a dry-run
+    """Syncs `src` to `dest` on each host with the real rsync over SSH, after a dry-run
     comparison that needs no rsync process; optionally as atomic releases (`releases/<id>` +
     `current` switched by rename, `keep`, `shared`)."""
 
     name: ClassVar[str] = "rsync"
     Args: ClassVar[type] = RsyncArgs
-    summary: ClassVar[str] = "sync a tree to hosts with rsync over OpenSSH; atomic releases optional"
+    summary: ClassVar[str] = "sync a tree to hosts with rsync over SSH; atomic releases optional"
     outputs: ClassVar[dict[str, str]] = {
         "release": "the directory holding the deployed tree (`dest`, or `dest/releases/<id>`)",
         "release_name": "the release directory name (empty without releases)",
@@ -448,16 +484,17 @@ class Rsync:
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
         d = plan.data
         dest = d["dest"]
-        _, digest = source_manifest(d["src"], ctx.run_id)
+        local, digest = source_manifest(d["src"], ctx.run_id)
         if digest != d["source_digest"]:
             raise ModuleError(f"'{d['src']}' changed since the plan was made ({d['source_digest'][:19]}… is now "
                               f"{digest[:19]}…): plan again", path=ctx.host or "")
         target = ctx.target
         paths = sorted(d["transfer"])
+        nbytes = sum(e.size for e in (local.get(p) for p in paths) if e is not None and e.kind == "f")
         if not d.get("releases"):
             ctx.emit(f"rsync: {len(paths)} paths to {dest}, {len(d['delete_roots'])} to delete")
             _transfer_and_delete(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths,
-                                 dest, d["delete_roots"])
+                                 dest, d["delete_roots"], nbytes)
             return {"changed_files": d["changed"]}
 
         name = d["release"]
@@ -466,7 +503,7 @@ class Rsync:
         try:
             ctx.emit(f"rsync: {len(paths)} paths to release {name}, {len(d['delete_roots'])} to delete")
             _transfer_and_delete(ctx, rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]),
-                                 paths, partial, d["delete_roots"])
+                                 paths, partial, d["delete_roots"], nbytes)
             info = {
                 "release": name, "source_digest": d["source_digest"], "run_id": ctx.run_id,
                 "previous": d.get("previous"), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -18,6 +18,7 @@ No paramiko or socket exception leaves this module: they become `ConnectionFaile
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
@@ -26,7 +27,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 # paramiko.config imports `invoke` (which imports unittest.mock: ~30 ms of every run) only to
 # evaluate `Match exec` lines of ssh_config files; playbook never reads ssh_config, so where
@@ -432,6 +433,22 @@ class SSHConnection:
             chan = self._open_session(transport)
             try:
                 return self._drive(chan, command, stdin, deadline, timeout, label)
+            finally:
+                _close_quietly(chan)
+
+    @contextlib.contextmanager
+    def stream(self, command: str, *, label: str) -> Iterator[paramiko.Channel]:
+        """A session channel running `command` (a shell string, see `build_command`), for a
+        caller that streams its stdin and stdout itself (`engine.connection.relay`); closed on
+        exit. Unlike `run`, nothing guards the end of stdin: the caller's command must."""
+        with self._sessions:
+            chan = self._open_session(self._live_transport())
+            try:
+                try:
+                    chan.exec_command(command)
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    raise self._fail(f"cannot start command {label}: {_reason(exc)}") from None
+                yield chan
             finally:
                 _close_quietly(chan)
 

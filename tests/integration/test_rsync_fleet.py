@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.connection.pool import ConnectionPool
-from engine.errors import HostKeyError
+from engine.errors import HostKeyError, ModuleError
 from engine.executor import Executor, RunOptions
 from engine.model import Fleet, Group, Inventory, Playbook, Step
 from engine.module import ApplyContext, PlanContext, get_module
@@ -92,9 +92,9 @@ def count_rsync(monkeypatch):
     calls: list[tuple[str | None, int]] = []
     real = rsync_mod._run_rsync
 
-    def counting(ctx, argv, paths):
+    def counting(ctx, argv, paths, nbytes):
         calls.append((ctx.host, len(paths)))
-        return real(ctx, argv, paths)
+        return real(ctx, argv, paths, nbytes)
 
     monkeypatch.setattr(rsync_mod, "_run_rsync", counting)
     return calls
@@ -158,7 +158,9 @@ def test_releases_on_fleet_then_cache_clear_only_when_changed(sshd_fleet, tmp_pa
         assert len(list(d.dest(i).glob("flushed-*"))) == 1  # nothing changed: no flush
 
 
-def test_unknown_host_key_is_refused_by_rsync_too(sshd_fleet, tmp_path):
+def test_unknown_host_key_is_refused_by_rsync_too(sshd_fleet, tmp_path, monkeypatch):
+    """A transfer over the relay limit runs its own OpenSSH, as strict as the engine."""
+    monkeypatch.setattr(rsync_mod, "RELAY_MAX_BYTES", -1)
     src = tmp_path / "src"
     make_tree(src, 5)
     partial_kh = sshd_fleet.write_known_hosts(tmp_path / "known_hosts_partial", only=[1, 2])
@@ -195,10 +197,10 @@ def test_host_down_mid_deploy_fails_alone_and_converges_later(fleet_factory, tmp
         write(src / rel, "<?php // v2\n", mtime=1_760_000_000)
     real = rsync_mod._run_rsync
 
-    def dying(ctx, argv, paths):
+    def dying(ctx, argv, paths, nbytes):
         if ctx.host == fleet[1].name:
             fleet.stop_host(1)  # sshd (and every session it forked) dies after the release was prepared
-        return real(ctx, argv, paths)
+        return real(ctx, argv, paths, nbytes)
 
     monkeypatch.setattr(rsync_mod, "_run_rsync", dying)
     summary, res = d.run(release_id="20260101T000002Z")
@@ -223,7 +225,10 @@ def test_host_down_mid_deploy_fails_alone_and_converges_later(fleet_factory, tmp
     assert not [n for n in os.listdir(broken / "releases") if n.startswith(".")]  # stale partial removed
 
 
-def test_sshd_killed_while_rsync_is_transferring(fleet_factory, tmp_path, monkeypatch):
+@pytest.mark.parametrize("relayed", [False, True], ids=["ssh", "relay"])
+def test_sshd_killed_while_rsync_is_transferring(fleet_factory, tmp_path, monkeypatch, relayed):
+    if relayed:  # the 160 MB below would go over OpenSSH; through the engine's connection instead
+        monkeypatch.setattr(rsync_mod, "RELAY_MAX_BYTES", 1 << 30)
     fleet = fleet_factory(1)
     src = tmp_path / "src"
     make_tree(src, 10)
@@ -234,9 +239,9 @@ def test_sshd_killed_while_rsync_is_transferring(fleet_factory, tmp_path, monkey
         (src / "big" / f"blob{i}").write_bytes(os.urandom(4 << 20))
     real = rsync_mod._run_rsync
 
-    def killer(ctx, argv, paths):
+    def killer(ctx, argv, paths, nbytes):
         threading.Timer(0.15, fleet.stop_host, args=(0,)).start()
-        return real(ctx, argv, paths)
+        return real(ctx, argv, paths, nbytes)
 
     monkeypatch.setattr(rsync_mod, "_run_rsync", killer)
     summary, res = d.run(release_id="20260101T000002Z")
@@ -327,7 +332,7 @@ def test_deletions_over_ssh_with_and_without_a_transfer(sshd_fleet, tmp_path, co
     count_rsync.clear()
     argvs = []
     counting = rsync_mod._run_rsync
-    monkeypatch.setattr(rsync_mod, "_run_rsync", lambda ctx, argv, paths: (argvs.append(argv), counting(ctx, argv, paths)))
+    monkeypatch.setattr(rsync_mod, "_run_rsync", lambda ctx, argv, paths, n: (argvs.append(argv), counting(ctx, argv, paths, n)))
     assert d.run(release_id=f"del{time.time_ns()}")[0].exit_code() == 0
     assert sorted(h for h, _ in count_rsync) == sshd_fleet.names  # one rsync per host, nothing more
     assert all(any(a.startswith("--rsync-path=cd -- ") and " rm -rf -- " in a for a in argv) for argv in argvs)
@@ -340,3 +345,53 @@ def test_deletions_over_ssh_with_and_without_a_transfer(sshd_fleet, tmp_path, co
     assert count_rsync == []
     for i in range(3):
         assert tree_of(live(i)) == tree_of(src)
+
+
+def _logins(fleet, i: int) -> int:
+    return fleet[i].log.read_text(errors="replace").count("Accepted publickey")
+
+
+def test_small_transfers_ride_the_engines_connection(fleet_factory, tmp_path, monkeypatch):
+    """Up to RELAY_MAX_BYTES per host, rsync's remote shell is the engine's open connection: one
+    SSH login per host and run. Over it, rsync logs in again with its own OpenSSH."""
+    fleet = fleet_factory(2, log_level="INFO")
+    src = tmp_path / "src"
+    names = make_tree(src, 60)
+    for odd in ("it's here", "-rf", "sp ace/x y"):
+        write(src / odd, "odd\n", mtime=1_700_000_000)
+    d = Deployer(fleet, src, "relay-app", releases=True)
+
+    def run_counting_logins() -> list[int]:
+        before = [_logins(fleet, i) for i in range(2)]
+        summary, _ = d.run()
+        assert summary.exit_code() == 0, [r.message for r in summary.results]
+        for i in range(2):
+            assert tree_of(d.dest(i) / "current") == tree_of(src)
+        return [_logins(fleet, i) - before[i] for i in range(2)]
+
+    assert run_counting_logins() == [1, 1]
+    write(src / names[0], "<?php // v2\n", mtime=1_750_000_000)
+    (src / "it's here").unlink()  # a deletion rides on the relayed session's --rsync-path too
+    assert run_counting_logins() == [1, 1]
+    monkeypatch.setattr(rsync_mod, "RELAY_MAX_BYTES", -1)
+    write(src / names[1], "<?php // v3\n", mtime=1_760_000_000)
+    assert run_counting_logins() == [2, 2]
+    assert not subprocess.run(["pgrep", "-f", "playbook-relay"], capture_output=True).stdout  # no cat left
+
+
+def test_relay_reports_the_hosts_error(sshd_fleet, tmp_path):
+    """What the host's shell says when its command fails reaches the error, as over ssh."""
+    src = tmp_path / "src"
+    make_tree(src, 3)
+    host = sshd_fleet.model_hosts()[0]
+    dest = str(sshd_fleet[0].data_dir / "relay-error")
+    with ConnectionPool(connect_timeout=5) as pool:
+        conn = pool.get(host)
+        ctx = ApplyContext(conn=conn, host=host.name, step="sync", vars={}, run_id="relay-err", release_id="r1",
+                           state_dir=str(tmp_path), target=host, mode="run")
+        argv = rsync_mod.rsync_argv(host, str(src), dest, chown=None, chmod=None)
+        argv = [*argv[:-2], "--rsync-path=/nonexistent/rsync", *argv[-2:]]
+        with pytest.raises(ModuleError, match=r"(?s)rsync exited \d+: .*/nonexistent/rsync: (not found|No such file)"):
+            rsync_mod._run_rsync(ctx, argv, ["wp-content"], 100)
+        assert conn.run(["true"]).rc == 0  # the connection outlives the failed session
+    assert not os.path.exists(dest)

@@ -377,7 +377,7 @@ def test_failure_before_switch_leaves_current_intact(tmp_path, src, monkeypatch)
     write(src / "index.php", "v2", mtime=1_800_000_000)
     p, common = plan(tmp_path, rel_args(dest=str(root)), release_id="r2")
 
-    def broken(ctx, argv, paths):
+    def broken(ctx, argv, paths, nbytes):
         raise ModuleError("rsync exited 23: simulated", path="h1")
 
     monkeypatch.setattr(mod, "_run_rsync", broken)
