@@ -158,6 +158,8 @@ def run_n(n: int, ns: argparse.Namespace, trees: dict[str, Path], manifests: dic
                     run_dir.mkdir(parents=True, exist_ok=True)
                     inv = runner.invocation(job, trees[src_key], run_dir)
                     log = logs / f"{job}-{name}-{rep + 1}"
+                    # the previous run's or reset's dirty pages are written back now, not during this run
+                    os.sync()
                     load.append(os.getloadavg()[0])
                     m = measure.run_measured(inv.argv, env=inv.env, cwd=inv.cwd, timeout=ns.timeout, log=log)
                     problem = None
