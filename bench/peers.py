@@ -104,7 +104,7 @@ def ensure_peers(tools: set[str]) -> Peers:
             ans_bin, ans_col = _ensure_ansible()
         except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as exc:
             print(f"  ansible not installed: {exc}", file=sys.stderr, flush=True)
-    if "pyinfra" in tools:
+    if "pyinfra" in tools or "pyinfra-sync" in tools:
         try:
             pyi = _ensure_pyinfra()
         except (OSError, subprocess.CalledProcessError) as exc:

@@ -298,14 +298,34 @@ class Pyinfra(Runner):
         env["HOME"] = str(self.dir)  # no ~/.ssh/config or agent keys leak in
         env.pop("SSH_AUTH_SOCK", None)
         deploy = self.true_py if job == "fanout" else self._sync_py(src)
-        argv = [str(self.peers.pyinfra_bin), "-y", "--parallel", str(len(self.fleet.hosts))]
-        if job == "dryrun":
-            argv.append("--dry")
+        argv = [str(self.peers.pyinfra_bin), "--parallel", str(len(self.fleet.hosts))]
+        # the dry run is `--dry` without `-y`: `-y` skips pyinfra's change detection, the part
+        # that says what would change
+        argv += ["--dry"] if job == "dryrun" else ["-y"]
         argv += [str(self.inventory), str(deploy)]
         return Invocation(argv, env, cwd=self.dir)
 
 
-RUNNERS = ("playbook", "ansible", "pyinfra", "rsync")
+class PyinfraSync(Pyinfra):
+    """pyinfra's `files.sync`, for the dry run only: the pyinfra operation that compares file by
+    file (through a stat and a sha1 fact per file), where `files.rsync` compares nothing."""
+
+    name = "pyinfra-sync"
+    note = ("pyinfra `files.sync` (delete=True), dry run only: pyinfra's per-file comparison (a fact "
+            "per file); `--dry --parallel N`")
+
+    def unavailable_for(self, job: str) -> str | None:
+        return self.unavailable or (None if job == "dryrun" else "n/a (dry run only)")
+
+    def _sync_py(self, src: Path) -> Path:
+        p = self.dir / f"sync_{src.name}.py"
+        p.write_text(
+            "from pyinfra import host\nfrom pyinfra.operations import files\n\n"
+            f"files.sync(name='sync tree', src={str(src)!r}, dest=host.data.root + '/site', delete=True)\n")
+        return p
+
+
+RUNNERS = ("playbook", "ansible", "pyinfra", "pyinfra-sync", "rsync")
 
 
 def make_runners(names: list[str], fleet: FleetView, peers: Peers, inventory_writer) -> dict[str, Runner]:
@@ -319,6 +339,8 @@ def make_runners(names: list[str], fleet: FleetView, peers: Peers, inventory_wri
             out[n] = Ansible(fleet, peers)
         elif n == "pyinfra":
             out[n] = Pyinfra(fleet, peers)
+        elif n == "pyinfra-sync":
+            out[n] = PyinfraSync(fleet, peers)
         else:
             raise ValueError(f"unknown tool {n!r} (choose from {', '.join(RUNNERS)})")
     return out
