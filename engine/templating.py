@@ -81,6 +81,7 @@ _ENV.filters.update(
     }
 )
 _cache: dict[str, jinja2.Template] = {}
+_expressions: dict[str, Any] = {}  # a single `{{ expr }}` compiled as an expression (keeps its type)
 
 
 def is_template(value: Any) -> bool:
@@ -147,7 +148,10 @@ def render(source: str, context: Mapping[str, Any], *, what: str = "") -> Any:
     single = _single_expression(source)
     try:
         if single is not None:
-            value = _ENV.compile_expression(single, undefined_to_none=False)(**context)
+            expr = _expressions.get(single)
+            if expr is None:  # compiled once per process, not once per host
+                expr = _expressions[single] = _ENV.compile_expression(single, undefined_to_none=False)
+            value = expr(**context)
             if isinstance(value, jinja2.Undefined):
                 str(value)  # raises UndefinedError with jinja's message
             if isinstance(value, UnknownValue):

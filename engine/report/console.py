@@ -14,7 +14,6 @@ from collections import defaultdict
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from engine.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
@@ -200,6 +199,8 @@ class ConsoleReporter:
             running = {h: list(s) for h, s in self._running.items() if s}
             finished = self._finished_steps
         elapsed = format_duration(time.monotonic() - self._started_at)
+        from rich.table import Table  # the live display only: not imported for pipes and CI logs
+
         header = Table.grid(padding=(0, 1))
         header.add_row(
             Text("hosts", style="bold"),
@@ -352,24 +353,28 @@ class ConsoleReporter:
         hosts = sorted(summary.hosts, key=host_sort_key)
         if any(r.host is None for r in summary.results):
             hosts = [CONTROLLER, *hosts]
-        table = Table(title="Recap", title_justify="left", title_style="bold", show_edge=False, pad_edge=False)
-        table.add_column("host")
-        for s in _RECAP_COLUMNS:
-            table.add_column(s.value, justify="right")
         show_unknown = any(c.get(Status.UNKNOWN.value) for c in counts.values())
-        if show_unknown:
-            table.add_column(Status.UNKNOWN.value, justify="right")
         columns = _RECAP_COLUMNS + ([Status.UNKNOWN] if show_unknown else [])
-        for host in hosts:
+        # Plain columns of one Text, printed at once: rich's Table renders each cell through
+        # its layout engine, which cost ~15 ms (~35 ms for a plan) of a 25-host run's CPU.
+        heads = ["host", *(s.value for s in columns)]
+        grid = [[self._s(h), *(str(counts.get(h, {}).get(s.value, 0)) for s in columns)] for h in hosts]
+        widths = [max(len(row[i]) for row in [heads, *grid]) for i in range(len(heads))]
+        recap = Text()
+        recap.append("Recap\n", style="bold")
+        recap.append(" │ ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths))),
+                     style="bold")
+        recap.append("\n" + "─┼─".join("─" * w for w in widths))
+        for host, row in zip(hosts, grid):
             c = counts.get(host, {})
             worst = next((s for s in _SEVERITY if c.get(s.value)), None)
-            cells = [Text(self._s(host), style=STATUS_STYLE.get(worst, "") if worst else "dim")]
-            for s in columns:
-                n = c.get(s.value, 0)
-                cells.append(Text(str(n), style=STATUS_STYLE[s] if n else "dim"))
-            table.add_row(*cells)
+            recap.append("\n")
+            recap.append(row[0].ljust(widths[0]), style=STATUS_STYLE.get(worst, "") if worst else "dim")
+            for s, cell, w in zip(columns, row[1:], widths[1:]):
+                recap.append(" │ ")
+                recap.append(cell.rjust(w), style=STATUS_STYLE[s] if cell != "0" else "dim")
         self._print(Text(""))
-        self._print(table)
+        self._print(recap)
         failures = [r for r in summary.results if r.failed]
         if failures:
             self._print(Text("\nFailures:", style="bold red"))
