@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Relay"]
 
 _CHUNK = 1 << 16
+_FINISH_SECONDS = 30.0
 _MAX_HEADER = 1 << 20  # the arguments rsync passes: options, paths, a --rsync-path of up to 32 KB
 
 
@@ -101,7 +102,9 @@ class Relay:
         self._close("_down_r")
         self._close("_up_w")
         if self._thread is not None:
-            self._thread.join(timeout)
+            # once the program has exited the host's command has finished its work (rsync waits
+            # for the host's goodbye): its exit status comes at once unless the link is broken
+            self._thread.join(_FINISH_SECONDS if timeout is None else min(timeout, _FINISH_SECONDS))
             if self._thread.is_alive():
                 chan = self._chan
                 if chan is not None:
@@ -168,6 +171,8 @@ class Relay:
         chan.shutdown_write()
 
     def _copy_down(self, chan: "paramiko.Channel") -> None:
+        """Channel -> program, to the channel's EOF. Once the program is gone, what still comes
+        is read and dropped, so the host's command is never stuck on a full window."""
         try:
             while True:
                 data = chan.recv(_CHUNK)
@@ -177,11 +182,12 @@ class Relay:
                 while view:
                     with self._lock:  # never a write to a descriptor closed (and reused) meanwhile
                         if self._down_w < 0:
-                            return
-                        written = os.write(self._down_w, view)
+                            break
+                        try:
+                            written = os.write(self._down_w, view)
+                        except OSError:  # the program is gone (EPIPE): its exit is what the caller reports
+                            break
                     view = view[written:]
-        except OSError:  # the program is gone (EPIPE): its exit is what the caller reports
-            return
         finally:
             self._close("_down_w")
 
