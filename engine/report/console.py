@@ -346,7 +346,9 @@ class ConsoleReporter:
                     block.append("\n")
                 block.append("      " + raw, style=_diff_line_style(raw))
             if block:
-                self._print(block)
+                # soft wrap: long paths stay whole (the terminal wraps them), and rich skips its
+                # per-line wrapping, ~40% of a 25-host plan's rendering
+                self.console.print(block, highlight=False, soft_wrap=True)
 
     def _render_recap(self, summary: RunSummary) -> None:
         counts = summary.by_host()

@@ -89,8 +89,9 @@ def _group_key(r: StepResult) -> Hashable:
 def group_hosts(results: Iterable[StepResult]) -> list[tuple[list[str], StepResult]]:
     """Group one step's results whose (status, reason, diffs, message) are identical.
 
-    Returns `(hosts, key_result)` pairs in order of first appearance; hosts (controller steps
-    as "controller") are sorted naturally (web2 before web10). `key_result` is the first
+    Returns `(hosts, key_result)` pairs; hosts (controller steps as "controller") are sorted
+    naturally (web2 before web10) and the groups by their first host, so the same plan always
+    prints the same way whatever order the hosts answered in. `key_result` is the first
     result of the group, whose plan stands for all of them.
     """
     groups: dict[Hashable, tuple[list[str], StepResult]] = {}
@@ -105,7 +106,8 @@ def group_hosts(results: Iterable[StepResult]) -> list[tuple[list[str], StepResu
             groups[key][0].append(host)
         else:
             groups[key] = ([host], r)
-    return [(sorted(hosts, key=host_sort_key), r) for hosts, r in groups.values()]
+    out = [(sorted(hosts, key=host_sort_key), r) for hosts, r in groups.values()]
+    return sorted(out, key=lambda g: host_sort_key(g[0][0]))
 
 
 _NUM = re.compile(r"(\d+)")

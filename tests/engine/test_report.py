@@ -143,8 +143,12 @@ def test_render_caps_long_diffs():
 
 
 def test_group_hosts_groups_identical_plans():
-    groups = group_hosts(r for r in plan_summary().results if r.step == "sync")
-    assert [(hosts, r.status) for hosts, r in groups] == [(WEB, Status.CHANGED), (["db1"], Status.OK)]
+    results = [r for r in plan_summary().results if r.step == "sync"]
+    groups = group_hosts(results)
+    assert [(hosts, r.status) for hosts, r in groups] == [(["db1"], Status.OK), (WEB, Status.CHANGED)]
+    # the order is the hosts', not the order they answered in: a plan always prints the same
+    assert [(h, r.status) for h, r in group_hosts(reversed(results))] == [(h, r.status) for h, r in groups]
+    assert [h for h, _ in group_hosts(results[1:] + results[:1])] == [h for h, _ in groups]
     controller = group_hosts([StepResult("sources.x", None, Status.OK)])
     assert controller[0][0] == ["controller"]
 
