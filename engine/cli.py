@@ -8,6 +8,7 @@ tracebacks for internal errors).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import signal
 import sys
@@ -492,5 +493,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
+def entry() -> None:
+    """The `playbook` command: `main`, then a fast exit.
+
+    Everything a command writes is closed or flushed by the time `main` returns (history,
+    saved plans, artifacts, the report). What is left is the interpreter tearing down ~800
+    modules and the objects of 25+ closed SSH transports: ~100 ms of CPU, a tenth of a 25-host
+    no-change run, for nothing. So stdout and stderr are flushed, the atexit handlers run, and
+    the process ends with os._exit. `main` itself returns normally (tests call it in-process).
+    """
+    rc = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more to deliver
+            pass
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython; elsewhere, a normal exit
+    if run_exit_handlers is None:
+        sys.exit(rc)
+    run_exit_handlers()
+    os._exit(rc or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -190,3 +190,45 @@ def test_every_module_file_registers_the_module_of_its_name():
 
     files = {i.name for i in pkgutil.iter_modules(modules.__path__) if not i.name.startswith("_")}
     assert files == set(all_modules())
+
+
+def test_the_command_ends_fast_yet_loses_nothing(tmp_path, inventory):
+    """`playbook` ends with os._exit after main (engine.cli.entry): exit codes, every byte of
+    piped output, saved plans, history and atexit handlers all survive it."""
+    target = tmp_path / "made"
+    pb = write(tmp_path, "pb.yml", f"""\
+        fleets:
+          web: {{hosts: web}}
+        steps:
+          - id: make
+            module: command
+            fleet: web
+            args: {{argv: [touch, "{target}-{{{{ host.name }}}}"], creates: "{target}-{{{{ host.name }}}}"}}
+        """)
+    state = tmp_path / "st"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "engine.cli", *args, "-i", str(inventory), "--state-dir", str(state)],
+                              capture_output=True, text=True, timeout=120)
+
+    plan = cli("plan", str(pb), "--format", "json", "--out", str(tmp_path / "plan.json"))
+    assert plan.returncode == 2, plan.stderr
+    assert {(r["host"], r["status"]) for r in json.loads(plan.stdout)["results"]} == {("a", "changed"), ("b", "changed")}
+    assert json.loads((tmp_path / "plan.json").read_text())["nodes"]
+    run = cli("run", str(pb), "--format", "jsonl")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1])["event"] == "run_finished"  # the last line arrived whole
+    hist = subprocess.run([sys.executable, "-m", "engine.cli", "history", "--state-dir", str(state), "--format", "json"],
+                          capture_output=True, text=True, timeout=60)
+    assert hist.returncode == 0 and len(json.loads(hist.stdout)) == 1, hist.stdout + hist.stderr
+    hook = write(tmp_path, "hook.py", f"""\
+        import atexit, sys
+        from engine import cli
+        atexit.register(lambda: open({str(tmp_path / 'atexit-ran')!r}, "w").close())
+        sys.argv = ["playbook", "validate", {str(pb)!r}, "-i", {str(inventory)!r}]
+        cli.entry()
+        """)
+    done = subprocess.run([sys.executable, str(hook)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "atexit-ran").exists()
