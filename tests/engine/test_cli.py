@@ -47,6 +47,19 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return p
 
 
+def touch_playbook(tmp_path: Path, target: Path) -> Path:
+    """One `command` step on fleet `web` that creates `<target>-<host>` unless it exists."""
+    return write(tmp_path, "pb.yml", f"""\
+        fleets:
+          web: {{hosts: web}}
+        steps:
+          - id: make
+            module: command
+            fleet: web
+            args: {{argv: [touch, "{target}-{{{{ host.name }}}}"], creates: "{target}-{{{{ host.name }}}}"}}
+        """)
+
+
 @pytest.fixture
 def inventory(tmp_path):
     return write(tmp_path, "inv.yml", """\
@@ -128,15 +141,7 @@ def test_limit_typo_is_an_error(tmp_path, inventory, capsys):
 
 def test_plan_json_and_exit_codes(tmp_path, inventory, capsys):
     target = tmp_path / "made"
-    pb = write(tmp_path, "pb.yml", f"""\
-        fleets:
-          web: {{hosts: web}}
-        steps:
-          - id: make
-            module: command
-            fleet: web
-            args: {{argv: [touch, "{target}-{{{{ host.name }}}}"], creates: "{target}-{{{{ host.name }}}}"}}
-        """)
+    pb = touch_playbook(tmp_path, target)
     assert main(["plan", str(pb), "-i", str(inventory), "--format", "json"]) == 2
     doc = json.loads(capsys.readouterr().out)
     assert {(r["host"], r["status"]) for r in doc["results"]} == {("a", "changed"), ("b", "changed")}
@@ -196,15 +201,7 @@ def test_the_command_ends_fast_yet_loses_nothing(tmp_path, inventory):
     """`playbook` ends with os._exit after main (engine.cli.entry): exit codes, every byte of
     piped output, saved plans, history and atexit handlers all survive it."""
     target = tmp_path / "made"
-    pb = write(tmp_path, "pb.yml", f"""\
-        fleets:
-          web: {{hosts: web}}
-        steps:
-          - id: make
-            module: command
-            fleet: web
-            args: {{argv: [touch, "{target}-{{{{ host.name }}}}"], creates: "{target}-{{{{ host.name }}}}"}}
-        """)
+    pb = touch_playbook(tmp_path, target)
     state = tmp_path / "st"
 
     def cli(*args: str) -> subprocess.CompletedProcess:
