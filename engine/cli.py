@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import os
 import signal
 import sys
@@ -501,7 +502,13 @@ def entry() -> None:
     modules and the objects of 25+ closed SSH transports: ~100 ms of CPU, a tenth of a 25-host
     no-change run, for nothing. So stdout and stderr are flushed, the atexit handlers run, and
     the process ends with os._exit. `main` itself returns normally (tests call it in-process).
+
+    The cyclic garbage collector's first threshold is raised from 700 to 100,000 allocations:
+    importing paramiko, networkx, jinja2 and rich triggered ~145 collections, 45-65 ms of CPU,
+    that found almost nothing (the objects are module-level and live for the whole run).
+    Reference counting still frees everything else at once, and cycles are still collected.
     """
+    gc.set_threshold(100_000, 50, 100)
     rc = main()
     for stream in (sys.stdout, sys.stderr):
         try:
