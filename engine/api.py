@@ -14,16 +14,16 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from engine.errors import LoadError, PlaybookError, TemplateError, ValidationErrors, suggest
-from engine.events import Event, EventBus
-from engine.hostvars import merged_vars
-from engine.locks import LockInfo, acquire_all, default_lock_path, release_all
-from engine.model import CONTROLLER, Inventory, Playbook
-from engine.options import RunOptions, resolve_fleets
-from engine.results import RunSummary
+from engine.model.events import Event, EventBus
+from engine.model.hostvars import merged_vars
+from engine.execute.locks import LockInfo, acquire_all, default_lock_path, release_all
+from engine.model.config import CONTROLLER, Inventory, Playbook
+from engine.execute.options import RunOptions, resolve_fleets
+from engine.model.results import RunSummary
 
 if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait for the graph library
     from engine.connection.pool import ConnectionPool
-    from engine.executor import Executor
+    from engine.execute.scheduler import Executor
 
 __all__ = [
     "Loaded",
@@ -62,7 +62,7 @@ def find_inventory(playbook: Playbook, explicit: str | None) -> str:
 
 
 def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
-    from engine.loader import load_inventory, load_playbook
+    from engine.load.playbook import load_inventory, load_playbook
 
     pb = load_playbook(playbook_path)
     inv = load_inventory(find_inventory(pb, inventory_path))
@@ -71,7 +71,7 @@ def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
 
 def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
     """`-e key=value` (a string), `-e @vars.yml`, `-e '{"json": "object"}'`; later ones win."""
-    from engine.yamlload import load_file
+    from engine.yamlio.document import load_file
 
     result: dict[str, Any] = {}
     for item in items:
@@ -158,7 +158,7 @@ def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: st
     graph, vars that reference each other, and templates naming undefined variables (per host
     of the step's fleet). Raises ValidationErrors listing every problem."""
     from engine import templating
-    from engine.executor import Executor
+    from engine.execute.scheduler import Executor
 
     pb, inv = loaded.playbook, loaded.inventory
     extra = dict(extra_vars or {})
@@ -269,7 +269,7 @@ def execute(
     """Plan or run (per `options.mode`). Opens SSH connections through one shared pool (`pool`,
     from `open_early`, or a new one; closed at the end) unless `connect` is given (tests pass
     a fake)."""
-    from engine.executor import Executor
+    from engine.execute.scheduler import Executor
 
     if not options.run_id:
         options.run_id = new_run_id()

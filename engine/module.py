@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
 
 from engine.connection.base import CommandResult, Connection, ReadOnly
 from engine.errors import CommandTimeout, ModuleError, PlaybookError
-from engine.results import Plan, StepResult
+from engine.model.results import Plan, StepResult
 
 __all__ = [
     "arg",
@@ -60,7 +60,7 @@ class _Context:
     timeout: float | None = None
     deadline: float | None = None
     emit: Callable[[str], None] = lambda _msg: None  # progress lines for the reporter
-    target: Any = None  # the inventory Host (engine.model.Host) for host steps; None on the controller
+    target: Any = None  # the inventory Host (engine.model.config.Host) for host steps; None on the controller
     mode: str = "plan"  # "plan" | "run"
 
     def remaining(self) -> float | None:

@@ -18,7 +18,7 @@ from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import TemplateError
-from engine.results import UnknownValue
+from engine.model.results import UnknownValue
 
 __all__ = [
     "is_template",

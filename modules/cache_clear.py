@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Mapping
 
 from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.results import UNKNOWN, Diff, Plan
+from engine.model.results import UNKNOWN, Diff, Plan
 from engine.secrets import MASK, Secret
 
 __all__ = ["CacheClear", "CacheClearArgs", "HttpPurge"]

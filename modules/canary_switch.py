@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Iterator, Literal
 
 from engine.errors import ArgError, ConnectionFailed, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.results import Diff, Plan
+from engine.model.results import Diff, Plan
 from engine.secrets import SCRUBBER
 
 __all__ = ["CanarySwitch", "CanaryArgs", "rollout_state", "HEALTHY_ANNOTATION", "SWITCH_ANNOTATION"]

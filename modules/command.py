@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.results import Diff, Plan
+from engine.model.results import Diff, Plan
 
 __all__ = ["Command"]
 

@@ -3,7 +3,7 @@ commit and push — what Flux's image automation does, as a reviewable step.
 
 Planning clones the branch shallowly into a temp directory, finds the field (a key path such as
 `spec.values.image.tag`, or Flux's `# {"$imagepolicy": "ns:name[:tag|:name|:digest]"}` markers),
-and computes the edit with engine/yamledit.py, which changes only the value's characters (every
+and computes the edit with engine/yamlio/scalars.py, which changes only the value's characters (every
 comment, quote and blank line stays). The plan shows the YAML diff and the commit message, and
 records the remote head it saw. Applying clones again, re-applies the same edit on whatever the
 head is now, commits with the configured identity and pushes; a push rejected because the remote
@@ -28,10 +28,10 @@ from typing import Any, ClassVar, Literal
 
 from engine.errors import ArgError, CommandTimeout, HostKeyError, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.results import UNKNOWN, Diff, Plan
+from engine.model.results import UNKNOWN, Diff, Plan
 from engine.secrets import SCRUBBER, Secret
-from engine.tagpolicy import ORDERS, TagPolicy, select_tag
-from engine.yamledit import Target, YamlEditError, find_key_path, find_markers, set_scalars
+from modules._support.tagpolicy import ORDERS, TagPolicy, select_tag
+from engine.yamlio.scalars import Target, YamlEditError, find_key_path, find_markers, set_scalars
 
 __all__ = ["HelmBump", "HelmBumpArgs", "parse_image", "git_env"]
 

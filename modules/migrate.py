@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.results import Diff, Plan
+from engine.model.results import Diff, Plan
 
 __all__ = ["Migrate"]
 

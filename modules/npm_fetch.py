@@ -30,10 +30,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Mapping
 
-from engine.artifacts import ArtifactCache, Digest, digest_to_sri, last_deployed, sri_to_digest
+from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, last_deployed, sri_to_digest
 from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.results import Diff, Plan
+from engine.model.results import Diff, Plan
 from engine.secrets import SCRUBBER
 
 __all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart"]

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 from engine.argschema import build
 from engine.errors import ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.releases import read_state, switch_current
-from engine.results import Change, Diff, Plan
+from modules._support.releases import read_state, switch_current
+from engine.model.results import Change, Diff, Plan
 
 __all__ = ["ReleaseSwitch"]
 

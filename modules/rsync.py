@@ -9,7 +9,7 @@ so a host that is in sync costs one probe and no transfer. rsync's remote shell 
 own connection for small transfers (`engine/connection/relay.py`), OpenSSH for large ones.
 
 With `releases: true` the tree goes to `DEST/releases/<release-id>/`, seeded from the current
-release by a hard-link copy, and `DEST/current` is switched atomically (see engine/releases.py).
+release by a hard-link copy, and `DEST/current` is switched atomically (see modules/_support/releases.py).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from engine import releases as rel
+from modules._support import releases as rel
 from engine.errors import ArgError, CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
-from engine.manifest import ChmodRules, Entry, ExcludeRules, cached_manifest, compare_trees, manifest_digest, tree_digest
+from modules._support.manifest import ChmodRules, Entry, ExcludeRules, cached_manifest, compare_trees, manifest_digest, tree_digest
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.results import Diff, Plan
+from engine.model.results import Diff, Plan
 
 __all__ = ["Rsync", "RsyncArgs", "ssh_command", "rsync_argv", "source_manifest", "clear_manifest_cache"]
 

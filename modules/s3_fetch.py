@@ -1,6 +1,6 @@
 """`s3_fetch`: an S3 object as a deploy source (source type `s3`), verified by sha256.
 
-The object's bytes land in the controller's content-addressed cache (engine/artifacts.py),
+The object's bytes land in the controller's content-addressed cache (modules/_support/artifacts.py),
 hashed while they stream and compared with the digest they must have: the `sha256` the playbook
 pins, or else the object's own `ChecksumSHA256` (asked for with `ChecksumMode=ENABLED`; stored
 by S3 when the uploader sent `ChecksumAlgorithm=SHA256`). The ETag is never used as a content
@@ -27,11 +27,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Literal
 
-from engine.artifacts import ArtifactCache, Digest, last_deployed
+from modules._support.artifacts import ArtifactCache, Digest, last_deployed
 from engine.errors import ArgError, ModuleError
-from engine.extract import kind_from_name
+from modules._support.extract import kind_from_name
 from engine.module import ApplyContext, PlanContext, arg, register
-from engine.results import Diff, Plan
+from engine.model.results import Diff, Plan
 from engine.secrets import SCRUBBER
 
 __all__ = ["S3Fetch", "S3FetchArgs", "parse_sha256"]

@@ -17,7 +17,7 @@ from engine.connection.base import Connection
 from engine.connection.local import LocalConnection
 from engine.connection.ssh import DEFAULT_KNOWN_HOSTS, KnownHosts, SSHConnection
 from engine.errors import ConnectionFailed, PlaybookError
-from engine.model import Host
+from engine.model.config import Host
 from engine.workers import Workers
 
 __all__ = ["ConnectionPool"]

@@ -44,7 +44,7 @@ from paramiko.hostkeys import HostKeyEntry
 
 from engine.connection.base import CommandResult
 from engine.errors import CommandTimeout, ConnectionFailed, HostKeyError, LoadError, ModuleError
-from engine.model import Host
+from engine.model.config import Host
 
 __all__ = ["KnownHosts", "SSHConnection", "build_command", "load_private_key"]
 

@@ -16,9 +16,9 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from engine.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.model.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
 from engine.report.diffs import describe_hosts, group_hosts, host_sort_key, render_diff, scrub_diff
-from engine.results import RunSummary, Status, StepResult
+from engine.model.results import RunSummary, Status, StepResult
 from engine.secrets import SCRUBBER, Scrubber
 
 __all__ = ["ConsoleReporter", "STATUS_STYLE", "format_duration"]

@@ -11,7 +11,7 @@ import re
 from dataclasses import replace
 from typing import Any, Hashable, Iterable, Sequence
 
-from engine.results import Diff, StepResult
+from engine.model.results import Diff, StepResult
 
 __all__ = [
     "MAX_DIFF_LINES",

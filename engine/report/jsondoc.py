@@ -50,8 +50,8 @@ import time
 from pathlib import PurePath
 from typing import IO, Any, Mapping
 
-from engine.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
-from engine.results import Diff, Plan, RunSummary, StepResult, UnknownValue
+from engine.model.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.model.results import Diff, Plan, RunSummary, StepResult, UnknownValue
 from engine.secrets import MASK, SCRUBBER, Scrubber, Secret
 
 __all__ = [

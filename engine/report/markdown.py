@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from engine.report.diffs import describe_hosts, group_hosts, render_diff, scrub_diff
-from engine.results import RunSummary, Status, StepResult
+from engine.model.results import RunSummary, Status, StepResult
 from engine.secrets import SCRUBBER
 
 __all__ = ["plan_markdown", "MarkdownReporter", "DEFAULT_LIMIT"]
@@ -136,7 +136,7 @@ class MarkdownReporter:
         self.scrubber = scrubber
 
     def __call__(self, event: Any) -> None:
-        from engine.events import RunFinished
+        from engine.model.events import RunFinished
 
         if isinstance(event, RunFinished):
             self.stream.write(plan_markdown(event.summary, mermaid=self.mermaid, limit=self.limit, scrubber=self.scrubber))

@@ -9,10 +9,10 @@ import pytest
 
 from engine.connection.base import CommandResult
 from engine.connection.fake import FakeConnection
-from engine.events import StepFinished, StepStarted
-from engine.executor import Executor, RunOptions
-from engine.model import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Step
-from engine.results import Status
+from engine.model.events import StepFinished, StepStarted
+from engine.execute.scheduler import Executor, RunOptions
+from engine.model.config import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Step
+from engine.model.results import Status
 
 
 def inventory(n: int, group: str = "web") -> Inventory:

@@ -6,8 +6,8 @@ import networkx as nx
 import pytest
 
 from engine.errors import GraphError
-from engine.graph import Node, batches, build_graph, step_order, to_dot, to_mermaid
-from engine.model import CONTROLLER, Fleet, Playbook, Step
+from engine.execute.graph import Node, batches, build_graph, step_order, to_dot, to_mermaid
+from engine.model.config import CONTROLLER, Fleet, Playbook, Step
 
 
 def pb(steps, fleets=None) -> Playbook:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import PlaybookError
-from engine.inventory_edit import (
+from engine.load.inventory_edit import (
     InventoryEditError,
     Target,
     add_group,
@@ -23,7 +23,7 @@ from engine.inventory_edit import (
     set_vars,
     unset_vars,
 )
-from engine.loader import load_inventory
+from engine.load.playbook import load_inventory
 
 # comments above, inline comments, flow mappings, quoted strings, blank lines, aligned values,
 # text before `---`, an indentless block list and a 2-space indented one

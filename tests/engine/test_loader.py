@@ -18,10 +18,10 @@ import pytest
 
 import engine.module as module_registry
 from engine.errors import GraphError, LoadError, Location, PlaybookError, ValidationErrors
-from engine.loader import load_inventory, load_playbook
-from engine.model import CONTROLLER
+from engine.load.playbook import load_inventory, load_playbook
+from engine.model.config import CONTROLLER
 from engine.module import all_modules, arg
-from engine.schemas import inventory_schema, playbook_schema, rendered_schemas
+from engine.load.schemas import inventory_schema, playbook_schema, rendered_schemas
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,10 +231,10 @@ def test_200_host_inventory_loads(tmp_path):
 
 
 def test_schema_files_are_in_sync():
-    """Regenerate with `python -m engine.schemas` when a module's Args change."""
+    """Regenerate with `python -m engine.load.schemas` when a module's Args change."""
     for name, text in rendered_schemas().items():
         committed = (ROOT / "schemas" / name).read_text()
-        assert committed == text, f"schemas/{name} is stale: run `python -m engine.schemas`"
+        assert committed == text, f"schemas/{name} is stale: run `python -m engine.load.schemas`"
 
 
 def test_playbook_schema_describes_each_module(fake_modules):
@@ -254,7 +254,7 @@ def test_playbook_schema_describes_each_module(fake_modules):
 def test_schemas_accept_the_good_samples(fake_modules):
     import jsonschema
 
-    from engine.yamlload import load_file
+    from engine.yamlio.document import load_file
 
     jsonschema.Draft202012Validator.check_schema(playbook_schema())
     jsonschema.Draft202012Validator.check_schema(inventory_schema())

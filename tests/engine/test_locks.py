@@ -11,7 +11,7 @@ import pytest
 
 from engine.connection.local import LocalConnection
 from engine.errors import ArgError, ConnectionFailed, LockHeld
-from engine.locks import (
+from engine.execute.locks import (
     LockInfo, acquire, acquire_all, break_lock, default_lock_path, format_age, release, release_all, status,
 )
 

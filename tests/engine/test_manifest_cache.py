@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from engine.manifest import cached_manifest, file_sha256
+from modules._support.manifest import cached_manifest, file_sha256
 
 
 def test_digest_cache_reuses_unchanged_files_and_sees_rewrites(tmp_path, monkeypatch):
@@ -17,7 +17,7 @@ def test_digest_cache_reuses_unchanged_files_and_sees_rewrites(tmp_path, monkeyp
     assert first["a.txt"].sha256 == file_sha256(str(src / "a.txt"))
 
     reads = []
-    import engine.manifest as m
+    import modules._support.manifest as m
 
     real = m.file_sha256
     monkeypatch.setattr(m, "file_sha256", lambda p: reads.append(os.path.basename(p)) or real(p))

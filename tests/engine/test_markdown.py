@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.report.markdown import plan_markdown
-from engine.results import Change, Diff, Plan, RunSummary, Status, StepResult
+from engine.model.results import Change, Diff, Plan, RunSummary, Status, StepResult
 from engine.secrets import Scrubber
 
 

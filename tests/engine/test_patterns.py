@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import ValidationError
-from engine.model import Group, Host, Inventory
-from engine.patterns import select_hosts
+from engine.model.config import Group, Host, Inventory
+from engine.model.patterns import select_hosts
 
 
 def _inventory() -> Inventory:

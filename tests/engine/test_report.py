@@ -8,11 +8,11 @@ import json
 import pytest
 from rich.console import Console
 
-from engine.events import HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.model.events import HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
 from engine.report.console import ConsoleReporter
 from engine.report.diffs import compress_hosts, describe_hosts, group_hosts, render_diff
 from engine.report.jsondoc import JsonLinesReporter, JsonReporter, json_safe, summary_to_dict
-from engine.results import UNKNOWN, Diff, Plan, RunSummary, Status, StepResult
+from engine.model.results import UNKNOWN, Diff, Plan, RunSummary, Status, StepResult
 from engine.secrets import MASK, Scrubber, Secret
 
 TOKEN = "s3cr3t-npm-token-42"

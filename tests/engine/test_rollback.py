@@ -7,10 +7,10 @@ import time
 import pytest
 
 from engine.errors import PlaybookError
-from engine.history import History
-from engine.model import CONTROLLER, Fleet, Playbook, Source, Step
-from engine.results import Plan, Change, Status, StepResult
-from engine.rollback import RollbackRefused, plan_rollback
+from engine.record.history import History
+from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
+from engine.model.results import Plan, Change, Status, StepResult
+from engine.record.rollback import RollbackRefused, plan_rollback
 
 
 def playbook() -> Playbook:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import TemplateError
-from engine.results import UNKNOWN
+from engine.model.results import UNKNOWN
 from engine.templating import UnknownReference, references, render, render_value, resolve_vars
 
 

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from engine import loader, validcache
+from engine.load import playbook as loader
+from engine.load import validcache
 from engine.errors import PlaybookError
 
 PLAYBOOK = """\

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from engine.errors import LoadError, Location, PlaybookError, ValidationErrors
-from engine.yamlload import load_file, load_text
+from engine.yamlio.document import load_file, load_text
 
 
 def value(text: str):

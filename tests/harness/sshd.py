@@ -250,8 +250,8 @@ class SshdFleet:
         return [h.name for h in self.hosts]
 
     def model_hosts(self, *, known_hosts: str | os.PathLike | None = None) -> list[Any]:
-        """The fleet as `engine.model.Host` objects (user root, the client key, our known_hosts)."""
-        from engine.model import Host
+        """The fleet as `engine.model.config.Host` objects (user root, the client key, our known_hosts)."""
+        from engine.model.config import Host
 
         kh = str(known_hosts if known_hosts is not None else self.known_hosts)
         return [

@@ -14,9 +14,9 @@ import yaml
 
 from engine.cli import main
 from engine.errors import ModuleError
-from engine.model import Host
+from engine.model.config import Host
 from engine.module import ApplyContext, PlanContext, get_module
-from engine.results import Change
+from engine.model.results import Change
 from modules.canary_switch import HEALTHY_ANNOTATION, CanaryArgs, rollout_state
 
 PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "canary.yml"

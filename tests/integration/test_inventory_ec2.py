@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from engine.errors import PlaybookError
-from engine.hostvars import merged_vars
-from engine.inventory_ec2 import DynamicInventoryError, clear_cache
-from engine.loader import load_inventory
-from engine.patterns import select_hosts
+from engine.model.hostvars import merged_vars
+from engine.load.ec2 import DynamicInventoryError, clear_cache
+from engine.load.playbook import load_inventory
+from engine.model.patterns import select_hosts
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
@@ -187,7 +187,7 @@ def test_cli_list_and_show_dynamic_hosts(tmp_path, fleet, capsys):
 
 
 def test_edit_of_a_dynamic_inventory_does_not_query(tmp_path, fleet):
-    from engine.inventory_edit import add_group
+    from engine.load.inventory_edit import add_group
 
     path = _inventory(tmp_path, "http://127.0.0.1:9")  # nothing listens there
     add_group(str(path), "web_all", children=["role_web"])

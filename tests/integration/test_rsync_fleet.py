@@ -15,11 +15,11 @@ import pytest
 
 from engine.connection.pool import ConnectionPool
 from engine.errors import HostKeyError, ModuleError
-from engine.executor import Executor, RunOptions
-from engine.model import Fleet, Group, Inventory, Playbook, Step
+from engine.execute.scheduler import Executor, RunOptions
+from engine.model.config import Fleet, Group, Inventory, Playbook, Step
 from engine.module import ApplyContext, PlanContext, get_module
 from engine.connection.base import ReadOnly
-from engine.results import Change, Status
+from engine.model.results import Change, Status
 import modules.rsync as rsync_mod
 from modules.rsync import RsyncArgs
 
@@ -284,7 +284,7 @@ def test_reader_never_sees_current_missing(sshd_fleet, tmp_path):
 
 def test_lock_over_ssh_refuses_a_second_run(sshd_fleet, tmp_path):
     from engine.errors import LockHeld
-    from engine.locks import LockInfo, acquire, release, status
+    from engine.execute.locks import LockInfo, acquire, release, status
 
     path = str(tmp_path / "locks" / "web.lock")
     host = sshd_fleet.model_hosts()[0]

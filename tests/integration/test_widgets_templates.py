@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from engine import api
-from engine.artifacts import ArtifactRecorder, history
+from modules._support.artifacts import ArtifactRecorder, history
 from engine.cli import main
 from tests.harness.moto import MotoServer
 

@@ -11,7 +11,7 @@ from engine.connection.base import ReadOnly
 from engine.connection.local import LocalConnection
 from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, get_module
-from engine.results import UNKNOWN, Change
+from engine.model.results import UNKNOWN, Change
 from engine.secrets import Secret
 from modules.cache_clear import CacheClearArgs, HttpPurge
 

@@ -1,4 +1,4 @@
-"""engine.extract: hostile archives are refused and leave nothing behind; good ones extract whole."""
+"""modules._support.extract: hostile archives are refused and leave nothing behind; good ones extract whole."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.extract import ExtractError, UnsafeEntry, detect_kind, extract_archive, kind_from_name
+from modules._support.extract import ExtractError, UnsafeEntry, detect_kind, extract_archive, kind_from_name
 
 MTIME = 1_600_000_000
 

@@ -9,8 +9,8 @@ import pytest
 
 from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, get_module
-from engine.results import UNKNOWN, Change
-from engine.yamledit import find_key_path, find_markers, set_scalars
+from engine.model.results import UNKNOWN, Change
+from engine.yamlio.scalars import find_key_path, find_markers, set_scalars
 from modules.helm_bump import HelmBumpArgs, parse_image
 from tests.harness.gitrepo import GitRemote
 

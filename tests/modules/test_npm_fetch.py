@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.artifacts import DigestMismatch, record_deployed
+from modules._support.artifacts import DigestMismatch, record_deployed
 from engine.errors import ArgError, ModuleError
 from engine.module import PlanContext
-from engine.results import Change
+from engine.model.results import Change
 from engine.secrets import SCRUBBER
 from modules.npm_fetch import NpmFetch, NpmFetchArgs, nerf_dart, parse_npmrc, token_for
 

@@ -14,13 +14,13 @@ from engine.connection.base import CommandResult, ReadOnly
 from engine.connection.fake import FakeConnection
 from engine.connection.local import LocalConnection
 from engine.errors import ArgError, ModuleError
-from engine.manifest import ExcludeRules, ChmodRules
+from modules._support.manifest import ExcludeRules, ChmodRules
 from engine.module import ApplyContext, PlanContext, get_module
-from engine.releases import RELEASE_INFO, releases_to_remove
-from engine.results import Change
+from modules._support.releases import RELEASE_INFO, releases_to_remove
+from engine.model.results import Change
 import modules.rsync as rsync_mod
 from modules.rsync import RsyncArgs, rsync_argv, source_manifest, ssh_command
-from engine.model import Host
+from engine.model.config import Host
 
 _ids = itertools.count()
 MODULE = get_module("rsync")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from engine import releases as rel
+from modules._support import releases as rel
 from engine.connection.local import LocalConnection
-from engine.manifest import Entry, local_manifest
+from modules._support.manifest import Entry, local_manifest
 
 
 def _strip(tree):

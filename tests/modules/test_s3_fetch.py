@@ -12,12 +12,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from engine.artifacts import ArtifactRecorder, history, last_deployed, record_deployed
+from modules._support.artifacts import ArtifactRecorder, history, last_deployed, record_deployed
 from engine.errors import ArgError, ModuleError
-from engine.events import RunFinished
-from engine.extract import UnsafeEntry
+from engine.model.events import RunFinished
+from modules._support.extract import UnsafeEntry
 from engine.module import ApplyContext, PlanContext
-from engine.results import Change, RunSummary, Status, StepResult
+from engine.model.results import Change, RunSummary, Status, StepResult
 from modules.s3_fetch import S3Fetch, S3FetchArgs
 from tests.harness.moto import FAKE_SECRET_KEY, MotoServer
 

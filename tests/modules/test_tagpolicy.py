@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import ArgError
-from engine.tagpolicy import TagPolicy, parse_semver, select_tag, semver_range, tag_build_number, tag_timestamp
+from modules._support.tagpolicy import TagPolicy, parse_semver, select_tag, semver_range, tag_build_number, tag_timestamp
 
 
 @pytest.mark.parametrize("tags, policy, want", [

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import networkx as nx
 
 from engine.errors import GraphError
-from engine.model import CONTROLLER, Fleet, Playbook
+from engine.model.config import CONTROLLER, Fleet, Playbook
 
 __all__ = ["Node", "ExecGraph", "build_graph", "step_graph", "step_order", "batches", "to_mermaid", "to_dot"]
 

@@ -11,7 +11,8 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from engine import templating, validcache
+from engine import templating
+from engine.load import validcache
 from engine.argschema import describe_value, schema_for
 from engine.errors import (
     GraphError,
@@ -23,11 +24,11 @@ from engine.errors import (
     ValidationErrors,
     suggest,
 )
-from engine.model import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Source, Step
+from engine.model.config import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Source, Step
 from engine.module import all_modules, find_module, source_module, source_types
-from engine.schemaerrors import display_path, schema_errors
-from engine.schemas import inventory_schema, playbook_schema
-from engine.yamlload import Document, load_file
+from engine.load.schema_errors import display_path, schema_errors
+from engine.load.schemas import inventory_schema, playbook_schema
+from engine.yamlio.document import Document, load_file
 
 if TYPE_CHECKING:  # imported when first needed: content validated before never needs it (validcache)
     import jsonschema
@@ -160,7 +161,7 @@ class _PlaybookLoader:
         return out
 
     def validation_key(self) -> str | None:
-        """The name of this playbook's clean-validation marker (engine/validcache.py): the data,
+        """The name of this playbook's clean-validation marker (engine/load/validcache.py): the data,
         the playbook schema and the argument schemas of every module it names; None when a
         module name is unknown (full validation reports it)."""
         names: set[str] = set()
@@ -355,7 +356,7 @@ class _PlaybookLoader:
 def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str]:
     """A cycle of a small directed graph (`node -> successors`) as the list of its nodes in edge
     order, or [] when there is none. The loader's checks run before the execution graph (a
-    networkx DAG, engine/graph.py) is built, and without importing networkx."""
+    networkx DAG, engine/execute/graph.py) is built, and without importing networkx."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
 
@@ -428,7 +429,7 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
     groups a host is directly in, in file order.
 
     With `dynamic` (the default), the file's `dynamic:` sources (AWS EC2) are queried once per
-    process and their hosts and groups merged in (engine/inventory_ec2.py); without it only the
+    process and their hosts and groups merged in (engine/load/ec2.py); without it only the
     file is read, and groups that a source may create are empty placeholders.
     """
     path = str(path)
@@ -456,7 +457,7 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
     group_names = [str(g) for g in raw_groups]
     sources: list[tuple[str, dict[str, Any], tuple]] = []
     if isinstance(data.get("dynamic"), list):
-        from engine.inventory_ec2 import dynamic_group_matcher, dynamic_sources
+        from engine.load.ec2 import dynamic_group_matcher, dynamic_sources
 
         sources = dynamic_sources(data["dynamic"])
     from_source = dynamic_group_matcher(sources) if sources else (lambda _name: False)
@@ -534,7 +535,7 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
         defaults=defaults,
     )
     if dynamic and sources:
-        from engine.inventory_ec2 import merge_dynamic
+        from engine.load.ec2 import merge_dynamic
 
         return merge_dynamic(inventory, sources, doc=doc, explicit_hosts=raw_hosts)
     return inventory

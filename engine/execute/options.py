@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from engine.errors import PlaybookError
-from engine.model import Inventory, Playbook
-from engine.patterns import select_hosts
+from engine.model.config import Inventory, Playbook
+from engine.model.patterns import select_hosts
 
 __all__ = ["RunOptions", "resolve_fleets"]
 

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list modules, or document one")
     p.add_argument("name", nargs="?")
 
-    from engine import inventory_cli
+    from engine.cli import inventory as inventory_cli
 
     inventory_cli.register(sub)
     return parser
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _reporter(fmt: str, mode: str, verbose: int, playbook: Any = None) -> Any:
     if fmt == "markdown":
-        from engine.graph import to_mermaid
+        from engine.execute.graph import to_mermaid
         from engine.report.markdown import MarkdownReporter
 
         return MarkdownReporter(sys.stdout, mermaid=to_mermaid(playbook) if playbook else "")
@@ -123,7 +123,7 @@ def _reporter(fmt: str, mode: str, verbose: int, playbook: Any = None) -> Any:
 
 def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     from engine import api
-    from engine.options import RunOptions
+    from engine.execute.options import RunOptions
 
     if ns.forks < 1:
         raise PlaybookError(f"--forks must be at least 1 (got {ns.forks})")
@@ -148,7 +148,7 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
 def _prepare_resume(ns: argparse.Namespace, loaded: Any, opts: Any) -> None:
     """`run --resume RUN_ID`: reuse its release id, skip what it finished (with its outputs)."""
     from engine import api
-    from engine.history import History
+    from engine.record.history import History
 
     hist = History(ns.state_dir)
     try:
@@ -177,7 +177,7 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
     subscribers: list[Any] = [reporter]
     history = None
     if mode == "run":
-        from engine.history import History, HistoryRecorder
+        from engine.record.history import History, HistoryRecorder
         from engine.secrets import SCRUBBER
 
         history = History(ns.state_dir)
@@ -188,7 +188,7 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
             playbook_hash=api.file_hash(loaded.playbook.path), inventory_hash=api.file_hash(loaded.inventory.path),
             plan_hash=plan_hash, scrub=SCRUBBER.scrub_obj,
         ))
-        from engine.artifacts import ArtifactRecorder
+        from modules._support.artifacts import ArtifactRecorder
 
         subscribers.append(ArtifactRecorder(opts.state_dir, loaded.playbook.name))
     executors: list[Any] = []
@@ -214,7 +214,7 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
         if close:
             close()
     if save_to and mode == "plan":
-        from engine.savedplan import save_plan
+        from engine.record.savedplan import save_plan
         from engine.secrets import SCRUBBER
 
         digest = save_plan(save_to, summary, playbook=loaded.playbook.path, inventory=loaded.inventory.path,
@@ -226,9 +226,9 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
 
 def _cmd_rollback(ns: argparse.Namespace) -> int:
     from engine import api
-    from engine.options import RunOptions
-    from engine.history import History
-    from engine.rollback import plan_rollback
+    from engine.execute.options import RunOptions
+    from engine.record.history import History
+    from engine.record.rollback import plan_rollback
 
     loaded = api.load(ns.playbook, ns.inventory)
     extra = api.parse_extra_vars(ns.extra_vars)
@@ -251,8 +251,8 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
 
 def _cmd_apply(ns: argparse.Namespace) -> int:
     from engine import api
-    from engine.options import RunOptions
-    from engine.savedplan import StalePlan, check_files, drift, load_plan
+    from engine.execute.options import RunOptions
+    from engine.record.savedplan import StalePlan, check_files, drift, load_plan
 
     saved = load_plan(ns.plan_file)
     check_files(saved)
@@ -281,7 +281,7 @@ def _cmd_validate(ns: argparse.Namespace) -> int:
 
     from engine import api
     from engine.errors import ValidationErrors
-    from engine.loader import load_inventory, load_playbook
+    from engine.load.playbook import load_inventory, load_playbook
 
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False)
@@ -317,7 +317,7 @@ def _escape(text: str) -> str:
 
 
 def _looks_like_inventory(path: str) -> bool:
-    from engine.yamlload import load_file
+    from engine.yamlio.document import load_file
 
     try:
         data = load_file(path).data
@@ -327,8 +327,8 @@ def _looks_like_inventory(path: str) -> bool:
 
 
 def _cmd_graph(ns: argparse.Namespace) -> int:
-    from engine.graph import to_dot, to_mermaid
-    from engine.loader import load_playbook
+    from engine.execute.graph import to_dot, to_mermaid
+    from engine.load.playbook import load_playbook
 
     pb = load_playbook(ns.playbook)
     sys.stdout.write(to_mermaid(pb) if ns.format == "mermaid" else to_dot(pb))
@@ -342,7 +342,7 @@ def _cmd_history(ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from engine.history import History
+    from engine.record.history import History
 
     if not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
         raise PlaybookError(f"no history in {ns.state_dir}/ yet (runs are recorded there; see --state-dir)")
@@ -388,8 +388,8 @@ def _cmd_lock(ns: argparse.Namespace) -> int:
     from engine import api
     from engine.connection.pool import ConnectionPool
     from engine.errors import ConnectionFailed
-    from engine.options import resolve_fleets
-    from engine.locks import break_lock, default_lock_path, status
+    from engine.execute.options import resolve_fleets
+    from engine.execute.locks import break_lock, default_lock_path, status
 
     loaded = api.load(ns.playbook, ns.inventory)
     fleets = resolve_fleets(loaded.playbook, loaded.inventory, ns.limit)
@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "graph":
             return _cmd_graph(ns)
         if ns.command == "inventory":
-            from engine import inventory_cli
+            from engine.cli import inventory as inventory_cli
 
             return inventory_cli.run(ns)
         if ns.command == "lock":

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from engine.argschema import TEMPLATE_SCHEMA, describe_value
 from engine.errors import Location, PlaybookError, ValidationError, suggest
-from engine.schemas import PATTERN_TEXT
-from engine.yamlload import Document
+from engine.load.schemas import PATTERN_TEXT
+from engine.yamlio.document import Document
 
 if TYPE_CHECKING:  # imported by schema_errors itself: content validated before never needs it
     import jsonschema

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from engine.connection.base import CommandResult, Connection
 from engine.errors import ModuleError
-from engine.manifest import FIND_PRINTF, Entry, parse_find, parse_sha256sums
+from modules._support.manifest import FIND_PRINTF, Entry, parse_find, parse_sha256sums
 
 __all__ = [
     "RELEASE_INFO",

@@ -1,7 +1,7 @@
 """The JSON Schemas of a playbook and an inventory, generated from code.
 
 `schemas/playbook.schema.json` and `schemas/inventory.schema.json` are written from here
-(`python -m engine.schemas`) and a test checks they are in sync. The playbook schema carries, for
+(`python -m engine.load.schemas`) and a test checks they are in sync. The playbook schema carries, for
 every registered module, an `if module == X then args: <X's argument schema>` clause (and the
 same for source types), so editors complete module arguments; module argument schemas come from
 each module's `Args` dataclass through `engine.argschema`, never written by hand.

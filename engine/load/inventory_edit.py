@@ -31,7 +31,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
 from engine.errors import LoadError, PlaybookError, ValidationError, suggest
-from engine.schemas import HOST_NAME, IDENTIFIER, PATTERN_TEXT
+from engine.load.schemas import HOST_NAME, IDENTIFIER, PATTERN_TEXT
 
 __all__ = [
     "InventoryEditError",
@@ -84,7 +84,7 @@ def parse_value(text: str, *, what: str = "value") -> Any:
     """A command-line value as YAML under playbook's strict rules: `8080` is an int, `true` a
     bool, `""` or `''` quote a string, `[a, b]` / `{k: v}` are flow collections, and `yes`,
     `0755` or `1.10` are refused as ambiguous."""
-    from engine.yamlload import load_text, resolve_scalar
+    from engine.yamlio.document import load_text, resolve_scalar
 
     if text[:1] in ("'", '"', "[", "{"):
         try:
@@ -286,7 +286,7 @@ def _detect_indent(text: str) -> tuple[int, int, int]:
 
 
 def _needs_quotes(value: str) -> bool:
-    from engine.yamlload import resolve_scalar
+    from engine.yamlio.document import resolve_scalar
 
     if value == "":
         return True
@@ -366,7 +366,7 @@ class InventoryEditor:
         text = text.lstrip("\ufeff")
         self.newline = "\r\n" if "\r\n" in text else "\n"
         self.text = text.replace("\r\n", "\n")
-        from engine.loader import load_inventory
+        from engine.load.playbook import load_inventory
 
         self.before_inventory = load_inventory(self.path, dynamic=False)  # refuse to edit a broken file
         self.yaml = YAML(typ="rt")
@@ -673,7 +673,7 @@ class InventoryEditor:
                 os.unlink(tmp)
 
     def _validate(self, tmp: str) -> None:
-        from engine.loader import load_inventory
+        from engine.load.playbook import load_inventory
 
         try:
             load_inventory(tmp, dynamic=False)

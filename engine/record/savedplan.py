@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from engine.errors import LoadError, PlaybookError
-from engine.results import RunSummary
+from engine.model.results import RunSummary
 
 __all__ = ["FORMAT", "SavedPlan", "save_plan", "load_plan", "plan_hash", "drift", "StalePlan"]
 
@@ -143,7 +143,7 @@ def check_files(saved: SavedPlan) -> None:
 
 def drift(saved: SavedPlan, fresh: RunSummary) -> list[tuple[str, str, str]]:
     """(host, step, why) for every node whose fresh read-only plan differs from the saved one."""
-    from engine.executor import _normal, _what_differs
+    from engine.execute.scheduler import _normal, _what_differs
 
     out: list[tuple[str, str, str]] = []
     now = {(n["step"], n["host"]): n for n in _nodes(fresh)}

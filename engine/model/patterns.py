@@ -15,7 +15,7 @@ import re
 from typing import Iterable
 
 from engine.errors import PlaybookError, ValidationError, suggest
-from engine.model import Inventory
+from engine.model.config import Inventory
 
 __all__ = ["select_hosts", "group_members"]
 

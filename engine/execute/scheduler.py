@@ -31,13 +31,13 @@ from engine import templating
 from engine.connection.base import Connection, ReadOnly
 from engine.connection.local import LocalConnection
 from engine.errors import CommandTimeout, ConnectionFailed, PlaybookError
-from engine.events import EventBus, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
-from engine.graph import ExecGraph, Node, build_graph, step_order
-from engine.hostvars import host_groups, merged_vars
-from engine.model import CONTROLLER, Inventory, Playbook, Step
+from engine.model.events import EventBus, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.execute.graph import ExecGraph, Node, build_graph, step_order
+from engine.model.hostvars import host_groups, merged_vars
+from engine.model.config import CONTROLLER, Inventory, Playbook, Step
 from engine.module import ApplyContext, PlanContext, get_module
-from engine.options import RunOptions, resolve_fleets
-from engine.results import UNKNOWN, Change, Plan, RunSummary, Status, StepResult
+from engine.execute.options import RunOptions, resolve_fleets
+from engine.model.results import UNKNOWN, Change, Plan, RunSummary, Status, StepResult
 from engine.workers import Workers
 
 __all__ = ["RunOptions", "Executor", "resolve_fleets"]
@@ -127,7 +127,7 @@ class Executor:
 
     def _groups_map(self) -> dict[str, list[str]]:
         if self._groups is None:
-            from engine.patterns import group_members
+            from engine.model.patterns import group_members
 
             groups = {g: group_members(self.inventory, g) for g in self.inventory.groups}
             groups["all"] = list(self.inventory.hosts)

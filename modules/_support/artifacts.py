@@ -6,7 +6,7 @@ other bytes, an S3 key can be overwritten). An entry directory holds `blob` (the
 and, once extracted, `tree/` (or `tree-strip1/` for npm's `package/` prefix). Entries appear
 whole or not at all: bytes are streamed into `cache/tmp/`, hashed on the way, compared with the
 expected digest, and only then renamed into place; extraction goes through a staging directory
-(engine/extract.py). Two runs fetching the same artifact at once both end with the same entry.
+(modules/_support/extract.py). Two runs fetching the same artifact at once both end with the same entry.
 
 **Record.** `<state_dir>/artifacts/<playbook>/<source>.json` keeps the history of what each
 source of a playbook deployed: `{"digest", "version", "time", "run_id", ...}` entries, oldest
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from engine.errors import ModuleError
-from engine.events import Event, RunFinished
-from engine.results import Status, UnknownValue
+from engine.model.events import Event, RunFinished
+from engine.model.results import Status, UnknownValue
 
 __all__ = [
     "DigestMismatch",
@@ -180,7 +180,7 @@ class ArtifactCache:
         dest = self.entry(digest) / name
         if dest.is_dir():
             return dest
-        from engine.extract import extract_archive  # tarfile/zipfile: only when something is extracted
+        from modules._support.extract import extract_archive  # tarfile/zipfile: only when something is extracted
 
         try:
             return extract_archive(blob, dest, kind=kind, strip_components=strip_components, label=label or str(blob))

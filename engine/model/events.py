@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from engine.results import StepResult
+from engine.model.results import StepResult
 
 __all__ = [
     "Event",
@@ -67,7 +67,7 @@ class Message(Event):
 
 @dataclass(frozen=True)
 class RunFinished(Event):
-    summary: Any  # engine.executor.RunSummary
+    summary: Any  # engine.execute.scheduler.RunSummary
     extra: dict = field(default_factory=dict)
 
 

@@ -2,7 +2,7 @@
 
 `register(subparsers)` adds the `inventory` command to the main parser; `run(ns)` executes it
 and returns the exit code (0 ok, 1 error: user errors are raised as `PlaybookError`s and the
-main CLI prints them). Edits go through `engine.inventory_edit` and keep the file's comments
+main CLI prints them). Edits go through `engine.load.inventory_edit` and keep the file's comments
 and layout; see docs/inventory-cli.md.
 """
 
@@ -15,7 +15,7 @@ import sys
 from typing import Any, TextIO
 
 from engine.errors import PlaybookError
-from engine.model import Inventory
+from engine.model.config import Inventory
 
 __all__ = ["register", "run"]
 
@@ -119,7 +119,7 @@ def run(ns: argparse.Namespace, out: TextIO | None = None) -> int:
                             "set-var, unset-var or add-group (see `playbook inventory -h`)")
     path = _inventory_path(ns)
     if command in _READ_COMMANDS:
-        from engine.loader import load_inventory
+        from engine.load.playbook import load_inventory
 
         inventory = load_inventory(path, dynamic=not ns.no_dynamic)
         return {"list": _list, "show": _show, "graph": _graph, "validate": _validate}[command](ns, inventory, out)
@@ -129,7 +129,7 @@ def run(ns: argparse.Namespace, out: TextIO | None = None) -> int:
 # --- reading ---------------------------------------------------------------------------------
 
 def _list(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
-    from engine.patterns import select_hosts
+    from engine.model.patterns import select_hosts
 
     names = select_hosts(inventory, ns.pattern)
     rows = []
@@ -167,7 +167,7 @@ def _columns(rows: list[tuple[str, ...]]) -> str:
 
 def _show(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
     from engine.errors import ValidationError, suggest
-    from engine.hostvars import host_groups, merged_vars
+    from engine.model.hostvars import host_groups, merged_vars
     from engine.secrets import SCRUBBER
 
     if ns.host not in inventory.hosts:
@@ -250,7 +250,7 @@ def _validate(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
 # --- editing ---------------------------------------------------------------------------------
 
 def _edit(ns: argparse.Namespace, path: str, out: TextIO) -> int:
-    from engine import inventory_edit as ie
+    from engine.load import inventory_edit as ie
 
     command = ns.inventory_command
     if command == "add-host":
@@ -282,7 +282,7 @@ def _edit(ns: argparse.Namespace, path: str, out: TextIO) -> int:
 
 
 def _target_of(ns: argparse.Namespace) -> Any:
-    from engine.inventory_edit import Target
+    from engine.load.inventory_edit import Target
 
     if ns.all:
         return Target("all")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Mapping
 
-from engine.model import Inventory
+from engine.model.config import Inventory
 
 __all__ = ["host_groups", "merged_vars", "group_depths"]
 

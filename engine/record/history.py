@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from engine.events import Event, RunFinished, RunStarted, StepFinished
-from engine.results import UnknownValue
+from engine.model.events import Event, RunFinished, RunStarted, StepFinished
+from engine.model.results import UnknownValue
 
 __all__ = ["History", "HistoryRecorder", "RunRecord"]
 
