@@ -8,16 +8,12 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import uuid
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from typing import TYPE_CHECKING
-
-from engine.errors import LoadError, PlaybookError, TemplateError, ValidationErrors, suggest
+from engine.errors import LoadError
 from engine.model.events import Event, EventBus
-from engine.model.hostvars import merged_vars
 from engine.execute.locks import LockInfo, acquire_all, default_lock_path, release_all
-from engine.model.config import CONTROLLER, Inventory, Playbook
+from engine.model.config import Loaded, Playbook
 from engine.execute.options import RunOptions, resolve_fleets
 from engine.model.results import RunSummary
 
@@ -40,12 +36,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Loaded:
-    playbook: Playbook
-    inventory: Inventory
-
-
 def find_inventory(playbook: Playbook, explicit: str | None) -> str:
     """`-i` wins; then the playbook's `inventory:` (relative to it); then $PLAYBOOK_INVENTORY."""
     if explicit:
@@ -62,7 +52,8 @@ def find_inventory(playbook: Playbook, explicit: str | None) -> str:
 
 
 def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
-    from engine.load.playbook import load_inventory, load_playbook
+    from engine.load.inventory import load_inventory
+    from engine.load.playbook import load_playbook
 
     pb = load_playbook(playbook_path)
     inv = load_inventory(find_inventory(pb, inventory_path))
@@ -139,84 +130,12 @@ def resolve_secrets(playbook: Playbook, cli: Sequence[str] = ()) -> dict[str, st
     return found
 
 
-def _walk(value: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
-    from engine import templating
-
-    if isinstance(value, str):
-        if templating.is_template(value):
-            yield path, value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _walk(v, path + (k,))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _walk(v, path + (i,))
-
-
 def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None) -> None:
-    """Everything that can be known wrong without touching a host: host patterns, the rollout
-    graph, vars that reference each other, and templates naming undefined variables (per host
-    of the step's fleet). Raises ValidationErrors listing every problem."""
-    from engine import templating
-    from engine.execute.scheduler import Executor
+    """Everything that can be known wrong without touching a host (engine/execute/check.py);
+    raises ValidationErrors listing every problem."""
+    from engine.execute.check import check as check_loaded  # jinja2 and networkx: not for `load`
 
-    pb, inv = loaded.playbook, loaded.inventory
-    extra = dict(extra_vars or {})
-    errors: list[PlaybookError] = []
-    fleet_hosts = resolve_fleets(pb, inv, limit)
-    executor = Executor(pb, inv, RunOptions(mode="plan", limit=limit, extra_vars=extra))
-    known: dict[str | None, set[str]] = {}
-    hosts_needed = {None} | {h for hs in fleet_hosts.values() for h in hs}
-    for h in hosts_needed:
-        try:
-            executor.host_context(h)
-        except PlaybookError as exc:
-            errors.append(type(exc)(exc.message, path=f"host {h or CONTROLLER}: {exc.path}".rstrip(": ")))
-        if h is None:
-            names = set(pb.vars) | set(extra)
-        else:
-            names = set(merged_vars(inv, h, playbook_vars=pb.vars, extra_vars=extra)[0])
-        known[h] = names | set(templating.BUILTIN_NAMES)
-    for step in pb.steps:
-        hosts: list[str | None] = [None] if step.fleet == CONTROLLER else list(fleet_hosts.get(step.fleet, []))
-        templates = list(_walk(dict(step.args), ("args",)))
-        if step.when:
-            templates.append((("when",), step.when if templating.is_template(step.when) else "{{ " + step.when + " }}"))
-        for path, source in templates:
-            try:
-                names = templating.undeclared(source)
-            except TemplateError as exc:
-                errors.append(TemplateError(exc.message, location=_loc(step, path), path=_dotted(step.id, path)))
-                continue
-            reported: set[str] = set()
-            for h in hosts:
-                for name in sorted(names - known[h] - reported):
-                    reported.add(name)
-                    who = f" for host {h}" if h else ""
-                    errors.append(TemplateError(
-                        f"undefined variable '{name}'{who}" + suggest(name, known[h]),
-                        location=_loc(step, path), path=_dotted(step.id, path),
-                    ))
-    if errors:
-        raise ValidationErrors(errors) if len(errors) > 1 else errors[0]
-
-
-def _loc(step: Any, path: tuple) -> Any:
-    locs = getattr(step, "args_locations", {}) or {}
-    if path and path[0] == "args":
-        inner = path[1:]
-        while inner:
-            if inner in locs:
-                return locs[inner]
-            inner = inner[:-1]
-    return step.location
-
-
-def _dotted(step_id: str, path: tuple) -> str:
-    out = f"steps.{step_id}"
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return out
+    check_loaded(loaded, extra_vars, limit)
 
 
 def file_hash(path: str) -> str:

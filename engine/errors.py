@@ -6,6 +6,30 @@ carry their subject as fields (location, host, step) rather than only as prose.
 
 Third-party exceptions (paramiko, botocore, kubernetes, jinja2, yaml) are translated into these
 at the boundary of the layer that calls them; none escapes a connection or a module.
+
+    PlaybookError
+    ├── LoadError (ValueError)               a file could not be read or parsed
+    ├── ValidationError (ValueError)         a value does not fit the schema
+    ├── ValidationErrors (ValueError)        several of the above, found in one pass
+    ├── TemplateError (ValueError)           a template failed to parse or render
+    ├── GraphError (ValueError)              the step graph is not a DAG / names a missing step
+    ├── ArgError (ValueError)                a module argument is invalid after rendering
+    ├── InventoryEditError (ValueError)      `playbook inventory …` refused an edit
+    ├── ConnectionFailed (ConnectionError)   a host could not be reached: `unreachable`
+    │   └── HostKeyError                     unknown or changed host key
+    ├── CommandTimeout (TimeoutError)        a command outlived its step's timeout
+    ├── ModuleError (RuntimeError)           a module could not plan or apply
+    │   ├── YamlEditError                    engine/yamlio/scalars.py
+    │   ├── DigestMismatch                   modules/_support/artifacts.py
+    │   ├── ExtractError                     modules/_support/extract.py
+    │   │   └── UnsafeEntry                  an archive entry that would escape
+    │   └── Conflict                         modules/_support/kube.py (HTTP 409, retried)
+    ├── LockHeld (RuntimeError)              another run holds a deploy lock
+    ├── StalePlan (RuntimeError)             a saved plan no longer matches the world
+    ├── RollbackRefused (RuntimeError)       a rollback would leave migrations applied
+    └── DynamicInventoryError (RuntimeError) a dynamic inventory source failed
+
+The ModuleError children live beside the code that raises them; every other class is here.
 """
 
 from __future__ import annotations
@@ -28,6 +52,10 @@ __all__ = [
     "ModuleError",
     "ArgError",
     "LockHeld",
+    "InventoryEditError",
+    "StalePlan",
+    "RollbackRefused",
+    "DynamicInventoryError",
     "suggest",
 ]
 
@@ -116,6 +144,26 @@ class ArgError(PlaybookError, ValueError):
 
 class LockHeld(PlaybookError, RuntimeError):
     """A deploy lock is held by another run; the message names the holder."""
+
+
+class InventoryEditError(PlaybookError, ValueError):
+    """An inventory edit was refused; the file was left unchanged."""
+
+
+class StalePlan(PlaybookError, RuntimeError):
+    """The world moved since the plan was made; `drifted` lists (host, step, why)."""
+
+    def __init__(self, message: str, drifted: list[tuple[str, str, str]]) -> None:
+        self.drifted = drifted
+        super().__init__(message)
+
+
+class RollbackRefused(PlaybookError, RuntimeError):
+    """The rollback would leave migrations applied; the message lists them."""
+
+
+class DynamicInventoryError(PlaybookError, RuntimeError):
+    """A dynamic inventory source failed (no credentials, API error, a bad name or address)."""
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:

@@ -17,7 +17,7 @@ Actions:
 Healthy images are recorded in the cluster (annotation `playbook.dev/healthy-images` on the
 ConfigMap, per Deployment and container) when a rollout completes, so any controller can revert. Every write carries the resourceVersion it was
 computed from; a 409 conflict is retried after a fresh read. All kubernetes client errors are
-translated here; none escapes.
+translated at the client boundary (modules/_support/kube.py); none escapes.
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ import dataclasses
 import json
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Literal
+from typing import Any, Callable, ClassVar, Literal
 
-from engine.errors import ArgError, ConnectionFailed, ModuleError
+from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import Diff, Plan
-from engine.secrets import SCRUBBER
+from modules._support.kube import Conflict, Kube
 
 __all__ = ["CanarySwitch", "CanaryArgs", "rollout_state", "HEALTHY_ANNOTATION", "SWITCH_ANNOTATION"]
 
@@ -64,105 +63,6 @@ class CanaryArgs:
     revert_on_failure: bool = arg(True, doc="Restore the previous image (and the selector, if this run switched it) when the rollout fails or times out.")
 
 
-# -- the client boundary ---------------------------------------------------------------------------
-
-
-def _api_message(exc: Any) -> str:
-    try:
-        body = json.loads(exc.body or "{}")
-        return body.get("message") or exc.reason or str(exc.status)
-    except (TypeError, ValueError):
-        return str(exc.reason or exc.status)
-
-
-class _Kube:
-    """The kubernetes client for one target, with every error translated to ours."""
-
-    def __init__(self, target: Any, step: str) -> None:
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
-
-        if target is None or getattr(target, "connection", None) != "kubernetes":
-            raise ModuleError("canary_switch runs on Kubernetes targets (inventory hosts with "
-                              "'connection: kubernetes')", path=step)
-        self.host = target.name
-        self.step = step
-        path = target.kubeconfig
-        try:
-            _register_kubeconfig_secrets(path, target.context)
-            self.api = config.new_client_from_config(config_file=path, context=target.context, persist_config=False)
-            contexts, active = config.list_kube_config_contexts(config_file=path)
-        except ConfigException as exc:
-            raise ModuleError(f"kubeconfig {path or '(default)'}: {exc}", path=target.name) from None
-        except OSError as exc:
-            raise ModuleError(f"kubeconfig {path or '(default)'} unreadable: {exc.strerror}", path=target.name) from None
-        auth = self.api.configuration.api_key.get("authorization") or self.api.configuration.api_key.get("BearerToken")
-        if auth:
-            SCRUBBER.add(auth.split(" ", 1)[-1])
-        self.api.configuration.retries = 1
-        chosen = next((c for c in contexts if c["name"] == target.context), active) if target.context else active
-        self.namespace = target.namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
-        self.core = client.CoreV1Api(self.api)
-        self.apps = client.AppsV1Api(self.api)
-
-    def close(self) -> None:
-        self.api.close()
-
-    @contextmanager
-    def call(self, what: str) -> Iterator[None]:
-        from kubernetes.client.exceptions import ApiException
-        import urllib3.exceptions
-
-        try:
-            yield
-        except ApiException as exc:
-            msg = SCRUBBER.scrub(_api_message(exc))
-            if exc.status == 404:
-                raise ModuleError(f"{what} not found in namespace '{self.namespace}'", path=self.host) from None
-            if exc.status == 409:
-                raise _Conflict(f"{what}: {msg}") from None
-            if exc.status in (401, 403):
-                raise ModuleError(f"{what}: not allowed ({exc.status}): {msg}", path=self.host) from None
-            raise ModuleError(f"{what}: API error {exc.status}: {msg}", path=self.host) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ConnectionFailed(f"Kubernetes API unreachable ({what}): {SCRUBBER.scrub(str(exc))[:300]}",
-                                   host=self.host) from None
-
-    def read(self, kind: str, name: str) -> Any:
-        fn = {"configmap": self.core.read_namespaced_config_map, "service": self.core.read_namespaced_service,
-              "deployment": self.apps.read_namespaced_deployment}[kind]
-        with self.call(f"{kind} '{name}'"):
-            return fn(name, self.namespace, _request_timeout=30)
-
-    def patch(self, kind: str, name: str, body: dict, content_type: str) -> Any:
-        fn = {"configmap": self.core.patch_namespaced_config_map, "service": self.core.patch_namespaced_service,
-              "deployment": self.apps.patch_namespaced_deployment}[kind]
-        with self.call(f"patching {kind} '{name}'"):
-            return fn(name, self.namespace, body, _content_type=content_type, _request_timeout=30)
-
-
-class _Conflict(ModuleError):
-    """409: the object changed since it was read."""
-
-
-def _register_kubeconfig_secrets(path: str | None, context: str | None) -> None:
-    """Register every credential in the kubeconfig with the scrubber before anything can echo it."""
-    import os
-
-    import yaml
-
-    file = os.path.expanduser(path or os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0])
-    try:
-        with open(file, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh) or {}
-    except (OSError, yaml.YAMLError):
-        return  # the client reports the real problem
-    for u in doc.get("users") or []:
-        user = (u or {}).get("user") or {}
-        for k in ("token", "password", "client-key-data"):
-            if user.get(k):
-                SCRUBBER.add(str(user[k]))
-
 
 # -- reading the canary ----------------------------------------------------------------------------
 
@@ -178,7 +78,7 @@ class _State:
         return str(self.env.get("selector", ""))
 
 
-def _read_state(kube: _Kube, args: CanaryArgs) -> _State:
+def _read_state(kube: Kube, args: CanaryArgs) -> _State:
     cm = kube.read("configmap", args.configmap)
     raw = (cm.data or {}).get(args.configmap_key)
     if raw is None:
@@ -285,7 +185,7 @@ class CanarySwitch:
             raise ArgError(f"'timeout_seconds' must be at least 1 (got {args.timeout_seconds})", path=where)
         if args.image == "":
             args = dataclasses.replace(args, image=None)  # an unset playbook var renders as ""
-        kube = _Kube(ctx.target, ctx.step)
+        kube = Kube(ctx.target, ctx.step)
         try:
             state = _read_state(kube, args)
             if args.action == "switch":
@@ -294,7 +194,7 @@ class CanarySwitch:
         finally:
             kube.close()
 
-    def _plan_switch(self, kube: _Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
+    def _plan_switch(self, kube: Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
         current = state.selector
         to = args.to or next(c for c in args.colours if c != current)
         if to not in args.colours:
@@ -319,7 +219,7 @@ class CanarySwitch:
         return Plan.will_change(reason, diffs=tuple(diffs), outputs=outputs, fingerprint=fp,
                                 data={"args": args, "from": current, "to": to})
 
-    def _plan_image(self, kube: _Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
+    def _plan_image(self, kube: Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
         colour = args.colour or state.selector
         if colour not in args.colours:
             raise ArgError(f"'colour' must be one of {', '.join(args.colours)} (got {colour!r})", path=where)
@@ -375,7 +275,7 @@ class CanarySwitch:
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
         d = plan.data
         args: CanaryArgs = d["args"]
-        kube = _Kube(ctx.target, ctx.step)
+        kube = Kube(ctx.target, ctx.step)
         try:
             if args.action == "switch":
                 self._switch(kube, args, d["to"], ctx.run_id)
@@ -394,18 +294,18 @@ class CanarySwitch:
         finally:
             kube.close()
 
-    def _retrying(self, kube: _Kube, fn: Callable[[], None]) -> None:
+    def _retrying(self, kube: Kube, fn: Callable[[], None]) -> None:
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 fn()
                 return
-            except _Conflict:
+            except Conflict:
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise ModuleError(f"still conflicting after {_CONFLICT_RETRIES} fresh reads: someone else keeps "
                                       "changing the canary", path=kube.host) from None
                 time.sleep(0.1 * (attempt + 1))
 
-    def _switch(self, kube: _Kube, args: CanaryArgs, to: str, run_id: str, image: str | None = None) -> None:
+    def _switch(self, kube: Kube, args: CanaryArgs, to: str, run_id: str, image: str | None = None) -> None:
         """Point the ConfigMap and the Service at `to` (restoring the ConfigMap's `image` too when
         given: switching back after a failed rollout)."""
         def configmap() -> None:
@@ -430,7 +330,7 @@ class CanarySwitch:
         self._retrying(kube, configmap)
         self._retrying(kube, service)
 
-    def _set_image(self, kube: _Kube, args: CanaryArgs, name: str, colour: str, image: str, *,
+    def _set_image(self, kube: Kube, args: CanaryArgs, name: str, colour: str, image: str, *,
                    record_current: bool = False, drop_current: bool = False) -> None:
         """Patch the container's image, then bring the ConfigMap along: its `image` when `colour`
         is active, and the healthy record (the replaced image added if it was rolled out, or
@@ -467,7 +367,7 @@ class CanarySwitch:
         self._retrying(kube, deployment)
         self._retrying(kube, configmap)
 
-    def _record_healthy(self, kube: _Kube, args: CanaryArgs, name: str) -> None:
+    def _record_healthy(self, kube: Kube, args: CanaryArgs, name: str) -> None:
         """Record the Deployment's current image as healthy, in the ConfigMap (an annotation on the
         Deployment itself would bump its generation and look like a new rollout)."""
         dep = kube.read("deployment", name)
@@ -484,7 +384,7 @@ class CanarySwitch:
 
         self._retrying(kube, annotate)
 
-    def _wait(self, ctx: ApplyContext, kube: _Kube, name: str, timeout: float) -> tuple[bool, str]:
+    def _wait(self, ctx: ApplyContext, kube: Kube, name: str, timeout: float) -> tuple[bool, str]:
         """Watch the Deployment until its rollout completes or `timeout` passes."""
         from kubernetes import watch
 
@@ -523,7 +423,7 @@ class CanarySwitch:
                 rv = dep.metadata.resource_version
         return True, text
 
-    def _wait_or_revert(self, ctx: ApplyContext, kube: _Kube, args: CanaryArgs, colour: str, name: str,
+    def _wait_or_revert(self, ctx: ApplyContext, kube: Kube, args: CanaryArgs, colour: str, name: str,
                         previous: str | None) -> None:
         ctx.emit(f"canary: waiting up to {args.timeout_seconds}s for {name} to roll out")
         ok, text = self._wait(ctx, kube, name, args.timeout_seconds)
@@ -553,7 +453,7 @@ class CanarySwitch:
         raise ModuleError(f"{failure}; reverted: {', '.join(done) if done else 'nothing recorded to revert to'}",
                           path=kube.host)
 
-    def _revert_switch(self, kube: _Kube, args: CanaryArgs, colour: str, run_id: str) -> str | None:
+    def _revert_switch(self, kube: Kube, args: CanaryArgs, colour: str, run_id: str) -> str | None:
         """Switch back if this run switched to `colour`; the colour switched back to, or None."""
         state = _read_state(kube, args)
         try:

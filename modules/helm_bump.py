@@ -16,20 +16,19 @@ argv or the URL) and is registered with the scrubber.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
 import string
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from engine.errors import ArgError, CommandTimeout, HostKeyError, ModuleError
+from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import UNKNOWN, Diff, Plan
-from engine.secrets import SCRUBBER, Secret
+from engine.secrets import SCRUBBER
+from modules._support.git import Git, commit, display_url, git_environment, repo_url
 from modules._support.tagpolicy import ORDERS, TagPolicy, select_tag
 from engine.yamlio.scalars import Target, YamlEditError, find_key_path, find_markers, set_scalars
 
@@ -123,66 +122,9 @@ def _new_value(kind: str, current: Any, repo: str | None, tag: str | None, diges
 
 
 def git_env(args: HelmBumpArgs) -> dict[str, str]:
-    """Environment for git: no prompts, strict ssh host keys, the https token as config."""
-    env = dict(os.environ)
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env["GIT_ASKPASS"] = "true"
-    known = os.path.expanduser(args.known_hosts or "~/.ssh/known_hosts")
-    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
-           "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no", "-o", "ConnectTimeout=10"]
-    if args.ssh_key:
-        ssh += ["-o", "IdentitiesOnly=yes", "-i", os.path.expanduser(args.ssh_key)]
-    env["GIT_SSH_COMMAND"] = " ".join(_shq(p) for p in ssh)
-    pairs = [("commit.gpgsign", "false"), ("core.hooksPath", "/dev/null"), ("advice.detachedHead", "false")]
-    if args.https_token:
-        token = args.https_token.reveal() if isinstance(args.https_token, Secret) else str(args.https_token)
-        basic = base64.b64encode(f"{args.https_user}:{token}".encode()).decode()
-        SCRUBBER.add(token)
-        SCRUBBER.add(basic)
-        pairs.append(("http.extraHeader", f"Authorization: Basic {basic}"))
-    env["GIT_CONFIG_COUNT"] = str(len(pairs))
-    for i, (k, v) in enumerate(pairs):
-        env[f"GIT_CONFIG_KEY_{i}"] = k
-        env[f"GIT_CONFIG_VALUE_{i}"] = v
-    return env
-
-
-def _shq(s: str) -> str:
-    return s if re.fullmatch(r"[A-Za-z0-9_./=:@%+,-]+", s) else "'" + s.replace("'", "'\\''") + "'"
-
-
-class _Git:
-    """git in one working directory, with one environment and errors translated."""
-
-    def __init__(self, env: dict[str, str], step: str, timeout: float | None) -> None:
-        self.env = env
-        self.step = step
-        self.timeout = timeout
-
-    def run(self, *argv: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        try:
-            proc = subprocess.run(["git", *argv], cwd=cwd, env=self.env, capture_output=True, text=True,
-                                  timeout=self.timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise CommandTimeout(f"git {argv[0]} timed out after {self.timeout:g}s", path=self.step) from None
-        except FileNotFoundError:
-            raise ModuleError("the 'git' program is not installed on the controller", path=self.step) from None
-        if check and proc.returncode != 0:
-            err = SCRUBBER.scrub(proc.stderr.strip() or proc.stdout.strip())[-800:]
-            if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
-                raise HostKeyError(f"git {argv[0]}: host key unknown or changed (known_hosts): {err}", host=self.step)
-            raise ModuleError(f"git {argv[0]} exited {proc.returncode}: {err}", path=self.step)
-        return proc
-
-
-def _repo_url(repo: str, base: str) -> str:
-    if re.match(r"^[a-z][a-z0-9+.-]*://", repo) or re.match(r"^[^/@:]+@[^/:]+:", repo):
-        return repo
-    return "file://" + os.path.abspath(os.path.join(base, os.path.expanduser(repo)))
-
-
-def _display_url(url: str) -> str:
-    return re.sub(r"//[^/@]*@", "//", url)
+    """git's environment for this step's repository (modules/_support/git.py)."""
+    return git_environment(known_hosts=args.known_hosts, ssh_key=args.ssh_key, https_user=args.https_user,
+                           https_token=args.https_token)
 
 
 # -- the edit --------------------------------------------------------------------------------------
@@ -294,7 +236,7 @@ def _edit_file(path: str, args: HelmBumpArgs, want: _Wanted, where: str) -> tupl
     return before, after, changes
 
 
-def _clone(git: _Git, url: str, args: HelmBumpArgs, into: str) -> str:
+def _clone(git: Git, url: str, args: HelmBumpArgs, into: str) -> str:
     git.run("clone", "--quiet", "--depth", str(args.depth), "--single-branch", "--branch", args.branch,
             "--no-tags", url, into)
     return git.run("rev-parse", "HEAD", cwd=into).stdout.strip()
@@ -327,8 +269,8 @@ class HelmBump:
     def plan(self, ctx: PlanContext, args: HelmBumpArgs) -> Plan:
         where = f"{ctx.step}.args"
         want = _resolve(args, where)
-        url = _repo_url(args.repo, str(ctx.vars.get("playbook_dir", ".")) if ctx.vars else ".")
-        git = _Git(git_env(args), ctx.step, ctx.remaining())
+        url = repo_url(args.repo, str(ctx.vars.get("playbook_dir", ".")) if ctx.vars else ".")
+        git = Git(git_env(args), ctx.step, ctx.remaining())
         work = _workdir(ctx)
         try:
             head = _clone(git, url, args, os.path.join(work, "repo"))
@@ -338,7 +280,7 @@ class HelmBump:
         image = _image_ref(want.repo, want.tag, want.digest) if want.repo else (want.tag or want.digest or "")
         outputs = {"tag": want.tag or "", "image": image, "remote_head": head}
         fingerprint = {"remote_head": head, "branch": args.branch}
-        shown = f"{_display_url(url)} {args.branch}:{args.file}"
+        shown = f"{display_url(url)} {args.branch}:{args.file}"
         if not changes:
             what = want.tag or want.digest or want.repo
             return Plan.no_change(f"{args.file} already has {what} (at {head[:12]})",
@@ -361,11 +303,11 @@ class HelmBump:
         d = plan.data
         args: HelmBumpArgs = d["args"]
         want: _Wanted = d["want"]
-        git = _Git(git_env(args), ctx.step, ctx.remaining())
+        git = Git(git_env(args), ctx.step, ctx.remaining())
         committer = (args.committer_name or args.author_name, args.committer_email or args.author_email)
         ident = {"GIT_AUTHOR_NAME": args.author_name, "GIT_AUTHOR_EMAIL": args.author_email,
                  "GIT_COMMITTER_NAME": committer[0], "GIT_COMMITTER_EMAIL": committer[1]}
-        commit_git = _Git({**git.env, **ident}, ctx.step, git.timeout)
+        commit_git = Git({**git.env, **ident}, ctx.step, git.timeout)
         work = _workdir(ctx)
         repo = os.path.join(work, "repo")
         try:
@@ -378,7 +320,7 @@ class HelmBump:
                 with open(os.path.join(repo, args.file), "w", encoding="utf-8", newline="") as fh:
                     fh.write(after)
                 commit_git.run("add", "--", args.file, cwd=repo)
-                _commit(commit_git, repo, d["message"])
+                commit(commit_git, repo, d["message"])
                 sha = git.run("rev-parse", "HEAD", cwd=repo).stdout.strip()
                 push = git.run("push", "--porcelain", "origin", f"HEAD:refs/heads/{args.branch}", cwd=repo, check=False)
                 if push.returncode == 0:
@@ -399,11 +341,3 @@ class HelmBump:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _commit(git: _Git, repo: str, message: str) -> None:
-    try:
-        proc = subprocess.run(["git", "commit", "--quiet", "--no-verify", "-F", "-"], cwd=repo, env=git.env,
-                              input=message, capture_output=True, text=True, timeout=git.timeout)
-    except subprocess.TimeoutExpired:
-        raise CommandTimeout(f"git commit timed out after {git.timeout:g}s", path=git.step) from None
-    if proc.returncode != 0:
-        raise ModuleError(f"git commit exited {proc.returncode}: {proc.stderr.strip()[-800:]}", path=git.step)

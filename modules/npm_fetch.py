@@ -30,7 +30,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Mapping
 
-from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, last_deployed, sri_to_digest
+from engine.record.deployed import last_deployed
+from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, sri_to_digest
 from engine.errors import ArgError, ModuleError
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import Diff, Plan

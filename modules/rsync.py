@@ -6,7 +6,8 @@ connection, the way rsync itself would compare (size + whole-second mtime, or co
 `checksum`), and lists exactly the paths to create (+), update (~) and delete (-). Applying
 sends exactly those paths (`--files-from`; deletions by the shell that starts the host's rsync),
 so a host that is in sync costs one probe and no transfer. rsync's remote shell is the engine's
-own connection for small transfers (`engine/connection/relay.py`), OpenSSH for large ones.
+own connection for small transfers (`engine/connection/relay.py`), OpenSSH for large ones
+(modules/_support/rsync_transfer.py).
 
 With `releases: true` the tree goes to `DEST/releases/<release-id>/`, seeded from the current
 release by a hard-link copy, and `DEST/current` is switched atomically (see modules/_support/releases.py).
@@ -19,23 +20,29 @@ import hashlib
 import os
 import posixpath
 import re
-import shlex
-import subprocess
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from modules._support import releases as rel
-from engine.errors import ArgError, CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
-from modules._support.manifest import ChmodRules, Entry, ExcludeRules, cached_manifest, compare_trees, manifest_digest, tree_digest
-from engine.module import ApplyContext, PlanContext, arg, register
+from engine.errors import ArgError, ModuleError
 from engine.model.results import Diff, Plan
+from engine.module import ApplyContext, PlanContext, arg, register
+from modules._support import releases as rel
+from modules._support.manifest import (
+    ChmodRules,
+    Entry,
+    ExcludeRules,
+    cached_manifest,
+    compare_trees,
+    manifest_digest,
+    tree_digest,
+)
+from modules._support.rsync_transfer import rsync_argv, transfer_and_delete
 
-__all__ = ["Rsync", "RsyncArgs", "ssh_command", "rsync_argv", "source_manifest", "clear_manifest_cache"]
+__all__ = ["Rsync", "RsyncArgs", "source_manifest", "clear_manifest_cache"]
 
-DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 MAX_DIFF_ITEMS = 2000  # per host in the shown diff; apply always has the full list
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _CHOWN = re.compile(rf"(?:{_NAME}(?::{_NAME})?|:{_NAME})\Z")
@@ -122,208 +129,6 @@ def clear_manifest_cache() -> None:
         _expected.clear()
         _compared.clear()
 
-
-# -- the rsync command ---------------------------------------------------------------------------
-
-
-#: rsync's ssh key exchange: the engine's own first (see `ssh_command`), then OpenSSH's classic
-#: defaults; written out rather than `^...` so OpenSSH older than 8.7 accepts it too
-KEX = ("curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,"
-       "diffie-hellman-group-exchange-sha256,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,"
-       "diffie-hellman-group14-sha256")
-#: rsync's ssh ciphers: AES-GCM first. With AES instructions (any x86-64 or ARMv8 server of the
-#: last decade) it cost about a third less CPU than OpenSSH's default chacha20-poly1305, on both
-#: ends, for the same bytes (measured here: 200 MB, 0.29 -> 0.19 s client, 0.43 -> 0.32 s server)
-CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
-           "aes128-ctr,aes192-ctr,aes256-ctr")
-
-
-def ssh_command(target: Any) -> list[str]:
-    """The OpenSSH command rsync uses for an inventory host: strict host keys against the same
-    known_hosts the engine uses, no prompts, only the configured key.
-
-    The key exchange the engine's own (paramiko) connection uses, curve25519-sha256, is put
-    first. OpenSSH 9's default, the sntrup761x25519 hybrid, costs about 70 ms of client CPU per
-    connection here, paid once per host per deploy, and a deploy's traffic is no better
-    protected than the engine's connection to the same host anyway. Servers without curve25519
-    negotiate one of the classic ECDH/DH exchanges that follow it."""
-    known = os.path.expanduser(target.known_hosts or DEFAULT_KNOWN_HOSTS)
-    cmd = [
-        "ssh",
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={known}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "UpdateHostKeys=no",
-        "-o", "GSSAPIAuthentication=no",
-        "-o", f"KexAlgorithms={KEX}",
-        "-o", f"Ciphers={CIPHERS}",
-        "-o", "ConnectTimeout=10",
-        "-o", "ServerAliveInterval=10",
-        "-o", "ServerAliveCountMax=3",
-        "-p", str(target.port),
-    ]
-    if target.key:
-        cmd += ["-o", "IdentitiesOnly=yes", "-i", os.path.expanduser(target.key)]
-    if target.user:
-        cmd += ["-l", target.user]
-    return cmd
-
-
-def _is_local(target: Any) -> bool:
-    return target is None or getattr(target, "connection", "ssh") == "local"
-
-
-def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None,
-               rsh: str | None = None) -> list[str]:
-    """argv of one rsync that sends the paths named on stdin (NUL-separated) from `src` to
-    `dest_dir` on `target`. Deletions are not rsync's: see `_delete`.
-
-    `-I` makes rsync rewrite every named file (temp + rename) even when size and mtime match
-    (content or mode-only changes): a new inode, so a hard-linked older release is never written
-    through. No `--inplace`, for the same reason.
-    """
-    argv = [
-        "rsync", "-a", "--no-owner", "--no-group", "-I", "--mkpath",
-        "--from0", "--files-from=-", "--force",
-    ]
-    if chown:
-        argv.append(f"--chown={chown}")
-    if chmod:
-        argv.append(f"--chmod={chmod}")
-    source = src.rstrip("/") + "/"
-    if _is_local(target):
-        return argv + [source, dest_dir.rstrip("/") + "/"]
-    host = target.hostname
-    if ":" in host:
-        host = f"[{host}]"
-    if rsh is None:
-        rsh = " ".join(shlex.quote(p) for p in ssh_command(target))
-    return argv + ["-e", rsh, source, f"{host}:{dest_dir.rstrip('/')}/"]
-
-
-def _transfer_and_delete(ctx: ApplyContext, argv: list[str], paths: list[str], root: str,
-                         deletions: list[str], nbytes: int) -> None:
-    """rsync the planned paths and remove the planned deletions. A deleted path is never in the
-    source, so nothing the transfer writes is under it, and the order does not matter. Over ssh,
-    the shell that starts the host's rsync (`--rsync-path`) deletes first: no session more than
-    rsync's own. Otherwise (a local target, or a deletion list over 32 KB) the deletion runs over
-    the engine's connection while rsync transfers."""
-    if not deletions:
-        if paths:
-            _run_rsync(ctx, argv, paths, nbytes)
-        return
-    if not paths:
-        _delete(ctx, root, deletions)
-        return
-    if not _is_local(ctx.target):
-        remote = f"cd -- {shlex.quote(root)} && rm -rf -- {' '.join(shlex.quote(p) for p in deletions)} && exec rsync"
-        if all(_inside(p) for p in deletions) and len(remote) <= _MAX_RSYNC_PATH:
-            # the host's rsync is started by a shell that deletes first: no extra session
-            _run_rsync(ctx, [*argv[:-2], f"--rsync-path={remote}", *argv[-2:]], paths, nbytes)
-            return
-    failed: list[BaseException] = []
-
-    def delete() -> None:
-        try:
-            _delete(ctx, root, deletions)
-        except BaseException as exc:  # re-raised below, in the step's own thread
-            failed.append(exc)
-
-    worker = threading.Thread(target=delete, name=f"rsync-delete-{ctx.host}", daemon=True)
-    worker.start()
-    try:
-        _run_rsync(ctx, argv, paths, nbytes)
-    finally:
-        worker.join()
-    if failed:
-        raise failed[0]
-
-
-_MAX_RSYNC_PATH = 32 * 1024  # longer deletion lists go over the engine's connection instead
-
-
-def _inside(path: str) -> bool:
-    return bool(path) and not path.startswith("/") and ".." not in path.split("/")
-
-
-def _delete(ctx: ApplyContext, root: str, paths: list[str]) -> None:
-    """Remove the planned deletions (paths relative to `root`) on the host, over the engine's
-    connection (while rsync transfers: see `_transfer_and_delete`).
-
-    Not rsync's `--delete-missing-args`: the rsync 3.2.7 of Debian bookworm's main archive
-    (3.2.7-1+deb12u6) rejects its own file list then ("invalid file mode 00 ... protocol
-    incompatibility"), and a deploy that only deletes needs no rsync connection at all."""
-    if not paths:
-        return
-    for p in paths:  # the planner's relative paths; anything else is a bug, never a deletion
-        if not _inside(p):
-            raise ModuleError(f"refusing to delete {p!r}: not a path inside {root}", path=ctx.host or "")
-    assert ctx.conn is not None
-    stdin = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
-    res = ctx.conn.run(["sh", "-c", 'cd -- "$1" && xargs -0r rm -rf --', "sh", root], stdin=stdin,
-                       timeout=ctx.remaining())
-    if res.rc != 0:
-        raise ModuleError(f"could not delete {len(paths)} paths under {root}: {_tail(res.err, 400)}",
-                          path=ctx.host or "")
-
-
-def _tail(text: str, n: int = 800) -> str:
-    text = text.strip()
-    return text[-n:] if text else ""
-
-
-#: Up to this many bytes of file data per host, rsync's remote shell is a `Relay` over the
-#: engine's open connection instead of a new OpenSSH connection. A relayed byte costs the
-#: controller more CPU than one through OpenSSH (paramiko frames each packet in Python), a new
-#: connection costs both ends a process, a key exchange and a login (docs/connections.md).
-RELAY_MAX_BYTES = 8 << 20
-
-
-def _run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int) -> None:
-    stdin = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
-    timeout = ctx.remaining()
-    relay = None
-    if nbytes <= RELAY_MAX_BYTES and "-e" in argv and getattr(ctx.conn, "stream", None) is not None:
-        from engine.connection.relay import Relay
-
-        relay = Relay(ctx.conn)  # type: ignore[arg-type]
-        argv = list(argv)
-        argv[argv.index("-e") + 1] = relay.rsh
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=relay.pass_fds if relay else ())
-    except FileNotFoundError:
-        if relay:
-            relay.finish(0)
-        raise ModuleError("the 'rsync' program is not installed on the controller", path=ctx.host or "") from None
-    if relay:
-        relay.start()
-    try:
-        _, err_bytes = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise CommandTimeout(f"rsync timed out after {timeout:g}s", path=ctx.host or "") from None
-    finally:
-        if relay:
-            relay.finish(ctx.remaining())
-    err = err_bytes.decode("utf-8", "replace")
-    if relay:
-        if relay.error is not None:
-            raise relay.error
-        remote = relay.stderr.decode("utf-8", "replace").strip()
-        if proc.returncode == 0 and relay.status not in (0, None):
-            raise ModuleError(f"the host's rsync exited {relay.status}: {_tail(remote)}", path=ctx.host or "")
-        err = "\n".join(t for t in (err.strip(), remote) if t)
-    if proc.returncode == 0:
-        return
-    if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION HAS CHANGED" in err:
-        raise HostKeyError(f"rsync refused the host key (unknown or changed in known_hosts): {_tail(err, 400)}",
-                           host=ctx.host or "")
-    if proc.returncode == 255 and not relay:
-        raise ConnectionFailed(f"rsync could not reach the host over ssh: {_tail(err, 400)}", host=ctx.host or "")
-    raise ModuleError(f"rsync exited {proc.returncode}: {_tail(err)}", path=ctx.host or "")
 
 
 # -- the module ----------------------------------------------------------------------------------
@@ -493,7 +298,7 @@ class Rsync:
         nbytes = sum(e.size for e in (local.get(p) for p in paths) if e is not None and e.kind == "f")
         if not d.get("releases"):
             ctx.emit(f"rsync: {len(paths)} paths to {dest}, {len(d['delete_roots'])} to delete")
-            _transfer_and_delete(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths,
+            transfer_and_delete(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths,
                                  dest, d["delete_roots"], nbytes)
             return {"changed_files": d["changed"]}
 
@@ -502,7 +307,7 @@ class Rsync:
         partial = rel.prepare_release(ctx.conn, dest, name, d["seed"], timeout=ctx.remaining())
         try:
             ctx.emit(f"rsync: {len(paths)} paths to release {name}, {len(d['delete_roots'])} to delete")
-            _transfer_and_delete(ctx, rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]),
+            transfer_and_delete(ctx, rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]),
                                  paths, partial, d["delete_roots"], nbytes)
             info = {
                 "release": name, "source_digest": d["source_digest"], "run_id": ctx.run_id,

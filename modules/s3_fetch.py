@@ -27,7 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Literal
 
-from modules._support.artifacts import ArtifactCache, Digest, last_deployed
+from engine.record.deployed import last_deployed
+from modules._support.artifacts import ArtifactCache, Digest
 from engine.errors import ArgError, ModuleError
 from modules._support.extract import kind_from_name
 from engine.module import ApplyContext, PlanContext, arg, register

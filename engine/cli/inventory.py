@@ -119,7 +119,7 @@ def run(ns: argparse.Namespace, out: TextIO | None = None) -> int:
                             "set-var, unset-var or add-group (see `playbook inventory -h`)")
     path = _inventory_path(ns)
     if command in _READ_COMMANDS:
-        from engine.load.playbook import load_inventory
+        from engine.load.inventory import load_inventory
 
         inventory = load_inventory(path, dynamic=not ns.no_dynamic)
         return {"list": _list, "show": _show, "graph": _graph, "validate": _validate}[command](ns, inventory, out)

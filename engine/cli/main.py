@@ -188,7 +188,7 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
             playbook_hash=api.file_hash(loaded.playbook.path), inventory_hash=api.file_hash(loaded.inventory.path),
             plan_hash=plan_hash, scrub=SCRUBBER.scrub_obj,
         ))
-        from modules._support.artifacts import ArtifactRecorder
+        from engine.record.deployed import ArtifactRecorder
 
         subscribers.append(ArtifactRecorder(opts.state_dir, loaded.playbook.name))
     executors: list[Any] = []
@@ -281,7 +281,8 @@ def _cmd_validate(ns: argparse.Namespace) -> int:
 
     from engine import api
     from engine.errors import ValidationErrors
-    from engine.load.playbook import load_inventory, load_playbook
+    from engine.load.inventory import load_inventory
+    from engine.load.playbook import load_playbook
 
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from engine.connection.base import Connection
 from engine.connection.local import LocalConnection
-from engine.connection.ssh import DEFAULT_KNOWN_HOSTS, KnownHosts, SSHConnection
+from engine.connection.keys import DEFAULT_KNOWN_HOSTS, KnownHosts
+from engine.connection.ssh import SSHConnection
 from engine.errors import ConnectionFailed, PlaybookError
 from engine.model.config import Host
 from engine.workers import Workers

@@ -1,7 +1,7 @@
 """Dynamic inventory: EC2 instances found by tags become hosts, grouped by their tags.
 
 Declared in the inventory file under `dynamic:` (docs/inventory-cli.md#dynamic-inventory) and
-merged by `engine.load.playbook.load_inventory` into the static hosts and groups:
+merged by `engine.load.inventory.load_inventory` into the static hosts and groups:
 
 - a dynamic host named in a static group's `hosts` list joins that group;
 - a static group named like a dynamic one (`role_web`) gets the dynamic hosts added;
@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from engine.errors import Location, PlaybookError, TemplateError
+from engine.errors import DynamicInventoryError, Location, TemplateError
 from engine.model.config import Group, Host, Inventory
 
 __all__ = [
@@ -50,10 +50,6 @@ _ADDRESS = {
 
 _cache: dict[str, list[dict[str, Any]]] = {}
 _cache_lock = threading.Lock()
-
-
-class DynamicInventoryError(PlaybookError, RuntimeError):
-    """A dynamic inventory source failed (no credentials, API error, a bad name or address)."""
 
 
 def clear_cache() -> None:
@@ -317,7 +313,7 @@ def merge_dynamic(
     explicit_hosts: Mapping[str, Any],
 ) -> Inventory:
     """The static inventory with every source's hosts and groups merged in (module docstring)."""
-    from engine.load.playbook import display_path
+    from engine.load.schema_errors import display_path
 
     base_dir = os.path.dirname(os.path.abspath(inventory.path))
     hosts = dict(inventory.hosts)

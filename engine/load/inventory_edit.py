@@ -1,13 +1,6 @@
-"""Round-trip edits of an inventory file that keep everything the edit does not touch.
-
-An edit is made on ruamel.yaml's round-trip tree (comments, key order, quoting and flow/block
-style are kept), but the file is not simply re-dumped: ruamel normalises indentation, spacing
-and the text before `---`. Instead the untouched document and the edited one are both dumped,
-their difference is computed, and only those hunks are applied to the original text
-(`merge_edit`). Lines outside the hunks stay byte-identical. Two ruamel habits are corrected on
-the way: a new entry appended to a block is moved above the blank lines and comments that
-introduce the next section, and a removed entry takes with it only the comment lines directly
-above it (comments after it stay).
+"""Edits of an inventory file for ops (`playbook inventory …`): add or remove hosts and groups,
+set or unset vars, keeping every comment and every line the edit does not touch (the text merge
+is engine/yamlio/roundtrip.py).
 
 The edited text is then loaded by the real loader from a temporary file next to the inventory;
 an edit that would make the inventory invalid is refused and the file is left untouched.
@@ -21,17 +14,16 @@ import io
 import os
 import re
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
-from engine.errors import LoadError, PlaybookError, ValidationError, suggest
+from engine.errors import InventoryEditError, LoadError, PlaybookError, ValidationError, suggest
 from engine.load.schemas import HOST_NAME, IDENTIFIER, PATTERN_TEXT
+from engine.yamlio.roundtrip import detect_indent, flow_style, majority_flow, merge_edit, new_map, new_seq, to_node
 
 __all__ = [
     "InventoryEditError",
@@ -40,7 +32,6 @@ __all__ = [
     "InventoryEditor",
     "parse_value",
     "parse_assignment",
-    "merge_edit",
     "edit_inventory",
     "add_host",
     "remove_host",
@@ -50,10 +41,6 @@ __all__ = [
 ]
 
 _TOP_ORDER = ("defaults", "vars", "hosts", "groups", "dynamic")
-
-
-class InventoryEditError(PlaybookError, ValueError):
-    """An inventory edit was refused; the file was left unchanged."""
 
 
 @dataclass(frozen=True)
@@ -117,235 +104,6 @@ def _check_name(name: str, what: str) -> None:
         raise InventoryEditError(f"'{name}' is not a valid {what} name: use {PATTERN_TEXT[HOST_NAME]}")
 
 
-# --- text merge ------------------------------------------------------------------------------
-
-def _norm(line: str) -> str:
-    s = " ".join(line.split())
-    s = re.sub(r"([\[{]) ", r"\1", s)
-    return re.sub(r" ([\]},])", r"\1", s)
-
-
-def _blank(line: str) -> bool:
-    return not line.strip()
-
-
-def _comment(line: str) -> bool:
-    return line.lstrip().startswith("#")
-
-
-def _significant(line: str) -> bool:
-    return not _blank(line) and not _comment(line)
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _slide_insert(B: list[str], b: int, new: list[str], floor: int) -> int:
-    """Move an insertion at B[b] above the blank lines and comments that introduce what follows
-    (ruamel hangs them on the previous entry, so appended entries land below them)."""
-    first = next((ln for ln in new if _significant(ln)), None)
-    if first is None:
-        return b
-    ind = _indent(first)
-    k = b
-    while k < len(B) and not _significant(B[k]):
-        k += 1
-    next_ind = _indent(B[k]) if k < len(B) else -1
-    at_block_end = next_ind < ind
-    start = b
-    while b - 1 >= floor:
-        line = B[b - 1]
-        if _blank(line) or (_comment(line) and (_indent(line) < ind if at_block_end else _indent(line) <= ind)):
-            b -= 1
-        else:
-            break
-    if b == 0 and not at_block_end:
-        # only comments above: the file's header stays first; a comment block that is
-        # separated from it by a blank line introduces the next key, so insert above that
-        blanks = [i for i in range(start) if _blank(B[i])]
-        return blanks[-1] + 1 if blanks else start
-    return b
-
-
-def _fix_delete(B: list[str], b1: int, b2: int, floor: int, ceil: int) -> tuple[int, int]:
-    """Narrow a deletion to the removed entry: its lines and the comments directly above it.
-    Comments and blank lines after it stay; a doubled blank line left behind is collapsed."""
-    content = [i for i in range(b1, b2) if _significant(B[i])]
-    if not content:
-        return b1, b1
-    first, last = content[0], content[-1]
-    start = first
-    while start - 1 >= max(floor, 0) and _comment(B[start - 1]) and _indent(B[start - 1]) >= _indent(B[first]):
-        start -= 1
-    end = last + 1
-    before_blank = start == 0 or _blank(B[start - 1])
-    if before_blank and end < min(ceil, len(B)) and _blank(B[end]):
-        end += 1
-    return start, end
-
-
-def _hunks(B: list[str], C: list[str]) -> list[tuple[int, int, list[str]]]:
-    ops = [op for op in difflib.SequenceMatcher(None, B, C, autojunk=False).get_opcodes() if op[0] != "equal"]
-    out: list[tuple[int, int, list[str]]] = []
-    for n, (tag, b1, b2, c1, c2) in enumerate(ops):
-        floor = out[-1][1] if out else 0
-        ceil = ops[n + 1][1] if n + 1 < len(ops) else len(B)
-        if tag == "insert":
-            b = _slide_insert(B, b1, C[c1:c2], floor)
-            out.append((b, b, C[c1:c2]))
-        elif tag == "delete":
-            s, e = _fix_delete(B, b1, b2, floor, ceil)
-            if s < e:
-                out.append((s, e, []))
-        else:
-            out.append((b1, b2, C[c1:c2]))
-    return out
-
-
-def merge_edit(original: str, before: str, after: str) -> str | None:
-    """Apply the change from `before` to `after` (two dumps of one document) to `original`
-    (the text `before` was loaded from), leaving every other line of `original` as it was.
-    Returns None when the hunks cannot be placed unambiguously."""
-    A, B, C = original.split("\n"), before.split("\n"), after.split("\n")
-    eq: list[int | None] = [None] * len(B)
-    matcher = difflib.SequenceMatcher(None, [_norm(x) for x in A], [_norm(x) for x in B], autojunk=False)
-    for tag, a1, _a2, b1, b2 in matcher.get_opcodes():
-        if tag == "equal":
-            for k in range(b2 - b1):
-                eq[b1 + k] = a1 + k
-    pieces: list[tuple[int, int, list[str]]] = []
-    for b1, b2, new in _hunks(B, C):
-        if b1 == b2:
-            if b1 > 0 and eq[b1 - 1] is not None:
-                a = eq[b1 - 1] + 1  # type: ignore[operator]
-            elif b1 < len(B) and eq[b1] is not None:
-                a = eq[b1]  # type: ignore[assignment]
-            elif b1 == 0:
-                a = 0
-            else:
-                return None
-            pieces.append((a, a, new))
-            continue
-        lo, hi = b1, b2
-        while lo > 0 and eq[lo] is None:
-            lo -= 1
-        while hi < len(B) and eq[hi - 1] is None:
-            hi += 1
-        if eq[lo] is None or eq[hi - 1] is None:
-            return None
-        new = B[lo:b1] + new + B[b2:hi]
-        pieces.append((eq[lo], eq[hi - 1] + 1, new))  # type: ignore[arg-type, operator]
-    out: list[str] = []
-    pos = 0
-    for a1, a2, new in sorted(pieces, key=lambda p: (p[0], p[1])):
-        if a1 < pos:
-            return None
-        out.extend(A[pos:a1])
-        out.extend(new)
-        pos = a2
-    out.extend(A[pos:])
-    return "\n".join(out)
-
-
-# --- the round-trip document -----------------------------------------------------------------
-
-def _detect_indent(text: str) -> tuple[int, int, int]:
-    """(mapping, sequence, offset) indentation most used by the file, as ruamel wants them."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        root = None
-    maps: Counter[int] = Counter()
-    seqs: Counter[tuple[int, int]] = Counter()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(v, yaml.MappingNode) and not v.flow_style and v.value:
-                    step = v.start_mark.column - k.start_mark.column
-                    if step > 0:
-                        maps[step] += 1
-                elif isinstance(v, yaml.SequenceNode) and not v.flow_style and v.value:
-                    dash = v.start_mark.column - k.start_mark.column
-                    item = v.value[0].start_mark.column - k.start_mark.column
-                    if dash >= 0 and item >= dash + 2:
-                        seqs[(item, dash)] += 1
-                walk(v)
-        elif isinstance(node, yaml.SequenceNode):
-            for item in node.value:
-                walk(item)
-
-    walk(root)
-    mapping = maps.most_common(1)[0][0] if maps else 2
-    if seqs:
-        sequence, offset = seqs.most_common(1)[0][0]
-    else:
-        sequence, offset = mapping + 2, mapping
-    return mapping, sequence, offset
-
-
-def _needs_quotes(value: str) -> bool:
-    from engine.yamlio.document import resolve_scalar
-
-    if value == "":
-        return True
-    try:
-        return resolve_scalar(value) != value
-    except Exception:
-        return True
-
-
-def _flow(node: Any) -> bool | None:
-    if isinstance(node, (CommentedMap, CommentedSeq)):
-        return node.fa.flow_style()
-    return None
-
-
-def _new_map(flow: bool, items: Mapping[str, Any] = {}) -> CommentedMap:
-    m = CommentedMap()
-    for k, v in items.items():
-        m[k] = _to_node(v, flow=True) if flow else _to_node(v)
-    if flow:
-        m.fa.set_flow_style()
-    else:
-        m.fa.set_block_style()
-    return m
-
-
-def _new_seq(flow: bool, items: Iterable[Any] = ()) -> CommentedSeq:
-    s = CommentedSeq(_to_node(v, flow=True) for v in items)
-    if flow:
-        s.fa.set_flow_style()
-    else:
-        s.fa.set_block_style()
-    return s
-
-
-def _to_node(value: Any, *, flow: bool = True, like: Any = None) -> Any:
-    """A Python value as a ruamel node: strings that the strict loader would read as something
-    else are quoted (ruamel's YAML 1.2 rules would write `yes` or `0755` bare)."""
-    if isinstance(value, str):
-        if isinstance(like, SingleQuotedScalarString) and "\n" not in value:
-            return SingleQuotedScalarString(value)
-        if isinstance(like, DoubleQuotedScalarString) or _needs_quotes(value):
-            return DoubleQuotedScalarString(value)
-        return value
-    if isinstance(value, dict):
-        return _new_map(flow, value)
-    if isinstance(value, list):
-        return _new_seq(flow, value)
-    return value
-
-
-def _majority_flow(values: Iterable[Any], default: bool) -> bool:
-    votes = Counter(_flow(v) for v in values if isinstance(v, (CommentedMap, CommentedSeq)) and len(v))
-    votes.pop(None, None)
-    if not votes:
-        return default
-    return votes[True] >= votes[False]
-
-
 class InventoryEditor:
     """An inventory file loaded for round-trip editing. Make edits with the methods, then
     `result()` gives the new text (or `save()` validates and writes it)."""
@@ -366,13 +124,13 @@ class InventoryEditor:
         text = text.lstrip("\ufeff")
         self.newline = "\r\n" if "\r\n" in text else "\n"
         self.text = text.replace("\r\n", "\n")
-        from engine.load.playbook import load_inventory
+        from engine.load.inventory import load_inventory
 
         self.before_inventory = load_inventory(self.path, dynamic=False)  # refuse to edit a broken file
         self.yaml = YAML(typ="rt")
         self.yaml.preserve_quotes = True
         self.yaml.width = 1 << 30
-        mapping, sequence, offset = _detect_indent(self.text)
+        mapping, sequence, offset = detect_indent(self.text)
         self.yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
         if re.search(r"(?m)^---(\s|$)", self.text):
             self.yaml.explicit_start = True
@@ -406,10 +164,10 @@ class InventoryEditor:
         return value
 
     def _hosts(self) -> CommentedMap:
-        return self._top("hosts", lambda: _new_map(False))
+        return self._top("hosts", lambda: new_map(False))
 
     def _groups(self) -> CommentedMap:
-        return self._top("groups", lambda: _new_map(False))
+        return self._top("groups", lambda: new_map(False))
 
     def _static_hosts(self) -> list[str]:
         return list(self.before_inventory.hosts)
@@ -433,8 +191,8 @@ class InventoryEditor:
         entry = hosts.get(name)
         if isinstance(entry, CommentedMap):
             return entry
-        flow = _majority_flow(hosts.values(), default=False)
-        entry = _new_map(flow)
+        flow = majority_flow(hosts.values(), default=False)
+        entry = new_map(flow)
         hosts[name] = entry
         return entry
 
@@ -443,7 +201,7 @@ class InventoryEditor:
         entry = groups.get(name)
         if isinstance(entry, CommentedMap):
             return entry
-        entry = _new_map(_majority_flow(groups.values(), default=False))
+        entry = new_map(majority_flow(groups.values(), default=False))
         groups[name] = entry
         return entry
 
@@ -451,10 +209,10 @@ class InventoryEditor:
         seq = entry.get(key)
         if isinstance(seq, CommentedSeq):
             return seq
-        flow = True if _flow(entry) else _majority_flow(
+        flow = True if flow_style(entry) else majority_flow(
             (s.get(key) for s in siblings if isinstance(s, CommentedMap)), default=True
         )
-        seq = _new_seq(flow)
+        seq = new_seq(flow)
         entry[key] = seq
         return seq
 
@@ -463,7 +221,7 @@ class InventoryEditor:
             if not create:
                 v = self.data.get("vars")
                 return v if isinstance(v, CommentedMap) else None
-            return self._top("vars", lambda: _new_map(False))
+            return self._top("vars", lambda: new_map(False))
         if target.kind == "host":
             if target.name not in self._static_hosts():
                 raise InventoryEditError(f"unknown host '{target.name}'{suggest(target.name, self._static_hosts())}")
@@ -481,10 +239,10 @@ class InventoryEditor:
         v = entry.get("vars")
         if isinstance(v, CommentedMap) or not create:
             return v if isinstance(v, CommentedMap) else None
-        flow = True if _flow(entry) else _majority_flow(
+        flow = True if flow_style(entry) else majority_flow(
             (s.get("vars") for s in siblings if isinstance(s, CommentedMap)), default=False
         )
-        v = _new_map(flow)
+        v = new_map(flow)
         entry["vars"] = v
         return v
 
@@ -520,13 +278,13 @@ class InventoryEditor:
         if vars:
             settings["vars"] = dict(vars)
         if settings:
-            flow = _majority_flow(hosts.values(), default=False)
-            entry: Any = _new_map(flow)
+            flow = majority_flow(hosts.values(), default=False)
+            entry: Any = new_map(flow)
             for k, v in settings.items():
-                entry[k] = _to_node(v, flow=flow)
+                entry[k] = to_node(v, flow=flow)
         else:
             empties = [v for v in hosts.values() if v is None or (isinstance(v, CommentedMap) and not v)]
-            entry = None if empties and all(v is None for v in empties) else _new_map(True)
+            entry = None if empties and all(v is None for v in empties) else new_map(True)
         hosts[name] = entry
         gmap = self.data.get("groups")
         for g in groups:
@@ -555,9 +313,9 @@ class InventoryEditor:
             _check_var_name(k)
         vmap = self._vars_of(target, create=True)
         assert vmap is not None
-        flow = bool(_flow(vmap))
+        flow = bool(flow_style(vmap))
         for k, v in values.items():
-            vmap[k] = _to_node(v, flow=True if flow else isinstance(v, (dict, list)), like=vmap.get(k))
+            vmap[k] = to_node(v, flow=True if flow else isinstance(v, (dict, list)), like=vmap.get(k))
         self.changes.append(f"set {', '.join(values)} on {target}")
 
     def unset_vars(self, target: Target, names: Sequence[str]) -> None:
@@ -605,20 +363,20 @@ class InventoryEditor:
         for k in vars or {}:
             _check_var_name(k)
         groups = self._groups()
-        flow = _majority_flow(groups.values(), default=False)
-        list_flow = _majority_flow(
+        flow = majority_flow(groups.values(), default=False)
+        list_flow = majority_flow(
             (g.get(k) for g in groups.values() if isinstance(g, CommentedMap) for k in ("hosts", "children")), default=True
         )
-        entry: Any = _new_map(flow)
+        entry: Any = new_map(flow)
         if hosts:
-            entry["hosts"] = _new_seq(flow or list_flow, dict.fromkeys(hosts))
+            entry["hosts"] = new_seq(flow or list_flow, dict.fromkeys(hosts))
         if children:
-            entry["children"] = _new_seq(flow or list_flow, dict.fromkeys(children))
+            entry["children"] = new_seq(flow or list_flow, dict.fromkeys(children))
         if vars:
-            entry["vars"] = _new_map(flow, vars)
+            entry["vars"] = new_map(flow, vars)
         if not entry:
             empties = [v for v in groups.values() if v is None or (isinstance(v, CommentedMap) and not v)]
-            entry = None if empties and all(v is None for v in empties) else _new_map(True)
+            entry = None if empties and all(v is None for v in empties) else new_map(True)
         groups[name] = entry
         for p in dict.fromkeys(parents):
             self._list_in(self._group_entry(p), "children", groups.values()).append(name)
@@ -673,7 +431,7 @@ class InventoryEditor:
                 os.unlink(tmp)
 
     def _validate(self, tmp: str) -> None:
-        from engine.load.playbook import load_inventory
+        from engine.load.inventory import load_inventory
 
         try:
             load_inventory(tmp, dynamic=False)

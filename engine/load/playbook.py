@@ -1,4 +1,4 @@
-"""Load a playbook or an inventory: YAML → schema validation → semantic checks → model objects.
+"""Load a playbook: YAML → schema validation → semantic checks → model objects.
 
 Everything wrong with the input is reported before anything runs, located at file:line:col and
 worded `path: 'field' must be X (got Y)`. Several problems are raised together as
@@ -9,96 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from engine import templating
+from engine.argschema import schema_for
+from engine.errors import GraphError, PlaybookError, TemplateError, ValidationError, suggest
 from engine.load import validcache
-from engine.argschema import describe_value, schema_for
-from engine.errors import (
-    GraphError,
-    LoadError,
-    Location,
-    PlaybookError,
-    TemplateError,
-    ValidationError,
-    ValidationErrors,
-    suggest,
-)
-from engine.model.config import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Source, Step
-from engine.module import all_modules, find_module, source_module, source_types
+from engine.load.common import find_cycle, is_number, locations, raise_all, read_mapping, walk_strings
 from engine.load.schema_errors import display_path, schema_errors
-from engine.load.schemas import inventory_schema, playbook_schema
-from engine.yamlio.document import Document, load_file
+from engine.load.schemas import playbook_schema
+from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
+from engine.module import all_modules, find_module, source_module, source_types
 
 if TYPE_CHECKING:  # imported when first needed: content validated before never needs it (validcache)
     import jsonschema
 
-__all__ = ["load_playbook", "load_inventory", "schema_errors", "display_path"]
+__all__ = ["load_playbook"]
 
 _FLEET_FIELDS = {f.name for f in dataclasses.fields(Fleet)}
-_CONNECTION_KEYS = ("connection", "user", "port", "key", "known_hosts", "kubeconfig", "context", "namespace")
 
-
-# --- shared helpers -------------------------------------------------------------------------
-
-def _read_mapping(path: str, what: str) -> Document:
-    doc = load_file(path)
-    if doc.data is None:
-        raise LoadError(f"the {what} file is empty", location=Location(str(path), 1, 1))
-    if not isinstance(doc.data, dict):
-        raise LoadError(
-            f"the {what} must be a mapping at the top level (got {describe_value(doc.data)})", location=doc.where(())
-        )
-    return doc
-
-
-def _raise(errors: list[PlaybookError]) -> None:
-    if not errors:
-        return
-    unique: list[PlaybookError] = []
-    seen: set[str] = set()
-    for e in errors:
-        if str(e) not in seen:
-            seen.add(str(e))
-            unique.append(e)
-    unique.sort(key=lambda e: (e.location.line, e.location.col) if e.location else (0, 0))
-    raise unique[0] if len(unique) == 1 else ValidationErrors(unique)
-
-
-def _walk_strings(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _walk_strings(v, path + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _walk_strings(v, path + (i,))
-
-
-def _locations(doc: Document, prefix: tuple, data: Any) -> dict[tuple, Location]:
-    """Where each value inside `data` (found at `prefix`) is written, keyed by relative path."""
-    out: dict[tuple, Location] = {}
-
-    def walk(value: Any, rel: tuple) -> None:
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        for k, v in items:
-            sub = rel + (k,)
-            loc = doc.exact(prefix + sub)
-            if loc is not None:
-                out[sub] = loc
-            walk(v, sub)
-
-    walk(data, ())
-    return out
-
-
-# --- playbook -------------------------------------------------------------------------------
 
 class _PlaybookLoader:
     def __init__(self, path: str) -> None:
         self.path = str(path)
-        self.doc = _read_mapping(self.path, "playbook")
+        self.doc = read_mapping(self.path, "playbook")
         self.data: dict[str, Any] = self.doc.data
         self.errors: list[PlaybookError] = []
         self.modules = _LazyModules()
@@ -119,7 +53,7 @@ class _PlaybookLoader:
         all_steps = source_steps + steps
         self.infer_and_check_needs(all_steps, sources)
         self.check_cycles(all_steps)
-        _raise(self.errors)
+        raise_all(self.errors)
         if not self.validated:
             validcache.remember(marker)
         name = self.data.get("name")
@@ -214,7 +148,7 @@ class _PlaybookLoader:
             self.check_args(module, args, at)
             location = self.doc.key_where(at)
             sources[name] = Source(name=name, type=kind, module=module, args=args, location=location)
-            arg_locs = _locations(self.doc, at, args)
+            arg_locs = locations(self.doc, at, args)
             step = Step(
                 id=f"sources.{name}",
                 module=module,
@@ -292,13 +226,13 @@ class _PlaybookLoader:
                 fleet=fleet,
                 args=args,
                 needs=tuple(n for n in needs if isinstance(n, str)),
-                timeout=float(timeout) if _is_number(timeout) else None,
+                timeout=float(timeout) if is_number(timeout) else None,
                 retries=spec["retries"] if isinstance(spec.get("retries"), int) and not isinstance(spec.get("retries"), bool) else 0,
-                retry_delay=float(retry_delay) if _is_number(retry_delay) else 1.0,
+                retry_delay=float(retry_delay) if is_number(retry_delay) else 1.0,
                 when=when,
                 description=spec.get("description") if isinstance(spec.get("description"), str) else "",
                 location=self.doc.where(at),
-                args_locations=_locations(self.doc, at + ("args",), args),
+                args_locations=locations(self.doc, at + ("args",), args),
             )
             out.append({"step": step, "at": at, "args_at": at + ("args",), "needs": needs, "when_at": at + ("when",)})
         return out
@@ -319,7 +253,7 @@ class _PlaybookLoader:
                     self.located(GraphError, f"needs unknown {what} '{need}'{hint}", at + ("needs", j))
                 elif need not in needs:
                     needs.append(need)
-            templates = [(entry["args_at"] + rel, text) for rel, text in _walk_strings(dict(step.args))]
+            templates = [(entry["args_at"] + rel, text) for rel, text in walk_strings(dict(step.args))]
             if step.when is not None and entry["when_at"] is not None:
                 expr = step.when if templating.is_template(step.when) else "{{ " + step.when + " }}"
                 templates.append((entry["when_at"], expr))
@@ -353,39 +287,6 @@ class _PlaybookLoader:
         self.located(GraphError, f"steps need each other in a cycle: {text}", first["at"])
 
 
-def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str]:
-    """A cycle of a small directed graph (`node -> successors`) as the list of its nodes in edge
-    order, or [] when there is none. The loader's checks run before the execution graph (a
-    networkx DAG, engine/execute/graph.py) is built, and without importing networkx."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str]:
-        state[node] = 1
-        path.append(node)
-        for nxt in edges.get(node, ()):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt):]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return []
-
-    for node in edges:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return list(found)
-    return []
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 class _LazyModules:
     """The module registry as the loader reads it: one module imported per name asked for; all of
     them only when a name is unknown (to suggest the closest)."""
@@ -414,128 +315,4 @@ def load_playbook(path: str) -> Playbook:
 
 # --- inventory ------------------------------------------------------------------------------
 
-def _resolve_path(value: Any, base_dir: str) -> Any:
-    if not isinstance(value, str):
-        return value
-    value = os.path.expanduser(value)
-    return os.path.normpath(value if os.path.isabs(value) else os.path.join(base_dir, value))
 
-
-def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
-    """Load and validate an inventory file; see docs/inventory.md.
-
-    Hosts named only in a group's `hosts` list are created with the defaults. `key` and
-    `known_hosts` are resolved relative to the inventory's directory. `Host.groups` lists the
-    groups a host is directly in, in file order.
-
-    With `dynamic` (the default), the file's `dynamic:` sources (AWS EC2) are queried once per
-    process and their hosts and groups merged in (engine/load/ec2.py); without it only the
-    file is read, and groups that a source may create are empty placeholders.
-    """
-    path = str(path)
-    doc = _read_mapping(path, "inventory")
-    data: dict[str, Any] = doc.data
-    schema = inventory_schema()
-    marker = validcache.key("inventory", schema, data)
-    validated = validcache.known(marker)
-    errors: list[PlaybookError] = [] if validated else schema_errors(schema, data, doc)
-    base_dir = os.path.dirname(os.path.abspath(path))
-
-    defaults = dict(data["defaults"]) if isinstance(data.get("defaults"), dict) else {}
-    for k in ("key", "known_hosts", "kubeconfig"):
-        if k in defaults:
-            defaults[k] = _resolve_path(defaults[k], base_dir)
-
-    raw_hosts = data.get("hosts") if isinstance(data.get("hosts"), dict) else {}
-    raw_groups = data.get("groups") if isinstance(data.get("groups"), dict) else {}
-    specs: dict[str, tuple[dict[str, Any], Location | None]] = {}
-    for name, spec in raw_hosts.items():
-        specs[str(name)] = (spec if isinstance(spec, dict) else {}, doc.key_where(("hosts", name)))
-
-    groups: dict[str, Group] = {}
-    member_of: dict[str, list[str]] = {}
-    group_names = [str(g) for g in raw_groups]
-    sources: list[tuple[str, dict[str, Any], tuple]] = []
-    if isinstance(data.get("dynamic"), list):
-        from engine.load.ec2 import dynamic_group_matcher, dynamic_sources
-
-        sources = dynamic_sources(data["dynamic"])
-    from_source = dynamic_group_matcher(sources) if sources else (lambda _name: False)
-    placeholders: list[str] = []
-    for gname, gspec in raw_groups.items():
-        gname = str(gname)
-        gspec = gspec if isinstance(gspec, dict) else {}
-        hosts = [h for h in gspec.get("hosts") or [] if isinstance(h, str)] if isinstance(gspec.get("hosts"), list) else []
-        children = [c for c in gspec.get("children") or [] if isinstance(c, str)] if isinstance(gspec.get("children"), list) else []
-        for j, h in enumerate(hosts):
-            if h not in specs:
-                specs[h] = ({}, doc.where(("groups", gname, "hosts", j)))
-            member_of.setdefault(h, [])
-            if gname not in member_of[h]:
-                member_of[h].append(gname)
-        for j, child in enumerate(children):
-            if child not in raw_groups and child != "all" and from_source(child):
-                placeholders.append(child)  # filled by its dynamic source
-            elif child not in raw_groups:
-                hint = suggest(child, group_names)
-                if child == "all":
-                    msg = "'all' holds every host; it cannot be a child group"
-                else:
-                    msg = f"unknown group '{child}' in children{hint}"
-                errors.append(ValidationError(msg, location=doc.where(("groups", gname, "children", j)),
-                                              path=display_path(("groups", gname, "children", j))))
-        gvars = gspec.get("vars")
-        groups[gname] = Group(
-            name=gname,
-            hosts=tuple(dict.fromkeys(hosts)),
-            children=tuple(c for c in dict.fromkeys(children) if c in raw_groups or c in placeholders),
-            vars=dict(gvars) if isinstance(gvars, dict) else {},
-            location=doc.key_where(("groups", gname)),
-        )
-
-    for name in dict.fromkeys(placeholders):
-        groups[name] = Group(name=name)
-
-    cycle = find_cycle({g.name: g.children for g in groups.values()})
-    if cycle:
-        start = min(range(len(cycle)), key=lambda i: group_names.index(cycle[i]))
-        cycle = cycle[start:] + cycle[:start]
-        errors.append(GraphError(f"groups contain each other in a cycle: {' -> '.join(cycle + [cycle[0]])}",
-                                 location=doc.key_where(("groups", cycle[0])), path=display_path(("groups", cycle[0]))))
-
-    _raise(errors)
-    if not validated:
-        validcache.remember(marker)
-
-    hosts: dict[str, Host] = {}
-    for name, (spec, location) in specs.items():
-        settings = {k: spec.get(k, defaults.get(k)) for k in _CONNECTION_KEYS}
-        hvars = spec.get("vars")
-        hosts[name] = Host(
-            name=name,
-            connection=settings["connection"] or "ssh",
-            address=spec.get("address"),
-            port=settings["port"] if settings["port"] is not None else 22,
-            user=settings["user"],
-            key=_resolve_path(settings["key"], base_dir) if "key" in spec else settings["key"],
-            known_hosts=_resolve_path(settings["known_hosts"], base_dir) if "known_hosts" in spec else settings["known_hosts"],
-            kubeconfig=_resolve_path(settings["kubeconfig"], base_dir) if "kubeconfig" in spec else settings["kubeconfig"],
-            context=settings["context"],
-            namespace=settings["namespace"],
-            vars=dict(hvars) if isinstance(hvars, dict) else {},
-            groups=tuple(member_of.get(name, ())),
-            location=location,
-        )
-    all_vars = data.get("vars")
-    inventory = Inventory(
-        path=path,
-        hosts=hosts,
-        groups=groups,
-        vars=dict(all_vars) if isinstance(all_vars, dict) else {},
-        defaults=defaults,
-    )
-    if dynamic and sources:
-        from engine.load.ec2 import merge_dynamic
-
-        return merge_dynamic(inventory, sources, doc=doc, explicit_hosts=raw_hosts)
-    return inventory

@@ -21,6 +21,7 @@ __all__ = [
     "Source",
     "Step",
     "Playbook",
+    "Loaded",
 ]
 
 CONTROLLER = "controller"
@@ -144,3 +145,11 @@ class Playbook:
             if s.id == step_id:
                 return s
         raise KeyError(step_id)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A playbook with the inventory it runs against, both loaded and validated."""
+
+    playbook: Playbook
+    inventory: Inventory

@@ -17,15 +17,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from engine.errors import PlaybookError
+from engine.errors import PlaybookError, RollbackRefused
 from engine.record.history import History, RunRecord
 from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
 
 __all__ = ["RollbackPlan", "plan_rollback", "RollbackRefused"]
-
-
-class RollbackRefused(PlaybookError, RuntimeError):
-    """The rollback would leave migrations applied; the message lists them."""
 
 
 @dataclass

@@ -19,20 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from engine.errors import LoadError, PlaybookError
-from engine.model.results import RunSummary
+from engine.errors import LoadError, PlaybookError, StalePlan
+from engine.model.jsonable import json_safe
+from engine.model.results import Change, Plan, RunSummary
 
-__all__ = ["FORMAT", "SavedPlan", "save_plan", "load_plan", "plan_hash", "drift", "StalePlan"]
+__all__ = ["FORMAT", "SavedPlan", "save_plan", "load_plan", "plan_hash", "check_files", "drift", "node_drift", "StalePlan"]
 
 FORMAT = "playbook-plan/1"
-
-
-class StalePlan(PlaybookError, RuntimeError):
-    """The world moved since the plan was made; `drifted` lists (host, step, why)."""
-
-    def __init__(self, message: str, drifted: list[tuple[str, str, str]]) -> None:
-        self.drifted = drifted
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -51,8 +44,6 @@ class SavedPlan:
 
 
 def _nodes(summary: RunSummary) -> list[dict[str, Any]]:
-    from engine.report.jsondoc import json_safe
-
     out = []
     for r in summary.results:
         plan = r.plan
@@ -143,8 +134,6 @@ def check_files(saved: SavedPlan) -> None:
 
 def drift(saved: SavedPlan, fresh: RunSummary) -> list[tuple[str, str, str]]:
     """(host, step, why) for every node whose fresh read-only plan differs from the saved one."""
-    from engine.execute.scheduler import _normal, _what_differs
-
     out: list[tuple[str, str, str]] = []
     now = {(n["step"], n["host"]): n for n in _nodes(fresh)}
     for key in sorted(set(saved.nodes) | set(now), key=lambda k: (k[1] or "", k[0])):
@@ -162,3 +151,30 @@ def drift(saved: SavedPlan, fresh: RunSummary) -> list[tuple[str, str, str]]:
         elif _normal(a["fingerprint"]) != _normal(b["fingerprint"]):
             out.append((who, step, _what_differs(a["fingerprint"], b["fingerprint"])))
     return out
+
+
+def _normal(value: Any) -> Any:
+    return json.loads(json.dumps(json_safe(value), sort_keys=True))
+
+
+def _what_differs(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    a, b = _normal(dict(before or {})), _normal(dict(after or {}))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "changed " + ", ".join(keys) if keys else "fingerprint changed"
+
+
+def node_drift(expected: Mapping[str, Any] | None, plan: Plan, *, upstream_changed: bool) -> str:
+    """Why a node's fresh plan, made just before `apply` changes anything, is not the saved one
+    (`expected`, that node's entry in the plan file); "" when it is, or when there is none.
+
+    Nodes downstream of a change legitimately see a different world than at review time (the
+    upstream change has been applied since), so only the change itself is compared there."""
+    if expected is None:
+        return ""
+    if expected.get("change") == Change.NO_CHANGE.value and plan.change != Change.NO_CHANGE:
+        return "drifted since the plan: it planned no change, now it would change (" + plan.reason + ")"
+    if upstream_changed:
+        return ""
+    if _normal(expected.get("fingerprint", {})) != _normal(dict(plan.fingerprint)):
+        return f"drifted since the plan: {_what_differs(expected.get('fingerprint', {}), plan.fingerprint)}"
+    return ""

@@ -40,23 +40,19 @@ host_finished, message, and run_finished (`"summary"`: the document above).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import enum
 import json
-import math
 import threading
 import time
-from pathlib import PurePath
 from typing import IO, Any, Mapping
 
 from engine.model.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
-from engine.model.results import Diff, Plan, RunSummary, StepResult, UnknownValue
-from engine.secrets import MASK, SCRUBBER, Scrubber, Secret
+from engine.model.jsonable import json_safe
+from engine.model.results import Plan, RunSummary, StepResult
+from engine.secrets import SCRUBBER, Scrubber
 
 __all__ = [
     "FORMAT_VERSION",
-    "json_safe",
     "result_to_dict",
     "plan_to_dict",
     "summary_to_dict",
@@ -67,46 +63,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _NO_SCRUB = Scrubber()  # for inner documents that the caller scrubs as a whole
-
-
-def json_safe(value: Any) -> Any:
-    """Convert `value` into plain JSON types.
-
-    Unknown-until-applied values and non-finite floats become None, bytes are decoded (UTF-8,
-    invalid bytes replaced), a `Secret` becomes its mask, enums their value, tuples/sets lists,
-    paths and anything else unrecognised their `str`.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, UnknownValue):
-        return None
-    if isinstance(value, Secret):
-        return MASK
-    if isinstance(value, enum.Enum):
-        return json_safe(value.value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, Diff):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {str(json_safe(k)): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        items = [json_safe(v) for v in value]
-        try:
-            return sorted(items)
-        except TypeError:
-            return items
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: json_safe(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, PurePath):
-        return str(value)
-    return str(value)
 
 
 def _iso(ts: float) -> str | None:

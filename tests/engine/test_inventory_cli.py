@@ -275,7 +275,7 @@ def test_dry_run_prints_diff_and_changes_nothing(inv, capsys):
 
 def test_set_var_quoted_string(inv, capsys):
     assert cli("-i", str(inv), "set-var", "--host", "web02", 'flag="yes"', "mode='0755'") == 0
-    from engine.load.playbook import load_inventory
+    from engine.load.inventory import load_inventory
 
     assert dict(load_inventory(str(inv)).hosts["web02"].vars) == {"flag": "yes", "mode": "0755"}
 

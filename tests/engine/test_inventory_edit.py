@@ -16,14 +16,14 @@ from engine.load.inventory_edit import (
     Target,
     add_group,
     add_host,
-    merge_edit,
     parse_assignment,
     parse_value,
     remove_host,
     set_vars,
     unset_vars,
 )
-from engine.load.playbook import load_inventory
+from engine.load.inventory import load_inventory
+from engine.yamlio.roundtrip import merge_edit
 
 # comments above, inline comments, flow mappings, quoted strings, blank lines, aligned values,
 # text before `---`, an indentless block list and a 2-space indented one

@@ -18,7 +18,8 @@ import pytest
 
 import engine.module as module_registry
 from engine.errors import GraphError, LoadError, Location, PlaybookError, ValidationErrors
-from engine.load.playbook import load_inventory, load_playbook
+from engine.load.inventory import load_inventory
+from engine.load.playbook import load_playbook
 from engine.model.config import CONTROLLER
 from engine.module import all_modules, arg
 from engine.load.schemas import inventory_schema, playbook_schema, rendered_schemas

@@ -11,7 +11,8 @@ from rich.console import Console
 from engine.model.events import HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
 from engine.report.console import ConsoleReporter
 from engine.report.diffs import compress_hosts, describe_hosts, group_hosts, render_diff
-from engine.report.jsondoc import JsonLinesReporter, JsonReporter, json_safe, summary_to_dict
+from engine.model.jsonable import json_safe
+from engine.report.jsondoc import JsonLinesReporter, JsonReporter, summary_to_dict
 from engine.model.results import UNKNOWN, Diff, Plan, RunSummary, Status, StepResult
 from engine.secrets import MASK, Scrubber, Secret
 

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from engine.load import inventory as inventory_loader
 from engine.load import playbook as loader
 from engine.load import validcache
 from engine.errors import PlaybookError
@@ -35,6 +36,7 @@ def counted(monkeypatch, tmp_path):
         return real(*a, **kw)
 
     monkeypatch.setattr(loader, "schema_errors", counting)
+    monkeypatch.setattr(inventory_loader, "schema_errors", counting)
     return calls
 
 
@@ -80,6 +82,6 @@ def test_inventory_too(counted, tmp_path):
         groups:
           web: {hosts: [web1]}
         """)
-    loader.load_inventory(path)
+    inventory_loader.load_inventory(path)
     counted.clear()
-    assert list(loader.load_inventory(path).hosts) == ["web1"] and counted == []
+    assert list(inventory_loader.load_inventory(path).hosts) == ["web1"] and counted == []

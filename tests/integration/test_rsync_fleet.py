@@ -20,7 +20,8 @@ from engine.model.config import Fleet, Group, Inventory, Playbook, Step
 from engine.module import ApplyContext, PlanContext, get_module
 from engine.connection.base import ReadOnly
 from engine.model.results import Change, Status
-import modules.rsync as rsync_mod
+import modules._support.rsync_transfer as transfer
+from engine.connection.openssh import ssh_command
 from modules.rsync import RsyncArgs
 
 pytestmark = pytest.mark.fleet
@@ -90,13 +91,13 @@ def tree_of(root: Path) -> dict[str, bytes | str]:
 @pytest.fixture
 def count_rsync(monkeypatch):
     calls: list[tuple[str | None, int]] = []
-    real = rsync_mod._run_rsync
+    real = transfer.run_rsync
 
     def counting(ctx, argv, paths, nbytes):
         calls.append((ctx.host, len(paths)))
         return real(ctx, argv, paths, nbytes)
 
-    monkeypatch.setattr(rsync_mod, "_run_rsync", counting)
+    monkeypatch.setattr(transfer, "run_rsync", counting)
     return calls
 
 
@@ -160,7 +161,7 @@ def test_releases_on_fleet_then_cache_clear_only_when_changed(sshd_fleet, tmp_pa
 
 def test_unknown_host_key_is_refused_by_rsync_too(sshd_fleet, tmp_path, monkeypatch):
     """A transfer over the relay limit runs its own OpenSSH, as strict as the engine."""
-    monkeypatch.setattr(rsync_mod, "RELAY_MAX_BYTES", -1)
+    monkeypatch.setattr(transfer, "RELAY_MAX_BYTES", -1)
     src = tmp_path / "src"
     make_tree(src, 5)
     partial_kh = sshd_fleet.write_known_hosts(tmp_path / "known_hosts_partial", only=[1, 2])
@@ -195,14 +196,14 @@ def test_host_down_mid_deploy_fails_alone_and_converges_later(fleet_factory, tmp
 
     for rel in names[:10]:
         write(src / rel, "<?php // v2\n", mtime=1_760_000_000)
-    real = rsync_mod._run_rsync
+    real = transfer.run_rsync
 
     def dying(ctx, argv, paths, nbytes):
         if ctx.host == fleet[1].name:
             fleet.stop_host(1)  # sshd (and every session it forked) dies after the release was prepared
         return real(ctx, argv, paths, nbytes)
 
-    monkeypatch.setattr(rsync_mod, "_run_rsync", dying)
+    monkeypatch.setattr(transfer, "run_rsync", dying)
     summary, res = d.run(release_id="20260101T000002Z")
     monkeypatch.undo()
     assert summary.exit_code() == 1
@@ -228,7 +229,7 @@ def test_host_down_mid_deploy_fails_alone_and_converges_later(fleet_factory, tmp
 @pytest.mark.parametrize("relayed", [False, True], ids=["ssh", "relay"])
 def test_sshd_killed_while_rsync_is_transferring(fleet_factory, tmp_path, monkeypatch, relayed):
     if relayed:  # the 160 MB below would go over OpenSSH; through the engine's connection instead
-        monkeypatch.setattr(rsync_mod, "RELAY_MAX_BYTES", 1 << 30)
+        monkeypatch.setattr(transfer, "RELAY_MAX_BYTES", 1 << 30)
     fleet = fleet_factory(1)
     src = tmp_path / "src"
     make_tree(src, 10)
@@ -237,13 +238,13 @@ def test_sshd_killed_while_rsync_is_transferring(fleet_factory, tmp_path, monkey
     for i in range(40):
         (src / "big").mkdir(exist_ok=True)
         (src / "big" / f"blob{i}").write_bytes(os.urandom(4 << 20))
-    real = rsync_mod._run_rsync
+    real = transfer.run_rsync
 
     def killer(ctx, argv, paths, nbytes):
         threading.Timer(0.15, fleet.stop_host, args=(0,)).start()
         return real(ctx, argv, paths, nbytes)
 
-    monkeypatch.setattr(rsync_mod, "_run_rsync", killer)
+    monkeypatch.setattr(transfer, "run_rsync", killer)
     summary, res = d.run(release_id="20260101T000002Z")
     assert summary.exit_code() == 1, [r.message for r in summary.results]
     assert os.readlink(d.dest(0) / "current") == "releases/20260101T000001Z"
@@ -303,7 +304,7 @@ def test_rsync_ssh_negotiates_the_engines_key_exchange(sshd_fleet):
     """rsync's OpenSSH asks for curve25519-sha256 first (what paramiko negotiates), not OpenSSH 9's
     far costlier sntrup761 hybrid, and AES-GCM before chacha20; still strict about the host key."""
     host = sshd_fleet.model_hosts()[0]
-    proc = subprocess.run([*rsync_mod.ssh_command(host), "-v", host.hostname, "true"], capture_output=True,
+    proc = subprocess.run([*ssh_command(host), "-v", host.hostname, "true"], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "kex: algorithm: curve25519-sha256" in proc.stderr
@@ -331,8 +332,8 @@ def test_deletions_over_ssh_with_and_without_a_transfer(sshd_fleet, tmp_path, co
     write(src / names[0], "<?php // changed\n", mtime=1_750_000_000)
     count_rsync.clear()
     argvs = []
-    counting = rsync_mod._run_rsync
-    monkeypatch.setattr(rsync_mod, "_run_rsync", lambda ctx, argv, paths, n: (argvs.append(argv), counting(ctx, argv, paths, n)))
+    counting = transfer.run_rsync
+    monkeypatch.setattr(transfer, "run_rsync", lambda ctx, argv, paths, n: (argvs.append(argv), counting(ctx, argv, paths, n)))
     assert d.run(release_id=f"del{time.time_ns()}")[0].exit_code() == 0
     assert sorted(h for h, _ in count_rsync) == sshd_fleet.names  # one rsync per host, nothing more
     assert all(any(a.startswith("--rsync-path=cd -- ") and " rm -rf -- " in a for a in argv) for argv in argvs)
@@ -373,7 +374,7 @@ def test_small_transfers_ride_the_engines_connection(fleet_factory, tmp_path, mo
     write(src / names[0], "<?php // v2\n", mtime=1_750_000_000)
     (src / "it's here").unlink()  # a deletion rides on the relayed session's --rsync-path too
     assert run_counting_logins() == [1, 1]
-    monkeypatch.setattr(rsync_mod, "RELAY_MAX_BYTES", -1)
+    monkeypatch.setattr(transfer, "RELAY_MAX_BYTES", -1)
     write(src / names[1], "<?php // v3\n", mtime=1_760_000_000)
     assert run_counting_logins() == [2, 2]
     assert not subprocess.run(["pgrep", "-f", "playbook-relay"], capture_output=True).stdout  # no cat left
@@ -389,9 +390,9 @@ def test_relay_reports_the_hosts_error(sshd_fleet, tmp_path):
         conn = pool.get(host)
         ctx = ApplyContext(conn=conn, host=host.name, step="sync", vars={}, run_id="relay-err", release_id="r1",
                            state_dir=str(tmp_path), target=host, mode="run")
-        argv = rsync_mod.rsync_argv(host, str(src), dest, chown=None, chmod=None)
+        argv = transfer.rsync_argv(host, str(src), dest, chown=None, chmod=None)
         argv = [*argv[:-2], "--rsync-path=/nonexistent/rsync", *argv[-2:]]
         with pytest.raises(ModuleError, match=r"(?s)rsync exited \d+: .*/nonexistent/rsync: (not found|No such file)"):
-            rsync_mod._run_rsync(ctx, argv, ["wp-content"], 100)
+            transfer.run_rsync(ctx, argv, ["wp-content"], 100)
         assert conn.run(["true"]).rc == 0  # the connection outlives the failed session
     assert not os.path.exists(dest)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from engine import api
-from modules._support.artifacts import ArtifactRecorder, history
+from engine.record.deployed import ArtifactRecorder, history
 from engine.cli import main
 from tests.harness.moto import MotoServer
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from modules._support.artifacts import DigestMismatch, record_deployed
+from engine.record.deployed import record_deployed
+from modules._support.artifacts import DigestMismatch
 from engine.errors import ArgError, ModuleError
 from engine.module import PlanContext
 from engine.model.results import Change

@@ -18,8 +18,10 @@ from modules._support.manifest import ExcludeRules, ChmodRules
 from engine.module import ApplyContext, PlanContext, get_module
 from modules._support.releases import RELEASE_INFO, releases_to_remove
 from engine.model.results import Change
-import modules.rsync as rsync_mod
-from modules.rsync import RsyncArgs, rsync_argv, source_manifest, ssh_command
+from engine.connection.openssh import ssh_command
+import modules._support.rsync_transfer as transfer
+from modules._support.rsync_transfer import rsync_argv
+from modules.rsync import RsyncArgs, source_manifest
 from engine.model.config import Host
 
 _ids = itertools.count()
@@ -369,7 +371,6 @@ def test_release_name_taken_gets_suffix(tmp_path, src):
 
 
 def test_failure_before_switch_leaves_current_intact(tmp_path, src, monkeypatch):
-    import modules.rsync as mod
 
     root = tmp_path / "app"
     deploy(tmp_path, rel_args(dest=str(root)), release_id="r1")
@@ -380,7 +381,7 @@ def test_failure_before_switch_leaves_current_intact(tmp_path, src, monkeypatch)
     def broken(ctx, argv, paths, nbytes):
         raise ModuleError("rsync exited 23: simulated", path="h1")
 
-    monkeypatch.setattr(mod, "_run_rsync", broken)
+    monkeypatch.setattr(transfer, "run_rsync", broken)
     with pytest.raises(ModuleError, match="simulated"):
         apply(tmp_path, p, common)
     assert os.readlink(root / "current") == "releases/r1"
@@ -457,7 +458,7 @@ def test_a_change_that_only_deletes_runs_no_rsync(tmp_path, src, monkeypatch):
     deploy(tmp_path, RsyncArgs(src="src", dest=str(dest)))
     (src / "d1" / "f001.txt").unlink()
     calls = []
-    monkeypatch.setattr(rsync_mod, "_run_rsync", lambda *a, **kw: calls.append(a))
+    monkeypatch.setattr(transfer, "run_rsync", lambda *a, **kw: calls.append(a))
     p, common = plan(tmp_path, RsyncArgs(src="src", dest=str(dest)))
     assert items(p) == {("-", "d1/f001.txt")}
     apply(tmp_path, p, common)

@@ -12,7 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from modules._support.artifacts import ArtifactRecorder, history, last_deployed, record_deployed
+from engine.record.deployed import ArtifactRecorder, history, last_deployed, record_deployed
 from engine.errors import ArgError, ModuleError
 from engine.model.events import RunFinished
 from modules._support.extract import UnsafeEntry
