@@ -191,14 +191,14 @@ def ctxs(kube_cluster, ns: str, run_id: str = "r1"):
 def test_conflict_is_retried_after_a_fresh_read(canary, kube_cluster, monkeypatch):
     """Someone else writes the ConfigMap between our read and our patch: the server answers 409
     (the patch carries the resourceVersion we read) and the switch is recomputed on a fresh read."""
-    import modules.canary_switch as cs
+    from modules._support.kube import Kube
 
     ns, core, apps, _ = canary
     module = get_module("canary_switch")
     pctx, actx = ctxs(kube_cluster, ns)
     plan = module.plan(pctx, CanaryArgs(action="switch"))
     assert plan.change == Change.WILL_CHANGE and set(plan.fingerprint) == {"configmap", "service"}
-    real_read, raced = cs._Kube.read, []
+    real_read, raced = Kube.read, []
 
     def racing_read(self, kind, name):
         obj = real_read(self, kind, name)
@@ -207,7 +207,7 @@ def test_conflict_is_retried_after_a_fresh_read(canary, kube_cluster, monkeypatc
             core.patch_namespaced_config_map("canary-env", ns, {"metadata": {"labels": {"touched": "yes"}}})
         return obj
 
-    monkeypatch.setattr(cs._Kube, "read", racing_read)
+    monkeypatch.setattr(Kube, "read", racing_read)
     module.apply(actx, plan)
     monkeypatch.undo()
     env, selector, _ = live(core, apps, ns, "green")
