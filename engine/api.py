@@ -1,25 +1,32 @@
 """The programmatic API: load, check, plan, run. It never prints; results are values and events.
 
-The CLI (`engine.cli`) is a thin shell over these functions.
+`execute` is one plan or run. What the `playbook` command does around it is here too, so any
+Python caller gets it: `run` records a run in the history and the artifact records,
+`prepare_resume` continues an interrupted run, `save_plan` / `prepare_apply` write a plan and
+apply exactly it, `prepare_rollback` goes back to a recorded release. The CLI (`engine.cli`)
+parses, calls these, and prints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-import os
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from engine.errors import LoadError
 from engine.model.events import Event, EventBus
 from engine.execute.locks import LockInfo, acquire_all, default_lock_path, release_all
+from engine.load.inputs import find_inventory, parse_extra_vars, resolve_secrets
 from engine.model.config import Loaded, Playbook
 from engine.execute.options import RunOptions, resolve_fleets
 from engine.model.results import RunSummary
+from engine.record.savedplan import file_hash
 
 if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait for the graph library
     from engine.connection.pool import ConnectionPool
     from engine.execute.scheduler import Executor
+    from engine.record.rollback import RollbackPlan
 
 __all__ = [
     "Loaded",
@@ -33,22 +40,14 @@ __all__ = [
     "new_release_id",
     "file_hash",
     "resolve_secrets",
+    "run",
+    "prepare_resume",
+    "save_plan",
+    "SavedApply",
+    "prepare_apply",
+    "Rollback",
+    "prepare_rollback",
 ]
-
-
-def find_inventory(playbook: Playbook, explicit: str | None) -> str:
-    """`-i` wins; then the playbook's `inventory:` (relative to it); then $PLAYBOOK_INVENTORY."""
-    if explicit:
-        return explicit
-    if playbook.inventory:
-        return os.path.normpath(os.path.join(os.path.dirname(playbook.path), playbook.inventory))
-    env = os.environ.get("PLAYBOOK_INVENTORY")
-    if env:
-        return env
-    raise LoadError(
-        "no inventory: pass -i INVENTORY, set `inventory:` in the playbook, or set $PLAYBOOK_INVENTORY",
-        path=playbook.path,
-    )
 
 
 def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
@@ -60,90 +59,12 @@ def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
     return Loaded(pb, inv)
 
 
-def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
-    """`-e key=value` (a string), `-e @vars.yml`, `-e '{"json": "object"}'`; later ones win."""
-    from engine.yamlio.document import load_file
-
-    result: dict[str, Any] = {}
-    for item in items:
-        if item.startswith("@"):
-            doc = load_file(item[1:])
-            if not isinstance(doc.data, dict):
-                raise LoadError(f"extra vars file must hold a mapping (got {type(doc.data).__name__})", path=item[1:])
-            result.update(doc.data)
-        elif item.lstrip().startswith("{"):
-            import json
-
-            try:
-                data = json.loads(item)
-            except json.JSONDecodeError as exc:
-                raise LoadError(f"-e JSON is not valid: {exc}") from None
-            if not isinstance(data, dict):
-                raise LoadError("-e JSON must be an object")
-            result.update(data)
-        elif "=" in item:
-            key, _, value = item.partition("=")
-            key = key.strip()
-            if not key.isidentifier():
-                raise LoadError(f"-e: '{key}' is not a valid variable name (expected key=value)")
-            result[key] = value
-        else:
-            raise LoadError(f"-e expects key=value, @file.yml or a JSON object (got {item!r})")
-    return result
-
-
-def resolve_secrets(playbook: Playbook, cli: Sequence[str] = ()) -> dict[str, str]:
-    """Secret vars: the playbook's `secrets:` (env or file) and `--secret NAME` (the value of env
-    var NAME) / `--secret NAME=@FILE`. Every value is registered with the scrubber before it is
-    used, so it is masked in every output; none ever travels in argv."""
-    from engine.secrets import SCRUBBER
-
-    found: dict[str, str] = {}
-
-    def read_file(name: str, path: str) -> str:
-        full = os.path.expanduser(path)
-        if not os.path.isabs(full):
-            full = os.path.join(os.path.dirname(os.path.abspath(playbook.path)), full)
-        try:
-            with open(full, encoding="utf-8") as fh:
-                return fh.read().rstrip("\n")
-        except OSError as exc:
-            raise LoadError(f"secret '{name}': cannot read file {path}: {exc.strerror}") from None
-
-    def read_env(name: str, var: str) -> str:
-        if var not in os.environ:
-            raise LoadError(f"secret '{name}': environment variable {var} is not set")
-        return os.environ[var]
-
-    for name, spec in playbook.secrets.items():
-        found[name] = read_env(name, spec["env"]) if "env" in spec else read_file(name, spec["file"])
-    for item in cli:
-        name, sep, rest = item.partition("=")
-        if not name.isidentifier():
-            raise LoadError(f"--secret: '{name}' is not a valid variable name (expected NAME or NAME=@FILE)")
-        if sep and not rest.startswith("@"):
-            raise LoadError(f"--secret {name}: give the value in the environment variable {name} or as "
-                            f"{name}=@FILE; a value on the command line would be visible to every user of the machine")
-        found[name] = read_file(name, rest[1:]) if sep else read_env(name, name)
-    for value in found.values():
-        SCRUBBER.add(value)
-    return found
-
-
 def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None) -> None:
     """Everything that can be known wrong without touching a host (engine/execute/check.py);
     raises ValidationErrors listing every problem."""
     from engine.execute.check import check as check_loaded  # jinja2 and networkx: not for `load`
 
     check_loaded(loaded, extra_vars, limit)
-
-
-def file_hash(path: str) -> str:
-    """sha256 of a file's bytes (playbook and inventory hashes in the history)."""
-    import hashlib
-
-    with open(path, "rb") as fh:
-        return "sha256:" + hashlib.sha256(fh.read()).hexdigest()
 
 
 def new_run_id() -> str:
@@ -245,3 +166,154 @@ def _acquire_locks(playbook: Playbook, executor: "Executor", connect: Callable[[
             release_all({h: (lambda h=h: connect(h)) for h in hosts}, path, held.run_id, workers=options.forks)
         raise
     return taken
+
+
+# -- what the `playbook` command does around `execute`: records, resume, saved plans, rollback --
+
+
+def run(
+    loaded: Loaded,
+    options: RunOptions,
+    *,
+    subscribers: Sequence[Callable[[Event], None]] = (),
+    on_executor: "Callable[[Executor], None] | None" = None,
+    pool: "ConnectionPool | None" = None,
+    connect: Callable[[str], Any] | None = None,
+    plan_hash: str = "",
+) -> RunSummary:
+    """`execute`, recorded as `playbook run` records it: in run mode the run goes into the history
+    (`<state_dir>/history.sqlite`, scrubbed of secrets) as it happens, and each source's deployed
+    digest into the artifact records once the run succeeded. A plan records nothing.
+
+    In run mode a new run id is assigned, and a release id unless `options` has one (a resume,
+    a saved plan, a rollback). `plan_hash` is the saved plan being applied, if any."""
+    subs = list(subscribers)
+    history = None
+    if options.mode == "run":
+        from engine.record.deployed import ArtifactRecorder
+        from engine.record.history import History, HistoryRecorder
+        from engine.secrets import SCRUBBER
+
+        history = History(options.state_dir)
+        options.run_id = new_run_id()
+        options.release_id = options.release_id or new_release_id()
+        subs.insert(0, HistoryRecorder(
+            history, name=loaded.playbook.name, release_id=options.release_id, limit=options.limit,
+            playbook_hash=file_hash(loaded.playbook.path), inventory_hash=file_hash(loaded.inventory.path),
+            plan_hash=plan_hash, scrub=SCRUBBER.scrub_obj,
+        ))
+        subs.append(ArtifactRecorder(options.state_dir, loaded.playbook.name))
+    try:
+        return execute(loaded, options, subscribers=subs, on_executor=on_executor, pool=pool, connect=connect)
+    finally:
+        if history is not None:
+            history.close()
+
+
+def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> None:
+    """Make `options` resume run `run_id` (`playbook run --resume`): the same release id, and the
+    (step, host) nodes it finished, with their outputs, marked done so only the rest runs.
+    Refused when the run is unknown, or the playbook, inventory or `--limit` differ from it."""
+    from engine.errors import PlaybookError
+    from engine.record.history import History
+
+    hist = History(options.state_dir)
+    try:
+        rec = hist.run(run_id)
+        if rec is None or rec.mode != "run":
+            raise PlaybookError(f"--resume: no run '{run_id}' in the history ({options.state_dir})")
+        if rec.playbook_hash != file_hash(loaded.playbook.path):
+            raise PlaybookError(f"--resume: the playbook changed since run {rec.run_id}; run it again instead")
+        if rec.inventory_hash != file_hash(loaded.inventory.path):
+            raise PlaybookError(f"--resume: the inventory changed since run {rec.run_id}; run it again instead")
+        if (rec.limit_pattern or None) != (options.limit or None):
+            raise PlaybookError(f"--resume: run {rec.run_id} used --limit {rec.limit_pattern!r}; resume with the same")
+        options.release_id = rec.release_id or options.release_id
+        options.resumed_from = rec.run_id
+        options.done = {(r["step"], r["host"]): r["outputs"] for r in hist.results(rec.run_id)
+                        if r["status"] in ("ok", "changed")}
+    finally:
+        hist.close()
+
+
+def save_plan(path: str, summary: RunSummary, loaded: Loaded, options: RunOptions, *,
+              secret_names: set[str]) -> str:
+    """Write a plan's summary to `path` for `playbook apply` (engine/record/savedplan.py) and
+    return its plan hash. Secret values never enter the file."""
+    from engine.record.savedplan import save_plan as write_plan
+    from engine.secrets import SCRUBBER
+
+    return write_plan(path, summary, playbook=loaded.playbook.path, inventory=loaded.inventory.path,
+                      extra_vars=options.extra_vars, secret_names=secret_names, limit=options.limit,
+                      release_id=options.release_id, scrubber=SCRUBBER)
+
+
+@dataclass(frozen=True)
+class SavedApply:
+    """A saved plan checked against the world, ready to `run`: its playbook and inventory, and
+    run options that apply exactly the saved nodes (`expected`) with the saved release id."""
+
+    loaded: Loaded
+    options: RunOptions
+    plan_hash: str
+    secret_names: frozenset[str]
+
+
+def prepare_apply(plan_file: str, *, secrets: Sequence[str] = (), forks: int = 50, state_dir: str = ".playbook",
+                  verbose: int = 0) -> SavedApply:
+    """Load a saved plan and check it still holds (`playbook apply`): refuse (`StalePlan`) when
+    its playbook or inventory changed, or when a fresh read-only plan from the same inputs
+    differs from it on any node, naming each host and step. Nothing is changed anywhere."""
+    from engine.errors import StalePlan
+    from engine.record.savedplan import check_files, drift, load_plan
+
+    saved = load_plan(plan_file)
+    check_files(saved)
+    loaded = load(saved.playbook, saved.inventory)
+    extra = dict(saved.extra_vars)
+    found = resolve_secrets(loaded.playbook, secrets)
+    extra.update(found)
+    check(loaded, extra, saved.limit)
+    verify = RunOptions(mode="plan", forks=forks, limit=saved.limit, extra_vars=extra,
+                        release_id=saved.release_id, state_dir=state_dir, verbose=verbose)
+    fresh = execute(loaded, verify)
+    drifted = drift(saved, fresh)
+    if drifted:
+        lines = "\n".join(f"  {host}  {step}: {why}" for host, step, why in drifted)
+        hosts = sorted({h for h, _, _ in drifted})
+        raise StalePlan(f"refusing to apply {plan_file}: the world changed since the plan on "
+                        f"{len(hosts)} host(s) ({', '.join(hosts)}):\n{lines}\nplan again and review the new plan",
+                        drifted)
+    options = RunOptions(mode="run", forks=forks, limit=saved.limit, extra_vars=extra, release_id=saved.release_id,
+                         state_dir=state_dir, verbose=verbose, expected=saved.nodes)
+    return SavedApply(loaded, options, saved.plan_hash, frozenset(found))
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """A rollback ready to `run`: the generated playbook (`loaded`), its options (the target
+    release id) and the plan it came from (`plan.current`, `plan.target`, what is undone)."""
+
+    plan: "RollbackPlan"
+    loaded: Loaded
+    options: RunOptions
+
+
+def prepare_rollback(loaded: Loaded, options: RunOptions, *, to: str | None = None,
+                     with_migrations: bool = False) -> Rollback:
+    """Plan a rollback of `loaded`'s playbook from its history in `options.state_dir` (engine/
+    record/rollback.py) and check the generated playbook; `options` gives mode, forks, limit and
+    extra vars (secrets included). Refused (`RollbackRefused`) when migrations would be left
+    applied without `with_migrations`."""
+    from engine.record.history import History
+    from engine.record.rollback import plan_rollback
+
+    hist = History(options.state_dir)
+    try:
+        plan = plan_rollback(loaded.playbook, hist, to=to, with_migrations=with_migrations)
+    finally:
+        hist.close()
+    assert plan.playbook is not None
+    rolled = Loaded(plan.playbook, loaded.inventory)
+    check(rolled, options.extra_vars, options.limit)
+    return Rollback(plan, rolled, dataclasses.replace(options, release_id=plan.target))

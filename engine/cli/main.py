@@ -137,60 +137,24 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
         opts = RunOptions(mode=mode, forks=ns.forks, limit=ns.limit, extra_vars=extra,
                           release_id=ns.release_id or "", state_dir=ns.state_dir, verbose=ns.verbose)
         if getattr(ns, "resume", None):
-            _prepare_resume(ns, loaded, opts)
-        return _execute(ns, loaded, opts, mode, secret_names=set(secrets), save_to=getattr(ns, "out", None),
-                        pool=pool)
+            api.prepare_resume(loaded, opts, ns.resume)
+        summary = _run(ns, loaded, opts, pool=pool)
     finally:  # a failed check: nothing ran on any host; close what was opened (execute closes it too)
         if pool is not None:
             pool.close_all()
+    save_to = getattr(ns, "out", None)
+    if save_to and mode == "plan":
+        digest = api.save_plan(save_to, summary, loaded, opts, secret_names=set(secrets))
+        sys.stderr.write(f"plan saved to {save_to} ({digest[:19]}…); apply it with: playbook apply {save_to}\n")
+    return summary.exit_code()
 
 
-def _prepare_resume(ns: argparse.Namespace, loaded: Any, opts: Any) -> None:
-    """`run --resume RUN_ID`: reuse its release id, skip what it finished (with its outputs)."""
-    from engine import api
-    from engine.record.history import History
-
-    hist = History(ns.state_dir)
-    try:
-        rec = hist.run(ns.resume)
-        if rec is None or rec.mode != "run":
-            raise PlaybookError(f"--resume: no run '{ns.resume}' in the history ({ns.state_dir})")
-        if rec.playbook_hash != api.file_hash(loaded.playbook.path):
-            raise PlaybookError(f"--resume: the playbook changed since run {rec.run_id}; run it again instead")
-        if rec.inventory_hash != api.file_hash(loaded.inventory.path):
-            raise PlaybookError(f"--resume: the inventory changed since run {rec.run_id}; run it again instead")
-        if (rec.limit_pattern or None) != (ns.limit or None):
-            raise PlaybookError(f"--resume: run {rec.run_id} used --limit {rec.limit_pattern!r}; resume with the same")
-        opts.release_id = rec.release_id or opts.release_id
-        opts.resumed_from = rec.run_id
-        opts.done = {(r["step"], r["host"]): r["outputs"] for r in hist.results(rec.run_id)
-                     if r["status"] in ("ok", "changed")}
-    finally:
-        hist.close()
-
-
-def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secret_names: set[str],
-             save_to: str | None = None, plan_hash: str = "", pool: Any = None) -> int:
+def _run(ns: argparse.Namespace, loaded: Any, opts: Any, *, plan_hash: str = "", pool: Any = None) -> Any:
+    """`api.run` with the chosen reporter, and SIGINT/SIGTERM asking the run to stop: in-flight
+    steps finish, nothing new starts; a second Ctrl-C aborts."""
     from engine import api
 
-    reporter = _reporter(ns.format, mode, ns.verbose, loaded.playbook)
-    subscribers: list[Any] = [reporter]
-    history = None
-    if mode == "run":
-        from engine.record.history import History, HistoryRecorder
-        from engine.secrets import SCRUBBER
-
-        history = History(ns.state_dir)
-        opts.run_id = api.new_run_id()
-        opts.release_id = opts.release_id or api.new_release_id()
-        subscribers.insert(0, HistoryRecorder(
-            history, name=loaded.playbook.name, release_id=opts.release_id, limit=opts.limit,
-            playbook_hash=api.file_hash(loaded.playbook.path), inventory_hash=api.file_hash(loaded.inventory.path),
-            plan_hash=plan_hash, scrub=SCRUBBER.scrub_obj,
-        ))
-        from engine.record.deployed import ArtifactRecorder
-
-        subscribers.append(ArtifactRecorder(opts.state_dir, loaded.playbook.name))
+    reporter = _reporter(ns.format, opts.mode, ns.verbose, loaded.playbook)
     executors: list[Any] = []
     interrupts = {"n": 0}
 
@@ -204,249 +168,38 @@ def _execute(ns: argparse.Namespace, loaded: Any, opts: Any, mode: str, *, secre
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
     try:
-        summary = api.execute(loaded, opts, subscribers=subscribers, on_executor=executors.append, pool=pool)
+        return api.run(loaded, opts, subscribers=[reporter], on_executor=executors.append, pool=pool,
+                       plan_hash=plan_hash)
     finally:
-        if history is not None:
-            history.close()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
         close = getattr(reporter, "close", None)
         if close:
             close()
-    if save_to and mode == "plan":
-        from engine.record.savedplan import save_plan
-        from engine.secrets import SCRUBBER
-
-        digest = save_plan(save_to, summary, playbook=loaded.playbook.path, inventory=loaded.inventory.path,
-                           extra_vars=opts.extra_vars, secret_names=secret_names, limit=opts.limit,
-                           release_id=opts.release_id, scrubber=SCRUBBER)
-        sys.stderr.write(f"plan saved to {save_to} ({digest[:19]}…); apply it with: playbook apply {save_to}\n")
-    return summary.exit_code()
 
 
 def _cmd_rollback(ns: argparse.Namespace) -> int:
     from engine import api
     from engine.execute.options import RunOptions
-    from engine.record.history import History
-    from engine.record.rollback import plan_rollback
 
     loaded = api.load(ns.playbook, ns.inventory)
     extra = api.parse_extra_vars(ns.extra_vars)
-    secrets = api.resolve_secrets(loaded.playbook, ns.secret)
-    extra.update(secrets)
-    hist = History(ns.state_dir)
-    try:
-        plan = plan_rollback(loaded.playbook, hist, to=ns.to, with_migrations=ns.with_migrations)
-    finally:
-        hist.close()
-    rolled = api.Loaded(plan.playbook, loaded.inventory)
-    api.check(rolled, extra, ns.limit)
-    mode = "plan" if ns.plan else "run"
+    extra.update(api.resolve_secrets(loaded.playbook, ns.secret))
+    opts = RunOptions(mode="plan" if ns.plan else "run", forks=ns.forks, limit=ns.limit, extra_vars=extra,
+                      state_dir=ns.state_dir, verbose=ns.verbose)
+    rb = api.prepare_rollback(loaded, opts, to=ns.to, with_migrations=ns.with_migrations)
+    plan = rb.plan
     sys.stderr.write(f"rollback of {loaded.playbook.name}: {plan.current} -> {plan.target}"
                      f" ({len(plan.undone)} run(s) undone, {len(plan.migrations)} migration(s) to revert)\n")
-    opts = RunOptions(mode=mode, forks=ns.forks, limit=ns.limit, extra_vars=extra, release_id=plan.target,
-                      state_dir=ns.state_dir, verbose=ns.verbose)
-    return _execute(ns, rolled, opts, mode, secret_names=set(secrets))
+    return _run(ns, rb.loaded, rb.options).exit_code()
 
 
 def _cmd_apply(ns: argparse.Namespace) -> int:
     from engine import api
-    from engine.execute.options import RunOptions
-    from engine.record.savedplan import StalePlan, check_files, drift, load_plan
 
-    saved = load_plan(ns.plan_file)
-    check_files(saved)
-    loaded = api.load(saved.playbook, saved.inventory)
-    extra = dict(saved.extra_vars)
-    secrets = api.resolve_secrets(loaded.playbook, ns.secret)
-    extra.update(secrets)
-    api.check(loaded, extra, saved.limit)
-    verify = RunOptions(mode="plan", forks=ns.forks, limit=saved.limit, extra_vars=extra,
-                        release_id=saved.release_id, state_dir=ns.state_dir, verbose=ns.verbose)
-    fresh = api.execute(loaded, verify)
-    drifted = drift(saved, fresh)
-    if drifted:
-        lines = "\n".join(f"  {host}  {step}: {why}" for host, step, why in drifted)
-        hosts = sorted({h for h, _, _ in drifted})
-        raise StalePlan(f"refusing to apply {ns.plan_file}: the world changed since the plan on "
-                        f"{len(hosts)} host(s) ({', '.join(hosts)}):\n{lines}\nplan again and review the new plan",
-                        drifted)
-    opts = RunOptions(mode="run", forks=ns.forks, limit=saved.limit, extra_vars=extra, release_id=saved.release_id,
-                      state_dir=ns.state_dir, verbose=ns.verbose, expected=saved.nodes)
-    return _execute(ns, loaded, opts, "run", secret_names=set(secrets), plan_hash=saved.plan_hash)
-
-
-def _cmd_validate(ns: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from engine import api
-    from engine.errors import ValidationErrors
-    from engine.load.inventory import load_inventory
-    from engine.load.playbook import load_playbook
-
-    err = Console(stderr=True, highlight=False)
-    out = Console(highlight=False)
-    extra = api.parse_extra_vars(ns.extra_vars)
-    bad = 0
-    for path in ns.files:
-        try:
-            if _looks_like_inventory(path):
-                load_inventory(path)
-            else:
-                pb = load_playbook(path)
-                try:
-                    inv_path = api.find_inventory(pb, ns.inventory)
-                except PlaybookError:
-                    inv_path = None
-                if inv_path:
-                    api.check(api.Loaded(pb, load_inventory(inv_path)), extra)
-            out.print(f"[green]ok[/green] {path}")
-        except ValidationErrors as exc:
-            bad += 1
-            for e in exc.errors:
-                err.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
-        except PlaybookError as exc:
-            bad += 1
-            err.print(f"[red]error:[/red] {_escape(str(exc))}", soft_wrap=True)
-    return 1 if bad else 0
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
-def _looks_like_inventory(path: str) -> bool:
-    from engine.yamlio.document import load_file
-
-    try:
-        data = load_file(path).data
-    except PlaybookError:
-        return False
-    return isinstance(data, dict) and ("hosts" in data or "groups" in data or "dynamic" in data) and "steps" not in data
-
-
-def _cmd_graph(ns: argparse.Namespace) -> int:
-    from engine.execute.graph import to_dot, to_mermaid
-    from engine.load.playbook import load_playbook
-
-    pb = load_playbook(ns.playbook)
-    sys.stdout.write(to_mermaid(pb) if ns.format == "mermaid" else to_dot(pb))
-    return 0
-
-
-def _cmd_history(ns: argparse.Namespace) -> int:
-    import datetime
-    import json
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from engine.record.history import History
-
-    if not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
-        raise PlaybookError(f"no history in {ns.state_dir}/ yet (runs are recorded there; see --state-dir)")
-    hist = History(ns.state_dir)
-    try:
-        if ns.run:
-            rec = hist.run(ns.run)
-            if rec is None:
-                raise PlaybookError(f"no run '{ns.run}' in the history")
-            results = hist.results(rec.run_id)
-            if ns.format == "json":
-                print(json.dumps({"run": rec.to_dict(), "results": results}, indent=2))
-                return 0
-            table = Table(title=f"run {rec.run_id} — {rec.name} ({rec.status})")
-            for col in ("step", "host", "status", "message"):
-                table.add_column(col)
-            for r in results:
-                table.add_row(r["step"], r["host"] or "controller", r["status"], (r["message"] or "")[:80])
-            Console().print(table)
-            return 0
-        runs = hist.runs(ns.playbook, mode=None if ns.all_modes else "run", limit=ns.n)
-        if ns.format == "json":
-            print(json.dumps([r.to_dict() for r in runs], indent=2))
-            return 0
-        table = Table()
-        for col in ("run", "when (UTC)", "playbook", "user", "release", "status", "exit"):
-            table.add_column(col)
-        for r in runs:
-            when = datetime.datetime.fromtimestamp(r.started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            table.add_row(r.run_id, when, r.name, r.user, r.release_id or "", r.status, str(r.exit_code))
-        Console().print(table)
-        return 0
-    finally:
-        hist.close()
-
-
-def _cmd_lock(ns: argparse.Namespace) -> int:
-    import socket
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from engine import api
-    from engine.connection.pool import ConnectionPool
-    from engine.errors import ConnectionFailed
-    from engine.execute.options import resolve_fleets
-    from engine.execute.locks import break_lock, default_lock_path, status
-
-    loaded = api.load(ns.playbook, ns.inventory)
-    fleets = resolve_fleets(loaded.playbook, loaded.inventory, ns.limit)
-    table = Table()
-    for col in ("fleet", "host", "lock"):
-        table.add_column(col)
-    refused = 0
-    with ConnectionPool() as pool:
-        for name, fleet in loaded.playbook.fleets.items():
-            if not fleet.lock:
-                continue
-            path = default_lock_path(name)
-            for host in fleets.get(name, []):
-                try:
-                    conn = pool.get(loaded.inventory.hosts[host])
-                    holder = status(conn, path)
-                    if holder is None:
-                        table.add_row(name, host, "free")
-                        continue
-                    if ns.action == "status":
-                        table.add_row(name, host, f"held by {holder.describe()}")
-                        continue
-                    alive = holder.host == socket.gethostname() and _pid_alive(holder.pid)
-                    if alive and not ns.force:
-                        refused += 1
-                        table.add_row(name, host, f"kept: {holder.describe()} is still running (use --force)")
-                        continue
-                    break_lock(conn, path)
-                    table.add_row(name, host, f"released (was {holder.describe()})")
-                except ConnectionFailed as exc:
-                    refused += 1
-                    table.add_row(name, host, f"unreachable: {exc}")
-    Console(highlight=False).print(table)
-    return 1 if refused else 0
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cmd_modules(ns: argparse.Namespace) -> int:
-    from engine.docs import module_doc, module_table
-
-    if ns.name:
-        sys.stdout.write(module_doc(ns.name))
-    else:
-        sys.stdout.write(module_table())
-    return 0
+    ready = api.prepare_apply(ns.plan_file, secrets=ns.secret, forks=ns.forks, state_dir=ns.state_dir,
+                              verbose=ns.verbose)
+    return _run(ns, ready.loaded, ready.options, plan_hash=ready.plan_hash).exit_code()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -456,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     verbose = getattr(ns, "verbose", 0)
+    from engine.cli import inspect
+
     try:
         if ns.command in ("run", "plan"):
             return _cmd_execute(ns, ns.command)
@@ -464,19 +219,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "apply":
             return _cmd_apply(ns)
         if ns.command == "validate":
-            return _cmd_validate(ns)
+            return inspect.cmd_validate(ns)
         if ns.command == "graph":
-            return _cmd_graph(ns)
+            return inspect.cmd_graph(ns)
         if ns.command == "inventory":
             from engine.cli import inventory as inventory_cli
 
             return inventory_cli.run(ns)
         if ns.command == "lock":
-            return _cmd_lock(ns)
+            return inspect.cmd_lock(ns)
         if ns.command == "history":
-            return _cmd_history(ns)
+            return inspect.cmd_history(ns)
         if ns.command == "modules":
-            return _cmd_modules(ns)
+            return inspect.cmd_modules(ns)
     except PlaybookError as exc:
         from engine.secrets import SCRUBBER
 
