@@ -31,7 +31,7 @@ import measure  # noqa: E402
 import report  # noqa: E402
 import tree  # noqa: E402
 from peers import compile_playbook, ensure_peers  # noqa: E402
-from tools import RUNNERS, SYNC_JOBS, FleetView, Target, make_runners  # noqa: E402
+from tools import RUNNERS, FleetView, Target, make_runners  # noqa: E402
 
 JOBS = ("full", "nochange", "change", "dryrun", "fanout")
 # (source tree the tool is given, state of the targets before the run, state expected after)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
 from peers import Peers, playbook_command
 
 __all__ = ["Target", "FleetView", "Runner", "RUNNERS", "make_runners", "SYNC_JOBS"]

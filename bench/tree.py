@@ -133,7 +133,7 @@ def mutate(src: str | os.PathLike, dst: str | os.PathLike, seed: int = 8) -> Mut
     rng = random.Random(seed * 7919 + 1)
     picked = rng.sample(files, TreeSpec.edits + TreeSpec.removes)
     edits, removes = picked[: TreeSpec.edits], picked[TreeSpec.edits :]
-    for rel, kind, size in edits:
+    for rel, kind, _size in edits:
         p = dst / rel
         data = bytearray(p.read_bytes())
         # change a few bytes in the middle and append some: a real edit, not just a touch

@@ -12,14 +12,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from engine.model.events import Event, EventBus
 from engine.execute.locks import LockInfo, acquire_all, default_lock_path, release_all
+from engine.execute.options import RunOptions, resolve_fleets
 from engine.load.inputs import find_inventory, parse_extra_vars, resolve_secrets
 from engine.model.config import Loaded, Playbook
-from engine.execute.options import RunOptions, resolve_fleets
+from engine.model.events import Event, EventBus
 from engine.model.results import RunSummary
 from engine.record.savedplan import file_hash
 
@@ -73,10 +74,10 @@ def new_run_id() -> str:
 
 def new_release_id() -> str:
     """A sortable release id, UTC to the second (Capistrano style): 20261124T051500Z."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def open_early(loaded: Loaded, limit: str | None, workers: int) -> "ConnectionPool | None":
+def open_early(loaded: Loaded, limit: str | None, workers: int) -> ConnectionPool | None:
     """Start opening the SSH connections of every host the playbook's fleets select (after
     `--limit`), in the background, and return the pool to pass to `execute`.
 
@@ -103,8 +104,8 @@ def execute(
     *,
     subscribers: Sequence[Callable[[Event], None]] = (),
     connect: Callable[[str], Any] | None = None,
-    on_executor: "Callable[[Executor], None] | None" = None,
-    pool: "ConnectionPool | None" = None,
+    on_executor: Callable[[Executor], None] | None = None,
+    pool: ConnectionPool | None = None,
 ) -> RunSummary:
     """Plan or run (per `options.mode`). Opens SSH connections through one shared pool (`pool`,
     from `open_early`, or a new one; closed at the end) unless `connect` is given (tests pass
@@ -145,7 +146,7 @@ def execute(
             pool.close_all()
 
 
-def _acquire_locks(playbook: Playbook, executor: "Executor", connect: Callable[[str], Any],
+def _acquire_locks(playbook: Playbook, executor: Executor, connect: Callable[[str], Any],
                    options: RunOptions) -> list[tuple[str, list[str], Any]]:
     """Take every locked fleet's deploy lock on all its hosts before any step starts; a lock
     held by another run fails the whole run at once, naming the holder (nothing has run)."""
@@ -176,8 +177,8 @@ def run(
     options: RunOptions,
     *,
     subscribers: Sequence[Callable[[Event], None]] = (),
-    on_executor: "Callable[[Executor], None] | None" = None,
-    pool: "ConnectionPool | None" = None,
+    on_executor: Callable[[Executor], None] | None = None,
+    pool: ConnectionPool | None = None,
     connect: Callable[[str], Any] | None = None,
     plan_hash: str = "",
 ) -> RunSummary:
@@ -294,7 +295,7 @@ class Rollback:
     """A rollback ready to `run`: the generated playbook (`loaded`), its options (the target
     release id) and the plan it came from (`plan.current`, `plan.target`, what is undone)."""
 
-    plan: "RollbackPlan"
+    plan: RollbackPlan
     loaded: Loaded
     options: RunOptions
 

@@ -35,8 +35,8 @@ The ModuleError children live beside the code that raises them; every other clas
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 __all__ = [
     "Location",

@@ -15,8 +15,9 @@ import dataclasses
 import importlib
 import pkgutil
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from engine.connection.base import CommandResult, Connection, ReadOnly
 from engine.errors import CommandTimeout, ModuleError, PlaybookError

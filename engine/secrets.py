@@ -14,7 +14,8 @@ from __future__ import annotations
 import hmac
 import re
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["MASK", "Secret", "Scrubber", "SCRUBBER"]
 
@@ -188,8 +189,8 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __copy__(self) -> "Secret":
+    def __copy__(self) -> Secret:
         return self
 
-    def __deepcopy__(self, _memo: Any) -> "Secret":
+    def __deepcopy__(self, _memo: Any) -> Secret:
         return self

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import posixpath
 import shlex
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import jinja2
 from jinja2 import nodes

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Workers"]
 
@@ -25,7 +26,7 @@ class Workers:
     is dropped, and its thread goes on with the next one)."""
 
     def __init__(self, n: int, name: str) -> None:
-        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cancelled = threading.Event()
         self._threads = [threading.Thread(target=self._loop, name=f"{name}_{i}", daemon=True) for i in range(max(1, n))]
         for t in self._threads:

@@ -8,16 +8,16 @@ changed nothing on this host. Put it after the sync step with `needs:`.
 from __future__ import annotations
 
 import shlex
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from engine.errors import ArgError, ModuleError
-from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import UNKNOWN, Diff, Plan
+from engine.module import ApplyContext, PlanContext, arg, register
 from engine.secrets import MASK, Secret
 
 __all__ = ["CacheClear", "CacheClearArgs", "HttpPurge"]
@@ -166,7 +166,7 @@ def _purge(ctx: ApplyContext, h: HttpPurge) -> dict[str, Any]:
     except urllib.error.HTTPError as exc:
         status = exc.code
         body = exc.read(4096) if exc.fp else b""
-    except (urllib.error.URLError, socket.timeout, TimeoutError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ModuleError(f"cache purge {shown} failed: {reason}", path=ctx.host or "") from None
     ok = status in h.expect if h.expect else 200 <= status < 300

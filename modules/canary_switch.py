@@ -26,12 +26,13 @@ import dataclasses
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from engine.errors import ArgError, ModuleError
-from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import Diff, Plan
+from engine.module import ApplyContext, PlanContext, arg, register
 from modules._support.kube import Conflict, Kube
 
 __all__ = ["CanarySwitch", "CanaryArgs", "rollout_state", "HEALTHY_ANNOTATION", "SWITCH_ANNOTATION"]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from engine.errors import ArgError, ModuleError
-from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import Diff, Plan
+from engine.module import ApplyContext, PlanContext, arg, register
 
 __all__ = ["Command"]
 

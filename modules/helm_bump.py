@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from engine.errors import ArgError, ModuleError
-from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import UNKNOWN, Diff, Plan
+from engine.module import ApplyContext, PlanContext, arg, register
 from engine.secrets import SCRUBBER
+from engine.yamlio.scalars import Target, YamlEditError, find_key_path, find_markers, set_scalars
 from modules._support.git import Git, commit, display_url, git_environment, repo_url
 from modules._support.tagpolicy import ORDERS, TagPolicy, select_tag
-from engine.yamlio.scalars import Target, YamlEditError, find_key_path, find_markers, set_scalars
 
 __all__ = ["HelmBump", "HelmBumpArgs", "parse_image", "git_env"]
 

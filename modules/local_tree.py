@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from engine.errors import ModuleError
-from modules._support.manifest import cached_manifest, tree_digest
-from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import Plan
+from engine.module import ApplyContext, PlanContext, arg, register
+from modules._support.manifest import cached_manifest, tree_digest
 
 __all__ = ["LocalTree"]
 

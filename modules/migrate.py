@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from engine.errors import ArgError, ModuleError
-from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import Diff, Plan
+from engine.module import ApplyContext, PlanContext, arg, register
 
 __all__ = ["Migrate"]
 

@@ -23,19 +23,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar
 
-from engine.record.deployed import last_deployed
-from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, sri_to_digest
 from engine.errors import ArgError, ModuleError
-from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import Diff, Plan
+from engine.module import ApplyContext, PlanContext, arg, register
+from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
+from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, sri_to_digest
 
 __all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart"]
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*\Z")
@@ -151,7 +151,7 @@ class _Registry:
             if exc.code == 404:
                 raise ModuleError(f"{self.what}: not found in the registry ({shown}, HTTP 404)") from None
             raise ModuleError(f"{self.what}: GET {shown} failed: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, socket.timeout, TimeoutError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ModuleError(f"{self.what}: cannot reach the registry at {shown}: {SCRUBBER.scrub(str(reason))}") from None
 

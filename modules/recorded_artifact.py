@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from engine.argschema import build
-from modules._support.artifacts import ArtifactCache, Digest, sri_to_digest
 from engine.errors import ModuleError, PlaybookError
-from engine.module import ApplyContext, PlanContext, arg, get_module, register, source_module
 from engine.model.results import Plan
+from engine.module import ApplyContext, PlanContext, arg, get_module, register, source_module
+from modules._support.artifacts import ArtifactCache, Digest, sri_to_digest
 
 __all__ = ["RecordedArtifact", "parse_digest"]
 

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 from engine.argschema import build
 from engine.errors import ModuleError
+from engine.model.results import Change, Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from modules._support.releases import read_state, switch_current
-from engine.model.results import Change, Diff, Plan
 
 __all__ = ["ReleaseSwitch"]
 

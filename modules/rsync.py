@@ -66,15 +66,15 @@ class RsyncArgs:
 
 _CACHE_SIZE = 8
 # per-run memos, each key computed once however many hosts ask at once (see `_once`)
-_cache: "OrderedDict[tuple, tuple[threading.Lock, list]]" = OrderedDict()  # source manifests
+_cache: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # source manifests
 _cache_lock = threading.Lock()
-_expected: "OrderedDict[tuple, tuple[threading.Lock, list]]" = OrderedDict()  # expected host trees
+_expected: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # expected host trees
 _expected_lock = threading.Lock()
-_compared: "OrderedDict[tuple, tuple[threading.Lock, list]]" = OrderedDict()  # compared probe answers
+_compared: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # compared probe answers
 _compared_lock = threading.Lock()
 
 
-def _once(table: "OrderedDict[tuple, tuple[threading.Lock, list]]", table_lock: threading.Lock, key: tuple,
+def _once(table: OrderedDict[tuple, tuple[threading.Lock, list]], table_lock: threading.Lock, key: tuple,
           compute: Any) -> Any:
     """`compute()` once per key, however many threads ask at once; the last few keys are kept."""
     with table_lock:

@@ -24,16 +24,17 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
-from engine.record.deployed import last_deployed
-from modules._support.artifacts import ArtifactCache, Digest
 from engine.errors import ArgError, ModuleError
-from modules._support.extract import kind_from_name
-from engine.module import ApplyContext, PlanContext, arg, register
 from engine.model.results import Diff, Plan
+from engine.module import ApplyContext, PlanContext, arg, register
+from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
+from modules._support.artifacts import ArtifactCache, Digest
+from modules._support.extract import kind_from_name
 
 __all__ = ["S3Fetch", "S3FetchArgs", "parse_sha256"]
 
@@ -253,8 +254,7 @@ class S3Fetch:
 
         def chunks() -> Iterator[bytes]:
             try:
-                for chunk in body.iter_chunks(_CHUNK):
-                    yield chunk
+                yield from body.iter_chunks(_CHUNK)
             except (be.BotoCoreError, be.ClientError) as exc:
                 raise _translate(exc, what, "download") from None
             except OSError as exc:

@@ -107,7 +107,7 @@ def cmd_history(ns: argparse.Namespace) -> int:
         for col in ("run", "when (UTC)", "playbook", "user", "release", "status", "exit"):
             table.add_column(col)
         for r in runs:
-            when = datetime.datetime.fromtimestamp(r.started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            when = datetime.datetime.fromtimestamp(r.started, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
             table.add_row(r.run_id, when, r.name, r.user, r.release_id or "", r.status, str(r.exit_code))
         Console().print(table)
         return 0
@@ -124,8 +124,8 @@ def cmd_lock(ns: argparse.Namespace) -> int:
     from engine import api
     from engine.connection.pool import ConnectionPool
     from engine.errors import ConnectionFailed
-    from engine.execute.options import resolve_fleets
     from engine.execute.locks import break_lock, default_lock_path, status
+    from engine.execute.options import resolve_fleets
 
     loaded = api.load(ns.playbook, ns.inventory)
     fleets = resolve_fleets(loaded.playbook, loaded.inventory, ns.limit)

@@ -13,7 +13,8 @@ import gc
 import os
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from engine.errors import PlaybookError
 

@@ -6,8 +6,9 @@ remote shell quote each part themselves. Secrets travel on stdin, never in argv.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 __all__ = ["CommandResult", "Connection", "ReadOnly"]
 

@@ -7,7 +7,7 @@ assert that a dry run mutated nothing.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from engine.connection.base import CommandResult
 from engine.errors import ConnectionFailed
@@ -17,7 +17,7 @@ __all__ = ["FakeConnection"]
 Handler = Callable[["FakeConnection", list[str]], CommandResult]
 
 
-def _default_handler(conn: "FakeConnection", argv: list[str]) -> CommandResult:
+def _default_handler(conn: FakeConnection, argv: list[str]) -> CommandResult:
     if argv[:2] == ["test", "-e"] and len(argv) == 3:
         return CommandResult(0 if argv[2] in conn.files else 1)
     if argv and argv[0] == "true":

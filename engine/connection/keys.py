@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 from paramiko.hostkeys import HostKeyEntry
 

@@ -14,8 +14,8 @@ import threading
 from dataclasses import dataclass, field
 
 from engine.connection.base import Connection
-from engine.connection.local import LocalConnection
 from engine.connection.keys import DEFAULT_KNOWN_HOSTS, KnownHosts
+from engine.connection.local import LocalConnection
 from engine.connection.ssh import SSHConnection
 from engine.errors import ConnectionFailed, PlaybookError
 from engine.model.config import Host
@@ -48,7 +48,7 @@ class ConnectionPool:
         self._warmers: list[Workers] = []
         self._closing = threading.Event()
 
-    def __enter__(self) -> "ConnectionPool":
+    def __enter__(self) -> ConnectionPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

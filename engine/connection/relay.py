@@ -57,7 +57,7 @@ class Relay:
     the connection failure that stopped it, if any.
     """
 
-    def __init__(self, conn: "SSHConnection") -> None:
+    def __init__(self, conn: SSHConnection) -> None:
         self.conn = conn
         self.status: int | None = None
         self.stderr = bytearray()
@@ -160,7 +160,7 @@ class Relay:
                 return None
             buf += data
 
-    def _copy_up(self, chan: "paramiko.Channel", first: bytes) -> None:
+    def _copy_up(self, chan: paramiko.Channel, first: bytes) -> None:
         data = first
         while True:
             if data:
@@ -170,7 +170,7 @@ class Relay:
                 break
         chan.shutdown_write()
 
-    def _copy_down(self, chan: "paramiko.Channel") -> None:
+    def _copy_down(self, chan: paramiko.Channel) -> None:
         """Channel -> program, to the channel's EOF. Once the program is gone, what still comes
         is read and dropped, so the host's command is never stuck on a full window."""
         try:
@@ -191,7 +191,7 @@ class Relay:
         finally:
             self._close("_down_w")
 
-    def _copy_stderr(self, chan: "paramiko.Channel") -> None:
+    def _copy_stderr(self, chan: paramiko.Channel) -> None:
         while True:
             data = chan.recv_stderr(_CHUNK)
             if not data:

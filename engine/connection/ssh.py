@@ -26,7 +26,7 @@ import shlex
 import socket
 import threading
 import time
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from engine.connection._paramiko import paramiko
 from engine.connection.base import CommandResult
@@ -176,7 +176,7 @@ class SSHConnection:
             raise self._fail(f"cannot resolve {addr}: {exc.strerror}") from None
         except ConnectionRefusedError:
             raise self._fail("connection refused") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise self._fail(f"connect timed out after {timeout:g}s") from None
         except OSError as exc:
             raise self._fail(f"cannot connect: {exc.strerror or exc}") from None
@@ -400,10 +400,10 @@ class SSHConnection:
                 out += data
             err_thread.join(_remaining(deadline))
             if err_thread.is_alive():
-                raise socket.timeout()
+                raise TimeoutError()
             if not chan.status_event.wait(_remaining(deadline)):
-                raise socket.timeout()
-        except (socket.timeout, TimeoutError):
+                raise TimeoutError()
+        except TimeoutError:
             _close_quietly(chan)
             raise CommandTimeout(
                 f"command timed out after {timeout:g}s: {label}", path=f"{self.host} ({self._where})"

@@ -6,7 +6,8 @@ the step's fleet). `playbook validate`, `plan` and `run` call it before any host
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from engine import templating
 from engine.errors import PlaybookError, TemplateError, ValidationErrors, suggest

@@ -10,8 +10,8 @@ batch k+1 of a fleet starts once batch k has finished every step of that fleet.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import networkx as nx
 

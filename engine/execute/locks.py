@@ -27,9 +27,9 @@ import posixpath
 import re
 import socket
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping
 
 from engine.connection.base import Connection
 from engine.errors import ArgError, ConnectionFailed, LockHeld, ModuleError
@@ -88,7 +88,7 @@ class LockInfo:
     host: str
 
     @classmethod
-    def create(cls, *, run_id: str, playbook: str, owner: str | None = None) -> "LockInfo":
+    def create(cls, *, run_id: str, playbook: str, owner: str | None = None) -> LockInfo:
         """Info for this process: the current user, pid and hostname, now."""
         try:
             user = owner or getpass.getuser()
@@ -100,7 +100,7 @@ class LockInfo:
         return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_json(cls, data: bytes | None, *, fallback_time: float = 0.0) -> "LockInfo":
+    def from_json(cls, data: bytes | None, *, fallback_time: float = 0.0) -> LockInfo:
         """Parse `info.json`; a missing or damaged file gives an `unknown` holder."""
         try:
             raw = json.loads(data or b"")

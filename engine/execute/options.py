@@ -6,8 +6,9 @@ executor (and the graph library under it) is even imported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from engine.errors import PlaybookError
 from engine.model.config import Inventory, Playbook

@@ -23,7 +23,7 @@ import heapq
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from engine.connection.base import Connection
 from engine.execute.context import HostContexts, Outputs
@@ -170,7 +170,7 @@ class _Dispatch:
         for n, d in self.waiting.items():
             if d == 0:
                 heapq.heappush(self.ready, (ex.graph.priority(n), n))
-        self.done: "queue.Queue[tuple[Node, StepResult]]" = queue.Queue()
+        self.done: queue.Queue[tuple[Node, StepResult]] = queue.Queue()
         self.running_hosts = 0
         self.running_by_fleet: dict[str, int] = {}
         self.in_flight = 0

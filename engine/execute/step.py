@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from engine import templating
 from engine.connection.base import Connection, ReadOnly

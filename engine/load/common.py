@@ -3,7 +3,8 @@ errors, the locations of values inside a document, and cycle finding without net
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from engine.argschema import describe_value
 from engine.errors import LoadError, Location, PlaybookError, ValidationErrors

@@ -23,7 +23,8 @@ import os
 import re
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from engine.errors import DynamicInventoryError, Location, TemplateError
 from engine.model.config import Group, Host, Inventory

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from engine.errors import LoadError
 from engine.model.config import Playbook

@@ -14,8 +14,9 @@ import io
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 from ruamel.yaml import YAML

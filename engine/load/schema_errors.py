@@ -8,7 +8,8 @@ names it (`steps[2].args.dest`), with what was expected and what was found.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from engine.argschema import TEMPLATE_SCHEMA, describe_value
 from engine.errors import Location, PlaybookError, ValidationError, suggest

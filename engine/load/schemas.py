@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from engine.argschema import schema_for
-from engine.module import all_modules, source_types, source_module
+from engine.module import all_modules, source_module, source_types
 
 __all__ = [
     "DRAFT",

@@ -7,8 +7,9 @@ errors (an undefined variable at render time, a cycle) still point at the YAML l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from engine.errors import Location
 

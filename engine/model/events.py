@@ -7,8 +7,9 @@ Events are delivered from worker threads, serialised by the `EventBus` lock.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from engine.model.results import StepResult
 

@@ -13,8 +13,9 @@ Vars may reference other vars (`app_dir: "/srv/{{ app }}"`); they are resolved p
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Mapping
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
 
 from engine.model.config import Inventory
 
@@ -28,7 +29,7 @@ def group_depths(inventory: Inventory) -> dict[str, int]:
         for child in g.children:
             parents.setdefault(child, []).append(g.name)
 
-    @lru_cache(maxsize=None)
+    @cache
     def depth(name: str, guard: int = 0) -> int:
         if guard > len(parents):
             return 1

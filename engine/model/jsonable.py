@@ -7,8 +7,9 @@ import dataclasses
 import datetime as _dt
 import enum
 import math
+from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, Mapping
+from typing import Any
 
 from engine.model.results import Diff, UnknownValue
 from engine.secrets import MASK, Secret

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from engine.errors import PlaybookError, ValidationError, suggest
 from engine.model.config import Inventory

@@ -7,8 +7,9 @@ changes nothing says why; a diff is data that presenters render as text, JSON or
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "Change",
@@ -71,9 +72,9 @@ class Diff:
 class UnknownValue:
     """An output that is known only once an upstream step has been applied (dry run only)."""
 
-    _instance: "UnknownValue | None" = None
+    _instance: UnknownValue | None = None
 
-    def __new__(cls) -> "UnknownValue":
+    def __new__(cls) -> UnknownValue:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -107,15 +108,15 @@ class Plan:
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def no_change(cls, reason: str, **kw: Any) -> "Plan":
+    def no_change(cls, reason: str, **kw: Any) -> Plan:
         return cls(Change.NO_CHANGE, reason, **kw)
 
     @classmethod
-    def will_change(cls, reason: str, **kw: Any) -> "Plan":
+    def will_change(cls, reason: str, **kw: Any) -> Plan:
         return cls(Change.WILL_CHANGE, reason, **kw)
 
     @classmethod
-    def unknown(cls, reason: str, **kw: Any) -> "Plan":
+    def unknown(cls, reason: str, **kw: Any) -> Plan:
         return cls(Change.UNKNOWN, reason, **kw)
 
 

@@ -14,8 +14,9 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from engine.errors import ModuleError
 from engine.model.events import Event, RunFinished

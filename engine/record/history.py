@@ -13,8 +13,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from engine.model.events import Event, RunFinished, RunStarted, StepFinished
 from engine.model.results import UnknownValue

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.errors import PlaybookError, RollbackRefused
-from engine.record.history import History, RunRecord
 from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
+from engine.record.history import History, RunRecord
 
 __all__ = ["RollbackPlan", "plan_rollback", "RollbackRefused"]
 

@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from engine.errors import LoadError, PlaybookError, StalePlan
 from engine.model.jsonable import json_safe

@@ -17,8 +17,8 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from engine.model.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
-from engine.report.diffs import describe_hosts, group_hosts, host_sort_key, render_diff, scrub_diff
 from engine.model.results import RunSummary, Status, StepResult
+from engine.report.diffs import describe_hosts, group_hosts, host_sort_key, render_diff, scrub_diff
 from engine.secrets import SCRUBBER, Scrubber
 
 __all__ = ["ConsoleReporter", "STATUS_STYLE", "format_duration"]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Any
 
 from engine.model.results import Diff, StepResult
 

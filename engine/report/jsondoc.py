@@ -44,7 +44,8 @@ import datetime as _dt
 import json
 import threading
 import time
-from typing import IO, Any, Mapping
+from collections.abc import Mapping
+from typing import IO, Any
 
 from engine.model.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
 from engine.model.jsonable import json_safe
@@ -68,7 +69,7 @@ _NO_SCRUB = Scrubber()  # for inner documents that the caller scrubs as a whole
 def _iso(ts: float) -> str | None:
     if not ts:
         return None
-    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat()
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat()
 
 
 def plan_to_dict(plan: Plan | None) -> dict[str, Any] | None:

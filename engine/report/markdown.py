@@ -9,10 +9,11 @@ diff folded in `<details>`, then the step graph as mermaid. When the document wo
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from engine.report.diffs import describe_hosts, group_hosts, render_diff, scrub_diff
 from engine.model.results import RunSummary, Status, StepResult
+from engine.report.diffs import describe_hosts, group_hosts, render_diff, scrub_diff
 from engine.secrets import SCRUBBER
 
 __all__ = ["plan_markdown", "MarkdownReporter", "DEFAULT_LIMIT"]
@@ -68,7 +69,7 @@ def plan_markdown(summary: RunSummary, *, mermaid: str = "", limit: int = DEFAUL
         rs = by_step.get(step, [])
         if not rs:
             continue
-        c = lambda *st: sum(1 for r in rs if r.status in st)  # noqa: E731
+        c = lambda *st, rs=rs: sum(1 for r in rs if r.status in st)  # noqa: E731
         head.append(f"| `{step}` | {c(Status.CHANGED)} | {c(Status.OK)} | {c(Status.UNKNOWN)} | "
                     f"{c(Status.FAILED, Status.UNREACHABLE)} |")
     head.append("")

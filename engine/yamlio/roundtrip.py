@@ -19,7 +19,8 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import yaml
 from ruamel.yaml.comments import CommentedMap, CommentedSeq

@@ -19,8 +19,9 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import yaml as pyyaml
 from ruamel.yaml import YAML

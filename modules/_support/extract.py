@@ -32,9 +32,10 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from engine.errors import ModuleError
 
@@ -179,7 +180,7 @@ def _tar_entries(tf: tarfile.TarFile, what: str, strip: int) -> Iterator[tuple[_
         yield _Entry(info.name, parts, kind, info.mode, float(info.mtime), info.linkname, info.size), info
 
 
-def _extract_tar(archive: Path, kind: str, writer: "_Writer", strip: int, what: str) -> None:
+def _extract_tar(archive: Path, kind: str, writer: _Writer, strip: int, what: str) -> None:
     mode = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}[kind]
     try:
         with tarfile.open(archive, mode) as tf:
@@ -204,7 +205,7 @@ def _extract_tar(archive: Path, kind: str, writer: "_Writer", strip: int, what: 
         raise ExtractError(f"{what}: corrupt or unreadable archive: {exc}", archive=what) from None
 
 
-def _extract_zip(archive: Path, writer: "_Writer", strip: int, what: str) -> None:
+def _extract_zip(archive: Path, writer: _Writer, strip: int, what: str) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()

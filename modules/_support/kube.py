@@ -6,8 +6,9 @@ scrubber before anything can echo them, and every client-library error translate
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from engine.errors import ConnectionFailed, ModuleError
 from engine.secrets import SCRUBBER
@@ -58,8 +59,8 @@ class Kube:
 
     @contextmanager
     def call(self, what: str) -> Iterator[None]:
-        from kubernetes.client.exceptions import ApiException
         import urllib3.exceptions
+        from kubernetes.client.exceptions import ApiException
 
         try:
             yield

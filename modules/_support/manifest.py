@@ -12,8 +12,8 @@ import os
 import re
 import stat
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 __all__ = [
     "Entry",
@@ -90,11 +90,11 @@ class DigestCache:
         os.replace(tmp, self.path)
 
 
-_memo: dict[tuple[str, str], tuple[tuple, dict[str, "Entry"]]] = {}
+_memo: dict[tuple[str, str], tuple[tuple, dict[str, Entry]]] = {}
 _memo_lock = threading.Lock()
 
 
-def cached_manifest(root: str, state_dir: str | None, run_id: str = "") -> dict[str, "Entry"]:
+def cached_manifest(root: str, state_dir: str | None, run_id: str = "") -> dict[str, Entry]:
     """`local_manifest(root)` computed once per run in this process (every source and every host
     asking shares it), with file digests reused from `<state_dir>/cache/digests-<root hash>.json`."""
     root = os.path.abspath(root)

@@ -23,8 +23,9 @@ import hashlib
 import json
 import posixpath
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from engine.connection.base import CommandResult, Connection
 from engine.errors import ModuleError
@@ -247,7 +248,7 @@ def apply_delta(expected: Mapping[str, Entry], lines: Mapping[bytes, str], delta
 
 def delta_probe(conn: Any, dest: str, expected: Mapping[str, Entry], *, releases: bool = False,
                 timeout: float | None = None,
-                listing: tuple[Mapping[bytes, str], bytes] | None = None) -> tuple["RemoteState", dict[str, Entry] | None]:
+                listing: tuple[Mapping[bytes, str], bytes] | None = None) -> tuple[RemoteState, dict[str, Entry] | None]:
     """Probe `dest` sending the expected canonical listing on stdin: the host answers with the
     lines found on one side only (`sort | uniq -u`; nothing is written there), so an in-sync host
     answers with nothing and a 1% change costs 1% of a listing. Returns the state and the host's

@@ -24,8 +24,8 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from engine.errors import ArgError
 
@@ -111,7 +111,7 @@ def _ts_from_group(value: str) -> float | None:
         m = pat.search(value)
         if m:
             try:
-                when = _dt.datetime(*(int(g) for g in m.groups()), tzinfo=_dt.timezone.utc)
+                when = _dt.datetime(*(int(g) for g in m.groups()), tzinfo=_dt.UTC)
             except ValueError:
                 continue
             return when.timestamp()
@@ -170,16 +170,16 @@ class SemVer:
         pre = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.pre)
         return (self.major, self.minor, self.patch, 1 if not self.pre else 0, pre)
 
-    def __lt__(self, other: "SemVer") -> bool:
+    def __lt__(self, other: SemVer) -> bool:
         return self.key() < other.key()
 
-    def __le__(self, other: "SemVer") -> bool:
+    def __le__(self, other: SemVer) -> bool:
         return self.key() <= other.key()
 
-    def __gt__(self, other: "SemVer") -> bool:
+    def __gt__(self, other: SemVer) -> bool:
         return self.key() > other.key()
 
-    def __ge__(self, other: "SemVer") -> bool:
+    def __ge__(self, other: SemVer) -> bool:
         return self.key() >= other.key()
 
     def __str__(self) -> str:

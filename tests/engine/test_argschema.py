@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import jsonschema
 import pytest
@@ -29,7 +30,7 @@ class Args:
     excludes: tuple[str, ...] = arg((), doc="Excludes.")
     codes: list[int] = arg(default_factory=list, doc="Codes.")
     env: dict[str, str] = arg(default_factory=dict, doc="Env.")
-    timeout: Optional[float] = arg(None, doc="Timeout.")
+    timeout: float | None = arg(None, doc="Timeout.")
     extra: Any = arg(None, doc="Anything.")
     auth: Auth | None = arg(None, doc="Auth.")
     pair: tuple[str, int] | None = arg(None, doc="A pair.")
@@ -96,7 +97,7 @@ def test_build_converts_clean_rendered_strings():
 def test_build_keeps_defaults_and_freezes():
     a = build(Args, {"dest": "d"}, path="p")
     assert (a.port, a.excludes, a.env, a.mode) == (22, (), {}, "copy")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         a.port = 1  # type: ignore[misc]
 
 

@@ -29,7 +29,7 @@ def _expected(path: Path) -> tuple[str, list[str]]:
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
-def test_validate_broken_playbook(path, capsys, fake_modules):
+def test_validate_broken_playbook(path, capsys, fake_modules):  # noqa: F811 (the fixture)
     code = main(["validate", str(path)])
     out, err = capsys.readouterr()
     assert code == 1

@@ -9,9 +9,9 @@ import pytest
 
 from engine.connection.base import CommandResult
 from engine.connection.fake import FakeConnection
-from engine.model.events import StepFinished, StepStarted
 from engine.execute.scheduler import Executor, RunOptions
 from engine.model.config import CONTROLLER, Fleet, Group, Host, Inventory, Playbook, Step
+from engine.model.events import StepFinished, StepStarted
 from engine.model.results import Status
 
 

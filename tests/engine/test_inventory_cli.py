@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import PlaybookError
 from engine.cli.inventory import register, run
+from engine.errors import PlaybookError
 
 WEB = [f"web{i:02d}" for i in range(1, 11)]
 

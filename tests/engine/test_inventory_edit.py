@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import PlaybookError
+from engine.load.inventory import load_inventory
 from engine.load.inventory_edit import (
     InventoryEditError,
     Target,
@@ -22,7 +23,6 @@ from engine.load.inventory_edit import (
     set_vars,
     unset_vars,
 )
-from engine.load.inventory import load_inventory
 from engine.yamlio.roundtrip import merge_edit
 
 # comments above, inline comments, flow mappings, quoted strings, blank lines, aligned values,

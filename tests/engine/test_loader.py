@@ -20,9 +20,9 @@ import engine.module as module_registry
 from engine.errors import GraphError, LoadError, Location, PlaybookError, ValidationErrors
 from engine.load.inventory import load_inventory
 from engine.load.playbook import load_playbook
+from engine.load.schemas import inventory_schema, playbook_schema, rendered_schemas
 from engine.model.config import CONTROLLER
 from engine.module import all_modules, arg
-from engine.load.schemas import inventory_schema, playbook_schema, rendered_schemas
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[2]

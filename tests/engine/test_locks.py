@@ -12,7 +12,15 @@ import pytest
 from engine.connection.local import LocalConnection
 from engine.errors import ArgError, ConnectionFailed, LockHeld
 from engine.execute.locks import (
-    LockInfo, acquire, acquire_all, break_lock, default_lock_path, format_age, release, release_all, status,
+    LockInfo,
+    acquire,
+    acquire_all,
+    break_lock,
+    default_lock_path,
+    format_age,
+    release,
+    release_all,
+    status,
 )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.report.markdown import plan_markdown
 from engine.model.results import Change, Diff, Plan, RunSummary, Status, StepResult
+from engine.report.markdown import plan_markdown
 from engine.secrets import Scrubber
 
 

@@ -9,11 +9,11 @@ import pytest
 from rich.console import Console
 
 from engine.model.events import HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.model.jsonable import json_safe
+from engine.model.results import UNKNOWN, Diff, Plan, RunSummary, Status, StepResult
 from engine.report.console import ConsoleReporter
 from engine.report.diffs import compress_hosts, describe_hosts, group_hosts, render_diff
-from engine.model.jsonable import json_safe
 from engine.report.jsondoc import JsonLinesReporter, JsonReporter, summary_to_dict
-from engine.model.results import UNKNOWN, Diff, Plan, RunSummary, Status, StepResult
 from engine.secrets import MASK, Scrubber, Secret
 
 TOKEN = "s3cr3t-npm-token-42"
@@ -86,7 +86,7 @@ def scrubber() -> Scrubber:
 def test_secret_masks_itself_and_registers():
     sc = Scrubber()
     s = Secret(TOKEN, scrubber=sc)
-    assert str(s) == repr(s) == f"{s}" == "%s" % s == MASK
+    assert str(s) == repr(s) == f"{s}" == "%s" % s == MASK  # noqa: UP031 (%-formatting is what is tested)
     assert f"{s:>10}" == f"{MASK:>10}"
     assert s.reveal() == TOKEN
     assert TOKEN in sc
@@ -189,12 +189,12 @@ def test_run_streams_one_line_per_step_and_recaps(scrubber):
     out = console_output(run_summary(), scrubber=scrubber,
                          messages=[Message("disk almost full", "warning", "web01"), Message("chatter", "info")])
     lines = out.splitlines()
-    assert any(l.split() == ["changed", "web01", "sync", "(1.2s)"] for l in lines)
-    assert any(l.split()[:3] == ["failed", "web02", "migrate"] and "[2 attempts]" in l for l in lines)
+    assert any(line.split() == ["changed", "web01", "sync", "(1.2s)"] for line in lines)
+    assert any(line.split()[:3] == ["failed", "web02", "migrate"] and "[2 attempts]" in line for line in lines)
     assert "warning: [web01] disk almost full" in out
     assert "chatter" not in out
-    recap = {l.split()[0]: [int(x) for x in l.replace("│", " ").split()[1:]]
-             for l in lines if l.startswith(("web0", "controller")) and "│" in l}
+    recap = {line.split()[0]: [int(x) for x in line.replace("│", " ").split()[1:]]
+             for line in lines if line.startswith(("web0", "controller")) and "│" in line}
     #                    ok changed failed unreachable skipped
     assert recap == {"controller": [0, 1, 0, 0, 0],
                      "web01": [1, 2, 0, 0, 0],

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from engine.errors import PlaybookError
-from engine.record.history import History
 from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
-from engine.model.results import Plan, Change, Status, StepResult
+from engine.model.results import Change, Plan, Status, StepResult
+from engine.record.history import History
 from engine.record.rollback import RollbackRefused, plan_rollback
 
 

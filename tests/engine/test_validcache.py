@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 
+from engine.errors import PlaybookError
 from engine.load import inventory as inventory_loader
 from engine.load import playbook as loader
 from engine.load import validcache
-from engine.errors import PlaybookError
 
 PLAYBOOK = """\
     name: demo

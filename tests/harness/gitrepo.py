@@ -13,8 +13,8 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 __all__ = ["GitRemote", "IDENTITY"]
 
@@ -73,7 +73,7 @@ class GitRemote:
     def diff(self, a: str, b: str = "main") -> str:
         """`git diff -U0` between two revisions, without the header lines."""
         out = _git("diff", "-U0", a, b, cwd=self.bare)
-        return "\n".join(l for l in out.splitlines() if l[:1] in "+-" and not l.startswith(("+++", "---")))
+        return "\n".join(line for line in out.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---")))
 
     def commit_other(self, rel: str, text: str, message: str = "someone else's change") -> str:
         """Commit and push a change to `rel` from the helper clone; returns the new head."""

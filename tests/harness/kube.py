@@ -24,8 +24,8 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -57,13 +57,14 @@ def _free_port() -> int:
 
 def _certs(d: Path) -> None:
     """A CA, a serving certificate for 127.0.0.1 and a service-account key pair (1.20 needs it)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def pem_key(key) -> bytes:
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -118,7 +119,7 @@ class KubeCluster:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 90) -> "KubeCluster":
+    def start(self, timeout: float = 90) -> KubeCluster:
         pki = self.root / "pki"
         pki.mkdir(parents=True, exist_ok=True)
         _certs(pki)
@@ -152,7 +153,7 @@ class KubeCluster:
                 proc.kill()
                 proc.wait(5)
 
-    def __enter__(self) -> "KubeCluster":
+    def __enter__(self) -> KubeCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -375,7 +376,7 @@ class FakeKubelet:
         current_ready = any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
         if status.phase == "Running" and current_ready == ready and status.container_statuses:
             return
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._ips += 1
         flag = "True" if ready else "False"
         body = {"status": {

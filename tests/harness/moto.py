@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["MotoServer", "fake_aws_env", "FAKE_ACCESS_KEY", "FAKE_SECRET_KEY", "ACCOUNT_ID"]
 
@@ -47,7 +48,7 @@ class MotoServer:
     def endpoint(self) -> str:
         return f"http://{self.address}:{self.port}"
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         from moto.server import ThreadedMotoServer
 
         self._server = ThreadedMotoServer(ip_address=self.address, port=self.port, verbose=False)
@@ -59,7 +60,7 @@ class MotoServer:
             self._server.stop()
             self._server = None
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

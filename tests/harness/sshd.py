@@ -22,10 +22,11 @@ import subprocess
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -76,7 +77,7 @@ class FleetHost:
         return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
 
 
-_live: "weakref.WeakSet[SshdFleet]" = weakref.WeakSet()
+_live: weakref.WeakSet[SshdFleet] = weakref.WeakSet()
 
 
 @atexit.register
@@ -182,14 +183,14 @@ class SshdFleet:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def __enter__(self) -> "SshdFleet":
+    def __enter__(self) -> SshdFleet:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "SshdFleet":
+    def start(self) -> SshdFleet:
         """Generate keys, write configs and known_hosts, start every sshd and wait for banners."""
         if not os.path.exists(SSHD):
             raise FleetError(f"{SSHD} not found: install openssh-server")

@@ -29,7 +29,7 @@ __all__ = ["Verdaccio", "VerdaccioError", "verdaccio_binary", "require_verdaccio
 
 VERSION = "6.8.0"
 HERE = Path(__file__).resolve().parent / "verdaccio"
-_live: list["Verdaccio"] = []
+_live: list[Verdaccio] = []
 
 
 class VerdaccioError(RuntimeError):
@@ -94,7 +94,7 @@ class Verdaccio:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> "Verdaccio":
+    def start(self, timeout: float = 60.0) -> Verdaccio:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.port = _free_port(self.address)
         config = (HERE / "config.yaml.tmpl").read_text()
@@ -139,7 +139,7 @@ class Verdaccio:
                 pass
             proc.wait(timeout=10)
 
-    def __enter__(self) -> "Verdaccio":
+    def __enter__(self) -> Verdaccio:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,8 +15,8 @@ import yaml
 from engine.cli import main
 from engine.errors import ModuleError
 from engine.model.config import Host
-from engine.module import ApplyContext, PlanContext, get_module
 from engine.model.results import Change
+from engine.module import ApplyContext, PlanContext, get_module
 from modules.canary_switch import HEALTHY_ANNOTATION, CanaryArgs, rollout_state
 
 PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "canary.yml"
@@ -64,7 +64,7 @@ def canary(kube_cluster, tmp_path):
     for colour in ("blue", "green"):
         apps.create_namespaced_deployment(ns, deployment(colour, A))
     for colour in ("blue", "green"):
-        kube_cluster.wait_for(lambda: rollout_state(apps.read_namespaced_deployment(f"{colour}-deployment", ns))[0],
+        kube_cluster.wait_for(lambda colour=colour: rollout_state(apps.read_namespaced_deployment(f"{colour}-deployment", ns))[0],
                               60, f"{colour} rolled out")
     inv = {"hosts": {"wp-prod": {"connection": "kubernetes", "kubeconfig": str(kube_cluster.kubeconfig),
                                  "context": "test", "namespace": ns}},

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import PlaybookError
-from engine.model.hostvars import merged_vars
 from engine.load.ec2 import DynamicInventoryError, clear_cache
 from engine.load.inventory import load_inventory
+from engine.model.hostvars import merged_vars
 from engine.model.patterns import select_hosts
 
 boto3 = pytest.importorskip("boto3")

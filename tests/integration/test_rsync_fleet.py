@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
+import modules._support.rsync_transfer as transfer
+from engine.connection.base import ReadOnly
+from engine.connection.openssh import ssh_command
 from engine.connection.pool import ConnectionPool
 from engine.errors import HostKeyError, ModuleError
 from engine.execute.scheduler import Executor, RunOptions
 from engine.model.config import Fleet, Group, Inventory, Playbook, Step
-from engine.module import ApplyContext, PlanContext, get_module
-from engine.connection.base import ReadOnly
 from engine.model.results import Change, Status
-import modules._support.rsync_transfer as transfer
-from engine.connection.openssh import ssh_command
+from engine.module import ApplyContext, PlanContext, get_module
 from modules.rsync import RsyncArgs
 
 pytestmark = pytest.mark.fleet

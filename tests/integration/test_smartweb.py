@@ -40,7 +40,7 @@ def smartweb(sshd_fleet, tmp_path):
     names = make_tree(tree)
     inv = yaml.safe_load(sshd_fleet.write_inventory(tmp_path / "inv.yml").read_text())
     # each "server" of the fleet shares this machine: give each its own app_root
-    for name, host in inv["hosts"].items():
+    for host in inv["hosts"].values():
         host["vars"]["app_root"] = f"{host['vars']['root']}/smartweb-{tmp_path.name}"
     (tmp_path / "inv.yml").write_text(yaml.safe_dump(inv))
     base = ["-i", str(tmp_path / "inv.yml"), "-e", f"smartweb_tree={tree}", "--state-dir", str(tmp_path / "state"),

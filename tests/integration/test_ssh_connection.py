@@ -13,9 +13,9 @@ import paramiko
 import pytest
 
 from engine.connection.base import Connection
+from engine.connection.keys import KnownHosts
 from engine.connection.local import LocalConnection
 from engine.connection.pool import ConnectionPool
-from engine.connection.keys import KnownHosts
 from engine.connection.ssh import SSHConnection, build_command
 from engine.errors import CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
 from tests.harness.sshd import _children_map

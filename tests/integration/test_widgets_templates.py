@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from engine import api
-from engine.record.deployed import ArtifactRecorder, history
 from engine.cli import main
+from engine.record.deployed import ArtifactRecorder, history
 from tests.harness.moto import MotoServer
 
 pytestmark = pytest.mark.fleet

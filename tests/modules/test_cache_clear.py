@@ -10,8 +10,8 @@ import pytest
 from engine.connection.base import ReadOnly
 from engine.connection.local import LocalConnection
 from engine.errors import ArgError, ModuleError
-from engine.module import ApplyContext, PlanContext, get_module
 from engine.model.results import UNKNOWN, Change
+from engine.module import ApplyContext, PlanContext, get_module
 from engine.secrets import Secret
 from modules.cache_clear import CacheClearArgs, HttpPurge
 

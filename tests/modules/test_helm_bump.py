@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ArgError, ModuleError
-from engine.module import ApplyContext, PlanContext, get_module
 from engine.model.results import UNKNOWN, Change
+from engine.module import ApplyContext, PlanContext, get_module
 from engine.yamlio.scalars import find_key_path, find_markers, set_scalars
 from modules.helm_bump import HelmBumpArgs, parse_image
 from tests.harness.gitrepo import GitRemote
@@ -206,8 +206,8 @@ def test_errors_name_what_is_wrong(remote, tmp_path):
 
 
 def test_https_token_never_in_argv_or_errors(remote, tmp_path):
-    from modules.helm_bump import git_env
     from engine.secrets import SCRUBBER, Secret
+    from modules.helm_bump import git_env
 
     env = git_env(args(remote, https_token=Secret("tok-very-secret-123")))
     assert "tok-very-secret-123" not in " ".join(env.get(k, "") for k in env if not k.startswith("GIT_CONFIG_VALUE"))

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.record.deployed import record_deployed
-from modules._support.artifacts import DigestMismatch
 from engine.errors import ArgError, ModuleError
-from engine.module import PlanContext
 from engine.model.results import Change
+from engine.module import PlanContext
+from engine.record.deployed import record_deployed
 from engine.secrets import SCRUBBER
+from modules._support.artifacts import DigestMismatch
 from modules.npm_fetch import NpmFetch, NpmFetchArgs, nerf_dart, parse_npmrc, token_for
 
 

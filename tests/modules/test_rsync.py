@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
+import modules._support.rsync_transfer as transfer
 from engine.connection.base import CommandResult, ReadOnly
 from engine.connection.fake import FakeConnection
 from engine.connection.local import LocalConnection
-from engine.errors import ArgError, ModuleError
-from modules._support.manifest import ExcludeRules, ChmodRules
-from engine.module import ApplyContext, PlanContext, get_module
-from modules._support.releases import RELEASE_INFO, releases_to_remove
-from engine.model.results import Change
 from engine.connection.openssh import ssh_command
-import modules._support.rsync_transfer as transfer
+from engine.errors import ArgError, ModuleError
+from engine.model.config import Host
+from engine.model.results import Change
+from engine.module import ApplyContext, PlanContext, get_module
+from modules._support.manifest import ChmodRules, ExcludeRules
+from modules._support.releases import RELEASE_INFO, releases_to_remove
 from modules._support.rsync_transfer import rsync_argv
 from modules.rsync import RsyncArgs, source_manifest
-from engine.model.config import Host
 
 _ids = itertools.count()
 MODULE = get_module("rsync")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from modules._support import releases as rel
 from engine.connection.local import LocalConnection
+from modules._support import releases as rel
 from modules._support.manifest import Entry, local_manifest
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from engine.record.deployed import ArtifactRecorder, history, last_deployed, record_deployed
 from engine.errors import ArgError, ModuleError
 from engine.model.events import RunFinished
-from modules._support.extract import UnsafeEntry
-from engine.module import ApplyContext, PlanContext
 from engine.model.results import Change, RunSummary, Status, StepResult
+from engine.module import ApplyContext, PlanContext
+from engine.record.deployed import ArtifactRecorder, history, last_deployed, record_deployed
+from modules._support.extract import UnsafeEntry
 from modules.s3_fetch import S3Fetch, S3FetchArgs
 from tests.harness.moto import FAKE_SECRET_KEY, MotoServer
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import ArgError
-from modules._support.tagpolicy import TagPolicy, parse_semver, select_tag, semver_range, tag_build_number, tag_timestamp
+from modules._support.tagpolicy import (
+    TagPolicy,
+    parse_semver,
+    select_tag,
+    semver_range,
+    tag_build_number,
+    tag_timestamp,
+)
 
 
 @pytest.mark.parametrize("tags, policy, want", [
