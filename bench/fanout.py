@@ -43,8 +43,21 @@ def playbook_fanout(inventory: Path, workdir: Path, *, forks: int = 50) -> float
 
     pb = Path(workdir) / "fanout.yml"
     pb.write_text(FANOUT_PLAYBOOK)
-    cmd = [sys.executable, "-m", "engine.cli", "run", str(pb), "-i", str(inventory), "--forks", str(forks),
-           "--format", "json", "--state-dir", str(Path(workdir) / "state")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "run",
+        str(pb),
+        "-i",
+        str(inventory),
+        "--forks",
+        str(forks),
+        "--format",
+        "json",
+        "--state-dir",
+        str(Path(workdir) / "state"),
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     took = time.monotonic() - t0
@@ -119,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         fleet, inventory = start_fleet(ns.hosts, workdir)
         try:
-            print(f"fleet: {ns.hosts} sshd up on port {fleet.port} in {time.monotonic() - t0:.2f}s; inventory {inventory}")
+            print(
+                f"fleet: {ns.hosts} sshd up on port {fleet.port} in {time.monotonic() - t0:.2f}s; inventory {inventory}"
+            )
             for rep in range(ns.repeats):
                 lean = lean_fanout(fleet, threads=ns.threads)
                 pooled, closing = pool_fanout(fleet, threads=ns.threads)

@@ -18,8 +18,17 @@ def main() -> int:
     spec = json.load(open(sys.argv[1]))
     mode = sys.argv[2]
     src = sys.argv[3].rstrip("/") + "/" if len(sys.argv) > 3 else ""
-    ssh = ["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={spec['known_hosts']}",
-           "-o", "StrictHostKeyChecking=yes", "-i", spec["key"]]
+    ssh = [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"UserKnownHostsFile={spec['known_hosts']}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-i",
+        spec["key"],
+    ]
     failed = []
     lock = threading.Lock()
 

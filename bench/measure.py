@@ -123,9 +123,10 @@ def run_measured(
     exclude |= {p for p, (pp, _) in before.items() if pp == me}
     cpu0 = _cpu_children()
     out_path = log or Path(os.devnull)
-    with open(f"{out_path}.out" if log else os.devnull, "wb") as out, open(
-        f"{out_path}.err" if log else os.devnull, "wb"
-    ) as err:
+    with (
+        open(f"{out_path}.out" if log else os.devnull, "wb") as out,
+        open(f"{out_path}.err" if log else os.devnull, "wb") as err,
+    ):
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     peak_tree = 0
@@ -163,8 +164,9 @@ def run_measured(
     rc = status["rc"] if not timed_out else -9
     _kill_leftovers(me, exclude)
     cpu = _cpu_children() - cpu0
-    m = Measurement(argv=list(argv), rc=rc, wall=wall, cpu=cpu, peak_tree_rss=peak_tree,
-                    peak_root_rss=peak_root, samples=samples)
+    m = Measurement(
+        argv=list(argv), rc=rc, wall=wall, cpu=cpu, peak_tree_rss=peak_tree, peak_root_rss=peak_root, samples=samples
+    )
     if log:
         m.stdout = Path(f"{log}.out").read_text(errors="replace")
         m.stderr = Path(f"{log}.err").read_text(errors="replace")

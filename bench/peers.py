@@ -123,8 +123,11 @@ def compile_playbook() -> None:
     """Byte-compile the repository's packages, as `pip install` does for every installed package
     (the peers' included). An editable install leaves them uncompiled, and with
     PYTHONDONTWRITEBYTECODE set each timed run would compile them again."""
-    subprocess.run([playbook_command()[0], "-m", "compileall", "-q", str(REPO / "engine"), str(REPO / "modules")],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [playbook_command()[0], "-m", "compileall", "-q", str(REPO / "engine"), str(REPO / "modules")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 if __name__ == "__main__":

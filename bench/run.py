@@ -55,21 +55,38 @@ def _csv(value: str, allowed: tuple[str, ...] | None = None) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--hosts", default="10,25", type=lambda v: [int(x) for x in _csv(v)],
-                   help="fleet sizes to run, comma-separated (default 10,25)")
+    p.add_argument(
+        "--hosts",
+        default="10,25",
+        type=lambda v: [int(x) for x in _csv(v)],
+        help="fleet sizes to run, comma-separated (default 10,25)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="runs per tool and job; medians reported (default 3)")
-    p.add_argument("--jobs", default=",".join(JOBS), type=lambda v: _csv(v, JOBS),
-                   help=f"jobs to run (default {','.join(JOBS)})")
-    p.add_argument("--tools", default=",".join(RUNNERS), type=lambda v: _csv(v, RUNNERS),
-                   help=f"tools to compare (default {','.join(RUNNERS)})")
+    p.add_argument(
+        "--jobs", default=",".join(JOBS), type=lambda v: _csv(v, JOBS), help=f"jobs to run (default {','.join(JOBS)})"
+    )
+    p.add_argument(
+        "--tools",
+        default=",".join(RUNNERS),
+        type=lambda v: _csv(v, RUNNERS),
+        help=f"tools to compare (default {','.join(RUNNERS)})",
+    )
     p.add_argument("--seed", type=int, default=8, help="seed of the artifact tree and its mutation (default 8)")
     p.add_argument("--workdir", type=Path, default=BENCH / ".work", help="scratch dir (default bench/.work)")
-    p.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md",
-                   help="Markdown report to write (default docs/benchmarks.md)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "docs" / "benchmarks.md",
+        help="Markdown report to write (default docs/benchmarks.md)",
+    )
     p.add_argument("--no-write", action="store_true", help="print the table only; do not write --output")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed (default 900)")
-    p.add_argument("--render", type=Path, metavar="RESULTS.json",
-                   help="run nothing: re-render --output from a saved bench/results/*.json")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS.json",
+        help="run nothing: re-render --output from a saved bench/results/*.json",
+    )
     ns = p.parse_args(argv)
     if ns.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -123,8 +140,15 @@ def diff_coverage(output: str, mutation: tree.Mutation) -> tuple[int, int]:
     return sum(1 for p in paths if p in output), len(paths)
 
 
-def run_n(n: int, ns: argparse.Namespace, trees: dict[str, Path], manifests: dict[str, dict[str, str]],
-          mutation: tree.Mutation, peers, results: dict) -> None:
+def run_n(
+    n: int,
+    ns: argparse.Namespace,
+    trees: dict[str, Path],
+    manifests: dict[str, dict[str, str]],
+    mutation: tree.Mutation,
+    peers,
+    results: dict,
+) -> None:
     from tests.harness.sshd import SshdFleet
 
     fleet_dir = ns.workdir / f"fleet-{n}"
@@ -180,15 +204,26 @@ def run_n(n: int, ns: argparse.Namespace, trees: dict[str, Path], manifests: dic
                     if job == "dryrun":
                         found, total = diff_coverage(m.stdout + m.stderr, mutation)
                         m.extra["diff_paths"] = [found, total]
-                    entry["runs"].append({
-                        "wall": m.wall, "cpu": m.cpu, "tree_rss": m.peak_tree_rss,
-                        "root_rss": m.peak_root_rss, "rc": m.rc, **m.extra,
-                    })
-                    extra = f" diff names {m.extra['diff_paths'][0]}/{m.extra['diff_paths'][1]} changed paths" \
-                        if "diff_paths" in m.extra else ""
-                    print(f"  N={n} {job:8} {name:8} #{rep + 1}: wall {m.wall:7.2f}s  cpu {m.cpu:7.2f}s  "
-                          f"tree {m.peak_tree_rss / 2**20:7.0f} MB  root {m.peak_root_rss / 2**20:5.0f} MB{extra}",
-                          flush=True)
+                    entry["runs"].append(
+                        {
+                            "wall": m.wall,
+                            "cpu": m.cpu,
+                            "tree_rss": m.peak_tree_rss,
+                            "root_rss": m.peak_root_rss,
+                            "rc": m.rc,
+                            **m.extra,
+                        }
+                    )
+                    extra = (
+                        f" diff names {m.extra['diff_paths'][0]}/{m.extra['diff_paths'][1]} changed paths"
+                        if "diff_paths" in m.extra
+                        else ""
+                    )
+                    print(
+                        f"  N={n} {job:8} {name:8} #{rep + 1}: wall {m.wall:7.2f}s  cpu {m.cpu:7.2f}s  "
+                        f"tree {m.peak_tree_rss / 2**20:7.0f} MB  root {m.peak_root_rss / 2**20:5.0f} MB{extra}",
+                        flush=True,
+                    )
         for name, runner in runners.items():
             if runner.note:
                 results.setdefault("_notes", {})[name] = runner.note
@@ -224,11 +259,21 @@ def main(argv: list[str] | None = None) -> int:
     manifests = {k: tree.manifest(v) for k, v in trees.items()}
     files = sum(1 for v in manifests["base"].values() if v != "<dir>")
     size = sum(p.stat().st_size for p in trees["base"].rglob("*") if p.is_file())
-    print(f"  {files} files, {size / 1e6:.1f} MB; mutation: {len(mutation.edited)} edited, "
-          f"{len(mutation.added)} added, {len(mutation.removed)} removed", flush=True)
-    results: dict = {"_tree": {"files": files, "bytes": size, "seed": ns.seed,
-                               "edited": len(mutation.edited), "added": len(mutation.added),
-                               "removed": len(mutation.removed)}}
+    print(
+        f"  {files} files, {size / 1e6:.1f} MB; mutation: {len(mutation.edited)} edited, "
+        f"{len(mutation.added)} added, {len(mutation.removed)} removed",
+        flush=True,
+    )
+    results: dict = {
+        "_tree": {
+            "files": files,
+            "bytes": size,
+            "seed": ns.seed,
+            "edited": len(mutation.edited),
+            "added": len(mutation.added),
+            "removed": len(mutation.removed),
+        }
+    }
     machine = report.machine_description(peers)
     out_json = BENCH / "results" / time.strftime("%Y%m%d-%H%M%S.json")
     out_json.parent.mkdir(exist_ok=True)

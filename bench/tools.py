@@ -95,12 +95,18 @@ class RsyncFloor(Runner):
     def __init__(self, fleet: FleetView) -> None:
         super().__init__(fleet)
         self.spec = self.dir / "hosts.json"
-        self.spec.write_text(json.dumps({
-            "key": str(fleet.key),
-            "known_hosts": str(fleet.known_hosts),
-            "hosts": [{"name": h.name, "address": h.address, "port": h.port, "dest": str(h.dest)}
-                      for h in fleet.hosts],
-        }, indent=1))
+        self.spec.write_text(
+            json.dumps(
+                {
+                    "key": str(fleet.key),
+                    "known_hosts": str(fleet.known_hosts),
+                    "hosts": [
+                        {"name": h.name, "address": h.address, "port": h.port, "dest": str(h.dest)} for h in fleet.hosts
+                    ],
+                },
+                indent=1,
+            )
+        )
 
     def invocation(self, job: str, src: Path, run_dir: Path) -> Invocation:
         mode = {"fanout": "true", "dryrun": "dry"}.get(job, "sync")
@@ -136,27 +142,38 @@ class Playbook(Runner):
         # tools take no lock either); otherwise each host gets its own one-host fleet (and step),
         # so each host has its own lock path.
         self.lock_off = self._accepts_lock_false()
-        self.note = ("`lock: false` on the fleet (all hosts share one /tmp)" if self.lock_off else
-                     "one single-host fleet + step per host, so each host has its own deploy lock path "
-                     "(all hosts share one /tmp and the engine cannot turn locks off yet)")
+        self.note = (
+            "`lock: false` on the fleet (all hosts share one /tmp)"
+            if self.lock_off
+            else "one single-host fleet + step per host, so each host has its own deploy lock path "
+            "(all hosts share one /tmp and the engine cannot turn locks off yet)"
+        )
 
     def _accepts_lock_false(self) -> bool:
         import subprocess
 
         probe = self.dir / "probe-lock.yml"
-        probe.write_text(yaml.safe_dump({
-            "name": "probe", "fleets": {"web": {"hosts": "web", "lock": False}},
-            "steps": [{"id": "t", "module": "command", "fleet": "web", "args": {"argv": ["true"]}}]}))
-        p = subprocess.run([*playbook_command(), "validate", str(probe), "-i", str(self.inventory)],
-                           capture_output=True, cwd=self.dir)
+        probe.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "probe",
+                    "fleets": {"web": {"hosts": "web", "lock": False}},
+                    "steps": [{"id": "t", "module": "command", "fleet": "web", "args": {"argv": ["true"]}}],
+                }
+            )
+        )
+        p = subprocess.run(
+            [*playbook_command(), "validate", str(probe), "-i", str(self.inventory)], capture_output=True, cwd=self.dir
+        )
         return p.returncode == 0
 
     def _fleets_and_steps(self, step: dict) -> tuple[dict, list[dict]]:
         if self.lock_off:
             return {"web": {"hosts": "web", "lock": False}}, [{**step, "fleet": "web"}]
         fleets = {f"web_{h.name}": {"hosts": h.name} for h in self.fleet.hosts}
-        steps = [{**copy.deepcopy(step), "id": f"{step['id']}_{h.name}", "fleet": f"web_{h.name}"}
-                 for h in self.fleet.hosts]
+        steps = [
+            {**copy.deepcopy(step), "id": f"{step['id']}_{h.name}", "fleet": f"web_{h.name}"} for h in self.fleet.hosts
+        ]
         return fleets, steps
 
     def unavailable_for(self, job: str) -> str | None:
@@ -170,9 +187,18 @@ class Playbook(Runner):
             doc = {"name": "bench-fanout", "fleets": fleets, "steps": steps}
             path = self.dir / "fanout.yml"
         else:
-            fleets, steps = self._fleets_and_steps({
-                "id": "sync", "module": "rsync",
-                "args": {"src": "{{ sources.tree.path }}", "dest": "{{ root }}/site", "delete": True, "releases": False}})
+            fleets, steps = self._fleets_and_steps(
+                {
+                    "id": "sync",
+                    "module": "rsync",
+                    "args": {
+                        "src": "{{ sources.tree.path }}",
+                        "dest": "{{ root }}/site",
+                        "delete": True,
+                        "releases": False,
+                    },
+                }
+            )
             doc = {
                 "name": "bench-sync",
                 "sources": {"tree": {"type": "local", "path": str(src)}},
@@ -186,8 +212,17 @@ class Playbook(Runner):
     def invocation(self, job: str, src: Path, run_dir: Path) -> Invocation:
         n = str(len(self.fleet.hosts))
         verb = "plan" if job == "dryrun" else "run"
-        argv = [*playbook_command(), verb, str(self._playbook(job, src)), "-i", str(self.inventory),
-                "--forks", n, "--state-dir", str(self.state_dir)]
+        argv = [
+            *playbook_command(),
+            verb,
+            str(self._playbook(job, src)),
+            "-i",
+            str(self.inventory),
+            "--forks",
+            n,
+            "--state-dir",
+            str(self.state_dir),
+        ]
         # plan exits 2 when it finds changes (which the dry-run job always has)
         return Invocation(argv, self.base_env(), ok_rc=(0, 2) if job == "dryrun" else (0,))
 
@@ -197,9 +232,11 @@ class Playbook(Runner):
 
 class Ansible(Runner):
     name = "ansible"
-    note = ("ansible-core + ansible.posix.synchronize (compress off, verify_host, use_ssh_args), "
-            "fan-out with `command: true`; forks = N, pipelining on, no fact gathering, "
-            "ssh args `-o ControlMaster=auto -o ControlPersist=60s` (no -C) with a fresh ControlPath dir per run")
+    note = (
+        "ansible-core + ansible.posix.synchronize (compress off, verify_host, use_ssh_args), "
+        "fan-out with `command: true`; forks = N, pipelining on, no fact gathering, "
+        "ssh args `-o ControlMaster=auto -o ControlPersist=60s` (no -C) with a fresh ControlPath dir per run"
+    )
 
     def __init__(self, fleet: FleetView, peers: Peers) -> None:
         super().__init__(fleet)
@@ -209,19 +246,53 @@ class Ansible(Runner):
             return
         ssh_common = f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes"
         interp = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
-        inv = {"all": {"children": {"web": {"hosts": {
-            h.name: {"ansible_host": h.address, "ansible_port": h.port, "root": str(h.data_dir)}
-            for h in fleet.hosts}}},
-            "vars": {"ansible_user": "root", "ansible_ssh_private_key_file": str(fleet.key),
-                     "ansible_ssh_common_args": ssh_common, "ansible_python_interpreter": interp}}}
+        inv = {
+            "all": {
+                "children": {
+                    "web": {
+                        "hosts": {
+                            h.name: {"ansible_host": h.address, "ansible_port": h.port, "root": str(h.data_dir)}
+                            for h in fleet.hosts
+                        }
+                    }
+                },
+                "vars": {
+                    "ansible_user": "root",
+                    "ansible_ssh_private_key_file": str(fleet.key),
+                    "ansible_ssh_common_args": ssh_common,
+                    "ansible_python_interpreter": interp,
+                },
+            }
+        }
         self.inventory = self.dir / "inventory.yml"
         self.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
-        sync = [{"hosts": "web", "gather_facts": False, "tasks": [{
-            "name": "sync tree", "ansible.posix.synchronize": {
-                "src": "{{ src }}/", "dest": "{{ root }}/site/", "delete": True, "archive": True,
-                "compress": False, "verify_host": True, "use_ssh_args": True}}]}]
-        true = [{"hosts": "web", "gather_facts": False,
-                 "tasks": [{"name": "true", "ansible.builtin.command": "true", "changed_when": False}]}]
+        sync = [
+            {
+                "hosts": "web",
+                "gather_facts": False,
+                "tasks": [
+                    {
+                        "name": "sync tree",
+                        "ansible.posix.synchronize": {
+                            "src": "{{ src }}/",
+                            "dest": "{{ root }}/site/",
+                            "delete": True,
+                            "archive": True,
+                            "compress": False,
+                            "verify_host": True,
+                            "use_ssh_args": True,
+                        },
+                    }
+                ],
+            }
+        ]
+        true = [
+            {
+                "hosts": "web",
+                "gather_facts": False,
+                "tasks": [{"name": "true", "ansible.builtin.command": "true", "changed_when": False}],
+            }
+        ]
         self.sync_yml = self.dir / "sync.yml"
         self.sync_yml.write_text(yaml.safe_dump(sync, sort_keys=False))
         self.true_yml = self.dir / "fanout.yml"
@@ -235,21 +306,23 @@ class Ansible(Runner):
         cp = Path("/tmp") / f"bench-acp-{os.getpid()}"  # ControlPath must stay short (108-byte sun_path)
         shutil.rmtree(cp, ignore_errors=True)
         cp.mkdir()
-        env.update({
-            "ANSIBLE_HOME": str(home),
-            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-            "ANSIBLE_COLLECTIONS_PATH": str(self.peers.ansible_collections),
-            "ANSIBLE_HOST_KEY_CHECKING": "True",
-            "ANSIBLE_PIPELINING": "True",
-            "ANSIBLE_GATHERING": "explicit",
-            "ANSIBLE_FORKS": str(len(self.fleet.hosts)),
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
-            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(cp),
-            "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        })
+        env.update(
+            {
+                "ANSIBLE_HOME": str(home),
+                "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+                "ANSIBLE_COLLECTIONS_PATH": str(self.peers.ansible_collections),
+                "ANSIBLE_HOST_KEY_CHECKING": "True",
+                "ANSIBLE_PIPELINING": "True",
+                "ANSIBLE_GATHERING": "explicit",
+                "ANSIBLE_FORKS": str(len(self.fleet.hosts)),
+                "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
+                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(cp),
+                "ANSIBLE_RETRY_FILES_ENABLED": "False",
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_FORCE_COLOR": "0",
+                "ANSIBLE_DEPRECATION_WARNINGS": "False",
+            }
+        )
         argv = [str(self.peers.ansible_bin), "-i", str(self.inventory), "--forks", str(len(self.fleet.hosts))]
         if job == "fanout":
             argv.append(str(self.true_yml))
@@ -273,23 +346,37 @@ class Pyinfra(Runner):
         if not peers.pyinfra_bin or not peers.pyinfra_bin.exists():
             self.unavailable = "n/a (not installed)"
             return
-        hosts = [(h.name, {"ssh_hostname": h.address, "ssh_port": h.port, "ssh_user": "root",
-                           "ssh_key": str(fleet.key), "ssh_known_hosts_file": str(fleet.known_hosts),
-                           "ssh_strict_host_key_checking": "yes", "ssh_look_for_keys": False,
-                           "ssh_allow_agent": False, "root": str(h.data_dir)})
-                 for h in fleet.hosts]
+        hosts = [
+            (
+                h.name,
+                {
+                    "ssh_hostname": h.address,
+                    "ssh_port": h.port,
+                    "ssh_user": "root",
+                    "ssh_key": str(fleet.key),
+                    "ssh_known_hosts_file": str(fleet.known_hosts),
+                    "ssh_strict_host_key_checking": "yes",
+                    "ssh_look_for_keys": False,
+                    "ssh_allow_agent": False,
+                    "root": str(h.data_dir),
+                },
+            )
+            for h in fleet.hosts
+        ]
         self.inventory = self.dir / "inventory.py"
         self.inventory.write_text(f"web = {hosts!r}\n")
         self.true_py = self.dir / "fanout.py"
-        self.true_py.write_text("from pyinfra.operations import server\n\n"
-                                "server.shell(name='true', commands=['true'])\n")
+        self.true_py.write_text(
+            "from pyinfra.operations import server\n\nserver.shell(name='true', commands=['true'])\n"
+        )
 
     def _sync_py(self, src: Path) -> Path:
         p = self.dir / f"sync_{src.name}.py"
         p.write_text(
             "from pyinfra import host\nfrom pyinfra.operations import files\n\n"
             f"files.rsync(name='sync tree', src={str(src) + '/'!r}, dest=host.data.root + '/site/',"
-            " flags=['-a', '--delete'])\n")
+            " flags=['-a', '--delete'])\n"
+        )
         return p
 
     def invocation(self, job: str, src: Path, run_dir: Path) -> Invocation:
@@ -310,8 +397,10 @@ class PyinfraSync(Pyinfra):
     file (through a stat and a sha1 fact per file), where `files.rsync` compares nothing."""
 
     name = "pyinfra-sync"
-    note = ("pyinfra `files.sync` (delete=True), dry run only: pyinfra's per-file comparison (a fact "
-            "per file); `--dry --parallel N`")
+    note = (
+        "pyinfra `files.sync` (delete=True), dry run only: pyinfra's per-file comparison (a fact "
+        "per file); `--dry --parallel N`"
+    )
 
     def unavailable_for(self, job: str) -> str | None:
         return self.unavailable or (None if job == "dryrun" else "n/a (dry run only)")
@@ -320,7 +409,8 @@ class PyinfraSync(Pyinfra):
         p = self.dir / f"sync_{src.name}.py"
         p.write_text(
             "from pyinfra import host\nfrom pyinfra.operations import files\n\n"
-            f"files.sync(name='sync tree', src={str(src)!r}, dest=host.data.root + '/site', delete=True)\n")
+            f"files.sync(name='sync tree', src={str(src)!r}, dest=host.data.root + '/site', delete=True)\n"
+        )
         return p
 
 

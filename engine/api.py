@@ -132,8 +132,9 @@ def execute(
         release = getattr(pool, "release", None)
     taken: list[tuple[str, list[str], Any]] = []
     try:
-        executor = Executor(loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release,
-                            prewarm=not warming)
+        executor = Executor(
+            loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release, prewarm=not warming
+        )
         if on_executor:
             on_executor(executor)
         if options.mode == "run" and options.locks:
@@ -146,21 +147,24 @@ def execute(
             pool.close_all()
 
 
-def _acquire_locks(playbook: Playbook, executor: Executor, connect: Callable[[str], Any],
-                   options: RunOptions) -> list[tuple[str, list[str], Any]]:
+def _acquire_locks(
+    playbook: Playbook, executor: Executor, connect: Callable[[str], Any], options: RunOptions
+) -> list[tuple[str, list[str], Any]]:
     """Take every locked fleet's deploy lock on all its hosts before any step starts; a lock
     held by another run fails the whole run at once, naming the holder (nothing has run)."""
     taken: list[tuple[str, list[str], Any]] = []
     info = LockInfo.create(run_id=options.run_id, playbook=playbook.path)
     try:
         for name, fleet in playbook.fleets.items():
-            hosts = [h for h in executor.fleet_hosts.get(name, [])
-                     if executor.inventory.hosts[h].connection != "kubernetes"]  # the API has its own concurrency control
+            hosts = [
+                h for h in executor.fleet_hosts.get(name, []) if executor.inventory.hosts[h].connection != "kubernetes"
+            ]  # the API has its own concurrency control
             if not fleet.lock or not hosts:
                 continue
             path = default_lock_path(name)
-            got, _unreachable = acquire_all({h: (lambda h=h: connect(h)) for h in hosts}, path, info,
-                                            workers=options.forks)
+            got, _unreachable = acquire_all(
+                {h: (lambda h=h: connect(h)) for h in hosts}, path, info, workers=options.forks
+            )
             taken.append((path, got, info))  # unreachable hosts fail at their first step
     except BaseException:
         for path, hosts, held in taken:
@@ -198,11 +202,19 @@ def run(
         history = History(options.state_dir)
         options.run_id = new_run_id()
         options.release_id = options.release_id or new_release_id()
-        subs.insert(0, HistoryRecorder(
-            history, name=loaded.playbook.name, release_id=options.release_id, limit=options.limit,
-            playbook_hash=file_hash(loaded.playbook.path), inventory_hash=file_hash(loaded.inventory.path),
-            plan_hash=plan_hash, scrub=SCRUBBER.scrub_obj,
-        ))
+        subs.insert(
+            0,
+            HistoryRecorder(
+                history,
+                name=loaded.playbook.name,
+                release_id=options.release_id,
+                limit=options.limit,
+                playbook_hash=file_hash(loaded.playbook.path),
+                inventory_hash=file_hash(loaded.inventory.path),
+                plan_hash=plan_hash,
+                scrub=SCRUBBER.scrub_obj,
+            ),
+        )
         subs.append(ArtifactRecorder(options.state_dir, loaded.playbook.name))
     try:
         return execute(loaded, options, subscribers=subs, on_executor=on_executor, pool=pool, connect=connect)
@@ -231,22 +243,30 @@ def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> None:
             raise PlaybookError(f"--resume: run {rec.run_id} used --limit {rec.limit_pattern!r}; resume with the same")
         options.release_id = rec.release_id or options.release_id
         options.resumed_from = rec.run_id
-        options.done = {(r["step"], r["host"]): r["outputs"] for r in hist.results(rec.run_id)
-                        if r["status"] in ("ok", "changed")}
+        options.done = {
+            (r["step"], r["host"]): r["outputs"] for r in hist.results(rec.run_id) if r["status"] in ("ok", "changed")
+        }
     finally:
         hist.close()
 
 
-def save_plan(path: str, summary: RunSummary, loaded: Loaded, options: RunOptions, *,
-              secret_names: set[str]) -> str:
+def save_plan(path: str, summary: RunSummary, loaded: Loaded, options: RunOptions, *, secret_names: set[str]) -> str:
     """Write a plan's summary to `path` for `playbook apply` (engine/record/savedplan.py) and
     return its plan hash. Secret values never enter the file."""
     from engine.record.savedplan import save_plan as write_plan
     from engine.secrets import SCRUBBER
 
-    return write_plan(path, summary, playbook=loaded.playbook.path, inventory=loaded.inventory.path,
-                      extra_vars=options.extra_vars, secret_names=secret_names, limit=options.limit,
-                      release_id=options.release_id, scrubber=SCRUBBER)
+    return write_plan(
+        path,
+        summary,
+        playbook=loaded.playbook.path,
+        inventory=loaded.inventory.path,
+        extra_vars=options.extra_vars,
+        secret_names=secret_names,
+        limit=options.limit,
+        release_id=options.release_id,
+        scrubber=SCRUBBER,
+    )
 
 
 @dataclass(frozen=True)
@@ -260,8 +280,9 @@ class SavedApply:
     secret_names: frozenset[str]
 
 
-def prepare_apply(plan_file: str, *, secrets: Sequence[str] = (), forks: int = 50, state_dir: str = ".playbook",
-                  verbose: int = 0) -> SavedApply:
+def prepare_apply(
+    plan_file: str, *, secrets: Sequence[str] = (), forks: int = 50, state_dir: str = ".playbook", verbose: int = 0
+) -> SavedApply:
     """Load a saved plan and check it still holds (`playbook apply`): refuse (`StalePlan`) when
     its playbook or inventory changed, or when a fresh read-only plan from the same inputs
     differs from it on any node, naming each host and step. Nothing is changed anywhere."""
@@ -275,18 +296,35 @@ def prepare_apply(plan_file: str, *, secrets: Sequence[str] = (), forks: int = 5
     found = resolve_secrets(loaded.playbook, secrets)
     extra.update(found)
     check(loaded, extra, saved.limit)
-    verify = RunOptions(mode="plan", forks=forks, limit=saved.limit, extra_vars=extra,
-                        release_id=saved.release_id, state_dir=state_dir, verbose=verbose)
+    verify = RunOptions(
+        mode="plan",
+        forks=forks,
+        limit=saved.limit,
+        extra_vars=extra,
+        release_id=saved.release_id,
+        state_dir=state_dir,
+        verbose=verbose,
+    )
     fresh = execute(loaded, verify)
     drifted = drift(saved, fresh)
     if drifted:
         lines = "\n".join(f"  {host}  {step}: {why}" for host, step, why in drifted)
         hosts = sorted({h for h, _, _ in drifted})
-        raise StalePlan(f"refusing to apply {plan_file}: the world changed since the plan on "
-                        f"{len(hosts)} host(s) ({', '.join(hosts)}):\n{lines}\nplan again and review the new plan",
-                        drifted)
-    options = RunOptions(mode="run", forks=forks, limit=saved.limit, extra_vars=extra, release_id=saved.release_id,
-                         state_dir=state_dir, verbose=verbose, expected=saved.nodes)
+        raise StalePlan(
+            f"refusing to apply {plan_file}: the world changed since the plan on "
+            f"{len(hosts)} host(s) ({', '.join(hosts)}):\n{lines}\nplan again and review the new plan",
+            drifted,
+        )
+    options = RunOptions(
+        mode="run",
+        forks=forks,
+        limit=saved.limit,
+        extra_vars=extra,
+        release_id=saved.release_id,
+        state_dir=state_dir,
+        verbose=verbose,
+        expected=saved.nodes,
+    )
     return SavedApply(loaded, options, saved.plan_hash, frozenset(found))
 
 
@@ -300,8 +338,9 @@ class Rollback:
     options: RunOptions
 
 
-def prepare_rollback(loaded: Loaded, options: RunOptions, *, to: str | None = None,
-                     with_migrations: bool = False) -> Rollback:
+def prepare_rollback(
+    loaded: Loaded, options: RunOptions, *, to: str | None = None, with_migrations: bool = False
+) -> Rollback:
     """Plan a rollback of `loaded`'s playbook from its history in `options.state_dir` (engine/
     record/rollback.py) and check the generated playbook; `options` gives mode, forks, limit and
     extra vars (secrets included). Refused (`RollbackRefused`) when migrations would be left

@@ -45,7 +45,9 @@ def _with_template(schema: dict[str, Any], templated: bool) -> dict[str, Any]:
     if not templated:
         return schema
     branches = schema["anyOf"] if set(schema) == {"anyOf"} else [schema]
-    if TEMPLATE_SCHEMA in branches or any(b.get("type") == "string" and "pattern" not in b and "enum" not in b for b in branches):
+    if TEMPLATE_SCHEMA in branches or any(
+        b.get("type") == "string" and "pattern" not in b and "enum" not in b for b in branches
+    ):
         return schema  # any string already passes
     return {"anyOf": [*branches, dict(TEMPLATE_SCHEMA)]}
 
@@ -279,7 +281,9 @@ class _Converter:
             if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
                 if len(value) != len(args):
                     raise ArgError(f"'{name}' must have {len(args)} items (got {len(value)})", path=path)
-                return tuple(self.convert(a, v, f"{name}[{i}]", f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+                return tuple(
+                    self.convert(a, v, f"{name}[{i}]", f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value))
+                )
             item = args[0] if args else Any
             items = [self.convert(item, v, f"{name}[{i}]", f"{path}[{i}]") for i, v in enumerate(value)]
             return tuple(items) if origin is tuple or tp is tuple else items

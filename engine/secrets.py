@@ -129,7 +129,7 @@ def _node_pattern(node: dict[str, Any]) -> str:
     parts: list[str] = []
     # Follow single-child chains iteratively: a 4 KiB key must not cost 4096 stack frames.
     while len(node) == 1 and "" not in node:
-        (ch, node), = node.items()
+        ((ch, node),) = node.items()
         parts.append(re.escape(ch))
     branches = [re.escape(ch) + _node_pattern(child) for ch, child in sorted(node.items()) if ch != ""]
     ends_here = "" in node

@@ -221,7 +221,7 @@ def resolve_vars(raw: Mapping[str, Any], base: Mapping[str, Any] | None = None) 
         if name in done:
             return done[name]
         if name in active:
-            cycle = " -> ".join(active[active.index(name):] + [name])
+            cycle = " -> ".join(active[active.index(name) :] + [name])
             raise TemplateError(f"vars reference each other in a cycle: {cycle}")
         active.append(name)
         value = raw[name]

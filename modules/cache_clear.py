@@ -29,7 +29,11 @@ _SENSITIVE = ("authorization", "cookie", "token", "secret", "key", "pass", "auth
 class HttpPurge:
     url: str = arg(doc="URL to request, http or https (e.g. `http://{{ host.address }}/purge`).")
     method: str = arg("PURGE", doc="HTTP method (PURGE, BAN, POST, GET...).")
-    headers: dict[str, str] = arg(default_factory=dict, secret=True, doc="Request headers. Values are never shown in plans, logs or errors when the header looks sensitive (Authorization, Cookie, *token*, *key*...) or the value is a secret.")
+    headers: dict[str, str] = arg(
+        default_factory=dict,
+        secret=True,
+        doc="Request headers. Values are never shown in plans, logs or errors when the header looks sensitive (Authorization, Cookie, *token*, *key*...) or the value is a secret.",
+    )
     expect: tuple[int, ...] = arg((), doc="Status codes that count as success (default: any 2xx).")
     timeout: float = arg(10.0, doc="Seconds to wait for the response.")
     body: str | None = arg(None, doc="Request body (sent as is).")
@@ -37,10 +41,18 @@ class HttpPurge:
 
 @dataclass(frozen=True)
 class CacheClearArgs:
-    command: tuple[str, ...] | None = arg(None, doc="Command run on the host as the connection user, as a list of arguments (no shell), e.g. `[wp, cache, flush, --allow-root]`. Give `command` or `http`.")
+    command: tuple[str, ...] | None = arg(
+        None,
+        doc="Command run on the host as the connection user, as a list of arguments (no shell), e.g. `[wp, cache, flush, --allow-root]`. Give `command` or `http`.",
+    )
     chdir: str | None = arg(None, doc="Directory to run `command` in (e.g. `{{ steps.sync.release }}`).")
-    http: HttpPurge | None = arg(None, doc="An HTTP purge request sent from the controller for each host. Give `command` or `http`.")
-    only_if_changed: tuple[str, ...] = arg((), doc="Step ids (that this step `needs`): clear only when one of them changed something on this host (an `rsync` step's `changed_files`).")
+    http: HttpPurge | None = arg(
+        None, doc="An HTTP purge request sent from the controller for each host. Give `command` or `http`."
+    )
+    only_if_changed: tuple[str, ...] = arg(
+        (),
+        doc="Step ids (that this step `needs`): clear only when one of them changed something on this host (an `rsync` step's `changed_files`).",
+    )
 
 
 def _sensitive(name: str) -> bool:
@@ -75,16 +87,20 @@ def _changed(ctx: PlanContext, step_ids: tuple[str, ...]) -> tuple[bool | None, 
     unknown = []
     for sid in step_ids:
         if sid not in steps:
-            raise ArgError(f"'only_if_changed' names step '{sid}', which has not run on this host (add it to 'needs')",
-                           path=f"{ctx.step}.args")
+            raise ArgError(
+                f"'only_if_changed' names step '{sid}', which has not run on this host (add it to 'needs')",
+                path=f"{ctx.step}.args",
+            )
         outs = steps[sid] or {}
         value = outs.get("changed_files", outs.get("changed", None))
         if value is UNKNOWN:
             unknown.append(sid)
             continue
         if value is None:
-            raise ArgError(f"'only_if_changed': step '{sid}' reports neither 'changed_files' nor 'changed'",
-                           path=f"{ctx.step}.args")
+            raise ArgError(
+                f"'only_if_changed': step '{sid}' reports neither 'changed_files' nor 'changed'",
+                path=f"{ctx.step}.args",
+            )
         if value:
             return True, f"'{sid}' changed"
     if unknown:
@@ -173,6 +189,9 @@ def _purge(ctx: ApplyContext, h: HttpPurge) -> dict[str, Any]:
     text = body.decode("utf-8", "replace")
     if not ok:
         want = ", ".join(str(s) for s in h.expect) if h.expect else "2xx"
-        raise ModuleError(f"cache purge {shown}: got status {status}, expected {want}"
-                          + (f"\n{text.strip()[:500]}" if text.strip() else ""), path=ctx.host or "")
+        raise ModuleError(
+            f"cache purge {shown}: got status {status}, expected {want}"
+            + (f"\n{text.strip()[:500]}" if text.strip() else ""),
+            path=ctx.host or "",
+        )
     return {"status": status, "output": text}

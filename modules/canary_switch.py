@@ -48,21 +48,32 @@ _MERGE = "application/merge-patch+json"
 
 @dataclass(frozen=True)
 class CanaryArgs:
-    action: Literal["switch", "set_image", "wait", "revert"] = arg(doc="`switch` the active colour, `set_image` on a colour's Deployment, `wait` for its rollout, or `revert` it to a healthy digest.")
+    action: Literal["switch", "set_image", "wait", "revert"] = arg(
+        doc="`switch` the active colour, `set_image` on a colour's Deployment, `wait` for its rollout, or `revert` it to a healthy digest."
+    )
     to: str | None = arg(None, doc="`switch`: the colour to make active (default: the other one).")
-    colour: str | None = arg(None, doc="`set_image`/`wait`/`revert`: whose Deployment (default: the active colour in the ConfigMap).")
-    image: str | None = arg(None, doc="`set_image`: the image by digest, `repo@sha256:<hex>`. `revert`: the healthy image to go back to (unset or empty: the last one recorded healthy that is not the current one).")
+    colour: str | None = arg(
+        None, doc="`set_image`/`wait`/`revert`: whose Deployment (default: the active colour in the ConfigMap)."
+    )
+    image: str | None = arg(
+        None,
+        doc="`set_image`: the image by digest, `repo@sha256:<hex>`. `revert`: the healthy image to go back to (unset or empty: the last one recorded healthy that is not the current one).",
+    )
     container: str = arg("web", doc="The container whose image is set; other containers are left alone.")
     configmap: str = arg("canary-env", doc="Name of the ConfigMap holding the canary state.")
-    configmap_key: str = arg("canaryEnv", doc="Key in the ConfigMap's data holding `{\"selector\": ..., \"image\": ...}` as JSON.")
+    configmap_key: str = arg(
+        "canaryEnv", doc='Key in the ConfigMap\'s data holding `{"selector": ..., "image": ...}` as JSON.'
+    )
     service: str = arg("canary", doc="The Service whose selector picks the active colour.")
     selector_label: str = arg("app", doc="The label of the Service selector (and pods) that carries the colour.")
     deployment: str = arg("{colour}-deployment", doc="Deployment name; `{colour}` is replaced by the colour.")
     colours: tuple[str, ...] = arg(("blue", "green"), doc="The two colours.")
     wait: bool = arg(True, doc="`set_image`/`revert`: wait for the rollout to complete.")
     timeout_seconds: int = arg(300, doc="How long a rollout may take before it counts as failed.")
-    revert_on_failure: bool = arg(True, doc="Restore the previous image (and the selector, if this run switched it) when the rollout fails or times out.")
-
+    revert_on_failure: bool = arg(
+        True,
+        doc="Restore the previous image (and the selector, if this run switched it) when the rollout fails or times out.",
+    )
 
 
 # -- reading the canary ----------------------------------------------------------------------------
@@ -87,11 +98,16 @@ def _read_state(kube: Kube, args: CanaryArgs) -> _State:
     try:
         env = json.loads(raw)
     except ValueError as exc:
-        raise ModuleError(f"configmap '{args.configmap}' key '{args.configmap_key}' must be JSON (got {raw[:80]!r}: {exc})",
-                          path=kube.host) from None
+        raise ModuleError(
+            f"configmap '{args.configmap}' key '{args.configmap_key}' must be JSON (got {raw[:80]!r}: {exc})",
+            path=kube.host,
+        ) from None
     if not isinstance(env, dict) or env.get("selector") not in args.colours:
-        raise ModuleError(f"configmap '{args.configmap}' '{args.configmap_key}'.selector must be one of "
-                          f"{', '.join(args.colours)} (got {raw[:120]!r})", path=kube.host)
+        raise ModuleError(
+            f"configmap '{args.configmap}' '{args.configmap_key}'.selector must be one of "
+            f"{', '.join(args.colours)} (got {raw[:120]!r})",
+            path=kube.host,
+        )
     svc = kube.read("service", args.service)
     return _State(cm, env, svc)
 
@@ -122,8 +138,9 @@ def _healthy(cm: Any, deployment: str, container: str) -> list[str]:
     return [str(i) for i in images] if isinstance(images, list) else []
 
 
-def _healthy_annotation(cm: Any, deployment: str, container: str, add: str | None = None,
-                        drop: str | None = None) -> str:
+def _healthy_annotation(
+    cm: Any, deployment: str, container: str, add: str | None = None, drop: str | None = None
+) -> str:
     record = _healthy_record(cm)
     per_dep = record.get(deployment) if isinstance(record.get(deployment), dict) else {}
     images = [i for i in _healthy(cm, deployment, container) if i not in (add, drop)]
@@ -137,7 +154,9 @@ def rollout_state(dep: Any) -> tuple[bool, str]:
     """(complete, description) of a Deployment's rollout, as `kubectl rollout status` judges it."""
     s, want = dep.status, dep.spec.replicas if dep.spec.replicas is not None else 1
     gen, seen = dep.metadata.generation or 0, (s.observed_generation or 0) if s else 0
-    updated, available, total = (s.updated_replicas or 0, s.available_replicas or 0, s.replicas or 0) if s else (0, 0, 0)
+    updated, available, total = (
+        (s.updated_replicas or 0, s.available_replicas or 0, s.replicas or 0) if s else (0, 0, 0)
+    )
     text = f"generation {seen}/{gen}, {updated} updated, {available} available, {total} total of {want}"
     for cond in (s.conditions or []) if s else []:
         if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
@@ -202,23 +221,40 @@ class CanarySwitch:
             raise ArgError(f"'to' must be one of {', '.join(args.colours)} (got {to!r})", path=where)
         dep = kube.read("deployment", args.deployment.format(colour=to))  # never switch to nothing
         svc_sel = dict(state.svc.spec.selector or {})
-        outputs = {"selector": to, "colour": to, "deployment": dep.metadata.name,
-                   "image": state.env.get("image", ""), "previous_image": state.env.get("image", "")}
+        outputs = {
+            "selector": to,
+            "colour": to,
+            "deployment": dep.metadata.name,
+            "image": state.env.get("image", ""),
+            "previous_image": state.env.get("image", ""),
+        }
         fp = _fingerprint(state)
         if current == to and svc_sel.get(args.selector_label) == to:
             return Plan.no_change(f"'{to}' is already active", outputs=outputs, fingerprint=fp)
         diffs = []
         if current != to:
-            diffs.append(Diff(header=f"configmap/{args.configmap} data.{args.configmap_key} ({kube.namespace})",
-                              before=_env_text(state.env) + "\n", after=_env_text({**state.env, "selector": to}) + "\n"))
+            diffs.append(
+                Diff(
+                    header=f"configmap/{args.configmap} data.{args.configmap_key} ({kube.namespace})",
+                    before=_env_text(state.env) + "\n",
+                    after=_env_text({**state.env, "selector": to}) + "\n",
+                )
+            )
         if svc_sel.get(args.selector_label) != to:
-            diffs.append(Diff(header=f"service/{args.service} spec.selector ({kube.namespace})",
-                              before="".join(f"{k}: {v}\n" for k, v in svc_sel.items()),
-                              after="".join(f"{k}: {v}\n" for k, v in {**svc_sel, args.selector_label: to}.items())))
+            diffs.append(
+                Diff(
+                    header=f"service/{args.service} spec.selector ({kube.namespace})",
+                    before="".join(f"{k}: {v}\n" for k, v in svc_sel.items()),
+                    after="".join(f"{k}: {v}\n" for k, v in {**svc_sel, args.selector_label: to}.items()),
+                )
+            )
         complete, text = rollout_state(dep)
-        reason = f"switch {current} -> {to}" + ("" if complete else f" (warning: {dep.metadata.name} is not rolled out: {text})")
-        return Plan.will_change(reason, diffs=tuple(diffs), outputs=outputs, fingerprint=fp,
-                                data={"args": args, "from": current, "to": to})
+        reason = f"switch {current} -> {to}" + (
+            "" if complete else f" (warning: {dep.metadata.name} is not rolled out: {text})"
+        )
+        return Plan.will_change(
+            reason, diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data={"args": args, "from": current, "to": to}
+        )
 
     def _plan_image(self, kube: Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
         colour = args.colour or state.selector
@@ -228,48 +264,92 @@ class CanarySwitch:
         current = _container(dep, args.container, kube.host).image
         complete, text = rollout_state(dep)
         fp = _fingerprint(state, dep)
-        base = {"selector": state.selector, "colour": colour, "deployment": dep.metadata.name,
-                "previous_image": current}
+        base = {
+            "selector": state.selector,
+            "colour": colour,
+            "deployment": dep.metadata.name,
+            "previous_image": current,
+        }
         if args.action == "wait":
             outputs = {**base, "image": current}
             if complete:
                 return Plan.no_change(f"{dep.metadata.name} is rolled out ({text})", outputs=outputs, fingerprint=fp)
-            return Plan.will_change(f"wait for {dep.metadata.name} to roll out ({text})", outputs=outputs,
-                                    fingerprint=fp, data={"args": args, "colour": colour, "deployment": dep.metadata.name,
-                                                          "image": current, "previous": None})
+            return Plan.will_change(
+                f"wait for {dep.metadata.name} to roll out ({text})",
+                outputs=outputs,
+                fingerprint=fp,
+                data={
+                    "args": args,
+                    "colour": colour,
+                    "deployment": dep.metadata.name,
+                    "image": current,
+                    "previous": None,
+                },
+            )
         if args.action == "set_image":
             if not args.image or not _DIGEST_REF.fullmatch(args.image):
-                raise ArgError(f"'image' must be pinned by digest, repo@sha256:<64 hex> (got {args.image!r})", path=where)
+                raise ArgError(
+                    f"'image' must be pinned by digest, repo@sha256:<64 hex> (got {args.image!r})", path=where
+                )
             image = args.image
             why = f"set {dep.metadata.name} container '{args.container}' to {image}"
         else:  # revert
             if args.image:
                 if not _DIGEST_REF.fullmatch(args.image):
-                    raise ArgError(f"'image' must be pinned by digest, repo@sha256:<64 hex> (got {args.image!r})", path=where)
+                    raise ArgError(
+                        f"'image' must be pinned by digest, repo@sha256:<64 hex> (got {args.image!r})", path=where
+                    )
                 image = args.image
             else:
                 healthy = [i for i in _healthy(state.cm, dep.metadata.name, args.container) if i != current]
                 if not healthy:
-                    raise ModuleError(f"no healthy image recorded for {dep.metadata.name} container '{args.container}' "
-                                      "other than the current one: give 'image'", path=kube.host)
+                    raise ModuleError(
+                        f"no healthy image recorded for {dep.metadata.name} container '{args.container}' "
+                        "other than the current one: give 'image'",
+                        path=kube.host,
+                    )
                 image = healthy[-1]
             why = f"revert {dep.metadata.name} container '{args.container}' to healthy {image}"
         outputs = {**base, "image": image}
         active = colour == state.selector
         cm_stale = active and state.env.get("image") != image
         if current == image and not cm_stale:
-            return Plan.no_change(f"{dep.metadata.name} container '{args.container}' already runs {image}",
-                                  outputs=outputs, fingerprint=fp)
+            return Plan.no_change(
+                f"{dep.metadata.name} container '{args.container}' already runs {image}",
+                outputs=outputs,
+                fingerprint=fp,
+            )
         diffs = []
         if current != image:
-            diffs.append(Diff(header=f"deployment/{dep.metadata.name} container {args.container} ({kube.namespace})",
-                              before=f"image: {current}\n", after=f"image: {image}\n"))
+            diffs.append(
+                Diff(
+                    header=f"deployment/{dep.metadata.name} container {args.container} ({kube.namespace})",
+                    before=f"image: {current}\n",
+                    after=f"image: {image}\n",
+                )
+            )
         if cm_stale:
-            diffs.append(Diff(header=f"configmap/{args.configmap} data.{args.configmap_key} ({kube.namespace})",
-                              before=_env_text(state.env) + "\n", after=_env_text({**state.env, "image": image}) + "\n"))
-        return Plan.will_change(why, diffs=tuple(diffs), outputs=outputs, fingerprint=fp,
-                                data={"args": args, "colour": colour, "deployment": dep.metadata.name, "image": image,
-                                      "previous": current, "was_complete": complete})
+            diffs.append(
+                Diff(
+                    header=f"configmap/{args.configmap} data.{args.configmap_key} ({kube.namespace})",
+                    before=_env_text(state.env) + "\n",
+                    after=_env_text({**state.env, "image": image}) + "\n",
+                )
+            )
+        return Plan.will_change(
+            why,
+            diffs=tuple(diffs),
+            outputs=outputs,
+            fingerprint=fp,
+            data={
+                "args": args,
+                "colour": colour,
+                "deployment": dep.metadata.name,
+                "image": image,
+                "previous": current,
+                "was_complete": complete,
+            },
+        )
 
     # -- applying --------------------------------------------------------------------------------
 
@@ -285,9 +365,15 @@ class CanarySwitch:
             if args.action == "wait":
                 self._wait_or_revert(ctx, kube, args, d["colour"], d["deployment"], previous=None)
                 return {}
-            self._set_image(kube, args, d["deployment"], d["colour"], d["image"],
-                            record_current=bool(d.get("was_complete")) and args.action == "set_image",
-                            drop_current=args.action == "revert")
+            self._set_image(
+                kube,
+                args,
+                d["deployment"],
+                d["colour"],
+                d["image"],
+                record_current=bool(d.get("was_complete")) and args.action == "set_image",
+                drop_current=args.action == "revert",
+            )
             ctx.emit(f"canary: {d['deployment']} container '{args.container}' -> {d['image']}")
             if args.wait:
                 self._wait_or_revert(ctx, kube, args, d["colour"], d["deployment"], previous=d["previous"])
@@ -302,37 +388,67 @@ class CanarySwitch:
                 return
             except Conflict:
                 if attempt == _CONFLICT_RETRIES - 1:
-                    raise ModuleError(f"still conflicting after {_CONFLICT_RETRIES} fresh reads: someone else keeps "
-                                      "changing the canary", path=kube.host) from None
+                    raise ModuleError(
+                        f"still conflicting after {_CONFLICT_RETRIES} fresh reads: someone else keeps "
+                        "changing the canary",
+                        path=kube.host,
+                    ) from None
                 time.sleep(0.1 * (attempt + 1))
 
     def _switch(self, kube: Kube, args: CanaryArgs, to: str, run_id: str, image: str | None = None) -> None:
         """Point the ConfigMap and the Service at `to` (restoring the ConfigMap's `image` too when
         given: switching back after a failed rollout)."""
+
         def configmap() -> None:
             state = _read_state(kube, args)
             if state.selector == to and (image is None or state.env.get("image") == image):
                 return
             env = {**state.env, "selector": to, **({"image": image} if image is not None else {})}
-            mark = json.dumps({"from": state.selector, "to": to, "run": run_id, "image": state.env.get("image")},
-                              separators=(",", ":"))
-            kube.patch("configmap", args.configmap, {
-                "metadata": {"resourceVersion": state.cm.metadata.resource_version, "annotations": {SWITCH_ANNOTATION: mark}},
-                "data": {args.configmap_key: _env_text(env)},
-            }, _MERGE)
+            mark = json.dumps(
+                {"from": state.selector, "to": to, "run": run_id, "image": state.env.get("image")},
+                separators=(",", ":"),
+            )
+            kube.patch(
+                "configmap",
+                args.configmap,
+                {
+                    "metadata": {
+                        "resourceVersion": state.cm.metadata.resource_version,
+                        "annotations": {SWITCH_ANNOTATION: mark},
+                    },
+                    "data": {args.configmap_key: _env_text(env)},
+                },
+                _MERGE,
+            )
 
         def service() -> None:
             svc = kube.read("service", args.service)
             if (svc.spec.selector or {}).get(args.selector_label) == to:
                 return
-            kube.patch("service", args.service, {"metadata": {"resourceVersion": svc.metadata.resource_version},
-                                                 "spec": {"selector": {args.selector_label: to}}}, _SMP)
+            kube.patch(
+                "service",
+                args.service,
+                {
+                    "metadata": {"resourceVersion": svc.metadata.resource_version},
+                    "spec": {"selector": {args.selector_label: to}},
+                },
+                _SMP,
+            )
 
         self._retrying(kube, configmap)
         self._retrying(kube, service)
 
-    def _set_image(self, kube: Kube, args: CanaryArgs, name: str, colour: str, image: str, *,
-                   record_current: bool = False, drop_current: bool = False) -> None:
+    def _set_image(
+        self,
+        kube: Kube,
+        args: CanaryArgs,
+        name: str,
+        colour: str,
+        image: str,
+        *,
+        record_current: bool = False,
+        drop_current: bool = False,
+    ) -> None:
         """Patch the container's image, then bring the ConfigMap along: its `image` when `colour`
         is active, and the healthy record (the replaced image added if it was rolled out, or
         dropped when reverting away from it)."""
@@ -343,10 +459,15 @@ class CanarySwitch:
             current = _container(dep, args.container, kube.host).image
             if current == image:
                 return
-            kube.patch("deployment", name, {
-                "metadata": {"resourceVersion": dep.metadata.resource_version},
-                "spec": {"template": {"spec": {"containers": [{"name": args.container, "image": image}]}}},
-            }, _SMP)
+            kube.patch(
+                "deployment",
+                name,
+                {
+                    "metadata": {"resourceVersion": dep.metadata.resource_version},
+                    "spec": {"template": {"spec": {"containers": [{"name": args.container, "image": image}]}}},
+                },
+                _SMP,
+            )
             replaced.append((current, rollout_state(dep)[0]))
 
         def configmap() -> None:
@@ -358,10 +479,12 @@ class CanarySwitch:
                 old, was_complete = replaced[0]
                 if record_current and was_complete:
                     body["metadata"]["annotations"] = {
-                        HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, add=old)}
+                        HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, add=old)
+                    }
                 elif drop_current:
                     body["metadata"]["annotations"] = {
-                        HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, drop=old)}
+                        HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, drop=old)
+                    }
             if len(body) > 1 or "annotations" in body["metadata"]:
                 kube.patch("configmap", args.configmap, body, _MERGE)
 
@@ -378,10 +501,19 @@ class CanarySwitch:
             state = _read_state(kube, args)
             if _healthy(state.cm, name, args.container)[-1:] == [image]:
                 return
-            kube.patch("configmap", args.configmap, {"metadata": {
-                "resourceVersion": state.cm.metadata.resource_version,
-                "annotations": {HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, add=image)}}},
-                _MERGE)
+            kube.patch(
+                "configmap",
+                args.configmap,
+                {
+                    "metadata": {
+                        "resourceVersion": state.cm.metadata.resource_version,
+                        "annotations": {
+                            HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, add=image)
+                        },
+                    }
+                },
+                _MERGE,
+            )
 
         self._retrying(kube, annotate)
 
@@ -403,9 +535,14 @@ class CanarySwitch:
             w = watch.Watch()
             try:
                 with kube.call(f"watching deployment '{name}'"):
-                    for event in w.stream(kube.apps.list_namespaced_deployment, kube.namespace,
-                                          field_selector=f"metadata.name={name}", resource_version=rv,
-                                          timeout_seconds=max(1, min(int(left), 60)), _request_timeout=left + 10):
+                    for event in w.stream(
+                        kube.apps.list_namespaced_deployment,
+                        kube.namespace,
+                        field_selector=f"metadata.name={name}",
+                        resource_version=rv,
+                        timeout_seconds=max(1, min(int(left), 60)),
+                        _request_timeout=left + 10,
+                    ):
                         obj = event["object"]
                         if event["type"] == "ERROR" or not hasattr(obj, "metadata"):
                             break  # e.g. 410 Gone: read again below
@@ -424,8 +561,9 @@ class CanarySwitch:
                 rv = dep.metadata.resource_version
         return True, text
 
-    def _wait_or_revert(self, ctx: ApplyContext, kube: Kube, args: CanaryArgs, colour: str, name: str,
-                        previous: str | None) -> None:
+    def _wait_or_revert(
+        self, ctx: ApplyContext, kube: Kube, args: CanaryArgs, colour: str, name: str, previous: str | None
+    ) -> None:
         ctx.emit(f"canary: waiting up to {args.timeout_seconds}s for {name} to roll out")
         ok, text = self._wait(ctx, kube, name, args.timeout_seconds)
         if ok:
@@ -451,8 +589,9 @@ class CanarySwitch:
         if target and target != current:
             ok, text = self._wait(ctx, kube, name, args.timeout_seconds)
             done.append("rolled back" if ok else f"rollback not complete yet ({text})")
-        raise ModuleError(f"{failure}; reverted: {', '.join(done) if done else 'nothing recorded to revert to'}",
-                          path=kube.host)
+        raise ModuleError(
+            f"{failure}; reverted: {', '.join(done) if done else 'nothing recorded to revert to'}", path=kube.host
+        )
 
     def _revert_switch(self, kube: Kube, args: CanaryArgs, colour: str, run_id: str) -> str | None:
         """Switch back if this run switched to `colour`; the colour switched back to, or None."""
@@ -468,4 +607,3 @@ class CanarySwitch:
             return None
         self._switch(kube, args, back, run_id, image=mark.get("image"))
         return back
-

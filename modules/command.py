@@ -15,13 +15,20 @@ __all__ = ["Command"]
 
 @dataclass(frozen=True)
 class CommandArgs:
-    argv: tuple[str, ...] | None = arg(None, doc="The command as a list of arguments (no shell). Give `argv` or `shell`.")
+    argv: tuple[str, ...] | None = arg(
+        None, doc="The command as a list of arguments (no shell). Give `argv` or `shell`."
+    )
     shell: str | None = arg(None, doc="A command line run by `/bin/sh -c`. Give `argv` or `shell`.")
     creates: str | None = arg(None, doc="Do nothing when this path exists on the host.")
     removes: str | None = arg(None, doc="Do nothing when this path does not exist on the host.")
-    unless: str | None = arg(None, doc="A shell command run read-only while planning; when it exits 0 the step does nothing.")
+    unless: str | None = arg(
+        None, doc="A shell command run read-only while planning; when it exits 0 the step does nothing."
+    )
     chdir: str | None = arg(None, doc="Directory to run the command in.")
-    env: dict[str, str] | None = arg(None, doc="Extra environment variables. Values are visible in the remote process list: pass secrets with `stdin`.")
+    env: dict[str, str] | None = arg(
+        None,
+        doc="Extra environment variables. Values are visible in the remote process list: pass secrets with `stdin`.",
+    )
     stdin: str | None = arg(None, doc="Text fed to the command's standard input.")
     ok_rc: tuple[int, ...] = arg((0,), doc="Exit codes that count as success.")
 
@@ -67,8 +74,11 @@ class Command:
             if guard.ok:
                 return Plan.no_change("the 'unless' command succeeded", fingerprint=fingerprint)
         text = _describe(args)
-        why = "the 'unless' command failed" if args.unless else (
-            "its guard path is absent" if args.creates else "no guard: a command runs every time")
+        why = (
+            "the 'unless' command failed"
+            if args.unless
+            else ("its guard path is absent" if args.creates else "no guard: a command runs every time")
+        )
         return Plan.will_change(
             f"will run ({why})",
             diffs=(Diff(header="command", after=text + "\n"),),

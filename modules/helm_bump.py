@@ -38,8 +38,15 @@ DEFAULT_MESSAGE = "deploy: {image} in {file}"
 MESSAGE_FIELDS = ("image", "repository", "tag", "digest", "version", "file", "branch", "old", "policy")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_MOVED = ("non-fast-forward", "fetch first", "[rejected]", "stale info", "failed to update ref",
-          "cannot lock ref", "incorrect old value")
+_MOVED = (
+    "non-fast-forward",
+    "fetch first",
+    "[rejected]",
+    "stale info",
+    "failed to update ref",
+    "cannot lock ref",
+    "incorrect old value",
+)
 
 Order = Literal["auto", "timestamp", "build", "semver", "alphabetical"]
 assert set(Order.__args__) == set(ORDERS)  # type: ignore[attr-defined]
@@ -47,29 +54,66 @@ assert set(Order.__args__) == set(ORDERS)  # type: ignore[attr-defined]
 
 @dataclass(frozen=True)
 class HelmBumpArgs:
-    repo: str = arg(doc="The GitOps repository: `file:///path/repo.git`, `ssh://git@host/org/repo.git`, `git@host:org/repo.git` or `https://host/org/repo.git`. A plain path is a local repository (relative to the playbook).")
+    repo: str = arg(
+        doc="The GitOps repository: `file:///path/repo.git`, `ssh://git@host/org/repo.git`, `git@host:org/repo.git` or `https://host/org/repo.git`. A plain path is a local repository (relative to the playbook)."
+    )
     file: str = arg(doc="The YAML file to edit, relative to the repository root (a HelmRelease or a values file).")
     author_name: str = arg(doc="Commit author name (explicit: the controller's git config is not used).")
     author_email: str = arg(doc="Commit author email.")
     branch: str = arg("main", doc="Branch to clone, commit on and push to.")
-    key_path: str | None = arg(None, doc="Dotted path of the field to set in every document that has it, e.g. `spec.values.image.tag` or `spec.template.spec.containers[0].image`. Give `key_path`, `policy` or both.")
-    policy: str | None = arg(None, doc="Flux image policy `namespace:name`: every field marked `# {\"$imagepolicy\": \"namespace:name\"}` (whole image), `...:tag`, `...:name` or `...:digest` is set.")
-    value: Literal["auto", "tag", "digest", "image", "name"] = arg("auto", doc="What the `key_path` field holds: `tag`, `digest`, `name` (the repository) or `image` (`repo:tag[@digest]`). `auto`: from the key's name (`tag`, `digest`, `repository`/`name`, else `image`).")
-    image: str | None = arg(None, doc="The image repository, e.g. `registry.example.com/shop/web`. Unset: whole-image fields keep the repository they have.")
+    key_path: str | None = arg(
+        None,
+        doc="Dotted path of the field to set in every document that has it, e.g. `spec.values.image.tag` or `spec.template.spec.containers[0].image`. Give `key_path`, `policy` or both.",
+    )
+    policy: str | None = arg(
+        None,
+        doc='Flux image policy `namespace:name`: every field marked `# {"$imagepolicy": "namespace:name"}` (whole image), `...:tag`, `...:name` or `...:digest` is set.',
+    )
+    value: Literal["auto", "tag", "digest", "image", "name"] = arg(
+        "auto",
+        doc="What the `key_path` field holds: `tag`, `digest`, `name` (the repository) or `image` (`repo:tag[@digest]`). `auto`: from the key's name (`tag`, `digest`, `repository`/`name`, else `image`).",
+    )
+    image: str | None = arg(
+        None,
+        doc="The image repository, e.g. `registry.example.com/shop/web`. Unset: whole-image fields keep the repository they have.",
+    )
     tag: str | None = arg(None, doc="The tag to set. Unset: picked from `tags` by the tag policy.")
     tags: tuple[str, ...] = arg((), doc="Candidate tags (e.g. from the registry or CI) for the tag policy.")
-    tag_pattern: str | None = arg(None, doc="Which tags qualify: a glob (`master-*`, `stag-*`) or a regex starting with `^` (named groups `ts`, `build` or `version` give the ordering key).")
-    tag_order: Order = arg("auto", doc="How qualifying tags are ordered, newest/highest wins: `timestamp` (a date-time or epoch in the tag), `build` (the first number after the prefix), `semver`, `alphabetical`; `auto` picks timestamp, else build.")
-    semver_range: str | None = arg(None, doc="With semantic-version tags: an npm-style range such as `^1.4`, `>=1.2.0 <2`, `~2.3`; implies `tag_order: semver`.")
-    digest: str | None = arg(None, doc="Image digest `sha256:<hex>` to pin; set in `:digest` fields and appended (`@sha256:...`) to whole-image fields.")
-    message: str = arg(DEFAULT_MESSAGE, doc="Commit message; placeholders `{image}`, `{repository}`, `{tag}`, `{digest}`, `{version}` (tag or digest), `{file}`, `{branch}`, `{old}`, `{policy}`.")
+    tag_pattern: str | None = arg(
+        None,
+        doc="Which tags qualify: a glob (`master-*`, `stag-*`) or a regex starting with `^` (named groups `ts`, `build` or `version` give the ordering key).",
+    )
+    tag_order: Order = arg(
+        "auto",
+        doc="How qualifying tags are ordered, newest/highest wins: `timestamp` (a date-time or epoch in the tag), `build` (the first number after the prefix), `semver`, `alphabetical`; `auto` picks timestamp, else build.",
+    )
+    semver_range: str | None = arg(
+        None,
+        doc="With semantic-version tags: an npm-style range such as `^1.4`, `>=1.2.0 <2`, `~2.3`; implies `tag_order: semver`.",
+    )
+    digest: str | None = arg(
+        None,
+        doc="Image digest `sha256:<hex>` to pin; set in `:digest` fields and appended (`@sha256:...`) to whole-image fields.",
+    )
+    message: str = arg(
+        DEFAULT_MESSAGE,
+        doc="Commit message; placeholders `{image}`, `{repository}`, `{tag}`, `{digest}`, `{version}` (tag or digest), `{file}`, `{branch}`, `{old}`, `{policy}`.",
+    )
     committer_name: str | None = arg(None, doc="Committer name (default: the author's).")
     committer_email: str | None = arg(None, doc="Committer email (default: the author's).")
-    push_retries: int = arg(5, doc="How many times a push rejected because the remote moved is retried on the new head.")
+    push_retries: int = arg(
+        5, doc="How many times a push rejected because the remote moved is retried on the new head."
+    )
     depth: int = arg(1, doc="Clone depth (shallow clone).")
-    known_hosts: str | None = arg(None, doc="ssh: known_hosts file for strict host-key checking (default `~/.ssh/known_hosts`).")
+    known_hosts: str | None = arg(
+        None, doc="ssh: known_hosts file for strict host-key checking (default `~/.ssh/known_hosts`)."
+    )
     ssh_key: str | None = arg(None, doc="ssh: private key file (default: the ssh agent / default keys).")
-    https_token: str | None = arg(None, secret=True, doc="https: access token, sent as HTTP basic auth through git's environment config (never in argv or URLs).")
+    https_token: str | None = arg(
+        None,
+        secret=True,
+        doc="https: access token, sent as HTTP basic auth through git's environment config (never in argv or URLs).",
+    )
     https_user: str = arg("x-access-token", doc="https: user name sent with `https_token`.")
 
 
@@ -82,7 +126,7 @@ def parse_image(ref: str) -> tuple[str, str | None, str | None]:
     slash = name.rfind("/")
     colon = name.rfind(":")
     if colon > slash:
-        return name[:colon], name[colon + 1:], digest or None
+        return name[:colon], name[colon + 1 :], digest or None
     return name, None, digest or None
 
 
@@ -123,8 +167,9 @@ def _new_value(kind: str, current: Any, repo: str | None, tag: str | None, diges
 
 def git_env(args: HelmBumpArgs) -> dict[str, str]:
     """git's environment for this step's repository (modules/_support/git.py)."""
-    return git_environment(known_hosts=args.known_hosts, ssh_key=args.ssh_key, https_user=args.https_user,
-                           https_token=args.https_token)
+    return git_environment(
+        known_hosts=args.known_hosts, ssh_key=args.ssh_key, https_user=args.https_user, https_token=args.https_token
+    )
 
 
 # -- the edit --------------------------------------------------------------------------------------
@@ -170,7 +215,7 @@ def _edits(text: str, args: HelmBumpArgs, want: _Wanted, name: str) -> list[tupl
     if args.policy:
         markers = [m for m in find_markers(text, name=name) if m.policy == args.policy]
         if not markers:
-            raise ModuleError(f"no '# {{\"$imagepolicy\": \"{args.policy}[:field]\"}}' marker in the file", path=name)
+            raise ModuleError(f'no \'# {{"$imagepolicy": "{args.policy}[:field]"}}\' marker in the file', path=name)
         for m in markers:
             new = _new_value(m.field or "image", m.target.value, want.repo, want.tag, want.digest)
             if new is not None:
@@ -213,8 +258,10 @@ def _message(args: HelmBumpArgs, want: _Wanted, changes: list[tuple[Target, str]
     }
     for _, fname, spec, conv in string.Formatter().parse(args.message):
         if fname is not None and (fname not in MESSAGE_FIELDS or spec or conv):
-            raise ArgError(f"'message' placeholder {{{fname}}} must be one of "
-                           f"{', '.join('{' + f + '}' for f in MESSAGE_FIELDS)}", path=where)
+            raise ArgError(
+                f"'message' placeholder {{{fname}}} must be one of {', '.join('{' + f + '}' for f in MESSAGE_FIELDS)}",
+                path=where,
+            )
     return args.message.format_map(fields).strip() + "\n"
 
 
@@ -237,8 +284,18 @@ def _edit_file(path: str, args: HelmBumpArgs, want: _Wanted, where: str) -> tupl
 
 
 def _clone(git: Git, url: str, args: HelmBumpArgs, into: str) -> str:
-    git.run("clone", "--quiet", "--depth", str(args.depth), "--single-branch", "--branch", args.branch,
-            "--no-tags", url, into)
+    git.run(
+        "clone",
+        "--quiet",
+        "--depth",
+        str(args.depth),
+        "--single-branch",
+        "--branch",
+        args.branch,
+        "--no-tags",
+        url,
+        into,
+    )
     return git.run("rev-parse", "HEAD", cwd=into).stdout.strip()
 
 
@@ -257,7 +314,9 @@ class HelmBump:
 
     name: ClassVar[str] = "helm_bump"
     Args: ClassVar[type] = HelmBumpArgs
-    summary: ClassVar[str] = "bump an image tag/digest in Helm release YAML in git (key path or Flux markers), commit, push"
+    summary: ClassVar[str] = (
+        "bump an image tag/digest in Helm release YAML in git (key path or Flux markers), commit, push"
+    )
     outputs: ClassVar[dict[str, str]] = {
         "tag": "the tag set (picked by the policy when not given)",
         "image": "the image reference set in whole-image fields (repository:tag[@digest])",
@@ -283,21 +342,27 @@ class HelmBump:
         shown = f"{display_url(url)} {args.branch}:{args.file}"
         if not changes:
             what = want.tag or want.digest or want.repo
-            return Plan.no_change(f"{args.file} already has {what} (at {head[:12]})",
-                                  outputs={**outputs, "commit": head}, fingerprint=fingerprint)
+            return Plan.no_change(
+                f"{args.file} already has {what} (at {head[:12]})",
+                outputs={**outputs, "commit": head},
+                fingerprint=fingerprint,
+            )
         message = _message(args, want, changes, where)
         committer = (args.committer_name or args.author_name, args.committer_email or args.author_email)
-        commit_text = (f"Author: {args.author_name} <{args.author_email}>\n"
-                       f"Committer: {committer[0]} <{committer[1]}>\n"
-                       f"Push: {args.branch} (parent {head[:12]})\n\n{message}")
+        commit_text = (
+            f"Author: {args.author_name} <{args.author_email}>\n"
+            f"Committer: {committer[0]} <{committer[1]}>\n"
+            f"Push: {args.branch} (parent {head[:12]})\n\n{message}"
+        )
         lines = ", ".join(f"{t.dotted()} {t.value} -> {new}" for t, new in changes)
         diffs = (Diff(header=shown, before=before, after=after), Diff(header="commit", after=commit_text))
         reason = f"{len(changes)} field(s) in {args.file}: {lines}"
         if want.candidates:
             reason += f" (policy picked {want.tag} of {len(want.candidates)} tags)"
         data = {"args": args, "url": url, "message": message, "want": want, "planned_head": head}
-        return Plan.will_change(reason, diffs=diffs, data=data, outputs={**outputs, "commit": UNKNOWN},
-                                fingerprint=fingerprint)
+        return Plan.will_change(
+            reason, diffs=diffs, data=data, outputs={**outputs, "commit": UNKNOWN}, fingerprint=fingerprint
+        )
 
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
         d = plan.data
@@ -305,8 +370,12 @@ class HelmBump:
         want: _Wanted = d["want"]
         git = Git(git_env(args), ctx.step, ctx.remaining())
         committer = (args.committer_name or args.author_name, args.committer_email or args.author_email)
-        ident = {"GIT_AUTHOR_NAME": args.author_name, "GIT_AUTHOR_EMAIL": args.author_email,
-                 "GIT_COMMITTER_NAME": committer[0], "GIT_COMMITTER_EMAIL": committer[1]}
+        ident = {
+            "GIT_AUTHOR_NAME": args.author_name,
+            "GIT_AUTHOR_EMAIL": args.author_email,
+            "GIT_COMMITTER_NAME": committer[0],
+            "GIT_COMMITTER_EMAIL": committer[1],
+        }
         commit_git = Git({**git.env, **ident}, ctx.step, git.timeout)
         work = _workdir(ctx)
         repo = os.path.join(work, "repo")
@@ -324,20 +393,23 @@ class HelmBump:
                 sha = git.run("rev-parse", "HEAD", cwd=repo).stdout.strip()
                 push = git.run("push", "--porcelain", "origin", f"HEAD:refs/heads/{args.branch}", cwd=repo, check=False)
                 if push.returncode == 0:
-                    ctx.emit(f"helm_bump: pushed {sha[:12]} to {args.branch}"
-                             + (f" after {attempt} retr{'y' if attempt == 1 else 'ies'}" if attempt else ""))
+                    ctx.emit(
+                        f"helm_bump: pushed {sha[:12]} to {args.branch}"
+                        + (f" after {attempt} retr{'y' if attempt == 1 else 'ies'}" if attempt else "")
+                    )
                     return {"commit": sha, "tag": want.tag or "", "pushed": True, "attempts": attempt + 1}
                 text = push.stdout + push.stderr
                 if not any(m in text for m in _MOVED):
-                    raise ModuleError(f"git push exited {push.returncode}: {SCRUBBER.scrub(text.strip())[-800:]}",
-                                      path=ctx.step)
+                    raise ModuleError(
+                        f"git push exited {push.returncode}: {SCRUBBER.scrub(text.strip())[-800:]}", path=ctx.step
+                    )
                 ctx.emit(f"helm_bump: {args.branch} moved on the remote; re-applying on the new head")
                 git.run("fetch", "--quiet", "--depth", str(args.depth), "origin", args.branch, cwd=repo)
                 git.run("reset", "--quiet", "--hard", "FETCH_HEAD", cwd=repo)
                 head = git.run("rev-parse", "HEAD", cwd=repo).stdout.strip()
-            raise ModuleError(f"push to '{args.branch}' still rejected after {args.push_retries} retries "
-                              "(the remote keeps moving)", path=ctx.step)
+            raise ModuleError(
+                f"push to '{args.branch}' still rejected after {args.push_retries} retries (the remote keeps moving)",
+                path=ctx.step,
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-

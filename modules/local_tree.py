@@ -17,7 +17,9 @@ __all__ = ["LocalTree"]
 @dataclass(frozen=True)
 class LocalTreeArgs:
     path: str = arg(doc="Directory on the controller; relative paths are relative to the playbook's directory.")
-    sha256: str | None = arg(None, doc="Pin the tree's digest (`sha256:<hex>` as `playbook plan` prints it); a different tree is an error.")
+    sha256: str | None = arg(
+        None, doc="Pin the tree's digest (`sha256:<hex>` as `playbook plan` prints it); a different tree is an error."
+    )
 
 
 @register

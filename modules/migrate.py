@@ -33,7 +33,9 @@ class MigrateArgs:
     down: str = arg(doc="Shell command that reverts it; run by `playbook rollback --with-migrations`.")
     chdir: str | None = arg(None, doc="Directory to run the commands in (e.g. `{{ steps.sync.release }}`).")
     action: Literal["up", "down"] = arg("up", doc="`up` applies (the default); `down` reverts (used by rollback).")
-    ledger_dir: str | None = arg(None, doc="Where the host records applied migrations (default `$HOME/.playbook-migrations`).")
+    ledger_dir: str | None = arg(
+        None, doc="Where the host records applied migrations (default `$HOME/.playbook-migrations`)."
+    )
 
 
 @register
@@ -73,18 +75,28 @@ class Migrate:
         fingerprint = {"applied": entry is not None}
         if args.action == "up":
             if entry is not None:
-                return Plan.no_change(f"migration {args.name} applied in release {entry.get('release', '?')}",
-                                      outputs={**outputs, "release": entry.get("release", "")}, fingerprint=fingerprint)
-            return Plan.will_change(f"will apply migration {args.name}", outputs=outputs, fingerprint=fingerprint,
-                                    diffs=(Diff(header=f"migration {args.name} (up)", after=args.up + "\n"),),
-                                    data={"args": args})
+                return Plan.no_change(
+                    f"migration {args.name} applied in release {entry.get('release', '?')}",
+                    outputs={**outputs, "release": entry.get("release", "")},
+                    fingerprint=fingerprint,
+                )
+            return Plan.will_change(
+                f"will apply migration {args.name}",
+                outputs=outputs,
+                fingerprint=fingerprint,
+                diffs=(Diff(header=f"migration {args.name} (up)", after=args.up + "\n"),),
+                data={"args": args},
+            )
         if entry is None:
             return Plan.no_change(f"migration {args.name} is not applied", outputs=outputs, fingerprint=fingerprint)
         down = entry.get("down") or args.down
-        return Plan.will_change(f"will revert migration {args.name} (applied in release {entry.get('release', '?')})",
-                                outputs={**outputs, "down": down}, fingerprint=fingerprint,
-                                diffs=(Diff(header=f"migration {args.name} (down)", after=down + "\n"),),
-                                data={"args": args, "down": down})
+        return Plan.will_change(
+            f"will revert migration {args.name} (applied in release {entry.get('release', '?')})",
+            outputs={**outputs, "down": down},
+            fingerprint=fingerprint,
+            diffs=(Diff(header=f"migration {args.name} (down)", after=down + "\n"),),
+            data={"args": args, "down": down},
+        )
 
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, object]:
         args: MigrateArgs = plan.data["args"]
@@ -92,8 +104,13 @@ class Migrate:
             res = ctx.run(args.up, shell=True, cwd=args.chdir)
             if not res.ok:
                 raise ModuleError(f"migration {args.name} (up) exited {res.rc}: {(res.err or res.out).strip()[-2000:]}")
-            entry = {"name": args.name, "release": ctx.release_id, "run_id": ctx.run_id, "time": time.time(),
-                     "down": args.down}
+            entry = {
+                "name": args.name,
+                "release": ctx.release_id,
+                "run_id": ctx.run_id,
+                "time": time.time(),
+                "down": args.down,
+            }
             w = ctx.run(["sh", "-c", _WRITE, "sh", args.ledger_dir or "", args.name], stdin=json.dumps(entry).encode())
             if not w.ok:
                 raise ModuleError(f"migration {args.name} applied, but recording it failed: {w.err.strip()[-300:]}")
@@ -103,5 +120,7 @@ class Migrate:
             raise ModuleError(f"migration {args.name} (down) exited {res.rc}: {(res.err or res.out).strip()[-2000:]}")
         rm = ctx.run(["sh", "-c", _REMOVE, "sh", args.ledger_dir or "", args.name])
         if not rm.ok:
-            raise ModuleError(f"migration {args.name} reverted, but updating the ledger failed: {rm.err.strip()[-300:]}")
+            raise ModuleError(
+                f"migration {args.name} reverted, but updating the ledger failed: {rm.err.strip()[-300:]}"
+            )
         return dict(plan.outputs)

@@ -46,11 +46,26 @@ _ACCEPT = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, 
 @dataclass(frozen=True)
 class NpmFetchArgs:
     package: str = arg(doc="Package name, scoped or not: `@seed/templates`, `left-pad`.")
-    version: str = arg("latest", doc="An exact version (`1.0.0`) or a dist-tag (`latest`, `next`). Ranges are not accepted: a deploy names what it ships.")
-    registry: str | None = arg(None, doc="Registry URL, e.g. `https://npm.example.com/`. Unset: the `.npmrc`'s `@scope:registry` or `registry`, else `$NPM_CONFIG_REGISTRY`; one of them is required.")
-    token_env: str | None = arg(None, doc="Name of an environment variable holding the registry token (e.g. `NPM_TOKEN`). Takes precedence over `.npmrc`.")
-    npmrc: str | None = arg(None, doc="An `.npmrc` to read the registry and `//host/:_authToken=` from (relative to the playbook's directory). Unset: `$NPM_CONFIG_USERCONFIG` or `~/.npmrc`, when present.")
-    integrity: str | None = arg(None, doc="Pin the tarball's integrity (`sha512-<base64>`, as `dist.integrity` and the plan show it). Any other bytes - including a republished version - fail the step.")
+    version: str = arg(
+        "latest",
+        doc="An exact version (`1.0.0`) or a dist-tag (`latest`, `next`). Ranges are not accepted: a deploy names what it ships.",
+    )
+    registry: str | None = arg(
+        None,
+        doc="Registry URL, e.g. `https://npm.example.com/`. Unset: the `.npmrc`'s `@scope:registry` or `registry`, else `$NPM_CONFIG_REGISTRY`; one of them is required.",
+    )
+    token_env: str | None = arg(
+        None,
+        doc="Name of an environment variable holding the registry token (e.g. `NPM_TOKEN`). Takes precedence over `.npmrc`.",
+    )
+    npmrc: str | None = arg(
+        None,
+        doc="An `.npmrc` to read the registry and `//host/:_authToken=` from (relative to the playbook's directory). Unset: `$NPM_CONFIG_USERCONFIG` or `~/.npmrc`, when present.",
+    )
+    integrity: str | None = arg(
+        None,
+        doc="Pin the tarball's integrity (`sha512-<base64>`, as `dist.integrity` and the plan show it). Any other bytes - including a republished version - fail the step.",
+    )
     timeout: float = arg(60.0, doc="Seconds to wait for each registry response.")
 
 
@@ -146,14 +161,18 @@ class _Registry:
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code in (401, 403):
-                how = "the token was refused" if self.token else "no token was given (token_env or an .npmrc _authToken)"
+                how = (
+                    "the token was refused" if self.token else "no token was given (token_env or an .npmrc _authToken)"
+                )
                 raise ModuleError(f"{self.what}: registry refused access to {shown} (HTTP {exc.code}): {how}") from None
             if exc.code == 404:
                 raise ModuleError(f"{self.what}: not found in the registry ({shown}, HTTP 404)") from None
             raise ModuleError(f"{self.what}: GET {shown} failed: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ModuleError(f"{self.what}: cannot reach the registry at {shown}: {SCRUBBER.scrub(str(reason))}") from None
+            raise ModuleError(
+                f"{self.what}: cannot reach the registry at {shown}: {SCRUBBER.scrub(str(reason))}"
+            ) from None
 
     def resolve(self, name: str, spec: str) -> _Resolved:
         url = self.url + name.replace("/", "%2f")
@@ -228,8 +247,13 @@ def _settings(ctx: PlanContext | ApplyContext, args: NpmFetchArgs, where: str) -
         if key.endswith((":_authToken", ":_auth", ":_password")) and value:
             SCRUBBER.add(value)
     scope = args.package.split("/")[0] if args.package.startswith("@") else ""
-    registry = (args.registry or (config.get(f"{scope}:registry") if scope else None) or config.get("registry")
-                or os.environ.get("NPM_CONFIG_REGISTRY") or os.environ.get("npm_config_registry"))
+    registry = (
+        args.registry
+        or (config.get(f"{scope}:registry") if scope else None)
+        or config.get("registry")
+        or os.environ.get("NPM_CONFIG_REGISTRY")
+        or os.environ.get("npm_config_registry")
+    )
     if not registry:
         # a deploy should name the registry it trusts: no built-in public default
         raise ArgError("no registry: set 'registry', a `registry=` in the .npmrc, or $NPM_CONFIG_REGISTRY", path=where)
@@ -273,8 +297,9 @@ class NpmFetch:
     def plan(self, ctx: PlanContext, args: NpmFetchArgs) -> Plan:
         where = f"{ctx.step}.args"
         if not _NAME.match(args.package or ""):
-            raise ArgError(f"'package' must be an npm package name like 'name' or '@scope/name' (got {args.package!r})",
-                           path=where)
+            raise ArgError(
+                f"'package' must be an npm package name like 'name' or '@scope/name' (got {args.package!r})", path=where
+            )
         if not args.version or any(c in args.version for c in " <>=^~*|/"):
             raise ArgError(f"'version' must be an exact version or a dist-tag (got {args.version!r})", path=where)
         pin = _parse_integrity(args.integrity, where) if args.integrity else None
@@ -285,37 +310,64 @@ class NpmFetch:
         what = f"npm {res.name}@{res.version}"
         reg.what = what
         playbook = str((ctx.vars.get("run") or {}).get("playbook", "")) if ctx.vars else ""
-        source = ctx.step[len("sources."):] if ctx.step.startswith("sources.") else ctx.step
+        source = ctx.step[len("sources.") :] if ctx.step.startswith("sources.") else ctx.step
         last = last_deployed(ctx.state_dir, playbook, source)
         served = res.integrity
         if pin is not None and served is not None and pin.algo != served.algo:
-            raise ArgError(f"'integrity' must use {served.algo} like the registry's dist.integrity "
-                           f"(got {pin.algo}): pin {served.sri()} after reviewing it", path=where)
+            raise ArgError(
+                f"'integrity' must use {served.algo} like the registry's dist.integrity "
+                f"(got {pin.algo}): pin {served.sri()} after reviewing it",
+                path=where,
+            )
         if pin is not None and served is not None and digest_to_sri(pin) != digest_to_sri(served):
-            again = (f" ({res.version} republished since it was deployed as {last.get('digest')}?)"
-                     if last and last.get("version") == res.version and last.get("digest") != served.sri() else "")
-            raise ModuleError(f"{what}: the playbook pins integrity {pin.sri()}, but the registry serves "
-                              f"{served.sri()}{again}; nothing was fetched or deployed")
+            again = (
+                f" ({res.version} republished since it was deployed as {last.get('digest')}?)"
+                if last and last.get("version") == res.version and last.get("digest") != served.sri()
+                else ""
+            )
+            raise ModuleError(
+                f"{what}: the playbook pins integrity {pin.sri()}, but the registry serves "
+                f"{served.sri()}{again}; nothing was fetched or deployed"
+            )
         expected = pin or served
         if expected is None:
-            raise ModuleError(f"{what}: the registry gives no dist.integrity (only a sha1 shasum); "
-                              "pin 'integrity' (sha512) to deploy it")
+            raise ModuleError(
+                f"{what}: the registry gives no dist.integrity (only a sha1 shasum); "
+                "pin 'integrity' (sha512) to deploy it"
+            )
         cache = ArtifactCache(ctx.state_dir)
         if cache.blob(expected) is None:
             ctx.emit(f"fetching {what} from {SCRUBBER.scrub(res.tarball)}")
             source_of = "the pinned integrity is" if pin else "the registry's dist.integrity is"
-            cache.store(reg.chunks(res.tarball), algo=expected.algo, expected=expected,
-                        artifact=f"{what} ({SCRUBBER.scrub(res.tarball)})", expected_from=source_of)
+            cache.store(
+                reg.chunks(res.tarball),
+                algo=expected.algo,
+                expected=expected,
+                artifact=f"{what} ({SCRUBBER.scrub(res.tarball)})",
+                expected_from=source_of,
+            )
         path = str(cache.tree(expected, strip_components=1, label=what))
         integrity = expected.sri()
-        outputs = {"path": path, "digest": integrity, "integrity": integrity, "version": res.version,
-                   "package": res.name, "tarball": res.tarball}
-        data = {"args": args, "integrity": integrity, "version": res.version, "tarball": res.tarball,
-                "registry": registry}
+        outputs = {
+            "path": path,
+            "digest": integrity,
+            "integrity": integrity,
+            "version": res.version,
+            "package": res.name,
+            "tarball": res.tarball,
+        }
+        data = {
+            "args": args,
+            "integrity": integrity,
+            "version": res.version,
+            "tarball": res.tarball,
+            "registry": registry,
+        }
         fingerprint = {"integrity": integrity, "version": res.version}
         if last is not None and last.get("digest") == integrity:
-            return Plan.no_change(f"{what} ({integrity}) already deployed", outputs=outputs, data=data,
-                                  fingerprint=fingerprint)
+            return Plan.no_change(
+                f"{what} ({integrity}) already deployed", outputs=outputs, data=data, fingerprint=fingerprint
+            )
         if last is None:
             reason = f"{what}: first deploy ({integrity})"
             before = None
@@ -336,7 +388,12 @@ class NpmFetch:
         if cache.blob(digest) is None:  # the cache was cleared since the plan: fetch exactly what was planned
             _, token = _settings(ctx, args, f"{ctx.step}.args")
             reg = _Registry(plan.data["registry"], token, args.timeout, what)
-            cache.store(reg.chunks(plan.data["tarball"]), algo=digest.algo, expected=digest,
-                        artifact=f"{what} ({SCRUBBER.scrub(plan.data['tarball'])})", expected_from="the plan recorded")
+            cache.store(
+                reg.chunks(plan.data["tarball"]),
+                algo=digest.algo,
+                expected=digest,
+                artifact=f"{what} ({SCRUBBER.scrub(plan.data['tarball'])})",
+                expected_from="the plan recorded",
+            )
         path = str(cache.tree(digest, strip_components=1, label=what))
         return {**plan.outputs, "path": path}

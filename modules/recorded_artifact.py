@@ -32,15 +32,21 @@ __all__ = ["RecordedArtifact", "parse_digest"]
 class RecordedArtifactArgs:
     digest: str = arg(doc="The recorded digest: `sha256:<hex>` (S3 objects, local trees) or `sha512-<base64>` (npm).")
     release: str = arg("", doc="The release the digest was recorded for (shown in messages).")
-    path: str | None = arg(None, doc="The path the original source gave (the cache's `tree`, `tree-strip1` or `blob`); says how the cached bytes are laid out.")
-    fetch: dict[str, Any] | None = arg(None, doc="The original source (`type` plus its arguments), pinned to `digest`, to fetch again when the cache no longer has the bytes.")
+    path: str | None = arg(
+        None,
+        doc="The path the original source gave (the cache's `tree`, `tree-strip1` or `blob`); says how the cached bytes are laid out.",
+    )
+    fetch: dict[str, Any] | None = arg(
+        None,
+        doc="The original source (`type` plus its arguments), pinned to `digest`, to fetch again when the cache no longer has the bytes.",
+    )
 
 
 def parse_digest(text: str) -> Digest | None:
     """A cache key from a recorded digest, or None for digests that are not of bytes (a tree)."""
     try:
         if text.startswith("sha256:"):
-            return Digest("sha256", text[len("sha256:"):])
+            return Digest("sha256", text[len("sha256:") :])
         if text.startswith(("sha512-", "sha256-")):
             return sri_to_digest(text)
     except ValueError:
@@ -74,8 +80,11 @@ class RecordedArtifact:
         cache = ArtifactCache(ctx.state_dir)
         if key is not None and cache.verify(key):
             path = _materialise(cache, key, args.path)
-            return Plan.no_change(f"{args.digest}{release} from the controller's cache",
-                                  outputs={**outputs, "path": path}, fingerprint={"digest": args.digest})
+            return Plan.no_change(
+                f"{args.digest}{release} from the controller's cache",
+                outputs={**outputs, "path": path},
+                fingerprint={"digest": args.digest},
+            )
         try:
             if not args.fetch:
                 raise ModuleError("not in the controller's cache, and there is no source to fetch it from")
@@ -83,12 +92,16 @@ class RecordedArtifact:
         except PlaybookError as exc:
             why = f"{args.digest}{release} is unavailable: {exc.message}"
             ctx.emit(f"warning: {why}")
-            return Plan.no_change(why + "; hosts that no longer have the release cannot get it back",
-                                  outputs={**outputs, "path": "", "available": False, "error": why},
-                                  fingerprint={"digest": args.digest})
-        return Plan.no_change(f"{args.digest}{release} fetched again from the {args.fetch.get('type')} source",
-                              outputs={**outputs, "path": fetched.get("path", ""), "version": fetched.get("version")},
-                              fingerprint={"digest": args.digest})
+            return Plan.no_change(
+                why + "; hosts that no longer have the release cannot get it back",
+                outputs={**outputs, "path": "", "available": False, "error": why},
+                fingerprint={"digest": args.digest},
+            )
+        return Plan.no_change(
+            f"{args.digest}{release} fetched again from the {args.fetch.get('type')} source",
+            outputs={**outputs, "path": fetched.get("path", ""), "version": fetched.get("version")},
+            fingerprint={"digest": args.digest},
+        )
 
     def apply(self, ctx: ApplyContext, plan: Plan) -> None:  # pragma: no cover - a plan here never changes
         return None
@@ -98,7 +111,11 @@ def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None) -> str
     layout = os.path.basename(recorded.rstrip("/")) if recorded else "tree"
     if layout == "blob":
         return str(cache.blob(key))
-    strip = int(layout[len("tree-strip"):]) if layout.startswith("tree-strip") and layout[len("tree-strip"):].isdigit() else 0
+    strip = (
+        int(layout[len("tree-strip") :])
+        if layout.startswith("tree-strip") and layout[len("tree-strip") :].isdigit()
+        else 0
+    )
     return str(cache.tree(key, strip_components=strip, label=str(key)))
 
 

@@ -50,16 +50,37 @@ _CHOWN = re.compile(rf"(?:{_NAME}(?::{_NAME})?|:{_NAME})\Z")
 
 @dataclass(frozen=True)
 class RsyncArgs:
-    src: str = arg(doc="Directory on the controller to sync (its contents, like `rsync SRC/`), e.g. `{{ sources.app.path }}`. Relative paths are relative to the playbook's directory.")
-    dest: str = arg(doc="Absolute directory on the host. With `releases`, the deploy root that holds `releases/`, `shared/` and `current`.")
+    src: str = arg(
+        doc="Directory on the controller to sync (its contents, like `rsync SRC/`), e.g. `{{ sources.app.path }}`. Relative paths are relative to the playbook's directory."
+    )
+    dest: str = arg(
+        doc="Absolute directory on the host. With `releases`, the deploy root that holds `releases/`, `shared/` and `current`."
+    )
     delete: bool = arg(True, doc="Delete files on the host that are not in `src` (excluded paths are kept).")
-    exclude: tuple[str, ...] = arg((), doc="rsync exclude patterns: `*.log` (any depth), `/cache/` (at the root, directories only), `**/tmp`.")
+    exclude: tuple[str, ...] = arg(
+        (), doc="rsync exclude patterns: `*.log` (any depth), `/cache/` (at the root, directories only), `**/tmp`."
+    )
     checksum: bool = arg(False, doc="Compare files by content (sha256) instead of size and modification time.")
-    chown: str | None = arg(None, doc="Owner of the synced files as `user:group` (`user`, `:group`; names or ids), like rsync `--chown`. Unset: files belong to the connection user.")
-    chmod: str | None = arg(None, doc="Permission rules like rsync `--chmod`, e.g. `D755,F644` or `ug+rwX,o-w`. Unset: modes are copied from `src`.")
-    releases: bool = arg(False, doc="Atomic release layout: sync into `dest/releases/<release-id>/` (seeded from the current release) and switch the `dest/current` symlink by rename.")
-    keep: int = arg(5, doc="With `releases`: how many releases to keep. The one `current` points to and the previous one are never removed.")
-    shared: tuple[str, ...] = arg((), doc="With `releases`: paths (relative to the release) symlinked to `dest/shared/<path>` in every release, e.g. `wp-content/uploads`. Missing ones are created as directories; `src` content at these paths is not synced.")
+    chown: str | None = arg(
+        None,
+        doc="Owner of the synced files as `user:group` (`user`, `:group`; names or ids), like rsync `--chown`. Unset: files belong to the connection user.",
+    )
+    chmod: str | None = arg(
+        None,
+        doc="Permission rules like rsync `--chmod`, e.g. `D755,F644` or `ug+rwX,o-w`. Unset: modes are copied from `src`.",
+    )
+    releases: bool = arg(
+        False,
+        doc="Atomic release layout: sync into `dest/releases/<release-id>/` (seeded from the current release) and switch the `dest/current` symlink by rename.",
+    )
+    keep: int = arg(
+        5,
+        doc="With `releases`: how many releases to keep. The one `current` points to and the previous one are never removed.",
+    )
+    shared: tuple[str, ...] = arg(
+        (),
+        doc="With `releases`: paths (relative to the release) symlinked to `dest/shared/<path>` in every release, e.g. `wp-content/uploads`. Missing ones are created as directories; `src` content at these paths is not synced.",
+    )
 
 
 # -- the source manifest, once per run -----------------------------------------------------------
@@ -74,8 +95,9 @@ _compared: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # co
 _compared_lock = threading.Lock()
 
 
-def _once(table: OrderedDict[tuple, tuple[threading.Lock, list]], table_lock: threading.Lock, key: tuple,
-          compute: Any) -> Any:
+def _once(
+    table: OrderedDict[tuple, tuple[threading.Lock, list]], table_lock: threading.Lock, key: tuple, compute: Any
+) -> Any:
     """`compute()` once per key, however many threads ask at once; the last few keys are kept."""
     with table_lock:
         slot = table.get(key)
@@ -95,6 +117,7 @@ def _once(table: OrderedDict[tuple, tuple[threading.Lock, list]], table_lock: th
 def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tuple[dict[str, Entry], str]:
     """The manifest and content digest of `path`, computed once per (run, path) even when 200
     hosts ask at once."""
+
     def compute() -> tuple[dict[str, Entry], str]:
         manifest = cached_manifest(path, state_dir, run_id)
         return manifest, tree_digest(manifest)
@@ -102,8 +125,9 @@ def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tup
     return _once(_cache, _cache_lock, (run_id, path), compute)
 
 
-def expected_digest(local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str,
-                    src: str) -> tuple[str, dict[str, Entry], tuple[dict[bytes, str], bytes]]:
+def expected_digest(
+    local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str, src: str
+) -> tuple[str, dict[str, Entry], tuple[dict[bytes, str], bytes]]:
     """The tree a host has once `src` is synced to it (excluded paths left out, `chmod` applied),
     its `canonical_digest` and its listing as the probe sends it; once per run and source."""
     key = (run_id, src, tuple(getattr(excludes, "patterns", ())), getattr(chmod, "spec", ""))
@@ -128,7 +152,6 @@ def clear_manifest_cache() -> None:
         _cache.clear()
         _expected.clear()
         _compared.clear()
-
 
 
 # -- the module ----------------------------------------------------------------------------------
@@ -186,22 +209,32 @@ class Rsync:
         if not (args.checksum or args.chown or shared):  # the fast path compares what rsync -a keeps
             expect, expected_tree, listing = expected_digest(local, excludes, chmod, ctx.run_id, src)
         if expected_tree is not None:
-            state, tree = rel.delta_probe(ctx, dest, expected_tree, releases=args.releases, timeout=ctx.remaining(),
-                                          listing=listing)
+            state, tree = rel.delta_probe(
+                ctx, dest, expected_tree, releases=args.releases, timeout=ctx.remaining(), listing=listing
+            )
             if tree is not None and not state.extra.get("delta"):
                 # the host's tree is exactly the source's: in sync, and nothing was listed or parsed here
                 files = sum(1 for e in local.values() if e.kind == "f")
-                fingerprint = {"remote": "canonical:" + expect, "current": state.current_target,
-                               "releases": list(state.releases), "source": source_digest}
+                fingerprint = {
+                    "remote": "canonical:" + expect,
+                    "current": state.current_target,
+                    "releases": list(state.releases),
+                    "source": source_digest,
+                }
                 common = {"source_digest": source_digest, "changed_files": 0}
                 if not args.releases:
-                    return Plan.no_change(f"in sync: {files} files", fingerprint=fingerprint,
-                                          outputs={"release": dest, "release_name": "", **common})
+                    return Plan.no_change(
+                        f"in sync: {files} files",
+                        fingerprint=fingerprint,
+                        outputs={"release": dest, "release_name": "", **common},
+                    )
                 if state.current_release is not None:
                     current = state.current_release
-                    return Plan.no_change(f"in sync: {files} files (release {current})", fingerprint=fingerprint,
-                                          outputs={"release": f"{dest}/releases/{current}", "release_name": current,
-                                                   **common})
+                    return Plan.no_change(
+                        f"in sync: {files} files (release {current})",
+                        fingerprint=fingerprint,
+                        outputs={"release": f"{dest}/releases/{current}", "release_name": current, **common},
+                    )
             state = dataclasses.replace(state, tree=tree)
         else:
             state = rel.parse_probe(
@@ -211,7 +244,9 @@ class Rsync:
                 host=ctx.host or "",
             )
         if state.current_blocked:
-            raise ModuleError(f"'{dest}/current' exists and is not a symlink: move it away before using releases", path=ctx.host or "")
+            raise ModuleError(
+                f"'{dest}/current' exists and is not a symlink: move it away before using releases", path=ctx.host or ""
+            )
         if state.tree_not_dir:
             where = state.tree_path or dest
             raise ModuleError(f"'{where}' exists and is not a directory", path=ctx.host or "")
@@ -221,9 +256,18 @@ class Rsync:
             # directories made only to hold a shared link are part of the layout, not strays
             holders = {"/".join(p.split("/")[:n]) for p in shared for n in range(1, p.count("/") + 1)}
             remote_tree = {k: v for k, v in remote_tree.items() if k not in holders or k in local}
+
         def compare() -> tuple[Any, str]:
-            delta = compare_trees(local, remote_tree, checksum=args.checksum, delete=args.delete, excludes=excludes,
-                                  chmod=chmod, chown=args.chown or "", ignore=ignore)
+            delta = compare_trees(
+                local,
+                remote_tree,
+                checksum=args.checksum,
+                delete=args.delete,
+                excludes=excludes,
+                chmod=chmod,
+                chown=args.chown or "",
+                ignore=ignore,
+            )
             if state.tree is None:
                 return delta, "absent"
             seen = {k: v for k, v in state.tree.items() if not excludes.excluded(k, is_dir=v.kind == "d")}
@@ -231,8 +275,15 @@ class Rsync:
 
         answer = state.extra.get("delta") if expected_tree is not None else None
         if answer:  # hosts that answered the probe alike compare alike: once per run
-            key = (ctx.run_id, src, tuple(getattr(excludes, "patterns", ())), getattr(chmod, "spec", ""), args.delete,
-                   args.releases, hashlib.sha256(b"\0".join(answer)).digest())
+            key = (
+                ctx.run_id,
+                src,
+                tuple(getattr(excludes, "patterns", ())),
+                getattr(chmod, "spec", ""),
+                args.delete,
+                args.releases,
+                hashlib.sha256(b"\0".join(answer)).digest(),
+            )
             delta, remote_digest = _once(_compared, _compared_lock, key, compare)
         else:
             delta, remote_digest = compare()
@@ -250,34 +301,49 @@ class Rsync:
                 return Plan.no_change(f"in sync: {files} files", outputs=outputs, fingerprint=fingerprint)
             diff = Diff(header=dest, items=_shown(delta.items()), truncated=len(delta.items()) > MAX_DIFF_ITEMS)
             return Plan.will_change(
-                _summary(delta), diffs=(diff,), outputs=outputs, fingerprint=fingerprint,
+                _summary(delta),
+                diffs=(diff,),
+                outputs=outputs,
+                fingerprint=fingerprint,
                 data=_data(args, src, dest, delta, source_digest),
             )
 
         current = state.current_release
-        links_ok = current is not None and state.tree is not None and all(
-            (e := state.tree.get(p)) is not None and e.kind == "l" and e.target == rel.shared_link_target(dest, current, p)
-            for p in shared
+        links_ok = (
+            current is not None
+            and state.tree is not None
+            and all(
+                (e := state.tree.get(p)) is not None
+                and e.kind == "l"
+                and e.target == rel.shared_link_target(dest, current, p)
+                for p in shared
+            )
         )
         if current is not None and state.tree is not None and not delta.changed and links_ok:
             files = sum(1 for e in local.values() if e.kind == "f")
             outputs = {"release": f"{dest}/releases/{current}", "release_name": current, "changed_files": 0, **common}
-            return Plan.no_change(f"in sync: {files} files (release {current})", outputs=outputs, fingerprint=fingerprint)
+            return Plan.no_change(
+                f"in sync: {files} files (release {current})", outputs=outputs, fingerprint=fingerprint
+            )
 
         release_id = ctx.release_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = rel.release_name_for(release_id, state.releases, current)
         remove = rel.releases_to_remove([*state.releases, name], args.keep, protect=(name, current))
         seed = state.tree_path if state.tree is not None else None
         items = _shown(delta.items()) + (("->", f"current -> releases/{name}"),)
-        diffs = [Diff(
-            header=dest,
-            before=f"current -> {state.current_target}\n" if state.current_target else None,
-            after=f"current -> releases/{name}\n",
-            items=items,
-            truncated=len(delta.items()) > MAX_DIFF_ITEMS,
-        )]
+        diffs = [
+            Diff(
+                header=dest,
+                before=f"current -> {state.current_target}\n" if state.current_target else None,
+                after=f"current -> releases/{name}\n",
+                items=items,
+                truncated=len(delta.items()) > MAX_DIFF_ITEMS,
+            )
+        ]
         if remove:
-            diffs.append(Diff(header=f"{dest}/releases (keep {args.keep})", items=tuple(("-", f"releases/{r}") for r in remove)))
+            diffs.append(
+                Diff(header=f"{dest}/releases (keep {args.keep})", items=tuple(("-", f"releases/{r}") for r in remove))
+            )
         reason = _summary(delta) + f"; new release {name}"
         if not delta.changed and current is not None:
             reason = f"shared links need updating; new release {name}"
@@ -291,15 +357,24 @@ class Rsync:
         dest = d["dest"]
         local, digest = source_manifest(d["src"], ctx.run_id)
         if digest != d["source_digest"]:
-            raise ModuleError(f"'{d['src']}' changed since the plan was made ({d['source_digest'][:19]}… is now "
-                              f"{digest[:19]}…): plan again", path=ctx.host or "")
+            raise ModuleError(
+                f"'{d['src']}' changed since the plan was made ({d['source_digest'][:19]}… is now "
+                f"{digest[:19]}…): plan again",
+                path=ctx.host or "",
+            )
         target = ctx.target
         paths = sorted(d["transfer"])
         nbytes = sum(e.size for e in (local.get(p) for p in paths) if e is not None and e.kind == "f")
         if not d.get("releases"):
             ctx.emit(f"rsync: {len(paths)} paths to {dest}, {len(d['delete_roots'])} to delete")
-            transfer_and_delete(ctx, rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]), paths,
-                                 dest, d["delete_roots"], nbytes)
+            transfer_and_delete(
+                ctx,
+                rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]),
+                paths,
+                dest,
+                d["delete_roots"],
+                nbytes,
+            )
             return {"changed_files": d["changed"]}
 
         name = d["release"]
@@ -307,11 +382,20 @@ class Rsync:
         partial = rel.prepare_release(ctx.conn, dest, name, d["seed"], timeout=ctx.remaining())
         try:
             ctx.emit(f"rsync: {len(paths)} paths to release {name}, {len(d['delete_roots'])} to delete")
-            transfer_and_delete(ctx, rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]),
-                                 paths, partial, d["delete_roots"], nbytes)
+            transfer_and_delete(
+                ctx,
+                rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]),
+                paths,
+                partial,
+                d["delete_roots"],
+                nbytes,
+            )
             info = {
-                "release": name, "source_digest": d["source_digest"], "run_id": ctx.run_id,
-                "previous": d.get("previous"), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "release": name,
+                "source_digest": d["source_digest"],
+                "run_id": ctx.run_id,
+                "previous": d.get("previous"),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             rel.finish_release(ctx.conn, dest, name, d["shared"], info=info, timeout=ctx.remaining())
         except BaseException:

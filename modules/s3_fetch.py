@@ -49,18 +49,27 @@ class S3FetchArgs:
     bucket: str = arg(doc="Bucket name.")
     key: str = arg(doc="Object key, e.g. `widgets/widgets-{{ widgets_version }}.tar.gz`.")
     version_id: str | None = arg(None, doc="Fetch this object version (versioned buckets). Unset: the current version.")
-    sha256: str | None = arg(None, doc="Pin the object's content digest (`sha256:<hex>` or 64 hex digits). Other bytes fail the step. Unset: the object's `ChecksumSHA256` is what the bytes are verified against.")
+    sha256: str | None = arg(
+        None,
+        doc="Pin the object's content digest (`sha256:<hex>` or 64 hex digits). Other bytes fail the step. Unset: the object's `ChecksumSHA256` is what the bytes are verified against.",
+    )
     endpoint_url: str | None = arg(None, doc="S3 API endpoint (MinIO, Ceph, a test server). Unset: AWS.")
     region: str | None = arg(None, doc="AWS region. Unset: from the profile/environment, else `us-east-1`.")
-    profile: str | None = arg(None, doc="Named profile of the AWS config/credentials files. Unset: the standard credential chain (environment, default profile, SSO, container or instance role).")
-    extract: ExtractMode = arg("auto", doc="`auto`: extract `.tar.gz`/`.tgz`/`.tar`/`.tar.bz2`/`.tar.xz`/`.zip` keys (by suffix) and output the tree; `none`: output the file; or name the archive kind.")
+    profile: str | None = arg(
+        None,
+        doc="Named profile of the AWS config/credentials files. Unset: the standard credential chain (environment, default profile, SSO, container or instance role).",
+    )
+    extract: ExtractMode = arg(
+        "auto",
+        doc="`auto`: extract `.tar.gz`/`.tgz`/`.tar`/`.tar.bz2`/`.tar.xz`/`.zip` keys (by suffix) and output the tree; `none`: output the file; or name the archive kind.",
+    )
 
 
 def parse_sha256(value: str, *, where: str) -> Digest:
     """`sha256:<hex>` or bare hex into a `Digest`, with an attrs-style error otherwise."""
     text = value.strip().lower()
     if text.startswith("sha256:"):
-        text = text[len("sha256:"):]
+        text = text[len("sha256:") :]
     if not re.fullmatch(r"[0-9a-f]{64}", text):
         raise ArgError(f"'sha256' must be 'sha256:' followed by 64 hex digits (got {value!r})", path=where)
     return Digest("sha256", text)
@@ -93,11 +102,15 @@ def _client(args: S3FetchArgs, what: str) -> Any:
                 if value:
                     SCRUBBER.add(value)
         region = args.region or session.region_name or "us-east-1"
-        opts: dict[str, Any] = dict(retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"}, connect_timeout=15, read_timeout=60)
+        opts: dict[str, Any] = dict(
+            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"}, connect_timeout=15, read_timeout=60
+        )
         try:
             # botocore >= 1.36 validates response checksums itself; this module verifies every
             # byte against the digest it names in its errors, so keep botocore's check off.
-            config = Config(response_checksum_validation="when_required", request_checksum_calculation="when_required", **opts)
+            config = Config(
+                response_checksum_validation="when_required", request_checksum_calculation="when_required", **opts
+            )
         except TypeError:  # older botocore: no flexible checksums at all
             config = Config(**opts)
         return session.client("s3", endpoint_url=args.endpoint_url or None, region_name=region, config=config)
@@ -118,7 +131,9 @@ def _translate(exc: BaseException, what: str, action: str) -> ModuleError:
     if isinstance(exc, be.ClientError):
         err = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
         code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(exc.response, dict) else None
+        status = (
+            exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(exc.response, dict) else None
+        )
         if code in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
             return ModuleError(f"{what}: no such object (or version)")
         if code == "NoSuchBucket":
@@ -130,8 +145,10 @@ def _translate(exc: BaseException, what: str, action: str) -> ModuleError:
         msg = err.get("Message") or ""
         return ModuleError(f"{what}: {action} failed: {code or status} {SCRUBBER.scrub(str(msg))}".rstrip())
     if isinstance(exc, be.NoCredentialsError):
-        return ModuleError(f"{what}: no AWS credentials found (profile, environment, shared credentials file, "
-                           "container or instance role)")
+        return ModuleError(
+            f"{what}: no AWS credentials found (profile, environment, shared credentials file, "
+            "container or instance role)"
+        )
     if isinstance(exc, (be.EndpointConnectionError, be.ConnectTimeoutError)):
         return ModuleError(f"{what}: cannot reach the S3 endpoint: {_text(exc)}")
     return ModuleError(f"{what}: {action} failed: {_text(exc)}")
@@ -171,8 +188,10 @@ class S3Fetch:
         version = head.get("VersionId") if head.get("VersionId") not in (None, "", "null") else None
         claimed = _checksum_digest(head)
         if pin is not None and claimed is not None and pin != claimed:
-            raise ModuleError(f"{what}: the playbook pins {pin}, but the object's ChecksumSHA256 is {claimed}; "
-                              "nothing was fetched or deployed")
+            raise ModuleError(
+                f"{what}: the playbook pins {pin}, but the object's ChecksumSHA256 is {claimed}; "
+                "nothing was fetched or deployed"
+            )
         expected = pin or claimed
         expected_from = "the pinned sha256 is" if pin else "the object's ChecksumSHA256 is"
         cache = ArtifactCache(ctx.state_dir)
@@ -180,23 +199,34 @@ class S3Fetch:
             digest = expected
         else:
             if expected is None:
-                ctx.emit(f"{what}: no sha256 pinned and the object has no ChecksumSHA256; "
-                         "its digest is computed from the downloaded bytes")
+                ctx.emit(
+                    f"{what}: no sha256 pinned and the object has no ChecksumSHA256; "
+                    "its digest is computed from the downloaded bytes"
+                )
             size = head.get("ContentLength")
             ctx.emit(f"fetching {what}" + (f" ({size} bytes)" if size is not None else ""))
-            digest = self._download(client, args, what, cache, expected, expected_from,
-                                    version_id=args.version_id or version, etag=head.get("ETag"))
+            digest = self._download(
+                client,
+                args,
+                what,
+                cache,
+                expected,
+                expected_from,
+                version_id=args.version_id or version,
+                etag=head.get("ETag"),
+            )
         path = self._materialise(cache, digest, args, what)
         outputs = {"path": path, "digest": str(digest), "version": version, "uri": f"s3://{args.bucket}/{args.key}"}
         data = {"args": args, "digest": str(digest), "version": version}
         fingerprint = {"digest": str(digest), "version": version}
         playbook = str((ctx.vars.get("run") or {}).get("playbook", ""))
-        source = ctx.step[len("sources."):] if ctx.step.startswith("sources.") else ctx.step
+        source = ctx.step[len("sources.") :] if ctx.step.startswith("sources.") else ctx.step
         last = last_deployed(ctx.state_dir, playbook, source)
         vtext = f" (version {version})" if version else ""
         if last is not None and last.get("digest") == str(digest):
-            return Plan.no_change(f"{what}: {digest} already deployed{vtext}", outputs=outputs, fingerprint=fingerprint,
-                                  data=data)
+            return Plan.no_change(
+                f"{what}: {digest} already deployed{vtext}", outputs=outputs, fingerprint=fingerprint, data=data
+            )
         before = None
         if last is not None:
             old_v = f"\nversion: {last.get('version')}" if last.get("version") else ""
@@ -216,11 +246,16 @@ class S3Fetch:
         if cache.blob(digest) is None:  # cache cleared since the plan (or a saved plan applied elsewhere)
             client = _client(args, what)
             version = plan.data.get("version")
-            self._download(client, args, what, cache, digest, "the plan recorded", version_id=args.version_id or version,
-                           etag=None)
+            self._download(
+                client, args, what, cache, digest, "the plan recorded", version_id=args.version_id or version, etag=None
+            )
         path = self._materialise(cache, digest, args, what)
-        return {"path": path, "digest": str(digest), "version": plan.data.get("version"),
-                "uri": f"s3://{args.bucket}/{args.key}"}
+        return {
+            "path": path,
+            "digest": str(digest),
+            "version": plan.data.get("version"),
+            "uri": f"s3://{args.bucket}/{args.key}",
+        }
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -237,8 +272,17 @@ class S3Fetch:
             raise _translate(exc, what, "HeadObject") from None
 
     @staticmethod
-    def _download(client: Any, args: S3FetchArgs, what: str, cache: ArtifactCache, expected: Digest | None,
-                  expected_from: str, *, version_id: str | None, etag: str | None) -> Digest:
+    def _download(
+        client: Any,
+        args: S3FetchArgs,
+        what: str,
+        cache: ArtifactCache,
+        expected: Digest | None,
+        expected_from: str,
+        *,
+        version_id: str | None,
+        etag: str | None,
+    ) -> Digest:
         import botocore.exceptions as be
 
         kw: dict[str, Any] = {"Bucket": args.bucket, "Key": args.key}
@@ -263,8 +307,7 @@ class S3Fetch:
                 body.close()
 
         label = what + (f" (version {version_id})" if version_id and not args.version_id else "")
-        digest, _ = cache.store(chunks(), algo="sha256", expected=expected, artifact=label,
-                                expected_from=expected_from)
+        digest, _ = cache.store(chunks(), algo="sha256", expected=expected, artifact=label, expected_from=expected_from)
         return digest
 
     @staticmethod

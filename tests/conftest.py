@@ -28,8 +28,10 @@ def _private_dirs(tmp_path_factory):
     """Deploy locks of this test session live in its own directory, not /tmp/playbook-locks:
     the fleet's hosts share this machine's /tmp with any other run (a benchmark, another
     suite). So do its clean-validation markers (engine/load/validcache.py), not ~/.cache/playbook."""
-    with _env("PLAYBOOK_LOCK_DIR", str(tmp_path_factory.mktemp("locks"))), \
-            _env("PLAYBOOK_CACHE_DIR", str(tmp_path_factory.mktemp("cache"))):
+    with (
+        _env("PLAYBOOK_LOCK_DIR", str(tmp_path_factory.mktemp("locks"))),
+        _env("PLAYBOOK_CACHE_DIR", str(tmp_path_factory.mktemp("cache"))),
+    ):
         yield
 
 

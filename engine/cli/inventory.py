@@ -25,8 +25,14 @@ _READ_COMMANDS = ("list", "show", "graph", "validate")
 def _common(p: argparse.ArgumentParser, dest: str = "inventory_file") -> None:
     # the subcommand's own -i has its own dest: argparse would let its default (None) overwrite
     # a value given before the subcommand (`playbook inventory -i inv.yml list`)
-    p.add_argument("-i", "--inventory", dest=dest, metavar="FILE", default=None,
-                   help="inventory YAML (default: $PLAYBOOK_INVENTORY)")
+    p.add_argument(
+        "-i",
+        "--inventory",
+        dest=dest,
+        metavar="FILE",
+        default=None,
+        help="inventory YAML (default: $PLAYBOOK_INVENTORY)",
+    )
 
 
 def _edit_flags(p: argparse.ArgumentParser) -> None:
@@ -44,8 +50,11 @@ def _target(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `inventory` and its subcommands to the main CLI's subparsers."""
-    inv = subparsers.add_parser("inventory", help="list, show, graph, validate and edit an inventory",
-                                description="Read and edit an inventory; edits keep comments and layout.")
+    inv = subparsers.add_parser(
+        "inventory",
+        help="list, show, graph, validate and edit an inventory",
+        description="Read and edit an inventory; edits keep comments and layout.",
+    )
     _common(inv, dest="inventory_file_top")
     sub = inv.add_subparsers(dest="inventory_command", metavar="SUBCOMMAND")
 
@@ -103,8 +112,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _inventory_path(ns: argparse.Namespace) -> str:
-    path = (getattr(ns, "inventory_file", None) or getattr(ns, "inventory_file_top", None)
-            or os.environ.get("PLAYBOOK_INVENTORY"))
+    path = (
+        getattr(ns, "inventory_file", None)
+        or getattr(ns, "inventory_file_top", None)
+        or os.environ.get("PLAYBOOK_INVENTORY")
+    )
     if not path:
         raise PlaybookError("no inventory: pass -i FILE or set $PLAYBOOK_INVENTORY")
     return path
@@ -115,8 +127,10 @@ def run(ns: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     command = getattr(ns, "inventory_command", None)
     if not command:
-        raise PlaybookError("missing subcommand: list, show, graph, validate, add-host, remove-host, "
-                            "set-var, unset-var or add-group (see `playbook inventory -h`)")
+        raise PlaybookError(
+            "missing subcommand: list, show, graph, validate, add-host, remove-host, "
+            "set-var, unset-var or add-group (see `playbook inventory -h`)"
+        )
     path = _inventory_path(ns)
     if command in _READ_COMMANDS:
         from engine.load.inventory import load_inventory
@@ -128,6 +142,7 @@ def run(ns: argparse.Namespace, out: TextIO | None = None) -> int:
 
 # --- reading ---------------------------------------------------------------------------------
 
+
 def _list(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
     from engine.model.patterns import select_hosts
 
@@ -135,8 +150,15 @@ def _list(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
     rows = []
     for name in names:
         h = inventory.hosts[name]
-        rows.append({"name": name, "address": h.hostname, "port": h.port, "connection": h.connection,
-                     "groups": list(_direct_groups(inventory, name))})
+        rows.append(
+            {
+                "name": name,
+                "address": h.hostname,
+                "port": h.port,
+                "connection": h.connection,
+                "groups": list(_direct_groups(inventory, name)),
+            }
+        )
     if ns.format == "json":
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0
@@ -174,8 +196,11 @@ def _show(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
         raise ValidationError(f"unknown host '{ns.host}'{suggest(ns.host, list(inventory.hosts))}")
     h = inventory.hosts[ns.host]
     values, origin = merged_vars(inventory, ns.host)
-    keys = ("connection", "address", "port", "user", "key", "known_hosts") if h.connection != "kubernetes" else (
-        "connection", "kubeconfig", "context", "namespace")
+    keys = (
+        ("connection", "address", "port", "user", "key", "known_hosts")
+        if h.connection != "kubernetes"
+        else ("connection", "kubeconfig", "context", "namespace")
+    )
     connection = {k: getattr(h, k) for k in keys}
     if h.connection == "ssh" and not h.address:
         connection["address"] = h.hostname
@@ -249,6 +274,7 @@ def _validate(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
 
 # --- editing ---------------------------------------------------------------------------------
 
+
 def _edit(ns: argparse.Namespace, path: str, out: TextIO) -> int:
     from engine.load import inventory_edit as ie
 
@@ -274,8 +300,9 @@ def _edit(ns: argparse.Namespace, path: str, out: TextIO) -> int:
     if ns.dry_run or ns.diff:
         out.write(result.diff)
     if result.reformatted:
-        sys.stderr.write(f"note: {path}: its layout could not be kept line for line; "
-                         "it was re-indented (comments and order kept)\n")
+        sys.stderr.write(
+            f"note: {path}: its layout could not be kept line for line; it was re-indented (comments and order kept)\n"
+        )
     if not ns.dry_run and not ns.diff:
         out.write(f"{'changed' if result.changed else 'unchanged'} {path}\n")
     return 0

@@ -24,18 +24,41 @@ __all__ = ["main", "build_parser"]
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("playbook", help="playbook YAML file")
     p.add_argument("-i", "--inventory", help="inventory YAML (default: the playbook's `inventory:`)")
-    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
-                   help="key=value, @file.yml or a JSON object; highest precedence; repeatable")
+    p.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        default=[],
+        metavar="VARS",
+        help="key=value, @file.yml or a JSON object; highest precedence; repeatable",
+    )
     p.add_argument("-l", "--limit", help="host pattern restricting every fleet (see docs/patterns.md)")
-    p.add_argument("-f", "--forks", type=int, default=int(os.environ.get("PLAYBOOK_FORKS", "50")),
-                   help="hosts worked on at once (default 50)")
-    p.add_argument("--format", choices=["text", "json", "jsonl", "markdown"], default="text",
-                   help="output format (markdown: a plan sized for a merge-request comment)")
-    p.add_argument("--secret", action="append", default=[], metavar="NAME[=@FILE]",
-                   help="a secret var: the value of env var NAME, or the contents of FILE; masked in all output")
+    p.add_argument(
+        "-f",
+        "--forks",
+        type=int,
+        default=int(os.environ.get("PLAYBOOK_FORKS", "50")),
+        help="hosts worked on at once (default 50)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "jsonl", "markdown"],
+        default="text",
+        help="output format (markdown: a plan sized for a merge-request comment)",
+    )
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME[=@FILE]",
+        help="a secret var: the value of env var NAME, or the contents of FILE; masked in all output",
+    )
     p.add_argument("--release-id", help="release id to use (default: UTC timestamp)")
-    p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"),
-                   help="controller state: caches, records (default ./.playbook)")
+    p.add_argument(
+        "--state-dir",
+        default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"),
+        help="controller state: caches, records (default ./.playbook)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -48,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="apply a playbook to its fleets")
     _common_run_args(p)
-    p.add_argument("--resume", metavar="RUN_ID",
-                   help="redo only the host/steps that did not finish in that run (same release id)")
+    p.add_argument(
+        "--resume", metavar="RUN_ID", help="redo only the host/steps that did not finish in that run (same release id)"
+    )
     p = sub.add_parser("plan", help="dry run: show what would change (exit 2 when something would)")
     _common_run_args(p)
     p.add_argument("-o", "--out", metavar="PLAN.json", help="save the plan for `playbook apply`")
@@ -65,8 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="return the fleet to a recorded release (default: the previous one)")
     _common_run_args(p)
     p.add_argument("--to", metavar="RELEASE", help="the release to return to (see `playbook history`)")
-    p.add_argument("--with-migrations", action="store_true",
-                   help="first run the down commands of migrations applied by the releases being undone")
+    p.add_argument(
+        "--with-migrations",
+        action="store_true",
+        help="first run the down commands of migrations applied by the releases being undone",
+    )
     p.add_argument("--plan", action="store_true", help="only show what the rollback would do")
 
     p = sub.add_parser("validate", help="check playbooks (and their inventory) without contacting any host")
@@ -91,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("playbook")
     p.add_argument("-i", "--inventory")
     p.add_argument("-l", "--limit")
-    p.add_argument("--force", action="store_true",
-                   help="release: break locks even when their holder may still be running")
+    p.add_argument(
+        "--force", action="store_true", help="release: break locks even when their holder may still be running"
+    )
 
     p = sub.add_parser("modules", help="list modules, or document one")
     p.add_argument("name", nargs="?")
@@ -135,8 +163,15 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     pool = api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
     try:
         api.check(loaded, extra, ns.limit)
-        opts = RunOptions(mode=mode, forks=ns.forks, limit=ns.limit, extra_vars=extra,
-                          release_id=ns.release_id or "", state_dir=ns.state_dir, verbose=ns.verbose)
+        opts = RunOptions(
+            mode=mode,
+            forks=ns.forks,
+            limit=ns.limit,
+            extra_vars=extra,
+            release_id=ns.release_id or "",
+            state_dir=ns.state_dir,
+            verbose=ns.verbose,
+        )
         if getattr(ns, "resume", None):
             api.prepare_resume(loaded, opts, ns.resume)
         summary = _run(ns, loaded, opts, pool=pool)
@@ -169,8 +204,9 @@ def _run(ns: argparse.Namespace, loaded: Any, opts: Any, *, plan_hash: str = "",
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
     try:
-        return api.run(loaded, opts, subscribers=[reporter], on_executor=executors.append, pool=pool,
-                       plan_hash=plan_hash)
+        return api.run(
+            loaded, opts, subscribers=[reporter], on_executor=executors.append, pool=pool, plan_hash=plan_hash
+        )
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
@@ -186,20 +222,29 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
     loaded = api.load(ns.playbook, ns.inventory)
     extra = api.parse_extra_vars(ns.extra_vars)
     extra.update(api.resolve_secrets(loaded.playbook, ns.secret))
-    opts = RunOptions(mode="plan" if ns.plan else "run", forks=ns.forks, limit=ns.limit, extra_vars=extra,
-                      state_dir=ns.state_dir, verbose=ns.verbose)
+    opts = RunOptions(
+        mode="plan" if ns.plan else "run",
+        forks=ns.forks,
+        limit=ns.limit,
+        extra_vars=extra,
+        state_dir=ns.state_dir,
+        verbose=ns.verbose,
+    )
     rb = api.prepare_rollback(loaded, opts, to=ns.to, with_migrations=ns.with_migrations)
     plan = rb.plan
-    sys.stderr.write(f"rollback of {loaded.playbook.name}: {plan.current} -> {plan.target}"
-                     f" ({len(plan.undone)} run(s) undone, {len(plan.migrations)} migration(s) to revert)\n")
+    sys.stderr.write(
+        f"rollback of {loaded.playbook.name}: {plan.current} -> {plan.target}"
+        f" ({len(plan.undone)} run(s) undone, {len(plan.migrations)} migration(s) to revert)\n"
+    )
     return _run(ns, rb.loaded, rb.options).exit_code()
 
 
 def _cmd_apply(ns: argparse.Namespace) -> int:
     from engine import api
 
-    ready = api.prepare_apply(ns.plan_file, secrets=ns.secret, forks=ns.forks, state_dir=ns.state_dir,
-                              verbose=ns.verbose)
+    ready = api.prepare_apply(
+        ns.plan_file, secrets=ns.secret, forks=ns.forks, state_dir=ns.state_dir, verbose=ns.verbose
+    )
     return _run(ns, ready.loaded, ready.options, plan_hash=ready.plan_hash).exit_code()
 
 

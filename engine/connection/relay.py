@@ -125,8 +125,10 @@ class Relay:
             command = " ".join(args[1:])  # args[0] is the host name: this connection is the host
             with self.conn.stream(guarded(command), label=f"'{args[1] if len(args) > 1 else ''}'") as chan:
                 self._chan = chan
-                readers = [threading.Thread(target=fn, args=(chan,), name=f"relay-{self.conn.host}", daemon=True)
-                           for fn in (self._copy_down, self._copy_stderr)]
+                readers = [
+                    threading.Thread(target=fn, args=(chan,), name=f"relay-{self.conn.host}", daemon=True)
+                    for fn in (self._copy_down, self._copy_stderr)
+                ]
                 for t in readers:
                     t.start()
                 self._copy_up(chan, rest)
@@ -137,8 +139,9 @@ class Relay:
         except ConnectionFailed as exc:
             self.error = exc
         except Exception as exc:  # a broken channel or pipe: reported as the connection's loss
-            self.error = ConnectionFailed(f"connection lost while relaying: {exc or type(exc).__name__}",
-                                          host=self.conn.host)
+            self.error = ConnectionFailed(
+                f"connection lost while relaying: {exc or type(exc).__name__}", host=self.conn.host
+            )
         finally:
             self._close("_down_w")
             self._drain_up()
@@ -151,8 +154,8 @@ class Relay:
             if len(fields) > 1 and fields[0].isdigit():
                 want = int(fields[0])
                 if len(fields) > want + 1:
-                    args = [f.decode("utf-8", "surrogateescape") for f in fields[1:want + 1]]
-                    return args, b"\0".join(fields[want + 1:])
+                    args = [f.decode("utf-8", "surrogateescape") for f in fields[1 : want + 1]]
+                    return args, b"\0".join(fields[want + 1 :])
             if len(buf) > _MAX_HEADER:
                 raise ValueError("the remote shell's arguments are too long")
             data = os.read(self._up_r, _CHUNK)

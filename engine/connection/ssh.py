@@ -58,8 +58,6 @@ _PUT_SCRIPT = (
 _GET_SCRIPT = f'[ -e "$1" ] || exit {_GET_MISSING_RC}; exec cat -- "$1"'
 
 
-
-
 # -- command building ------------------------------------------------------------------------
 
 
@@ -226,8 +224,7 @@ class SSHConnection:
         if expected is None:
             also = f" (known_hosts has {', '.join(sorted(known))} for it)" if known else ""
             raise self._fail(
-                f"unknown host key {offered} not in {self.known_hosts.path}{also}; "
-                "verify it out of band and add it",
+                f"unknown host key {offered} not in {self.known_hosts.path}{also}; verify it out of band and add it",
                 HostKeyError,
                 fingerprint=key.fingerprint,
             )
@@ -430,15 +427,15 @@ class SSHConnection:
         """
         chmod = "" if mode is None else f' && chmod {mode & 0o7777:04o} "$t"'
         script = _PUT_SCRIPT.format(chmod=chmod)
-        res = self._exec(
-            build_command(["sh", "-c", script, "sh", path]), stdin=data, timeout=None, label=f"put {path}"
-        )
+        res = self._exec(build_command(["sh", "-c", script, "sh", path]), stdin=data, timeout=None, label=f"put {path}")
         if res.rc != 0:
             raise ModuleError(f"cannot write {path}: {_first_line(res.stderr)}", path=self.host)
 
     def get(self, path: str) -> bytes | None:
         """The file's bytes, or None when it does not exist (other failures raise ModuleError)."""
-        res = self._exec(build_command(["sh", "-c", _GET_SCRIPT, "sh", path]), stdin=None, timeout=None, label=f"get {path}")
+        res = self._exec(
+            build_command(["sh", "-c", _GET_SCRIPT, "sh", path]), stdin=None, timeout=None, label=f"get {path}"
+        )
         if res.rc == _GET_MISSING_RC:
             return None
         if res.rc != 0:

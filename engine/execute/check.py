@@ -70,10 +70,13 @@ def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: st
                 for name in sorted(names - known[h] - reported):
                     reported.add(name)
                     who = f" for host {h}" if h else ""
-                    errors.append(TemplateError(
-                        f"undefined variable '{name}'{who}" + suggest(name, known[h]),
-                        location=_loc(step, path), path=_dotted(step.id, path),
-                    ))
+                    errors.append(
+                        TemplateError(
+                            f"undefined variable '{name}'{who}" + suggest(name, known[h]),
+                            location=_loc(step, path),
+                            path=_dotted(step.id, path),
+                        )
+                    )
     if errors:
         raise ValidationErrors(errors) if len(errors) > 1 else errors[0]
 

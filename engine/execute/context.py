@@ -41,7 +41,7 @@ class Outputs:
             for (sid, h), outs in self._data.items():
                 if h is None or h == host:
                     if sid.startswith("sources."):
-                        sources_ns[sid[len("sources."):]] = dict(outs)
+                        sources_ns[sid[len("sources.") :]] = dict(outs)
                     else:
                         steps_ns[sid] = dict(outs)
         return steps_ns, sources_ns
@@ -67,8 +67,12 @@ class HostContexts:
         if cached is not None:
             return cached
         facts = {
-            "run": {"id": self.opts.run_id, "mode": self.opts.mode, "time": self.started,
-                    "playbook": self.playbook.name},
+            "run": {
+                "id": self.opts.run_id,
+                "mode": self.opts.mode,
+                "time": self.started,
+                "playbook": self.playbook.name,
+            },
             "release_id": self.opts.release_id,
             "playbook_dir": os.path.dirname(os.path.abspath(self.playbook.path)),
             "groups": self._groups_map(),
@@ -78,8 +82,9 @@ class HostContexts:
             raw.update(self.opts.extra_vars)
             facts["host"] = {"name": CONTROLLER, "groups": []}
         else:
-            raw, _ = merged_vars(self.inventory, host, playbook_vars=self.playbook.vars,
-                                 extra_vars=self.opts.extra_vars)
+            raw, _ = merged_vars(
+                self.inventory, host, playbook_vars=self.playbook.vars, extra_vars=self.opts.extra_vars
+            )
             h = self.inventory.hosts[host]
             facts["host"] = {
                 "name": host,

@@ -180,7 +180,9 @@ def acquire(conn: Connection, path: str, info: LockInfo, *, timeout: float | Non
                 path=conn.host,
             )
     if res.rc != 0:
-        raise ModuleError(f"cannot create deploy lock {path}: {res.err.strip()[-300:] or f'exit {res.rc}'}", path=conn.host)
+        raise ModuleError(
+            f"cannot create deploy lock {path}: {res.err.strip()[-300:] or f'exit {res.rc}'}", path=conn.host
+        )
 
 
 def status(conn: Connection, path: str, *, timeout: float | None = 30) -> LockInfo | None:

@@ -75,9 +75,18 @@ class Executor:
         self._unreachable: set[str] = set()
         self._aborted: str | None = None
         self.contexts = HostContexts(playbook, inventory, options, started=self._started)
-        self.runner = StepRunner(inventory, options, self.steps, self.graph, contexts=self.contexts,
-                                 outputs=self._outputs, results=self._results, bus=self.bus, connect=connect,
-                                 stop=self._stop)
+        self.runner = StepRunner(
+            inventory,
+            options,
+            self.steps,
+            self.graph,
+            contexts=self.contexts,
+            outputs=self._outputs,
+            results=self._results,
+            bus=self.bus,
+            connect=connect,
+            stop=self._stop,
+        )
 
     def request_stop(self) -> None:
         """Start no new work; in-flight steps finish. Safe to call from a signal handler."""
@@ -90,14 +99,20 @@ class Executor:
     def execute(self) -> RunSummary:
         """Dispatch every node of the graph as soon as what it needs has finished; return the summary."""
         summary = RunSummary(
-            run_id=self.opts.run_id, playbook=self.playbook.path, mode=self.opts.mode,
-            hosts=list(self.hosts), steps=list(self.order), started=self._started,
+            run_id=self.opts.run_id,
+            playbook=self.playbook.path,
+            mode=self.opts.mode,
+            hosts=list(self.hosts),
+            steps=list(self.order),
+            started=self._started,
         )
-        self.bus.emit(RunStarted(self.opts.run_id, self.playbook.path, self.opts.mode, list(self.hosts),
-                                 list(self.order)))
+        self.bus.emit(
+            RunStarted(self.opts.run_id, self.playbook.path, self.opts.mode, list(self.hosts), list(self.order))
+        )
         g = self.graph.graph
-        controller_pool = Workers(min(4, sum(1 for n in g.nodes if n.host is None and not n.barrier)) or 1,
-                                  "playbook-ctl")
+        controller_pool = Workers(
+            min(4, sum(1 for n in g.nodes if n.host is None and not n.barrier)) or 1, "playbook-ctl"
+        )
         forks = max(1, self.opts.forks)
         host_pool = Workers(min(forks, len(self.hosts)) or 1, "playbook-host")
         warm = self._prewarm(forks)
@@ -119,8 +134,12 @@ class Executor:
         source digests) run first: handshakes overlap that work instead of following it. A
         failure is kept by the connection pool and reported by the host's first step."""
         g = self.graph.graph
-        if (not self._prewarm_connections or self._connect is None or not self.hosts
-                or not any(n.host is None and not n.barrier for n in g.nodes)):
+        if (
+            not self._prewarm_connections
+            or self._connect is None
+            or not self.hosts
+            or not any(n.host is None and not n.barrier for n in g.nodes)
+        ):
             return None
         pool = Workers(min(forks, len(self.hosts)), "playbook-connect")
         connect = self._connect
@@ -157,8 +176,9 @@ class _Dispatch:
     nodes of each host are left. Only the dispatching thread touches it; workers report through
     `done`."""
 
-    def __init__(self, ex: Executor, summary: RunSummary, controller_pool: Workers, host_pool: Workers,
-                 forks: int) -> None:
+    def __init__(
+        self, ex: Executor, summary: RunSummary, controller_pool: Workers, host_pool: Workers, forks: int
+    ) -> None:
         self.ex = ex
         self.summary = summary
         self.controller_pool = controller_pool
@@ -211,8 +231,12 @@ class _Dispatch:
                 continue
             key = (node.step, node.host)
             if opts.done is not None and key in opts.done:
-                self.finish(node, StepResult(node.step, node.host, Status.OK, f"done in run {opts.resumed_from}",
-                                             outputs=opts.done[key]))
+                self.finish(
+                    node,
+                    StepResult(
+                        node.step, node.host, Status.OK, f"done in run {opts.resumed_from}", outputs=opts.done[key]
+                    ),
+                )
                 continue
             if opts.expected is not None and key not in opts.expected:
                 self.finish(node, StepResult(node.step, node.host, Status.SKIPPED, "not in the saved plan"))
@@ -240,8 +264,9 @@ class _Dispatch:
         try:
             result = self.ex.runner.run(node)
         except BaseException as exc:  # never lose a node's completion
-            result = StepResult(node.step, node.host, Status.FAILED,
-                                internal_error(self.ex.steps[node.step], exc, self.ex.opts.verbose))
+            result = StepResult(
+                node.step, node.host, Status.FAILED, internal_error(self.ex.steps[node.step], exc, self.ex.opts.verbose)
+            )
         self.done.put((node, result))
 
     def finish(self, node: Node, result: StepResult) -> None:
@@ -263,8 +288,11 @@ class _Dispatch:
         assert host is not None
         self.host_remaining[host] -= 1
         if self.host_remaining[host] == 0:
-            worst = max((r.status for r in self.summary.results if r.host == host),
-                        key=lambda st: _RANK.get(st, 0), default=Status.OK)
+            worst = max(
+                (r.status for r in self.summary.results if r.host == host),
+                key=lambda st: _RANK.get(st, 0),
+                default=Status.OK,
+            )
             ex.bus.emit(HostFinished(host, worst.value))
             if ex._release is not None:
                 ex._release(host)  # e.g. close its SSH connection early
@@ -284,9 +312,12 @@ class _Dispatch:
             return f"host unreachable (at step '{ex._host_failed[node.host]}')"
         if node.host is not None and node.host in ex._host_failed and ex.opts.mode == "run":
             return f"host failed at step '{ex._host_failed[node.host]}'"
-        bad = [r for r in upstream_results(ex.graph, node, ex._results)
-               if r.status in (Status.FAILED, Status.UNREACHABLE, Status.SKIPPED)
-               and not (r.status == Status.SKIPPED and r.message == "condition 'when' is false")]
+        bad = [
+            r
+            for r in upstream_results(ex.graph, node, ex._results)
+            if r.status in (Status.FAILED, Status.UNREACHABLE, Status.SKIPPED)
+            and not (r.status == Status.SKIPPED and r.message == "condition 'when' is false")
+        ]
         if bad:
             what = bad[0].status.value if bad[0].status != Status.SKIPPED else "was skipped"
             return f"needs '{bad[0].step}', which {what}"

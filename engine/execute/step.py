@@ -94,8 +94,14 @@ class StepRunner:
             self.bus.emit(Message(f"retrying after failure: {result.message}", "warning", node.host, step.id))
             time.sleep(step.retry_delay)
         return StepResult(
-            step.id, node.host, result.status, result.message, result.plan, result.outputs,
-            time.monotonic() - started, attempts,
+            step.id,
+            node.host,
+            result.status,
+            result.message,
+            result.plan,
+            result.outputs,
+            time.monotonic() - started,
+            attempts,
         )
 
     def _conn(self, host: str | None) -> Connection:
@@ -111,16 +117,24 @@ class StepRunner:
         upstream = upstream_results(self.graph, node, self.results)
         pending = [r.step for r in upstream if r.status == Status.UNKNOWN]
         if mode == "plan" and pending:
-            return StepResult(step.id, host, Status.UNKNOWN,
-                              f"depends on '{pending[0]}', whose outcome is unknown until applied",
-                              plan=Plan.unknown(f"depends on '{pending[0]}'"), outputs=unknown_outputs(step))
+            return StepResult(
+                step.id,
+                host,
+                Status.UNKNOWN,
+                f"depends on '{pending[0]}', whose outcome is unknown until applied",
+                plan=Plan.unknown(f"depends on '{pending[0]}'"),
+                outputs=unknown_outputs(step),
+            )
         changing = [r.step for r in upstream if r.status == Status.CHANGED]
         module = get_module(step.module)
         try:
             ctx_vars = self.contexts.for_step(host, self.outputs)
             if step.when is not None:
-                cond = templating.render(step.when if templating.is_template(step.when) else "{{ " + step.when + " }}",
-                                         ctx_vars, what=f"{step.id}.when")
+                cond = templating.render(
+                    step.when if templating.is_template(step.when) else "{{ " + step.when + " }}",
+                    ctx_vars,
+                    what=f"{step.id}.when",
+                )
                 if not cond or (isinstance(cond, str) and cond.strip().lower() in ("", "false", "no", "0", "none")):
                     return StepResult(step.id, host, Status.SKIPPED, "condition 'when' is false")
             rendered = templating.render_value(dict(step.args), ctx_vars, what=f"{step.id}.args")
@@ -128,18 +142,31 @@ class StepRunner:
 
             args = build(module.Args, rendered, path=f"steps.{step.id}.args")
         except templating.UnknownReference as ref:
-            return StepResult(step.id, host, Status.UNKNOWN,
-                              f"arguments use a value known only after an upstream step is applied ({ref.what})",
-                              plan=Plan.unknown("arguments not known yet"), outputs=unknown_outputs(step))
+            return StepResult(
+                step.id,
+                host,
+                Status.UNKNOWN,
+                f"arguments use a value known only after an upstream step is applied ({ref.what})",
+                plan=Plan.unknown("arguments not known yet"),
+                outputs=unknown_outputs(step),
+            )
         except PlaybookError as exc:
             where = f"{step.location} " if step.location else ""
             return StepResult(step.id, host, Status.FAILED, f"{where}{exc}")
         deadline = time.monotonic() + step.timeout if step.timeout else None
         common: dict[str, Any] = dict(
-            host=host, step=step.id, vars=ctx_vars, run_id=self.opts.run_id, release_id=self.opts.release_id,
-            state_dir=self.opts.state_dir, timeout=step.timeout, deadline=deadline, mode=mode,
+            host=host,
+            step=step.id,
+            vars=ctx_vars,
+            run_id=self.opts.run_id,
+            release_id=self.opts.release_id,
+            state_dir=self.opts.state_dir,
+            timeout=step.timeout,
+            deadline=deadline,
+            mode=mode,
             target=self.inventory.hosts.get(host) if host else None,
-            emit=lambda text: self.bus.emit(Message(text, "info", host, step.id)))
+            emit=lambda text: self.bus.emit(Message(text, "info", host, step.id)),
+        )
         try:
             conn = self._conn(host)
             plan = module.plan(PlanContext(conn=ReadOnly(conn), **common), args)
@@ -149,20 +176,29 @@ class StepRunner:
             return StepResult(step.id, host, Status.FAILED, f"timed out while planning: {exc}")
         except PlaybookError as exc:
             if mode == "plan" and changing:
-                return StepResult(step.id, host, Status.UNKNOWN,
-                                  f"cannot plan before '{changing[0]}' is applied: {exc}",
-                                  plan=Plan.unknown(str(exc)), outputs=unknown_outputs(step))
+                return StepResult(
+                    step.id,
+                    host,
+                    Status.UNKNOWN,
+                    f"cannot plan before '{changing[0]}' is applied: {exc}",
+                    plan=Plan.unknown(str(exc)),
+                    outputs=unknown_outputs(step),
+                )
             return StepResult(step.id, host, Status.FAILED, str(exc))
         except Exception as exc:  # a bug in a module must not take the run down
             return StepResult(step.id, host, Status.FAILED, internal_error(step, exc, self.opts.verbose))
         if self.opts.expected is not None:
-            drift = node_drift(self.opts.expected.get((step.id, host)), plan,
-                               upstream_changed=any(r.status == Status.CHANGED for r in upstream))
+            drift = node_drift(
+                self.opts.expected.get((step.id, host)),
+                plan,
+                upstream_changed=any(r.status == Status.CHANGED for r in upstream),
+            )
             if drift:
                 return StepResult(step.id, host, Status.FAILED, drift, plan=plan)
         if mode == "plan" or plan.change == Change.NO_CHANGE:
-            status = {Change.WILL_CHANGE: Status.CHANGED, Change.NO_CHANGE: Status.OK,
-                      Change.UNKNOWN: Status.UNKNOWN}[plan.change]
+            status = {Change.WILL_CHANGE: Status.CHANGED, Change.NO_CHANGE: Status.OK, Change.UNKNOWN: Status.UNKNOWN}[
+                plan.change
+            ]
             outputs = dict(plan.outputs)
             if plan.change != Change.NO_CHANGE:
                 for name in module.outputs:
@@ -170,8 +206,9 @@ class StepRunner:
             return StepResult(step.id, host, status, plan.reason, plan=plan, outputs=outputs)
         return self._apply(step, host, module, conn, common, plan)
 
-    def _apply(self, step: Step, host: str | None, module: Any, conn: Connection, common: dict[str, Any],
-               plan: Plan) -> StepResult:
+    def _apply(
+        self, step: Step, host: str | None, module: Any, conn: Connection, common: dict[str, Any], plan: Plan
+    ) -> StepResult:
         try:
             applied = module.apply(ApplyContext(conn=conn, **common), plan)
         except ConnectionFailed as exc:

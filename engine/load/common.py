@@ -77,7 +77,7 @@ def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str]:
         path.append(node)
         for nxt in edges.get(node, ()):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):]
+                return path[path.index(nxt) :]
             if nxt not in state:
                 found = visit(nxt)
                 if found:

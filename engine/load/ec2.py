@@ -65,7 +65,7 @@ def dynamic_sources(raw: Any) -> list[tuple[str, dict[str, Any], tuple]]:
     out = []
     for i, item in enumerate(raw if isinstance(raw, list) else []):
         if isinstance(item, dict) and len(item) == 1:
-            (kind, config), = item.items()
+            ((kind, config),) = item.items()
             if kind == "aws_ec2" and isinstance(config, dict):
                 out.append((kind, config, ("dynamic", i, kind)))
     return out
@@ -98,6 +98,7 @@ def dynamic_group_matcher(sources: Sequence[tuple[str, dict[str, Any], tuple]]) 
 
 # --- fetching --------------------------------------------------------------------------------
 
+
 def _filters(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     raw = dict(config.get("filters") or {})
     raw.setdefault("instance-state-name", "running")
@@ -115,8 +116,19 @@ def _filter_text(value: Any) -> str:
 
 
 def _jsonable(instance: Mapping[str, Any]) -> dict[str, Any]:
-    keep = ("InstanceId", "PrivateIpAddress", "PublicIpAddress", "PrivateDnsName", "PublicDnsName", "InstanceType",
-            "ImageId", "VpcId", "SubnetId", "Tags", "LaunchTime")
+    keep = (
+        "InstanceId",
+        "PrivateIpAddress",
+        "PublicIpAddress",
+        "PrivateDnsName",
+        "PublicDnsName",
+        "InstanceType",
+        "ImageId",
+        "VpcId",
+        "SubnetId",
+        "Tags",
+        "LaunchTime",
+    )
     out = {k: instance.get(k) for k in keep if instance.get(k) is not None}
     if isinstance(out.get("LaunchTime"), datetime.datetime):
         out["LaunchTime"] = out["LaunchTime"].isoformat()
@@ -145,14 +157,16 @@ def fetch_ec2_instances(config: Mapping[str, Any], *, where: str = "aws_ec2") ->
     except bx.NoCredentialsError:
         raise DynamicInventoryError(
             "no AWS credentials found (set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or `profile:`)",
-            path=where) from None
+            path=where,
+        ) from None
     except bx.ProfileNotFound as exc:
         raise DynamicInventoryError(f"AWS profile not found: {exc}", path=where) from None
     except bx.ClientError as exc:
         err = exc.response.get("Error", {})
         raise DynamicInventoryError(
             f"EC2 refused DescribeInstances: {err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": "),
-            path=where) from None
+            path=where,
+        ) from None
     except bx.EndpointConnectionError as exc:
         raise DynamicInventoryError(f"cannot reach EC2: {exc}", path=where) from None
     except (bx.BotoCoreError, ValueError) as exc:
@@ -167,9 +181,11 @@ def _state_dir() -> str:
 def _cached_instances(config: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     """Instances for one source: from this process's cache, else the on-disk cache within
     `cache_ttl`, else EC2."""
-    key = hashlib.sha256(json.dumps(
-        {k: config.get(k) for k in ("regions", "filters", "profile", "endpoint_url")}, sort_keys=True, default=str
-    ).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            {k: config.get(k) for k in ("regions", "filters", "profile", "endpoint_url")}, sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()
     with _cache_lock:
         if key in _cache:
             return _cache[key]
@@ -199,6 +215,7 @@ def _cached_instances(config: Mapping[str, Any], where: str) -> list[dict[str, A
 
 
 # --- instances → hosts and groups -----------------------------------------------------------
+
 
 def _context(inst: Mapping[str, Any]) -> dict[str, Any]:
     tags = {t.get("Key"): t.get("Value", "") for t in inst.get("Tags") or [] if t.get("Key")}
@@ -265,7 +282,10 @@ def ec2_inventory(
         if name in hosts:
             raise DynamicInventoryError(
                 f"instances {ids[name]} and {iid} would both be host '{name}'; make `name` unique "
-                "(e.g. add `-{{ instance_id }}`) or filter one out", location=location, path=where)
+                "(e.g. add `-{{ instance_id }}`) or filter one out",
+                location=location,
+                path=where,
+            )
         if address_key.startswith("tag:"):
             address = ctx["tags"].get(address_key[4:])
         else:
@@ -273,7 +293,9 @@ def ec2_inventory(
         if not address:
             raise DynamicInventoryError(
                 f"instance {iid} ('{name}') has no {address_key}; filter it out or choose another `address`",
-                location=location, path=where)
+                location=location,
+                path=where,
+            )
         host_groups: list[str] = []
         for entry in config.get("group_by_tags") or []:
             if _is_template(entry):
@@ -325,12 +347,14 @@ def merge_dynamic(
         where = display_path(path)
         location = doc.key_where(path) if doc is not None else None
         instances = _cached_instances(config, where)
-        dyn_hosts, dyn_groups = ec2_inventory(config, instances, file_defaults=inventory.defaults,
-                                              base_dir=base_dir, where=where, location=location)
+        dyn_hosts, dyn_groups = ec2_inventory(
+            config, instances, file_defaults=inventory.defaults, base_dir=base_dir, where=where, location=location
+        )
         for name, dyn in dyn_hosts.items():
             if name in added:
-                raise DynamicInventoryError(f"host '{name}' comes from both {added[name]} and {where}",
-                                            location=location, path=where)
+                raise DynamicInventoryError(
+                    f"host '{name}' comes from both {added[name]} and {where}", location=location, path=where
+                )
             added[name] = where
             static = hosts.get(name)
             if static is None:
@@ -340,7 +364,8 @@ def merge_dynamic(
             spec = spec if isinstance(spec, dict) else {}
             own = {k: getattr(static, k) for k in ("address", *_CONNECTION_KEYS) if k in spec}
             hosts[name] = dataclasses.replace(
-                dyn, **own,
+                dyn,
+                **own,
                 vars={**dyn.vars, **static.vars},
                 groups=tuple(dict.fromkeys(static.groups + dyn.groups)),
                 location=static.location if name in explicit_hosts else dyn.location,

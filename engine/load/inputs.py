@@ -90,8 +90,10 @@ def resolve_secrets(playbook: Playbook, cli: Sequence[str] = ()) -> dict[str, st
         if not name.isidentifier():
             raise LoadError(f"--secret: '{name}' is not a valid variable name (expected NAME or NAME=@FILE)")
         if sep and not rest.startswith("@"):
-            raise LoadError(f"--secret {name}: give the value in the environment variable {name} or as "
-                            f"{name}=@FILE; a value on the command line would be visible to every user of the machine")
+            raise LoadError(
+                f"--secret {name}: give the value in the environment variable {name} or as "
+                f"{name}=@FILE; a value on the command line would be visible to every user of the machine"
+            )
         found[name] = read_file(name, rest[1:]) if sep else read_env(name, name)
     for value in found.values():
         SCRUBBER.add(value)

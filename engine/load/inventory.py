@@ -69,8 +69,14 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
     for gname, gspec in raw_groups.items():
         gname = str(gname)
         gspec = gspec if isinstance(gspec, dict) else {}
-        hosts = [h for h in gspec.get("hosts") or [] if isinstance(h, str)] if isinstance(gspec.get("hosts"), list) else []
-        children = [c for c in gspec.get("children") or [] if isinstance(c, str)] if isinstance(gspec.get("children"), list) else []
+        hosts = (
+            [h for h in gspec.get("hosts") or [] if isinstance(h, str)] if isinstance(gspec.get("hosts"), list) else []
+        )
+        children = (
+            [c for c in gspec.get("children") or [] if isinstance(c, str)]
+            if isinstance(gspec.get("children"), list)
+            else []
+        )
         for j, h in enumerate(hosts):
             if h not in specs:
                 specs[h] = ({}, doc.where(("groups", gname, "hosts", j)))
@@ -86,8 +92,13 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
                     msg = "'all' holds every host; it cannot be a child group"
                 else:
                     msg = f"unknown group '{child}' in children{hint}"
-                errors.append(ValidationError(msg, location=doc.where(("groups", gname, "children", j)),
-                                              path=display_path(("groups", gname, "children", j))))
+                errors.append(
+                    ValidationError(
+                        msg,
+                        location=doc.where(("groups", gname, "children", j)),
+                        path=display_path(("groups", gname, "children", j)),
+                    )
+                )
         gvars = gspec.get("vars")
         groups[gname] = Group(
             name=gname,
@@ -104,8 +115,13 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
     if cycle:
         start = min(range(len(cycle)), key=lambda i: group_names.index(cycle[i]))
         cycle = cycle[start:] + cycle[:start]
-        errors.append(GraphError(f"groups contain each other in a cycle: {' -> '.join(cycle + [cycle[0]])}",
-                                 location=doc.key_where(("groups", cycle[0])), path=display_path(("groups", cycle[0]))))
+        errors.append(
+            GraphError(
+                f"groups contain each other in a cycle: {' -> '.join(cycle + [cycle[0]])}",
+                location=doc.key_where(("groups", cycle[0])),
+                path=display_path(("groups", cycle[0])),
+            )
+        )
 
     raise_all(errors)
     if not validated:
@@ -122,8 +138,12 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
             port=settings["port"] if settings["port"] is not None else 22,
             user=settings["user"],
             key=_resolve_path(settings["key"], base_dir) if "key" in spec else settings["key"],
-            known_hosts=_resolve_path(settings["known_hosts"], base_dir) if "known_hosts" in spec else settings["known_hosts"],
-            kubeconfig=_resolve_path(settings["kubeconfig"], base_dir) if "kubeconfig" in spec else settings["kubeconfig"],
+            known_hosts=_resolve_path(settings["known_hosts"], base_dir)
+            if "known_hosts" in spec
+            else settings["known_hosts"],
+            kubeconfig=_resolve_path(settings["kubeconfig"], base_dir)
+            if "kubeconfig" in spec
+            else settings["kubeconfig"],
             context=settings["context"],
             namespace=settings["namespace"],
             vars=dict(hvars) if isinstance(hvars, dict) else {},

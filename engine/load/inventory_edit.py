@@ -68,6 +68,7 @@ class EditResult:
 
 # --- values from the command line ------------------------------------------------------------
 
+
 def parse_value(text: str, *, what: str = "value") -> Any:
     """A command-line value as YAML under playbook's strict rules: `8080` is an int, `true` a
     bool, `""` or `''` quote a string, `[a, b]` / `{k: v}` are flow collections, and `yes`,
@@ -210,8 +211,10 @@ class InventoryEditor:
         seq = entry.get(key)
         if isinstance(seq, CommentedSeq):
             return seq
-        flow = True if flow_style(entry) else majority_flow(
-            (s.get(key) for s in siblings if isinstance(s, CommentedMap)), default=True
+        flow = (
+            True
+            if flow_style(entry)
+            else majority_flow((s.get(key) for s in siblings if isinstance(s, CommentedMap)), default=True)
         )
         seq = new_seq(flow)
         entry[key] = seq
@@ -240,8 +243,10 @@ class InventoryEditor:
         v = entry.get("vars")
         if isinstance(v, CommentedMap) or not create:
             return v if isinstance(v, CommentedMap) else None
-        flow = True if flow_style(entry) else majority_flow(
-            (s.get("vars") for s in siblings if isinstance(s, CommentedMap)), default=False
+        flow = (
+            True
+            if flow_style(entry)
+            else majority_flow((s.get("vars") for s in siblings if isinstance(s, CommentedMap)), default=False)
         )
         v = new_map(flow)
         entry["vars"] = v
@@ -366,7 +371,8 @@ class InventoryEditor:
         groups = self._groups()
         flow = majority_flow(groups.values(), default=False)
         list_flow = majority_flow(
-            (g.get(k) for g in groups.values() if isinstance(g, CommentedMap) for k in ("hosts", "children")), default=True
+            (g.get(k) for g in groups.values() if isinstance(g, CommentedMap) for k in ("hosts", "children")),
+            default=True,
         )
         entry: Any = new_map(flow)
         if hosts:
@@ -400,10 +406,14 @@ class InventoryEditor:
         atomically. An edit that would make the inventory invalid raises `InventoryEditError`."""
         text, reformatted = self.result()
         new = text.encode("utf-8")
-        diff = "".join(difflib.unified_diff(
-            self.raw.decode("utf-8").splitlines(True), text.splitlines(True),
-            fromfile=f"a/{self.path}", tofile=f"b/{self.path}",
-        ))
+        diff = "".join(
+            difflib.unified_diff(
+                self.raw.decode("utf-8").splitlines(True),
+                text.splitlines(True),
+                fromfile=f"a/{self.path}",
+                tofile=f"b/{self.path}",
+            )
+        )
         changed = new != self.raw
         directory = os.path.dirname(self.real_path) or "."
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.real_path)}.", suffix=".tmp", dir=directory)
@@ -417,7 +427,9 @@ class InventoryEditor:
                 return EditResult(self.path, changed, diff, reformatted)
             with open(self.real_path, "rb") as fh:
                 if fh.read() != self.raw:
-                    raise InventoryEditError(f"{self.path} changed while it was being edited; nothing written, try again")
+                    raise InventoryEditError(
+                        f"{self.path} changed while it was being edited; nothing written, try again"
+                    )
             st = os.stat(self.real_path)
             os.chmod(tmp, st.st_mode & 0o7777)
             try:
@@ -456,11 +468,20 @@ def edit_inventory(path: str, edit: Callable[[InventoryEditor], None], *, dry_ru
     return editor.save(dry_run=dry_run)
 
 
-def add_host(path: str, name: str, *, groups: Sequence[str] = (), address: str | None = None,
-             port: int | None = None, vars: Mapping[str, Any] | None = None, dry_run: bool = False) -> EditResult:
+def add_host(
+    path: str,
+    name: str,
+    *,
+    groups: Sequence[str] = (),
+    address: str | None = None,
+    port: int | None = None,
+    vars: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+) -> EditResult:
     """`playbook inventory add-host`."""
-    return edit_inventory(path, lambda e: e.add_host(name, groups=groups, address=address, port=port, vars=vars),
-                          dry_run=dry_run)
+    return edit_inventory(
+        path, lambda e: e.add_host(name, groups=groups, address=address, port=port, vars=vars), dry_run=dry_run
+    )
 
 
 def remove_host(path: str, name: str, *, dry_run: bool = False) -> EditResult:
@@ -478,8 +499,16 @@ def unset_vars(path: str, target: Target, names: Sequence[str], *, dry_run: bool
     return edit_inventory(path, lambda e: e.unset_vars(target, names), dry_run=dry_run)
 
 
-def add_group(path: str, name: str, *, children: Sequence[str] = (), parents: Sequence[str] = (),
-              hosts: Sequence[str] = (), vars: Mapping[str, Any] | None = None, dry_run: bool = False) -> EditResult:
+def add_group(
+    path: str,
+    name: str,
+    *,
+    children: Sequence[str] = (),
+    parents: Sequence[str] = (),
+    hosts: Sequence[str] = (),
+    vars: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+) -> EditResult:
     """`playbook inventory add-group`."""
     return edit_inventory(
         path, lambda e: e.add_group(name, children=children, parents=parents, hosts=hosts, vars=vars), dry_run=dry_run

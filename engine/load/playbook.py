@@ -67,7 +67,8 @@ class _PlaybookLoader:
             steps=tuple(s["step"] for s in all_steps),
             vars=dict(self.data.get("vars") or {}) if isinstance(self.data.get("vars"), dict) else {},
             secrets={str(k): dict(v) for k, v in (self.data.get("secrets") or {}).items() if isinstance(v, dict)}
-            if isinstance(self.data.get("secrets"), dict) else {},
+            if isinstance(self.data.get("secrets"), dict)
+            else {},
             inventory=inventory if isinstance(inventory, str) else None,
             location=self.doc.where(()),
         )
@@ -107,7 +108,11 @@ class _PlaybookLoader:
             names.add(step["module"])
         sources = self.data.get("sources")
         for spec in sources.values() if isinstance(sources, dict) else ():
-            module = source_module(spec.get("type")) if isinstance(spec, dict) and isinstance(spec.get("type"), str) else None
+            module = (
+                source_module(spec.get("type"))
+                if isinstance(spec, dict) and isinstance(spec.get("type"), str)
+                else None
+            )
             if module is None:
                 return None
             names.add(module)
@@ -143,7 +148,9 @@ class _PlaybookLoader:
             kind = spec["type"]
             module = source_module(kind)
             if module is None:
-                self.located(ValidationError, f"unknown source type '{kind}'{suggest(kind, source_types())}", at + ("type",))
+                self.located(
+                    ValidationError, f"unknown source type '{kind}'{suggest(kind, source_types())}", at + ("type",)
+                )
                 continue
             args = {k: v for k, v in spec.items() if k != "type"}
             self.check_args(module, args, at)
@@ -170,7 +177,11 @@ class _PlaybookLoader:
         first_seen: dict[str, int] = {}
         for i, spec in enumerate(raw):
             at = ("steps", i)
-            if not isinstance(spec, dict) or not isinstance(spec.get("id"), str) or not isinstance(spec.get("module"), str):
+            if (
+                not isinstance(spec, dict)
+                or not isinstance(spec.get("id"), str)
+                or not isinstance(spec.get("module"), str)
+            ):
                 continue
             step_id, module_name = spec["id"], spec["module"]
             ok = True
@@ -183,7 +194,11 @@ class _PlaybookLoader:
                 first_seen[step_id] = loc.line if loc else 0
             module = self.modules.get(module_name)
             if module is None:
-                self.located(ValidationError, f"unknown module '{module_name}'{suggest(module_name, self.modules)}", at + ("module",))
+                self.located(
+                    ValidationError,
+                    f"unknown module '{module_name}'{suggest(module_name, self.modules)}",
+                    at + ("module",),
+                )
                 continue
             fleet = spec.get("fleet")
             if fleet is None:
@@ -201,7 +216,9 @@ class _PlaybookLoader:
             elif not isinstance(fleet, str):
                 ok = False
             elif fleet != CONTROLLER and fleet not in fleets:
-                self.located(ValidationError, f"unknown fleet '{fleet}'{suggest(fleet, [*fleets, CONTROLLER])}", at + ("fleet",))
+                self.located(
+                    ValidationError, f"unknown fleet '{fleet}'{suggest(fleet, [*fleets, CONTROLLER])}", at + ("fleet",)
+                )
                 ok = False
             elif fleet != CONTROLLER and module.controller_only:
                 self.located(
@@ -228,7 +245,9 @@ class _PlaybookLoader:
                 args=args,
                 needs=tuple(n for n in needs if isinstance(n, str)),
                 timeout=float(timeout) if is_number(timeout) else None,
-                retries=spec["retries"] if isinstance(spec.get("retries"), int) and not isinstance(spec.get("retries"), bool) else 0,
+                retries=spec["retries"]
+                if isinstance(spec.get("retries"), int) and not isinstance(spec.get("retries"), bool)
+                else 0,
                 retry_delay=float(retry_delay) if is_number(retry_delay) else 1.0,
                 when=when,
                 description=spec.get("description") if isinstance(spec.get("description"), str) else "",
@@ -315,5 +334,3 @@ def load_playbook(path: str) -> Playbook:
 
 
 # --- inventory ------------------------------------------------------------------------------
-
-

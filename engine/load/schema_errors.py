@@ -21,8 +21,15 @@ if TYPE_CHECKING:  # imported by schema_errors itself: content validated before 
 
 __all__ = ["schema_errors", "display_path"]
 
-_TYPE_NAMES = {"integer": "integer", "number": "number", "string": "string", "boolean": "boolean",
-               "null": "null", "array": "list", "object": "mapping"}
+_TYPE_NAMES = {
+    "integer": "integer",
+    "number": "number",
+    "string": "string",
+    "boolean": "boolean",
+    "null": "null",
+    "array": "list",
+    "object": "mapping",
+}
 
 
 def display_path(path: Iterable[Any]) -> str:
@@ -79,7 +86,9 @@ def _describe(schema: Any) -> str:
         return kind
     if kind == "array":
         items = schema.get("items")
-        simple = isinstance(items, dict) and set(items) <= {"type", "description"} and isinstance(items.get("type"), str)
+        simple = (
+            isinstance(items, dict) and set(items) <= {"type", "description"} and isinstance(items.get("type"), str)
+        )
         return f"list of {_describe(items)}" if simple else "list"
     if kind:
         return _TYPE_NAMES.get(kind, kind)
@@ -125,7 +134,9 @@ def schema_errors(
     and word each error, located. `noun` is what unknown/missing keys are called."""
     import jsonschema
 
-    validator = schema if isinstance(schema, jsonschema.Draft202012Validator) else jsonschema.Draft202012Validator(schema)
+    validator = (
+        schema if isinstance(schema, jsonschema.Draft202012Validator) else jsonschema.Draft202012Validator(schema)
+    )
     out: list[PlaybookError] = []
     for error in validator.iter_errors(instance):
         out.extend(_word(error, doc, base, noun))
@@ -154,7 +165,9 @@ def _word(error: jsonschema.ValidationError, doc: Document, base: tuple, noun: s
         patterns = list(schema.get("patternProperties", {}))
         extras = [k for k in value if k not in known and not any(re.search(p, str(k)) for p in patterns)]
         return [
-            ValidationError(f"unknown {noun} '{k}'{suggest(str(k), known)}", location=doc.key_where(path + (k,)), path=shown)
+            ValidationError(
+                f"unknown {noun} '{k}'{suggest(str(k), known)}", location=doc.key_where(path + (k,)), path=shown
+            )
             for k in extras
         ]
     if kind == "required" and isinstance(value, dict):
@@ -164,7 +177,9 @@ def _word(error: jsonschema.ValidationError, doc: Document, base: tuple, noun: s
         branches = error.validator_value
         fitting = [i for i, b in enumerate(branches) if isinstance(b, dict) and _branch_accepts_type(b, value)]
         if isinstance(value, (dict, list)) and len(fitting) == 1:
-            inner = [e for e in error.context or () if e.relative_schema_path and e.relative_schema_path[0] == fitting[0]]
+            inner = [
+                e for e in error.context or () if e.relative_schema_path and e.relative_schema_path[0] == fitting[0]
+            ]
             if inner:
                 return [m for e in inner for m in _word(e, doc, base, noun)]
         return [err(f"'{name}' must be {_describe(schema)} (got {describe_value(value)})")]
@@ -183,7 +198,16 @@ def _word(error: jsonschema.ValidationError, doc: Document, base: tuple, noun: s
         else:
             expected = _describe(schema)  # keeps bounds: 'integer from 1 to 65535'
         return [err(f"'{name}' must be {expected} (got {describe_value(value)})")]
-    if kind in ("pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength",
-                "maxLength", "minItems", "maxItems"):
+    if kind in (
+        "pattern",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+    ):
         return [err(f"'{name}' must be {_describe(schema)} (got {describe_value(value)})")]
     return [err(f"'{name}': {error.message}")]

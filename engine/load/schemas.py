@@ -74,7 +74,11 @@ def _fleet() -> dict[str, Any]:
                 "minimum": 0,
                 "maximum": 100,
             },
-            "forks": {"description": "At most this many of the fleet's hosts at once.", "type": "integer", "minimum": 1},
+            "forks": {
+                "description": "At most this many of the fleet's hosts at once.",
+                "type": "integer",
+                "minimum": 1,
+            },
             "lock": {
                 "description": "Take the fleet's deploy lock on every host for the length of a run.",
                 "type": "boolean",
@@ -96,7 +100,11 @@ def _step(with_modules: bool) -> dict[str, Any]:
         "type": "object",
         "description": "One call of a module on a fleet or on the controller.",
         "properties": {
-            "id": {"type": "string", "pattern": IDENTIFIER, "description": "Unique step id, used in `needs:` and `steps.<id>`."},
+            "id": {
+                "type": "string",
+                "pattern": IDENTIFIER,
+                "description": "Unique step id, used in `needs:` and `steps.<id>`.",
+            },
             "module": module,
             "fleet": {
                 "type": "string",
@@ -110,7 +118,11 @@ def _step(with_modules: bool) -> dict[str, Any]:
                 "uniqueItems": True,
                 "description": "Step ids (and `sources.<name>`) this step waits for.",
             },
-            "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds per host before the step fails."},
+            "timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "Seconds per host before the step fails.",
+            },
             "retries": {"type": "integer", "minimum": 0, "description": "Retries after a failure.", "default": 0},
             "retry_delay": {"type": "number", "minimum": 0, "description": "Seconds between retries.", "default": 1},
             "when": {"type": "string", "description": "Run only when this expression (or template) is true."},
@@ -142,7 +154,10 @@ def source_args_schema(source_type: str) -> dict[str, Any] | None:
 
 def _source(with_modules: bool) -> dict[str, Any]:
     types = source_types() if with_modules else []
-    type_schema: dict[str, Any] = {"type": "string", "description": "The source type (`local`, `git`, `s3`, `npm`, ...)."}
+    type_schema: dict[str, Any] = {
+        "type": "string",
+        "description": "The source type (`local`, `git`, `s3`, `npm`, ...).",
+    }
     if types:
         type_schema["enum"] = types
     schema: dict[str, Any] = {
@@ -169,8 +184,16 @@ def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
         "description": "A playbook: sources, fleets and steps (docs/playbook-format.md).",
         "type": "object",
         "properties": {
-            "name": {"type": "string", "minLength": 1, "description": "The playbook's name; default: the file name without extension."},
-            "inventory": {"type": "string", "minLength": 1, "description": "Default inventory file, relative to this file."},
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "description": "The playbook's name; default: the file name without extension.",
+            },
+            "inventory": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Default inventory file, relative to this file.",
+            },
             "vars": _vars("Playbook defaults for vars (lowest precedence)."),
             "secrets": {
                 "type": "object",
@@ -180,9 +203,16 @@ def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
                 "additionalProperties": {
                     "type": "object",
                     "properties": {
-                        "env": {"type": "string", "minLength": 1, "description": "Environment variable holding the value."},
-                        "file": {"type": "string", "minLength": 1,
-                                 "description": "File holding the value (trailing newline stripped), relative to the playbook."},
+                        "env": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "Environment variable holding the value.",
+                        },
+                        "file": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "File holding the value (trailing newline stripped), relative to the playbook.",
+                        },
                     },
                     "additionalProperties": False,
                     "minProperties": 1,
@@ -201,7 +231,11 @@ def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
                 "propertyNames": {"pattern": FLEET_NAME, "not": {"const": "controller"}},
                 "additionalProperties": {"$ref": "#/$defs/fleet"},
             },
-            "steps": {"type": "array", "description": "The steps, in default order.", "items": {"$ref": "#/$defs/step"}},
+            "steps": {
+                "type": "array",
+                "description": "The steps, in default order.",
+                "items": {"$ref": "#/$defs/step"},
+            },
         },
         "patternProperties": {"^x-": {"description": "Ignored: a place for YAML anchors (`x-common: &common`)."}},
         "required": ["steps"],
@@ -216,25 +250,54 @@ def _dynamic(connection: dict[str, Any]) -> dict[str, Any]:
         "type": "object",
         "description": "EC2 instances, found by filters (usually tags), as hosts grouped by tags.",
         "properties": {
-            "regions": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True,
-                        "description": "AWS regions to search."},
-            "filters": {"type": "object", "description": "EC2 DescribeInstances filters, e.g. `tag:role: web`; "
-                        "a value may be a list. Default adds `instance-state-name: running`."},
-            "group_by_tags": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True,
-                              "description": "A tag key `role` makes groups `role_<value>`; a template "
-                              "(`{{ tags.env }}_{{ tags.role }}`) names a group directly."},
-            "address": {"type": "string", "pattern": "^(private_ip|public_ip|private_dns|public_dns|instance_id|tag:.+)$",
-                        "description": "What to connect to: private_ip (default), public_ip, private_dns, public_dns, "
-                        "instance_id or tag:KEY."},
-            "name": {"type": "string", "minLength": 1,
-                     "description": "Template for host names (default: the instance id), e.g. `{{ tags.Name }}`."},
+            "regions": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "uniqueItems": True,
+                "description": "AWS regions to search.",
+            },
+            "filters": {
+                "type": "object",
+                "description": "EC2 DescribeInstances filters, e.g. `tag:role: web`; "
+                "a value may be a list. Default adds `instance-state-name: running`.",
+            },
+            "group_by_tags": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "uniqueItems": True,
+                "description": "A tag key `role` makes groups `role_<value>`; a template "
+                "(`{{ tags.env }}_{{ tags.role }}`) names a group directly.",
+            },
+            "address": {
+                "type": "string",
+                "pattern": "^(private_ip|public_ip|private_dns|public_dns|instance_id|tag:.+)$",
+                "description": "What to connect to: private_ip (default), public_ip, private_dns, public_dns, "
+                "instance_id or tag:KEY.",
+            },
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Template for host names (default: the instance id), e.g. `{{ tags.Name }}`.",
+            },
             "profile": {"type": "string", "minLength": 1, "description": "AWS profile (default: the standard chain)."},
-            "endpoint_url": {"type": ["string", "null"], "description": "EC2 endpoint override (tests, private endpoints)."},
-            "defaults": {"type": "object", "properties": connection, "additionalProperties": False,
-                         "description": "Connection settings for these hosts, over the file's `defaults`."},
+            "endpoint_url": {
+                "type": ["string", "null"],
+                "description": "EC2 endpoint override (tests, private endpoints).",
+            },
+            "defaults": {
+                "type": "object",
+                "properties": connection,
+                "additionalProperties": False,
+                "description": "Connection settings for these hosts, over the file's `defaults`.",
+            },
             "vars": _vars("Vars of these hosts (host level)."),
-            "cache_ttl": {"type": "integer", "minimum": 0, "default": 0,
-                          "description": "Seconds to reuse the instances from an on-disk cache in the state dir (0: only within one run)."},
+            "cache_ttl": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 0,
+                "description": "Seconds to reuse the instances from an on-disk cache in the state dir (0: only within one run).",
+            },
         },
         "required": ["regions"],
         "additionalProperties": False,
@@ -260,14 +323,29 @@ def inventory_schema() -> dict[str, Any]:
             "description": "How to reach the host: `ssh` (default), `local`, or `kubernetes` (a cluster namespace; "
             "its steps run on the controller against the cluster's API).",
         },
-        "kubeconfig": {"type": "string", "minLength": 1,
-                       "description": "kubernetes: kubeconfig file, relative to the inventory (default: $KUBECONFIG or ~/.kube/config)."},
-        "context": {"type": "string", "minLength": 1, "description": "kubernetes: kubeconfig context (default: its current context)."},
-        "namespace": {"type": "string", "minLength": 1, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-                      "description": "kubernetes: namespace (default: the context's, else `default`)."},
+        "kubeconfig": {
+            "type": "string",
+            "minLength": 1,
+            "description": "kubernetes: kubeconfig file, relative to the inventory (default: $KUBECONFIG or ~/.kube/config).",
+        },
+        "context": {
+            "type": "string",
+            "minLength": 1,
+            "description": "kubernetes: kubeconfig context (default: its current context).",
+        },
+        "namespace": {
+            "type": "string",
+            "minLength": 1,
+            "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+            "description": "kubernetes: namespace (default: the context's, else `default`).",
+        },
         "user": {"type": "string", "minLength": 1, "description": "SSH user."},
         "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "SSH port.", "default": 22},
-        "key": {"type": "string", "minLength": 1, "description": "Private key file, relative to the inventory; `~` expanded."},
+        "key": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Private key file, relative to the inventory; `~` expanded.",
+        },
         "known_hosts": {
             "type": "string",
             "minLength": 1,
@@ -280,7 +358,11 @@ def inventory_schema() -> dict[str, Any]:
         "type": ["object", "null"],
         "description": "One host; unset connection settings come from `defaults`.",
         "properties": {
-            "address": {"type": "string", "minLength": 1, "description": "Address or DNS name; default: the host name."},
+            "address": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Address or DNS name; default: the host name.",
+            },
             **connection,
             "vars": _vars("Host vars (highest inventory precedence)."),
         },

@@ -55,15 +55,27 @@ def last_deployed(state_dir: str | os.PathLike[str], playbook: str, source: str)
     return entries[-1] if entries else None
 
 
-def record_deployed(state_dir: str | os.PathLike[str], playbook: str, source: str, *, digest: str,
-                    version: Any = None, run_id: str = "", extra: Mapping[str, Any] | None = None,
-                    now: float | None = None) -> dict[str, Any]:
+def record_deployed(
+    state_dir: str | os.PathLike[str],
+    playbook: str,
+    source: str,
+    *,
+    digest: str,
+    version: Any = None,
+    run_id: str = "",
+    extra: Mapping[str, Any] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
     """Append a deployment to a source's history (atomically: temp file + rename)."""
     path = record_path(state_dir, playbook, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     entries = history(state_dir, playbook, source)
-    entry: dict[str, Any] = {"digest": digest, "version": version, "time": now if now is not None else time.time(),
-                             "run_id": run_id}
+    entry: dict[str, Any] = {
+        "digest": digest,
+        "version": version,
+        "time": now if now is not None else time.time(),
+        "run_id": run_id,
+    }
     for k, v in (extra or {}).items():
         entry.setdefault(k, v)
     entries.append(entry)
@@ -93,8 +105,9 @@ class ArtifactRecorder:
     nothing: its artifacts were not (completely) deployed.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str], playbook_name: str,
-                 on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, state_dir: str | os.PathLike[str], playbook_name: str, on_error: Callable[[str], None] | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.playbook = playbook_name
         self.on_error = on_error
@@ -115,7 +128,7 @@ class ArtifactRecorder:
             digest = outs.get("digest")
             if not isinstance(digest, str) or not digest:
                 continue
-            source = result.step[len("sources."):]
+            source = result.step[len("sources.") :]
             version = outs.get("version")
             if isinstance(version, UnknownValue):
                 version = None
@@ -124,8 +137,15 @@ class ArtifactRecorder:
                 if last and last.get("digest") == digest and last.get("version") == version:
                     continue
                 extra = {k: outs[k] for k in _RECORDED_EXTRA if isinstance(outs.get(k), (str, int, float))}
-                entry = record_deployed(self.state_dir, self.playbook, source, digest=digest, version=version,
-                                        run_id=summary.run_id, extra=extra)
+                entry = record_deployed(
+                    self.state_dir,
+                    self.playbook,
+                    source,
+                    digest=digest,
+                    version=version,
+                    run_id=summary.run_id,
+                    extra=extra,
+                )
                 self.recorded.append((source, entry))
             except (OSError, ModuleError) as exc:  # the deploy happened; a broken record must not hide it
                 if self.on_error is not None:

@@ -108,16 +108,39 @@ class History:
     def close(self) -> None:
         self._db.close()
 
-    def start_run(self, *, run_id: str, playbook: str, name: str, mode: str, release_id: str,
-                  playbook_hash: str = "", inventory_hash: str = "", plan_hash: str = "",
-                  limit: str | None = None, extra: dict | None = None) -> None:
+    def start_run(
+        self,
+        *,
+        run_id: str,
+        playbook: str,
+        name: str,
+        mode: str,
+        release_id: str,
+        playbook_hash: str = "",
+        inventory_hash: str = "",
+        plan_hash: str = "",
+        limit: str | None = None,
+        extra: dict | None = None,
+    ) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO runs (run_id, playbook, name, mode, user, started, release_id, status,"
                 " playbook_hash, inventory_hash, plan_hash, limit_pattern, extra)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                (run_id, playbook, name, mode, _user(), time.time(), release_id, playbook_hash, inventory_hash,
-                 plan_hash, limit, json.dumps(extra or {})),
+                (
+                    run_id,
+                    playbook,
+                    name,
+                    mode,
+                    _user(),
+                    time.time(),
+                    release_id,
+                    playbook_hash,
+                    inventory_hash,
+                    plan_hash,
+                    limit,
+                    json.dumps(extra or {}),
+                ),
             )
 
     def add_result(self, run_id: str, result: Any, scrub: Any = None) -> None:
@@ -130,8 +153,18 @@ class History:
             self._db.execute(
                 "INSERT INTO results (run_id, step, host, status, message, duration, attempts, outputs, fingerprint,"
                 " finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, result.step, result.host, result.status.value, message, result.duration, result.attempts,
-                 json.dumps(outputs), json.dumps(fingerprint), time.time()),
+                (
+                    run_id,
+                    result.step,
+                    result.host,
+                    result.status.value,
+                    message,
+                    result.duration,
+                    result.attempts,
+                    json.dumps(outputs),
+                    json.dumps(fingerprint),
+                    time.time(),
+                ),
             )
 
     def finish_run(self, run_id: str, exit_code: int, status: str) -> None:
@@ -160,17 +193,29 @@ class History:
 
     def run(self, run_id: str) -> RunRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM runs WHERE run_id = ? OR run_id LIKE ?", (run_id, run_id + "%")).fetchone()
+            row = self._db.execute(
+                "SELECT * FROM runs WHERE run_id = ? OR run_id LIKE ?", (run_id, run_id + "%")
+            ).fetchone()
         return self._record(row) if row else None
 
     def results(self, run_id: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT step, host, status, message, duration, attempts, outputs, fingerprint FROM results"
-                " WHERE run_id = ? ORDER BY rowid", (run_id,)).fetchall()
+                " WHERE run_id = ? ORDER BY rowid",
+                (run_id,),
+            ).fetchall()
         return [
-            {"step": r[0], "host": r[1], "status": r[2], "message": r[3], "duration": r[4], "attempts": r[5],
-             "outputs": json.loads(r[6] or "{}"), "fingerprint": json.loads(r[7] or "{}")}
+            {
+                "step": r[0],
+                "host": r[1],
+                "status": r[2],
+                "message": r[3],
+                "duration": r[4],
+                "attempts": r[5],
+                "outputs": json.loads(r[6] or "{}"),
+                "fingerprint": json.loads(r[7] or "{}"),
+            }
             for r in rows
         ]
 
@@ -196,8 +241,18 @@ def _user() -> str:
 class HistoryRecorder:
     """Event subscriber that writes a run into the history as it happens."""
 
-    def __init__(self, history: History, *, name: str, release_id: str, playbook_hash: str = "",
-                 inventory_hash: str = "", plan_hash: str = "", limit: str | None = None, scrub: Any = None) -> None:
+    def __init__(
+        self,
+        history: History,
+        *,
+        name: str,
+        release_id: str,
+        playbook_hash: str = "",
+        inventory_hash: str = "",
+        plan_hash: str = "",
+        limit: str | None = None,
+        scrub: Any = None,
+    ) -> None:
         self.history = history
         self.name = name
         self.release_id = release_id
@@ -209,9 +264,17 @@ class HistoryRecorder:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.run_id = event.run_id
-            self.history.start_run(run_id=event.run_id, playbook=event.playbook, name=self.name, mode=event.mode,
-                                   release_id=self.release_id, playbook_hash=self.hashes[0],
-                                   inventory_hash=self.hashes[1], plan_hash=self.hashes[2], limit=self.limit)
+            self.history.start_run(
+                run_id=event.run_id,
+                playbook=event.playbook,
+                name=self.name,
+                mode=event.mode,
+                release_id=self.release_id,
+                playbook_hash=self.hashes[0],
+                inventory_hash=self.hashes[1],
+                plan_hash=self.hashes[2],
+                limit=self.limit,
+            )
         elif isinstance(event, StepFinished):
             self.history.add_result(self.run_id, event.result, self.scrub)
         elif isinstance(event, RunFinished):

@@ -69,9 +69,13 @@ def _recorded_artifacts(history: History, ok: list[RunRecord], target: str) -> d
     for run in sorted((r for r in ok if r.release_id == target), key=lambda r: r.started, reverse=True):
         for res in history.results(run.run_id):
             outs = res.get("outputs") or {}
-            if (res["host"] is None and res["step"].startswith("sources.") and res["status"] in ("ok", "changed")
-                    and outs.get("digest")):
-                found.setdefault(res["step"][len("sources."):], outs)
+            if (
+                res["host"] is None
+                and res["step"].startswith("sources.")
+                and res["status"] in ("ok", "changed")
+                and outs.get("digest")
+            ):
+                found.setdefault(res["step"][len("sources.") :], outs)
     return found
 
 
@@ -93,7 +97,9 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
         order.append(r.release_id or "")
     if to is None:
         if len(order) < 2:
-            raise PlaybookError(f"'{playbook.name}' has only one recorded release ({current}): nothing earlier to go back to")
+            raise PlaybookError(
+                f"'{playbook.name}' has only one recorded release ({current}): nothing earlier to go back to"
+            )
         target = order[-2]
     else:
         if to not in order:
@@ -103,8 +109,7 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
     if target == current:
         raise PlaybookError(f"release {target} is already the current release")
     since = max(r.started for r in ok if r.release_id == target)
-    undone = [r for r in history.runs(playbook.name, limit=10_000)
-              if r.started > since and r.release_id != target]
+    undone = [r for r in history.runs(playbook.name, limit=10_000) if r.started > since and r.release_id != target]
     undone.sort(key=lambda r: r.started, reverse=True)
 
     migrations: list[Migration] = []
@@ -117,12 +122,14 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
     plan.images = _recorded_images(playbook, history, ok, since)
     plan.artifacts = _recorded_artifacts(history, ok, target)
     if migrations and not with_migrations:
-        lines = "\n".join(f"  {m.name} on {m.host or CONTROLLER} (release {m.run.release_id}, step {m.step})"
-                          for m in migrations)
+        lines = "\n".join(
+            f"  {m.name} on {m.host or CONTROLLER} (release {m.run.release_id}, step {m.step})" for m in migrations
+        )
         raise RollbackRefused(
             f"rolling back to {target} would leave {len(migrations)} migration(s) applied by the releases it undoes:\n"
             f"{lines}\nrun again with --with-migrations to run their down commands first (newest first), "
-            f"or revert them yourself")
+            f"or revert them yourself"
+        )
     plan.playbook = _rollback_playbook(playbook, plan)
     return plan
 
@@ -158,8 +165,17 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
             if source is not None:
                 sources[source.name] = source
                 needs = (*previous, f"sources.{source.name}")
-            steps.append(Step(f"rollback_{s.id}", "release_switch", s.fleet, args, needs=needs,
-                              location=s.location, description=f"switch {s.id} back to {plan.target}"))
+            steps.append(
+                Step(
+                    f"rollback_{s.id}",
+                    "release_switch",
+                    s.fleet,
+                    args,
+                    needs=needs,
+                    location=s.location,
+                    description=f"switch {s.id} back to {plan.target}",
+                )
+            )
     steps += _cache_clears(playbook, {s.id for s in steps})
     for s in playbook.steps:
         recorded = plan.images.get(s.id)
@@ -177,9 +193,17 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
                 args.update({"action": "revert", "image": image})
                 if colour:
                     args["colour"] = colour
-                steps.append(Step(f"rollback_{s.id}_{i}" if len(by_image) > 1 else f"rollback_{s.id}", "canary_switch",
-                                  fleet, args, needs=previous, location=s.location,
-                                  description=f"revert {s.id} to the image of {plan.target}"))
+                steps.append(
+                    Step(
+                        f"rollback_{s.id}_{i}" if len(by_image) > 1 else f"rollback_{s.id}",
+                        "canary_switch",
+                        fleet,
+                        args,
+                        needs=previous,
+                        location=s.location,
+                        description=f"revert {s.id} to the image of {plan.target}",
+                    )
+                )
         elif s.module == "helm_bump" and None in recorded:
             outs = recorded[None]
             args = {k: v for k, v in s.args.items() if k not in ("tags", "tag_pattern", "tag_order", "semver_range")}
@@ -189,22 +213,44 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
             if "@sha256:" in image:
                 args["digest"] = image.split("@", 1)[1]
             args["message"] = f"rollback to {plan.target}: {{image}} in {{file}}"
-            steps.append(Step(f"rollback_{s.id}", "helm_bump", CONTROLLER, args, needs=previous, location=s.location,
-                              description=f"set {s.id}'s image back to the one of {plan.target}"))
+            steps.append(
+                Step(
+                    f"rollback_{s.id}",
+                    "helm_bump",
+                    CONTROLLER,
+                    args,
+                    needs=previous,
+                    location=s.location,
+                    description=f"set {s.id}'s image back to the one of {plan.target}",
+                )
+            )
     if not any(s.module in ("release_switch", "canary_switch", "helm_bump") for s in steps):
-        raise PlaybookError(f"'{playbook.name}' has no step to roll back (rsync with `releases: true`, canary_switch "
-                            f"set_image/revert, helm_bump) with a record for release {plan.target}")
-    source_steps = tuple(Step(f"sources.{src.name}", src.module, CONTROLLER, src.args, location=src.location,
-                              description=f"source {src.name}: the bytes of release {plan.target}")
-                         for src in sources.values())
+        raise PlaybookError(
+            f"'{playbook.name}' has no step to roll back (rsync with `releases: true`, canary_switch "
+            f"set_image/revert, helm_bump) with a record for release {plan.target}"
+        )
+    source_steps = tuple(
+        Step(
+            f"sources.{src.name}",
+            src.module,
+            CONTROLLER,
+            src.args,
+            location=src.location,
+            description=f"source {src.name}: the bytes of release {plan.target}",
+        )
+        for src in sources.values()
+    )
     return replace(playbook, steps=source_steps + tuple(steps), fleets=fleets, sources=sources)
 
 
 _SOURCE_REF = re.compile(r"\s*\{\{\s*sources\.([A-Za-z_][A-Za-z0-9_-]*)\.path\s*\}\}\s*")
 # how each source type is pinned to recorded outputs (argument -> output) when fetched again; a
 # local tree is only read, and recorded_artifact compares its digest itself
-_PINS = {"s3": {"sha256": "digest", "version_id": "version"}, "npm": {"version": "version", "integrity": "digest"},
-         "local": {}}
+_PINS = {
+    "s3": {"sha256": "digest", "version_id": "version"},
+    "npm": {"version": "version", "integrity": "digest"},
+    "local": {},
+}
 
 
 def _switch_args(playbook: Playbook, plan: RollbackPlan, step: Step) -> tuple[dict[str, Any], Source | None]:
@@ -226,11 +272,20 @@ def _switch_args(playbook: Playbook, plan: RollbackPlan, step: Step) -> tuple[di
         for key, output in _PINS[original.type].items():
             if recorded.get(output):
                 fetch[key] = recorded[output]
-    source = Source(name, "recorded", "recorded_artifact",
-                    {"digest": recorded["digest"], "release": plan.target, "path": recorded.get("path"),
-                     "fetch": fetch}, location=original.location)
-    args.update({"src": src, "unavailable": f"{{{{ sources.{name}.error }}}}",
-                 "sync": {k: v for k, v in step.args.items() if k not in ("src", "dest", "releases")}})
+    source = Source(
+        name,
+        "recorded",
+        "recorded_artifact",
+        {"digest": recorded["digest"], "release": plan.target, "path": recorded.get("path"), "fetch": fetch},
+        location=original.location,
+    )
+    args.update(
+        {
+            "src": src,
+            "unavailable": f"{{{{ sources.{name}.error }}}}",
+            "sync": {k: v for k, v in step.args.items() if k not in ("src", "dest", "releases")},
+        }
+    )
     return args, source
 
 
@@ -250,15 +305,27 @@ def _cache_clears(playbook: Playbook, generated: set[str]) -> list[Step]:
         if named and len(mapped) != len(named):
             continue
         if not named:  # clears unconditionally: after every switch of its fleet
-            mapped = [f"rollback_{g.id}" for g in playbook.steps
-                      if g.module == "rsync" and g.fleet == s.fleet and f"rollback_{g.id}" in generated]
+            mapped = [
+                f"rollback_{g.id}"
+                for g in playbook.steps
+                if g.module == "rsync" and g.fleet == s.fleet and f"rollback_{g.id}" in generated
+            ]
             if not mapped:
                 continue
         args = dict(s.args)
         if named:
             args["only_if_changed"] = mapped
-        out.append(Step(f"rollback_{s.id}", "cache_clear", s.fleet, args, needs=tuple(mapped), location=s.location,
-                        description=f"{s.description or s.id} after the rollback"))
+        out.append(
+            Step(
+                f"rollback_{s.id}",
+                "cache_clear",
+                s.fleet,
+                args,
+                needs=tuple(mapped),
+                location=s.location,
+                description=f"{s.description or s.id} after the rollback",
+            )
+        )
     return out
 
 

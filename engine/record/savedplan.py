@@ -24,7 +24,17 @@ from engine.errors import LoadError, PlaybookError, StalePlan
 from engine.model.jsonable import json_safe
 from engine.model.results import Change, Plan, RunSummary
 
-__all__ = ["FORMAT", "SavedPlan", "save_plan", "load_plan", "plan_hash", "check_files", "drift", "node_drift", "StalePlan"]
+__all__ = [
+    "FORMAT",
+    "SavedPlan",
+    "save_plan",
+    "load_plan",
+    "plan_hash",
+    "check_files",
+    "drift",
+    "node_drift",
+    "StalePlan",
+]
 
 FORMAT = "playbook-plan/1"
 
@@ -48,23 +58,26 @@ def _nodes(summary: RunSummary) -> list[dict[str, Any]]:
     out = []
     for r in summary.results:
         plan = r.plan
-        out.append({
-            "step": r.step,
-            "host": r.host,
-            "status": r.status.value,
-            "change": plan.change.value if plan else None,
-            "reason": r.message,
-            "fingerprint": json_safe(dict(plan.fingerprint)) if plan else {},
-            "diffs": [d.to_dict() for d in plan.diffs] if plan else [],
-        })
+        out.append(
+            {
+                "step": r.step,
+                "host": r.host,
+                "status": r.status.value,
+                "change": plan.change.value if plan else None,
+                "reason": r.message,
+                "fingerprint": json_safe(dict(plan.fingerprint)) if plan else {},
+                "diffs": [d.to_dict() for d in plan.diffs] if plan else [],
+            }
+        )
     out.sort(key=lambda n: (n["step"], n["host"] or ""))
     return out
 
 
 def plan_hash(nodes: list[dict[str, Any]]) -> str:
     """A digest of the intended changes and what they were based on."""
-    body = json.dumps([(n["step"], n["host"], n["change"], n["fingerprint"], n["diffs"]) for n in nodes],
-                      sort_keys=True, default=str)
+    body = json.dumps(
+        [(n["step"], n["host"], n["change"], n["fingerprint"], n["diffs"]) for n in nodes], sort_keys=True, default=str
+    )
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -73,8 +86,18 @@ def file_hash(path: str) -> str:
         return "sha256:" + hashlib.sha256(fh.read()).hexdigest()
 
 
-def save_plan(path: str, summary: RunSummary, *, playbook: str, inventory: str, extra_vars: Mapping[str, Any],
-              secret_names: set[str], limit: str | None, release_id: str, scrubber: Any) -> str:
+def save_plan(
+    path: str,
+    summary: RunSummary,
+    *,
+    playbook: str,
+    inventory: str,
+    extra_vars: Mapping[str, Any],
+    secret_names: set[str],
+    limit: str | None,
+    release_id: str,
+    scrubber: Any,
+) -> str:
     """Write the plan file (mode 0600) and return its plan hash."""
     nodes = _nodes(summary)
     failed = [n for n in nodes if n["status"] in ("failed", "unreachable")]
@@ -82,7 +105,8 @@ def save_plan(path: str, summary: RunSummary, *, playbook: str, inventory: str, 
         first = failed[0]
         raise PlaybookError(
             f"not saving a plan with failures ({len(failed)}; first: {first['host'] or 'controller'} "
-            f"{first['step']}: {first['reason']})")
+            f"{first['step']}: {first['reason']})"
+        )
     doc = {
         "format": FORMAT,
         "created": time.time(),
@@ -118,15 +142,27 @@ def load_plan(path: str) -> SavedPlan:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise LoadError(f"not a playbook plan (expected format '{FORMAT}')", path=path)
     nodes = {(n["step"], n["host"]): n for n in doc["nodes"]}
-    return SavedPlan(path, doc["playbook"], doc["playbook_hash"], doc["inventory"], doc["inventory_hash"],
-                     doc.get("extra_vars", {}), doc.get("limit"), doc["release_id"], doc["run_id"], nodes,
-                     doc["plan_hash"])
+    return SavedPlan(
+        path,
+        doc["playbook"],
+        doc["playbook_hash"],
+        doc["inventory"],
+        doc["inventory_hash"],
+        doc.get("extra_vars", {}),
+        doc.get("limit"),
+        doc["release_id"],
+        doc["run_id"],
+        nodes,
+        doc["plan_hash"],
+    )
 
 
 def check_files(saved: SavedPlan) -> None:
     """Refuse when the playbook or inventory changed since the plan."""
-    for what, path, digest in (("playbook", saved.playbook, saved.playbook_hash),
-                               ("inventory", saved.inventory, saved.inventory_hash)):
+    for what, path, digest in (
+        ("playbook", saved.playbook, saved.playbook_hash),
+        ("inventory", saved.inventory, saved.inventory_hash),
+    ):
         if not os.path.exists(path):
             raise StalePlan(f"the plan's {what} {path} no longer exists", [])
         if file_hash(path) != digest:

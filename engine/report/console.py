@@ -209,7 +209,9 @@ class ConsoleReporter:
         )
         rows = Table.grid(padding=(0, 2))
         for host in sorted(running, key=host_sort_key)[:_LIVE_ROWS]:
-            rows.add_row(Text(f"  {self._s(host)}", style="bold"), Text(self._s(", ".join(running[host])), style="cyan"))
+            rows.add_row(
+                Text(f"  {self._s(host)}", style="bold"), Text(self._s(", ".join(running[host])), style="cyan")
+            )
         if len(running) > _LIVE_ROWS:
             rows.add_row(Text(f"  … {len(running) - _LIVE_ROWS} more hosts running", style="dim"), Text(""))
         return Group(header, rows)
@@ -364,8 +366,10 @@ class ConsoleReporter:
         widths = [max(len(row[i]) for row in [heads, *grid]) for i in range(len(heads))]
         recap = Text()
         recap.append("Recap\n", style="bold")
-        recap.append(" │ ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths))),
-                     style="bold")
+        recap.append(
+            " │ ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths))),
+            style="bold",
+        )
         recap.append("\n" + "─┼─".join("─" * w for w in widths))
         for host, row in zip(hosts, grid):
             c = counts.get(host, {})
@@ -405,7 +409,9 @@ class ConsoleReporter:
             return Text(self._s(text), style="bold red")
         if summary.interrupted or summary.aborted:
             word = "interrupted" if summary.interrupted else "aborted"
-            return Text(f"Run {word} after {changed} changed, {ok} ok{tail} (exit {summary.exit_code()}).", style="bold red")
+            return Text(
+                f"Run {word} after {changed} changed, {ok} ok{tail} (exit {summary.exit_code()}).", style="bold red"
+            )
         return Text(
             f"Run succeeded: {changed} changed, {ok} ok on {n_hosts} host{'s' if n_hosts != 1 else ''}{tail}.",
             style="bold green" if not changed else "bold yellow",

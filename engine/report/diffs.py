@@ -170,7 +170,7 @@ def compress_hosts(hosts: Iterable[str], limit: int = 4) -> str:
 
 
 def describe_hosts(hosts: Sequence[str], limit: int = 4) -> str:
-    """"web01" for one host, "3 hosts (web01, web02, web04)" or "12 hosts (web01..web12)"."""
+    """ "web01" for one host, "3 hosts (web01, web02, web04)" or "12 hosts (web01..web12)"."""
     unique = list(dict.fromkeys(hosts))
     if len(unique) == 1:
         return unique[0]

@@ -142,8 +142,14 @@ def event_to_dict(event: Event, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]
     """One event as a flat JSON-safe dict with an `"event"` name (see the module docstring)."""
     doc: dict[str, Any]
     if isinstance(event, RunStarted):
-        doc = {"event": "run_started", "run_id": event.run_id, "playbook": event.playbook,
-               "mode": event.mode, "hosts": list(event.hosts), "steps": list(event.steps)}
+        doc = {
+            "event": "run_started",
+            "run_id": event.run_id,
+            "playbook": event.playbook,
+            "mode": event.mode,
+            "hosts": list(event.hosts),
+            "steps": list(event.steps),
+        }
     elif isinstance(event, StepStarted):
         doc = {"event": "step_started", "step": event.step, "host": event.host}
     elif isinstance(event, StepFinished):
@@ -153,8 +159,10 @@ def event_to_dict(event: Event, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]
     elif isinstance(event, Message):
         doc = {"event": "message", **_message_dict(event)}
     elif isinstance(event, RunFinished):
-        doc = {"event": "run_finished",
-               "summary": summary_to_dict(event.summary, scrubber=_NO_SCRUB, extra=event.extra)}
+        doc = {
+            "event": "run_finished",
+            "summary": summary_to_dict(event.summary, scrubber=_NO_SCRUB, extra=event.extra),
+        }
     else:
         name = type(event).__name__
         doc = {"event": name, **json_safe(event)}

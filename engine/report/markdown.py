@@ -50,7 +50,9 @@ def _fence(lines: Iterable[str]) -> str:
     return f"{ticks}diff\n{body}\n{ticks}"
 
 
-def plan_markdown(summary: RunSummary, *, mermaid: str = "", limit: int = DEFAULT_LIMIT, scrubber: Any = SCRUBBER) -> str:
+def plan_markdown(
+    summary: RunSummary, *, mermaid: str = "", limit: int = DEFAULT_LIMIT, scrubber: Any = SCRUBBER
+) -> str:
     """Render a plan (mode "plan" summary) as Markdown of at most about `limit` characters."""
     by_step: dict[str, list[StepResult]] = {}
     for r in summary.results:
@@ -60,7 +62,11 @@ def plan_markdown(summary: RunSummary, *, mermaid: str = "", limit: int = DEFAUL
     verdict = (
         f"**{counts[Status.CHANGED]} will change**, {counts[Status.OK]} unchanged, "
         f"{counts[Status.UNKNOWN]} unknown"
-        + (f", **{counts[Status.FAILED] + counts[Status.UNREACHABLE]} failed**" if counts[Status.FAILED] + counts[Status.UNREACHABLE] else "")
+        + (
+            f", **{counts[Status.FAILED] + counts[Status.UNREACHABLE]} failed**"
+            if counts[Status.FAILED] + counts[Status.UNREACHABLE]
+            else ""
+        )
         + f" across {hosts} host{'s' if hosts != 1 else ''}"
     )
     head = [f"### playbook plan: `{summary.playbook}`", "", verdict, ""]
@@ -70,8 +76,10 @@ def plan_markdown(summary: RunSummary, *, mermaid: str = "", limit: int = DEFAUL
         if not rs:
             continue
         c = lambda *st, rs=rs: sum(1 for r in rs if r.status in st)  # noqa: E731
-        head.append(f"| `{step}` | {c(Status.CHANGED)} | {c(Status.OK)} | {c(Status.UNKNOWN)} | "
-                    f"{c(Status.FAILED, Status.UNREACHABLE)} |")
+        head.append(
+            f"| `{step}` | {c(Status.CHANGED)} | {c(Status.OK)} | {c(Status.UNKNOWN)} | "
+            f"{c(Status.FAILED, Status.UNREACHABLE)} |"
+        )
     head.append("")
 
     blocks: list[tuple[str, str]] = []  # (always-kept text, droppable diff details)
@@ -91,8 +99,11 @@ def plan_markdown(summary: RunSummary, *, mermaid: str = "", limit: int = DEFAUL
                 for d in diffs:
                     lines += render_diff(scrub_diff(d, scrubber))
                 same = "the same change on each" if len(group) > 1 else "the change"
-                detail = (f"\n  <details><summary>{len(lines)} diff lines ({same})</summary>\n\n"
-                          + "\n".join("  " + ln for ln in _fence(lines).splitlines()) + "\n\n  </details>")
+                detail = (
+                    f"\n  <details><summary>{len(lines)} diff lines ({same})</summary>\n\n"
+                    + "\n".join("  " + ln for ln in _fence(lines).splitlines())
+                    + "\n\n  </details>"
+                )
                 blocks.append(("\n".join(parts), detail))
                 parts = []
         if parts:
@@ -100,10 +111,21 @@ def plan_markdown(summary: RunSummary, *, mermaid: str = "", limit: int = DEFAUL
 
     tail = []
     if mermaid:
-        tail = ["", "<details><summary>step graph</summary>", "", "```mermaid", mermaid.rstrip(), "```", "", "</details>"]
+        tail = [
+            "",
+            "<details><summary>step graph</summary>",
+            "",
+            "```mermaid",
+            mermaid.rstrip(),
+            "```",
+            "",
+            "</details>",
+        ]
     tail.append("")
-    tail.append(f"<sub>run `{summary.run_id}` · exit code {summary.exit_code()} · "
-                f"apply exactly this plan with `playbook apply` on the saved plan file</sub>")
+    tail.append(
+        f"<sub>run `{summary.run_id}` · exit code {summary.exit_code()} · "
+        f"apply exactly this plan with `playbook apply` on the saved plan file</sub>"
+    )
 
     text_head, text_tail = "\n".join(head), "\n".join(tail)
     budget = limit - len(text_head) - len(text_tail) - 200
@@ -122,8 +144,14 @@ def plan_markdown(summary: RunSummary, *, mermaid: str = "", limit: int = DEFAUL
             budget += len(kept.pop()) + 1
             dropped += 1
     body = "\n".join(kept)
-    notice = (f"\n\n> ⚠️ Truncated to fit a merge-request note: {dropped} diff(s) left out. "
-              f"Run `playbook plan` locally or see the JSON plan for everything.") if dropped else ""
+    notice = (
+        (
+            f"\n\n> ⚠️ Truncated to fit a merge-request note: {dropped} diff(s) left out. "
+            f"Run `playbook plan` locally or see the JSON plan for everything."
+        )
+        if dropped
+        else ""
+    )
     return scrubber.scrub(text_head + "\n" + body + notice + "\n" + text_tail) + "\n"
 
 
@@ -140,5 +168,7 @@ class MarkdownReporter:
         from engine.model.events import RunFinished
 
         if isinstance(event, RunFinished):
-            self.stream.write(plan_markdown(event.summary, mermaid=self.mermaid, limit=self.limit, scrubber=self.scrubber))
+            self.stream.write(
+                plan_markdown(event.summary, mermaid=self.mermaid, limit=self.limit, scrubber=self.scrubber)
+            )
             self.stream.flush()

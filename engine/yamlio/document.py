@@ -257,7 +257,7 @@ class _Builder:
 
 
 def _short(tag: str) -> str:
-    return "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
+    return "!!" + tag[len(_STD) :] if tag.startswith(_STD) else tag
 
 
 def _fits_tag(tag: str, value: Any) -> bool:

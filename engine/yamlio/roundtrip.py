@@ -26,8 +26,16 @@ import yaml
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
-__all__ = ["merge_edit", "detect_indent", "needs_quotes", "flow_style", "new_map", "new_seq", "to_node",
-           "majority_flow"]
+__all__ = [
+    "merge_edit",
+    "detect_indent",
+    "needs_quotes",
+    "flow_style",
+    "new_map",
+    "new_seq",
+    "to_node",
+    "majority_flow",
+]
 
 
 def _norm(line: str) -> str:

@@ -149,12 +149,15 @@ def find_markers(text: str, *, name: str = "") -> list[Marker]:
         elif len(parts) == 3 and parts[2] in ("tag", "name", "digest"):
             policy, fld = ":".join(parts[:2]), parts[2]
         else:
-            raise YamlEditError(f"line {n + 1}: image policy marker must be 'namespace:name[:tag|:name|:digest]' "
-                                f"(got {ref!r})", path=name)
+            raise YamlEditError(
+                f"line {n + 1}: image policy marker must be 'namespace:name[:tag|:name|:digest]' (got {ref!r})",
+                path=name,
+            )
         on_line = [t for t in by_line.get(n, []) if t.col < m.start()]
         if not on_line:
-            raise YamlEditError(f"line {n + 1}: image policy marker {ref!r} is not on a line with a scalar value",
-                                path=name)
+            raise YamlEditError(
+                f"line {n + 1}: image policy marker {ref!r} is not on a line with a scalar value", path=name
+            )
         out.append(Marker(policy, fld, max(on_line, key=lambda t: t.col)))
     return out
 
@@ -246,7 +249,7 @@ def _precise(text: str, edits: Sequence[tuple[Target, str]], name: str) -> str:
         line = lines[target.line]
         body = line.rstrip("\r\n")
         end, style = _scalar_end(body, target.col, where=f"{name}:{target.line + 1}:{target.col + 1}")
-        lines[target.line] = body[: target.col] + _render(new, style) + body[end:] + line[len(body):]
+        lines[target.line] = body[: target.col] + _render(new, style) + body[end:] + line[len(body) :]
     return "".join(lines)
 
 

@@ -43,8 +43,10 @@ class DigestMismatch(ModuleError):
         self.artifact = artifact
         self.expected = expected
         self.actual = actual
-        super().__init__(f"{artifact}: digest mismatch: {source_of_expected} {expected}, but the downloaded bytes are "
-                         f"{actual}; nothing was extracted or deployed")
+        super().__init__(
+            f"{artifact}: digest mismatch: {source_of_expected} {expected}, but the downloaded bytes are "
+            f"{actual}; nothing was extracted or deployed"
+        )
 
 
 class Digest:
@@ -54,7 +56,9 @@ class Digest:
 
     def __init__(self, algo: str, hexdigest: str) -> None:
         if algo not in _HEX or len(hexdigest) != _HEX[algo] or not re.fullmatch(r"[0-9a-f]+", hexdigest):
-            raise ValueError(f"'digest' must be {algo} as {_HEX.get(algo, '?')} lowercase hex digits (got {hexdigest!r})")
+            raise ValueError(
+                f"'digest' must be {algo} as {_HEX.get(algo, '?')} lowercase hex digits (got {hexdigest!r})"
+            )
         self.algo = algo
         self.hex = hexdigest
 
@@ -112,8 +116,15 @@ class ArtifactCache:
         path = self.entry(digest) / "blob"
         return path if path.is_file() else None
 
-    def store(self, chunks: Iterable[bytes], *, algo: str, expected: Digest | None, artifact: str,
-              expected_from: str = "expected") -> tuple[Digest, Path]:
+    def store(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        algo: str,
+        expected: Digest | None,
+        artifact: str,
+        expected_from: str = "expected",
+    ) -> tuple[Digest, Path]:
         """Stream `chunks` into the cache, hashing with `algo`; return (digest, blob path).
 
         With `expected`, bytes that hash differently raise `DigestMismatch` (naming `artifact`,
@@ -188,6 +199,3 @@ class ArtifactCache:
 
 def _show(d: Digest) -> str:
     return d.sri() if d.algo == "sha512" else str(d)
-
-
-

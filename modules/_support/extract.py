@@ -76,8 +76,16 @@ class _Entry:
 def kind_from_name(name: str) -> str | None:
     """The archive kind a file name suggests (`x.tgz` -> `tar.gz`), or None for other files."""
     low = name.lower()
-    for suffix, kind in ((".tar.gz", "tar.gz"), (".tgz", "tar.gz"), (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"),
-                         (".tar.xz", "tar.xz"), (".txz", "tar.xz"), (".tar", "tar"), (".zip", "zip")):
+    for suffix, kind in (
+        (".tar.gz", "tar.gz"),
+        (".tgz", "tar.gz"),
+        (".tar.bz2", "tar.bz2"),
+        (".tbz2", "tar.bz2"),
+        (".tar.xz", "tar.xz"),
+        (".txz", "tar.xz"),
+        (".tar", "tar"),
+        (".zip", "zip"),
+    ):
         if low.endswith(suffix):
             return kind
     return None
@@ -100,9 +108,15 @@ def detect_kind(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, kind: str | None = None,
-                    strip_components: int = 0, label: str | None = None,
-                    max_bytes: int = MAX_TOTAL_BYTES) -> Path:
+def extract_archive(
+    archive: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    kind: str | None = None,
+    strip_components: int = 0,
+    label: str | None = None,
+    max_bytes: int = MAX_TOTAL_BYTES,
+) -> Path:
     """Extract `archive` into the directory `dest`, which must not exist yet, and return `dest`.
 
     `kind` is one of `KINDS` (default: detected from the archive's first bytes). With
@@ -174,8 +188,11 @@ def _tar_entries(tf: tarfile.TarFile, what: str, strip: int) -> Iterator[tuple[_
         elif info.islnk():
             kind = "hardlink"
         else:
-            label = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
-                     tarfile.FIFOTYPE: "a fifo"}.get(info.type, f"of unsupported type {info.type!r}")
+            label = {
+                tarfile.CHRTYPE: "a character device",
+                tarfile.BLKTYPE: "a block device",
+                tarfile.FIFOTYPE: "a fifo",
+            }.get(info.type, f"of unsupported type {info.type!r}")
             raise UnsafeEntry(f"{what}: entry {info.name!r} is {label}", archive=what, entry=info.name)
         yield _Entry(info.name, parts, kind, info.mode, float(info.mtime), info.linkname, info.size), info
 
@@ -188,14 +205,19 @@ def _extract_tar(archive: Path, kind: str, writer: _Writer, strip: int, what: st
                 if entry.kind == "file":
                     src = tf.extractfile(info)
                     if src is None:
-                        raise ExtractError(f"{what}: entry {entry.name!r} cannot be read", archive=what, entry=entry.name)
+                        raise ExtractError(
+                            f"{what}: entry {entry.name!r} cannot be read", archive=what, entry=entry.name
+                        )
                     with src:
                         writer.file(entry, src)
                 elif entry.kind == "hardlink":
                     target = _split(entry.link, what, strip) if entry.link else None
                     if target is None:
-                        raise UnsafeEntry(f"{what}: hard link {entry.name!r} -> {entry.link!r} points outside the tree",
-                                          archive=what, entry=entry.name)
+                        raise UnsafeEntry(
+                            f"{what}: hard link {entry.name!r} -> {entry.link!r} points outside the tree",
+                            archive=what,
+                            entry=entry.name,
+                        )
                     writer.hardlink(entry, target)
                 else:
                     writer.other(entry)
@@ -222,17 +244,25 @@ def _extract_zip(archive: Path, writer: _Writer, strip: int, what: str) -> None:
                     writer.other(_Entry(info.filename, parts, "dir", unix & 0o7777 or 0o755, mtime))
                 elif fmt == stat.S_IFLNK:
                     if info.file_size > 4096:
-                        raise UnsafeEntry(f"{what}: symlink {info.filename!r} has an oversized target", archive=what,
-                                          entry=info.filename)
+                        raise UnsafeEntry(
+                            f"{what}: symlink {info.filename!r} has an oversized target",
+                            archive=what,
+                            entry=info.filename,
+                        )
                     target = zf.read(info).decode("utf-8", "surrogateescape")
                     writer.other(_Entry(info.filename, parts, "symlink", 0o777, mtime, target))
                 elif fmt in (0, stat.S_IFREG):
                     with zf.open(info) as src:
-                        writer.file(_Entry(info.filename, parts, "file", unix & 0o7777 or 0o644, mtime,
-                                           size=info.file_size), src)
+                        writer.file(
+                            _Entry(info.filename, parts, "file", unix & 0o7777 or 0o644, mtime, size=info.file_size),
+                            src,
+                        )
                 else:
-                    raise UnsafeEntry(f"{what}: entry {info.filename!r} is a special file (mode {oct(unix)})",
-                                      archive=what, entry=info.filename)
+                    raise UnsafeEntry(
+                        f"{what}: entry {info.filename!r} is a special file (mode {oct(unix)})",
+                        archive=what,
+                        entry=info.filename,
+                    )
     except ExtractError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
@@ -271,7 +301,9 @@ class _Writer:
                 link = "/".join(entry.parts[: i + 1])
                 raise self._unsafe(entry, f"would be written through the symlink '{link}'")
             if not stat.S_ISDIR(st.st_mode):
-                raise self._unsafe(entry, f"needs '{'/'.join(entry.parts[: i + 1])}' to be a directory, but it is a file")
+                raise self._unsafe(
+                    entry, f"needs '{'/'.join(entry.parts[: i + 1])}' to be a directory, but it is a file"
+                )
         return cur
 
     def _clear(self, entry: _Entry, path: Path) -> None:
@@ -296,8 +328,9 @@ class _Writer:
                     break
                 self.total += len(chunk)
                 if self.total > self.max_bytes:
-                    raise ExtractError(f"{self.what}: expands to more than {self.max_bytes} bytes", archive=self.what,
-                                       entry=entry.name)
+                    raise ExtractError(
+                        f"{self.what}: expands to more than {self.max_bytes} bytes", archive=self.what, entry=entry.name
+                    )
                 out.write(chunk)
         os.chmod(path, 0o755 if entry.mode & 0o111 else 0o644)
         os.utime(path, (entry.mtime, entry.mtime))
@@ -310,7 +343,9 @@ class _Writer:
         try:
             st = os.lstat(src)
         except FileNotFoundError:
-            raise self._unsafe(entry, f"is a hard link to '{entry.link}', which is not an earlier file of the archive") from None
+            raise self._unsafe(
+                entry, f"is a hard link to '{entry.link}', which is not an earlier file of the archive"
+            ) from None
         if not stat.S_ISREG(st.st_mode):
             raise self._unsafe(entry, f"is a hard link to '{entry.link}', which is not a regular file")
         path = self._parent(entry) / entry.parts[-1]

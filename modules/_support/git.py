@@ -18,8 +18,9 @@ from engine.secrets import SCRUBBER, Secret
 __all__ = ["Git", "git_environment", "commit", "repo_url", "display_url"]
 
 
-def git_environment(*, known_hosts: str | None, ssh_key: str | None, https_user: str = "",
-                    https_token: Any = None) -> dict[str, str]:
+def git_environment(
+    *, known_hosts: str | None, ssh_key: str | None, https_user: str = "", https_token: Any = None
+) -> dict[str, str]:
     """Environment for git: no prompts, strict ssh host keys, the https token as config."""
     env = dict(os.environ)
     env["GIT_TERMINAL_PROMPT"] = "0"
@@ -49,8 +50,15 @@ class Git:
 
     def run(self, *argv: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         try:
-            proc = subprocess.run(["git", *argv], cwd=cwd, env=self.env, capture_output=True, text=True,
-                                  timeout=self.timeout, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                ["git", *argv],
+                cwd=cwd,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired:
             raise CommandTimeout(f"git {argv[0]} timed out after {self.timeout:g}s", path=self.step) from None
         except FileNotFoundError:
@@ -75,8 +83,15 @@ def display_url(url: str) -> str:
 
 def commit(git: Git, repo: str, message: str) -> None:
     try:
-        proc = subprocess.run(["git", "commit", "--quiet", "--no-verify", "-F", "-"], cwd=repo, env=git.env,
-                              input=message, capture_output=True, text=True, timeout=git.timeout)
+        proc = subprocess.run(
+            ["git", "commit", "--quiet", "--no-verify", "-F", "-"],
+            cwd=repo,
+            env=git.env,
+            input=message,
+            capture_output=True,
+            text=True,
+            timeout=git.timeout,
+        )
     except subprocess.TimeoutExpired:
         raise CommandTimeout(f"git commit timed out after {git.timeout:g}s", path=git.step) from None
     if proc.returncode != 0:

@@ -32,8 +32,9 @@ class Kube:
         from kubernetes.config.config_exception import ConfigException
 
         if target is None or getattr(target, "connection", None) != "kubernetes":
-            raise ModuleError("canary_switch runs on Kubernetes targets (inventory hosts with "
-                              "'connection: kubernetes')", path=step)
+            raise ModuleError(
+                "canary_switch runs on Kubernetes targets (inventory hosts with 'connection: kubernetes')", path=step
+            )
         self.host = target.name
         self.step = step
         path = target.kubeconfig
@@ -44,7 +45,9 @@ class Kube:
         except ConfigException as exc:
             raise ModuleError(f"kubeconfig {path or '(default)'}: {exc}", path=target.name) from None
         except OSError as exc:
-            raise ModuleError(f"kubeconfig {path or '(default)'} unreadable: {exc.strerror}", path=target.name) from None
+            raise ModuleError(
+                f"kubeconfig {path or '(default)'} unreadable: {exc.strerror}", path=target.name
+            ) from None
         auth = self.api.configuration.api_key.get("authorization") or self.api.configuration.api_key.get("BearerToken")
         if auth:
             SCRUBBER.add(auth.split(" ", 1)[-1])
@@ -74,18 +77,25 @@ class Kube:
                 raise ModuleError(f"{what}: not allowed ({exc.status}): {msg}", path=self.host) from None
             raise ModuleError(f"{what}: API error {exc.status}: {msg}", path=self.host) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ConnectionFailed(f"Kubernetes API unreachable ({what}): {SCRUBBER.scrub(str(exc))[:300]}",
-                                   host=self.host) from None
+            raise ConnectionFailed(
+                f"Kubernetes API unreachable ({what}): {SCRUBBER.scrub(str(exc))[:300]}", host=self.host
+            ) from None
 
     def read(self, kind: str, name: str) -> Any:
-        fn = {"configmap": self.core.read_namespaced_config_map, "service": self.core.read_namespaced_service,
-              "deployment": self.apps.read_namespaced_deployment}[kind]
+        fn = {
+            "configmap": self.core.read_namespaced_config_map,
+            "service": self.core.read_namespaced_service,
+            "deployment": self.apps.read_namespaced_deployment,
+        }[kind]
         with self.call(f"{kind} '{name}'"):
             return fn(name, self.namespace, _request_timeout=30)
 
     def patch(self, kind: str, name: str, body: dict, content_type: str) -> Any:
-        fn = {"configmap": self.core.patch_namespaced_config_map, "service": self.core.patch_namespaced_service,
-              "deployment": self.apps.patch_namespaced_deployment}[kind]
+        fn = {
+            "configmap": self.core.patch_namespaced_config_map,
+            "service": self.core.patch_namespaced_service,
+            "deployment": self.apps.patch_namespaced_deployment,
+        }[kind]
         with self.call(f"patching {kind} '{name}'"):
             return fn(name, self.namespace, body, _content_type=content_type, _request_timeout=30)
 

@@ -120,7 +120,9 @@ def cached_manifest(root: str, state_dir: str | None, run_id: str = "") -> dict[
         return manifest
 
 
-def local_manifest(root: str, *, with_digests: bool = True, digest_cache: DigestCache | None = None) -> dict[str, Entry]:
+def local_manifest(
+    root: str, *, with_digests: bool = True, digest_cache: DigestCache | None = None
+) -> dict[str, Entry]:
     """Walk `root` (not following symlinks) into {relative path: Entry}, sorted by path."""
     out: dict[str, Entry] = {}
     root = os.path.abspath(root)

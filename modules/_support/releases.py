@@ -183,8 +183,17 @@ def probe_argv(dest: str, *, releases: bool, checksum: bool, expect: str = "") -
 
     With `expect="-"` the expected canonical listing comes on stdin and the host answers with a
     `D` section of the lines found on one side only instead of its whole listing (`delta_probe`)."""
-    return ["sh", "-c", _PROBE, "sh", dest, "releases" if releases else "plain", "1" if checksum else "0", FIND_PRINTF,
-            expect]
+    return [
+        "sh",
+        "-c",
+        _PROBE,
+        "sh",
+        dest,
+        "releases" if releases else "plain",
+        "1" if checksum else "0",
+        FIND_PRINTF,
+        expect,
+    ]
 
 
 def canonical_lines(tree: Mapping[str, Entry]) -> dict[bytes, str]:
@@ -246,9 +255,15 @@ def apply_delta(expected: Mapping[str, Entry], lines: Mapping[bytes, str], delta
     return dict(sorted(tree.items()))
 
 
-def delta_probe(conn: Any, dest: str, expected: Mapping[str, Entry], *, releases: bool = False,
-                timeout: float | None = None,
-                listing: tuple[Mapping[bytes, str], bytes] | None = None) -> tuple[RemoteState, dict[str, Entry] | None]:
+def delta_probe(
+    conn: Any,
+    dest: str,
+    expected: Mapping[str, Entry],
+    *,
+    releases: bool = False,
+    timeout: float | None = None,
+    listing: tuple[Mapping[bytes, str], bytes] | None = None,
+) -> tuple[RemoteState, dict[str, Entry] | None]:
     """Probe `dest` sending the expected canonical listing on stdin: the host answers with the
     lines found on one side only (`sort | uniq -u`; nothing is written there), so an in-sync host
     answers with nothing and a 1% change costs 1% of a listing. Returns the state and the host's
@@ -327,8 +342,12 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
     if tree_records is not None:
         tree = parse_find(tree_records)
         if sums:
-            tree = {rel: (Entry(e.kind, e.mode, e.size, e.mtime, sums.get(rel, ""), e.target, e.owner) if e.kind == "f" else e)
-                    for rel, e in tree.items()}
+            tree = {
+                rel: (
+                    Entry(e.kind, e.mode, e.size, e.mtime, sums.get(rel, ""), e.target, e.owner) if e.kind == "f" else e
+                )
+                for rel, e in tree.items()
+            }
     tree_path = dest
     cur_release = None
     if releases:
@@ -352,7 +371,9 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
     )
 
 
-def read_state(conn: Any, dest: str, *, releases: bool = True, checksum: bool = False, timeout: float | None = None) -> RemoteState:
+def read_state(
+    conn: Any, dest: str, *, releases: bool = True, checksum: bool = False, timeout: float | None = None
+) -> RemoteState:
     """Probe `dest` over `conn` (a `Connection`, or a plan's read-only view)."""
     argv = probe_argv(dest, releases=releases, checksum=checksum)
     runner = getattr(conn, "probe", None) or conn.run
@@ -409,8 +430,12 @@ def prepare_release(conn: Connection, dest: str, name: str, seed: str | None, *,
     """Create `releases/.<name>.partial`, a hard-link copy of `seed` (a directory path) or empty;
     stale partial builds of earlier failed runs are removed first. Returns the partial path."""
     _check_name(name)
-    _run(conn, ["sh", "-c", _PREPARE, "sh", posixpath.join(dest, "releases"), name, seed or ""],
-         f"cannot prepare release {name}", timeout)
+    _run(
+        conn,
+        ["sh", "-c", _PREPARE, "sh", posixpath.join(dest, "releases"), name, seed or ""],
+        f"cannot prepare release {name}",
+        timeout,
+    )
     return partial_dir(dest, name)
 
 
@@ -432,8 +457,11 @@ def finish_release(
     for p in shared:
         args += [p, shared_link_target(dest, name, p)]
     data = (json.dumps(dict(info), sort_keys=True, indent=2) + "\n").encode() if info is not None else None
-    res = conn.run(["sh", "-c", _FINISH, "sh", dest, name, secrets.token_hex(6), "1" if data else "0", *args],
-                   stdin=data, timeout=timeout)
+    res = conn.run(
+        ["sh", "-c", _FINISH, "sh", dest, name, secrets.token_hex(6), "1" if data else "0", *args],
+        stdin=data,
+        timeout=timeout,
+    )
     if res.rc != 0:
         tail = res.err.strip()[-800:] or f"exit status {res.rc}"
         raise ModuleError(f"cannot switch 'current' to release {name}: {tail}", path=conn.host)
@@ -442,8 +470,12 @@ def finish_release(
 def switch_current(conn: Connection, dest: str, name: str, *, timeout: float | None = None) -> None:
     """Point `current` at an existing `releases/<name>` atomically (for rollback)."""
     _check_name(name)
-    _run(conn, ["sh", "-c", _SWITCH, "sh", dest, name, secrets.token_hex(6)],
-         f"cannot switch 'current' to release {name}", timeout)
+    _run(
+        conn,
+        ["sh", "-c", _SWITCH, "sh", dest, name, secrets.token_hex(6)],
+        f"cannot switch 'current' to release {name}",
+        timeout,
+    )
 
 
 def discard_release(conn: Connection, dest: str, name: str) -> bool:
@@ -461,5 +493,9 @@ def remove_releases(conn: Connection, dest: str, names: Sequence[str], *, timeou
         return
     for n in names:
         _check_name(n)
-    _run(conn, ["sh", "-c", 'cd -- "$1" && shift && rm -rf -- "$@"', "sh", posixpath.join(dest, "releases"), *names],
-         "cannot remove old releases", timeout)
+    _run(
+        conn,
+        ["sh", "-c", 'cd -- "$1" && shift && rm -rf -- "$@"', "sh", posixpath.join(dest, "releases"), *names],
+        "cannot remove old releases",
+        timeout,
+    )

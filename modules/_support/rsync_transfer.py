@@ -21,8 +21,9 @@ def is_local(target: Any) -> bool:
     return target is None or getattr(target, "connection", "ssh") == "local"
 
 
-def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None,
-               rsh: str | None = None) -> list[str]:
+def rsync_argv(
+    target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None, rsh: str | None = None
+) -> list[str]:
     """argv of one rsync that sends the paths named on stdin (NUL-separated) from `src` to
     `dest_dir` on `target`. Deletions are not rsync's: see `delete_paths`.
 
@@ -31,8 +32,15 @@ def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod
     through. No `--inplace`, for the same reason.
     """
     argv = [
-        "rsync", "-a", "--no-owner", "--no-group", "-I", "--mkpath",
-        "--from0", "--files-from=-", "--force",
+        "rsync",
+        "-a",
+        "--no-owner",
+        "--no-group",
+        "-I",
+        "--mkpath",
+        "--from0",
+        "--files-from=-",
+        "--force",
     ]
     if chown:
         argv.append(f"--chown={chown}")
@@ -49,8 +57,9 @@ def rsync_argv(target: Any, src: str, dest_dir: str, *, chown: str | None, chmod
     return argv + ["-e", rsh, source, f"{host}:{dest_dir.rstrip('/')}/"]
 
 
-def transfer_and_delete(ctx: ApplyContext, argv: list[str], paths: list[str], root: str,
-                         deletions: list[str], nbytes: int) -> None:
+def transfer_and_delete(
+    ctx: ApplyContext, argv: list[str], paths: list[str], root: str, deletions: list[str], nbytes: int
+) -> None:
     """rsync the planned paths and remove the planned deletions. A deleted path is never in the
     source, so nothing the transfer writes is under it, and the order does not matter. Over ssh,
     the shell that starts the host's rsync (`--rsync-path`) deletes first: no session more than
@@ -108,11 +117,13 @@ def delete_paths(ctx: ApplyContext, root: str, paths: list[str]) -> None:
             raise ModuleError(f"refusing to delete {p!r}: not a path inside {root}", path=ctx.host or "")
     assert ctx.conn is not None
     stdin = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
-    res = ctx.conn.run(["sh", "-c", 'cd -- "$1" && xargs -0r rm -rf --', "sh", root], stdin=stdin,
-                       timeout=ctx.remaining())
+    res = ctx.conn.run(
+        ["sh", "-c", 'cd -- "$1" && xargs -0r rm -rf --', "sh", root], stdin=stdin, timeout=ctx.remaining()
+    )
     if res.rc != 0:
-        raise ModuleError(f"could not delete {len(paths)} paths under {root}: {_tail(res.err, 400)}",
-                          path=ctx.host or "")
+        raise ModuleError(
+            f"could not delete {len(paths)} paths under {root}: {_tail(res.err, 400)}", path=ctx.host or ""
+        )
 
 
 def _tail(text: str, n: int = 800) -> str:
@@ -138,8 +149,13 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
         argv = list(argv)
         argv[argv.index("-e") + 1] = relay.rsh
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=relay.pass_fds if relay else ())
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=relay.pass_fds if relay else (),
+        )
     except FileNotFoundError:
         if relay:
             relay.finish(0)
@@ -166,8 +182,9 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
     if proc.returncode == 0:
         return
     if refused_host_key(err):
-        raise HostKeyError(f"rsync refused the host key (unknown or changed in known_hosts): {_tail(err, 400)}",
-                           host=ctx.host or "")
+        raise HostKeyError(
+            f"rsync refused the host key (unknown or changed in known_hosts): {_tail(err, 400)}", host=ctx.host or ""
+        )
     if proc.returncode == 255 and not relay:
         raise ConnectionFailed(f"rsync could not reach the host over ssh: {_tail(err, 400)}", host=ctx.host or "")
     raise ModuleError(f"rsync exited {proc.returncode}: {_tail(err)}", path=ctx.host or "")

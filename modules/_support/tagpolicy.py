@@ -132,7 +132,7 @@ def tag_timestamp(tag: str, policy: TagPolicy | None = None) -> float | None:
         if text.isdigit() and len(text) in (10, 13):
             return int(text) / (1000 if len(text) == 13 else 1)
         return _ts_from_group(text)
-    rest = tag[len(policy.literal_prefix()):] if policy else tag
+    rest = tag[len(policy.literal_prefix()) :] if policy else tag
     return _ts_from_group(rest)
 
 
@@ -142,7 +142,7 @@ def tag_build_number(tag: str, policy: TagPolicy | None = None) -> int | None:
     m = policy.matches(tag) if policy else None
     if m is not None and "build" in m.re.groupindex and m.group("build"):
         return int(m.group("build")) if m.group("build").isdigit() else None
-    rest = tag[len(policy.literal_prefix()):] if policy else tag
+    rest = tag[len(policy.literal_prefix()) :] if policy else tag
     for part in re.split(r"[-_.+]", rest):
         if part.isdigit():
             return int(part)
@@ -210,7 +210,7 @@ def _partial(text: str, rng: str) -> tuple[list[int | None], tuple[str, ...]]:
     # after a wildcard everything is a wildcard: 1.x.3 means 1.x
     for i in range(3):
         if nums[i] is None:
-            nums[i + 1:] = [None] * (2 - i)
+            nums[i + 1 :] = [None] * (2 - i)
             break
     return nums, tuple(m.group(4).split(".")) if m.group(4) else ()
 
@@ -279,8 +279,10 @@ def semver_range(rng: str):
     def allows(v: SemVer) -> bool:
         for cons in alternatives:
             if all(_OPS[op](v, bound) for op, bound in cons):
-                if not v.pre or any(b.pre and b.pre != ("0",) and (b.major, b.minor, b.patch) == (v.major, v.minor, v.patch)
-                                    for _, b in cons):
+                if not v.pre or any(
+                    b.pre and b.pre != ("0",) and (b.major, b.minor, b.patch) == (v.major, v.minor, v.patch)
+                    for _, b in cons
+                ):
                     return True
         return False
 
@@ -335,7 +337,9 @@ def select_tag(tags: Iterable[str], policy: TagPolicy) -> tuple[str, list[str]]:
         else:
             keyed.append((k, t))
     if missing and order != "semver":
-        raise ArgError(f"tags without a {order} to order by: {', '.join(missing[:5])} (narrow 'tag_pattern' or set 'tag_order')")
+        raise ArgError(
+            f"tags without a {order} to order by: {', '.join(missing[:5])} (narrow 'tag_pattern' or set 'tag_order')"
+        )
     if not keyed:
         raise ArgError(f"no tag matches {policy.describe()} (candidates: {', '.join(candidates[:8])})")
     keyed.sort(key=lambda kt: (kt[0], kt[1]), reverse=True)
@@ -345,4 +349,3 @@ def select_tag(tags: Iterable[str], policy: TagPolicy) -> tuple[str, list[str]]:
 def policy_from_args(pattern: str | None, order: str, rng: str | None) -> TagPolicy:
     """A `TagPolicy` from module arguments (`tag_pattern`, `tag_order`, `semver_range`)."""
     return TagPolicy(pattern=pattern, order=order, semver_range=rng)
-

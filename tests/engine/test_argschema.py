@@ -84,10 +84,22 @@ def test_templated_schema_accepts_templates_in_non_string_positions():
 
 
 def test_build_converts_clean_rendered_strings():
-    a = build(Args, {
-        "dest": "/srv", "port": "8080", "delete": "TRUE", "ratio": "1.5", "excludes": ["a", "b"],
-        "codes": ["1", 2], "timeout": "30", "auth": {"user": "u"}, "pair": ["x", "3"], "choice": "7",
-    }, path="steps.s.args")
+    a = build(
+        Args,
+        {
+            "dest": "/srv",
+            "port": "8080",
+            "delete": "TRUE",
+            "ratio": "1.5",
+            "excludes": ["a", "b"],
+            "codes": ["1", 2],
+            "timeout": "30",
+            "auth": {"user": "u"},
+            "pair": ["x", "3"],
+            "choice": "7",
+        },
+        path="steps.s.args",
+    )
     assert (a.port, a.delete, a.ratio, a.excludes, a.codes, a.timeout) == (8080, True, 1.5, ("a", "b"), [1, 2], 30.0)
     assert a.auth == Auth("u") and a.pair == ("x", 3)
     assert a.choice == "7"  # a string is a valid member of `int | str`: kept as written
@@ -111,7 +123,10 @@ def test_build_keeps_defaults_and_freezes():
         ({"dest": "d", "delete": 1}, "steps[2].args.delete: 'delete' must be boolean (got integer 1)"),
         ({"dest": "d", "ratio": "1,5"}, "steps[2].args.ratio: 'ratio' must be number (got string '1,5')"),
         ({"dest": "d", "mode": "move"}, "steps[2].args.mode: 'mode' must be one of 'copy', 'link' (got string 'move')"),
-        ({"dest": "d", "excludes": "a,b"}, "steps[2].args.excludes: 'excludes' must be list of string (got string 'a,b')"),
+        (
+            {"dest": "d", "excludes": "a,b"},
+            "steps[2].args.excludes: 'excludes' must be list of string (got string 'a,b')",
+        ),
         ({"dest": "d", "codes": [1, "x"]}, "steps[2].args.codes[1]: 'codes[1]' must be integer (got string 'x')"),
         ({"dest": "d", "env": {"A": None}}, "steps[2].args.env.A: 'env.A' must be string (got null)"),
         ({"dest": None}, "steps[2].args.dest: 'dest' must be string (got null)"),
@@ -119,7 +134,10 @@ def test_build_keeps_defaults_and_freezes():
         ({"port": 1}, "steps[2].args: missing required argument 'dest'"),
         ({"dest": "d", "auth": {"usr": "x"}}, "steps[2].args.auth: unknown argument 'usr' (did you mean 'user'?)"),
         ({"dest": "d", "pair": ["x"]}, "steps[2].args.pair: 'pair' must have 2 items (got 1)"),
-        ({"dest": "d", "timeout": "soon"}, "steps[2].args.timeout: 'timeout' must be number or null (got string 'soon')"),
+        (
+            {"dest": "d", "timeout": "soon"},
+            "steps[2].args.timeout: 'timeout' must be number or null (got string 'soon')",
+        ),
     ],
 )
 def test_build_errors_name_field_expected_and_found(data, message):

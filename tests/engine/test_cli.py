@@ -49,7 +49,10 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def touch_playbook(tmp_path: Path, target: Path) -> Path:
     """One `command` step on fleet `web` that creates `<target>-<host>` unless it exists."""
-    return write(tmp_path, "pb.yml", f"""\
+    return write(
+        tmp_path,
+        "pb.yml",
+        f"""\
         fleets:
           web: {{hosts: web}}
         steps:
@@ -57,12 +60,16 @@ def touch_playbook(tmp_path: Path, target: Path) -> Path:
             module: command
             fleet: web
             args: {{argv: [touch, "{target}-{{{{ host.name }}}}"], creates: "{target}-{{{{ host.name }}}}"}}
-        """)
+        """,
+    )
 
 
 @pytest.fixture
 def inventory(tmp_path):
-    return write(tmp_path, "inv.yml", """\
+    return write(
+        tmp_path,
+        "inv.yml",
+        """\
         defaults: {connection: local}
         vars: {deploy_root: /tmp/x}
         hosts:
@@ -70,11 +77,15 @@ def inventory(tmp_path):
           b: {vars: {only_b: 1}}
         groups:
           web: {hosts: [a, b]}
-        """)
+        """,
+    )
 
 
 def test_undefined_variable_is_located_and_named(tmp_path, inventory, capsys):
-    pb = write(tmp_path, "pb.yml", """\
+    pb = write(
+        tmp_path,
+        "pb.yml",
+        """\
         fleets:
           web: {hosts: web}
         steps:
@@ -83,7 +94,8 @@ def test_undefined_variable_is_located_and_named(tmp_path, inventory, capsys):
             fleet: web
             args:
               argv: [ls, "{{ deploy_rot }}"]
-        """)
+        """,
+    )
     code = main(["validate", str(pb), "-i", str(inventory)])
     err = capsys.readouterr().err
     assert code == 1
@@ -93,7 +105,10 @@ def test_undefined_variable_is_located_and_named(tmp_path, inventory, capsys):
 
 
 def test_variable_defined_on_some_hosts_only_names_the_host(tmp_path, inventory, capsys):
-    pb = write(tmp_path, "pb.yml", """\
+    pb = write(
+        tmp_path,
+        "pb.yml",
+        """\
         fleets:
           web: {hosts: web}
         steps:
@@ -101,7 +116,8 @@ def test_variable_defined_on_some_hosts_only_names_the_host(tmp_path, inventory,
             module: command
             fleet: web
             args: {argv: [echo, "{{ only_b }}"]}
-        """)
+        """,
+    )
     assert main(["validate", str(pb), "-i", str(inventory)]) == 1
     err = capsys.readouterr().err
     assert "undefined variable 'only_b' for host a" in err
@@ -110,7 +126,10 @@ def test_variable_defined_on_some_hosts_only_names_the_host(tmp_path, inventory,
 
 def test_plan_refuses_bad_input_before_touching_hosts(tmp_path, inventory, capsys):
     marker = tmp_path / "touched"
-    pb = write(tmp_path, "pb.yml", f"""\
+    pb = write(
+        tmp_path,
+        "pb.yml",
+        f"""\
         fleets:
           web: {{hosts: web}}
         steps:
@@ -122,19 +141,24 @@ def test_plan_refuses_bad_input_before_touching_hosts(tmp_path, inventory, capsy
             module: command
             fleet: web
             args: {{argv: [echo, "{{{{ nope }}}}"]}}
-        """)
+        """,
+    )
     assert main(["run", str(pb), "-i", str(inventory)]) == 1
     assert "undefined variable 'nope'" in capsys.readouterr().err
     assert not marker.exists()
 
 
 def test_limit_typo_is_an_error(tmp_path, inventory, capsys):
-    pb = write(tmp_path, "pb.yml", """\
+    pb = write(
+        tmp_path,
+        "pb.yml",
+        """\
         fleets:
           web: {hosts: web}
         steps:
           - {id: s, module: command, fleet: web, args: {argv: ["true"]}}
-        """)
+        """,
+    )
     assert main(["plan", str(pb), "-i", str(inventory), "--limit", "webb"]) == 1
     assert "did you mean 'web'" in capsys.readouterr().err
 
@@ -153,14 +177,18 @@ def test_plan_json_and_exit_codes(tmp_path, inventory, capsys):
 
 
 def test_graph_and_modules(capsys, tmp_path):
-    pb = write(tmp_path, "pb.yml", """\
+    pb = write(
+        tmp_path,
+        "pb.yml",
+        """\
         sources:
           site: {type: local, path: .}
         fleets:
           web: {hosts: web}
         steps:
           - {id: s, module: command, fleet: web, args: {argv: [ls, "{{ sources.site.path }}"]}}
-        """)
+        """,
+    )
     assert main(["graph", str(pb)]) == 0
     assert "s_sources_site --> s_s" in capsys.readouterr().out
     assert main(["modules"]) == 0
@@ -171,8 +199,12 @@ def test_graph_and_modules(capsys, tmp_path):
 
 def test_no_traceback_from_the_real_process(tmp_path):
     pb = write(tmp_path, "pb.yml", "steps: [\n")
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "validate", str(pb)], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "validate", str(pb)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"{pb}:" in proc.stderr
@@ -205,27 +237,47 @@ def test_the_command_ends_fast_yet_loses_nothing(tmp_path, inventory):
     state = tmp_path / "st"
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "engine.cli", *args, "-i", str(inventory), "--state-dir", str(state)],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args, "-i", str(inventory), "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     plan = cli("plan", str(pb), "--format", "json", "--out", str(tmp_path / "plan.json"))
     assert plan.returncode == 2, plan.stderr
-    assert {(r["host"], r["status"]) for r in json.loads(plan.stdout)["results"]} == {("a", "changed"), ("b", "changed")}
+    assert {(r["host"], r["status"]) for r in json.loads(plan.stdout)["results"]} == {
+        ("a", "changed"),
+        ("b", "changed"),
+    }
     assert json.loads((tmp_path / "plan.json").read_text())["nodes"]
     run = cli("run", str(pb), "--format", "jsonl")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.splitlines()[-1])["event"] == "run_finished"  # the last line arrived whole
-    hist = subprocess.run([sys.executable, "-m", "engine.cli", "history", "--state-dir", str(state), "--format", "json"],
-                          capture_output=True, text=True, timeout=60)
+    hist = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "history", "--state-dir", str(state), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert hist.returncode == 0 and len(json.loads(hist.stdout)) == 1, hist.stdout + hist.stderr
-    hook = write(tmp_path, "hook.py", f"""\
+    hook = write(
+        tmp_path,
+        "hook.py",
+        f"""\
         import atexit, sys
         from engine import cli
-        atexit.register(lambda: open({str(tmp_path / 'atexit-ran')!r}, "w").close())
+        atexit.register(lambda: open({str(tmp_path / "atexit-ran")!r}, "w").close())
         sys.argv = ["playbook", "validate", {str(pb)!r}, "-i", {str(inventory)!r}]
         cli.entry()
-        """)
-    done = subprocess.run([sys.executable, str(hook)], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        """,
+    )
+    done = subprocess.run(
+        [sys.executable, str(hook)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "atexit-ran").exists()

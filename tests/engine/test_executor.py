@@ -32,8 +32,14 @@ def cmd(step_id: str, fleet: str = "web", needs: tuple[str, ...] = (), **args) -
 class Fleet_:
     """Fake hosts; commands listed in `fail` exit 1 on the hosts named there."""
 
-    def __init__(self, inv: Inventory, *, fail: dict[str, set[str]] | None = None, down: set[str] = frozenset(),
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        inv: Inventory,
+        *,
+        fail: dict[str, set[str]] | None = None,
+        down: set[str] = frozenset(),
+        delay: float = 0.0,
+    ) -> None:
         self.fail = fail or {}
         self.delay = delay
         self.lock = threading.Lock()
@@ -66,12 +72,13 @@ class Fleet_:
         return conn
 
     def mutations(self) -> list[tuple]:
-        return [c for conn in self.conns.values() for c in conn.calls if not (c[0] == "run" and c[1][:2] == ("test", "-e"))]
+        return [
+            c for conn in self.conns.values() for c in conn.calls if not (c[0] == "run" and c[1][:2] == ("test", "-e"))
+        ]
 
 
 def execute(pb: Playbook, inv: Inventory, fleet: Fleet_, mode: str, events: list | None = None, **opts) -> tuple:
-    ex = Executor(pb, inv, RunOptions(mode=mode, run_id="r1", release_id="rel1", **opts),
-                  connect=fleet.connect)
+    ex = Executor(pb, inv, RunOptions(mode=mode, run_id="r1", release_id="rel1", **opts), connect=fleet.connect)
     if events is not None:
         ex.bus.subscribe(events.append)
     summary = ex.execute()
@@ -106,11 +113,13 @@ def test_run_applies_then_replan_is_a_noop():
 def test_unknown_propagates_to_dependants_in_plan():
     inv = inventory(2)
     fleet = Fleet_(inv)
-    pb = playbook([
-        cmd("first", argv=["echo", "hi"]),
-        cmd("second", argv=["echo", "{{ steps.first.stdout }}"], needs=("first",)),
-        cmd("third", argv=["echo", "x"], needs=("second",)),
-    ])
+    pb = playbook(
+        [
+            cmd("first", argv=["echo", "hi"]),
+            cmd("second", argv=["echo", "{{ steps.first.stdout }}"], needs=("first",)),
+            cmd("third", argv=["echo", "x"], needs=("second",)),
+        ]
+    )
     summary, res = execute(pb, inv, fleet, "plan")
     assert res[("first", "h01")].status == Status.CHANGED
     assert res[("second", "h01")].status == Status.UNKNOWN
@@ -170,8 +179,11 @@ def test_serial_batches_finish_before_the_next_starts():
     pb = playbook([cmd("a", argv=["echo"]), cmd("b", argv=["echo"], needs=("a",))], serial=2)
     events: list = []
     execute(pb, inv, fleet, "run", events=events)
-    order = [(type(e).__name__, e.host if isinstance(e, StepStarted) else e.result.host) for e in events
-             if isinstance(e, (StepStarted, StepFinished))]
+    order = [
+        (type(e).__name__, e.host if isinstance(e, StepStarted) else e.result.host)
+        for e in events
+        if isinstance(e, (StepStarted, StepFinished))
+    ]
     batches = [["h01", "h02"], ["h03", "h04"], ["h05"]]
     for k in range(1, len(batches)):
         first_start = min(i for i, (kind, h) in enumerate(order) if kind == "StepStarted" and h in batches[k])
@@ -190,10 +202,16 @@ def test_forks_caps_concurrency():
 def test_controller_step_runs_once_and_feeds_hosts():
     inv = inventory(3)
     fleet = Fleet_(inv)
-    pb = Playbook("pb.yml", "pb", {}, {"web": Fleet("web", "web")}, (
-        Step("prep", "command", CONTROLLER, {"argv": ["echo", "ready"]}),
-        cmd("use", argv=["echo", "{{ steps.prep.stdout | trim }}"], needs=("prep",)),
-    ))
+    pb = Playbook(
+        "pb.yml",
+        "pb",
+        {},
+        {"web": Fleet("web", "web")},
+        (
+            Step("prep", "command", CONTROLLER, {"argv": ["echo", "ready"]}),
+            cmd("use", argv=["echo", "{{ steps.prep.stdout | trim }}"], needs=("prep",)),
+        ),
+    )
     summary, res = execute(pb, inv, fleet, "run")
     assert [k for k in res if k[0] == "prep"] == [("prep", None)]
     assert all(conn.commands[-1] == ["echo", "ready"] for conn in fleet.conns.values())

@@ -22,11 +22,13 @@ def test_same_fleet_needs_link_per_host_without_barrier():
 
 
 def test_controller_fans_out_and_in():
-    p = pb([
-        Step("fetch", "command", CONTROLLER),
-        Step("sync", "command", "web", needs=("fetch",)),
-        Step("notify", "command", CONTROLLER, needs=("sync",)),
-    ])
+    p = pb(
+        [
+            Step("fetch", "command", CONTROLLER),
+            Step("sync", "command", "web", needs=("fetch",)),
+            Step("notify", "command", CONTROLLER, needs=("sync",)),
+        ]
+    )
     g = build_graph(p, {"web": ["h1", "h2"], "db": []}).graph
     assert set(g.successors(Node("fetch"))) == {Node("sync", "h1"), Node("sync", "h2")}
     assert set(g.predecessors(Node("notify"))) == {Node("sync", "h1"), Node("sync", "h2")}
@@ -49,17 +51,21 @@ def test_serial_batches_chain():
     assert not nx.has_path(g, Node("a", "h1"), Node("a", "h2"))
 
 
-@pytest.mark.parametrize("serial,sizes", [(None, [5]), (2, [2, 2, 1]), ("40%", [2, 2, 1]), ("10%", [1] * 5), ("100%", [5])])
+@pytest.mark.parametrize(
+    "serial,sizes", [(None, [5]), (2, [2, 2, 1]), ("40%", [2, 2, 1]), ("10%", [1] * 5), ("100%", [5])]
+)
 def test_batches(serial, sizes):
     assert [len(b) for b in batches(["a", "b", "c", "d", "e"], serial)] == sizes
 
 
 def test_cycle_names_the_path():
-    p = pb([
-        Step("a", "command", "web", needs=("c",)),
-        Step("b", "command", "web", needs=("a",)),
-        Step("c", "command", "web", needs=("b",)),
-    ])
+    p = pb(
+        [
+            Step("a", "command", "web", needs=("c",)),
+            Step("b", "command", "web", needs=("a",)),
+            Step("c", "command", "web", needs=("b",)),
+        ]
+    )
     with pytest.raises(GraphError) as err:
         step_order(p)
     msg = str(err.value)
@@ -67,11 +73,14 @@ def test_cycle_names_the_path():
 
 
 def test_serial_against_a_fleet_wide_controller_step_is_refused():
-    p = pb([
-        Step("deploy", "command", "web"),
-        Step("notify", "command", CONTROLLER, needs=("deploy",)),
-        Step("cleanup", "command", "web", needs=("notify",)),
-    ], {"web": Fleet("web", "web", serial=1)})
+    p = pb(
+        [
+            Step("deploy", "command", "web"),
+            Step("notify", "command", CONTROLLER, needs=("deploy",)),
+            Step("cleanup", "command", "web", needs=("notify",)),
+        ],
+        {"web": Fleet("web", "web", serial=1)},
+    )
     with pytest.raises(GraphError, match="cannot be ordered"):
         build_graph(p, {"web": ["h1", "h2"]})
 

@@ -204,17 +204,35 @@ def test_validate(inv, capsys, tmp_path):
 
 # --- edits through the CLI -----------------------------------------------------------------------
 
+
 def _diff_lines(before: str, after: str) -> list[str]:
     import difflib
 
-    return [ln.rstrip("\n") for ln in difflib.unified_diff(before.splitlines(True), after.splitlines(True), n=0)
-            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return [
+        ln.rstrip("\n")
+        for ln in difflib.unified_diff(before.splitlines(True), after.splitlines(True), n=0)
+        if ln[:1] in "+-" and not ln.startswith(("+++", "---"))
+    ]
 
 
 def test_add_host_cli(inv, capsys):
     before = inv.read_text()
-    code = cli("add-host", "web11", "-i", str(inv), "--group", "web", "--var", "port=8080", "--var", "name=x",
-               "--address", "10.0.0.11", "--port", "2200")
+    code = cli(
+        "add-host",
+        "web11",
+        "-i",
+        str(inv),
+        "--group",
+        "web",
+        "--var",
+        "port=8080",
+        "--var",
+        "name=x",
+        "--address",
+        "10.0.0.11",
+        "--port",
+        "2200",
+    )
     assert code == 0, capsys.readouterr().err
     assert _diff_lines(before, inv.read_text()) == [
         "+  web11: {address: 10.0.0.11, port: 2200, vars: {port: 8080, name: x}}",
@@ -230,11 +248,16 @@ def test_set_var_unset_var_cli(inv, capsys):
     before = inv.read_text()
     assert cli("-i", str(inv), "set-var", "--group", "db", "backup=true", "retention=7") == 0
     assert _diff_lines(before, inv.read_text()) == [
-        "-  db: {hosts: [db01, db02]}", "+  db: {hosts: [db01, db02], vars: {backup: true, retention: 7}}"]
+        "-  db: {hosts: [db01, db02]}",
+        "+  db: {hosts: [db01, db02], vars: {backup: true, retention: 7}}",
+    ]
     assert cli("-i", str(inv), "unset-var", "--group", "db", "backup", "retention") == 0
     assert inv.read_text() == before
     assert cli("-i", str(inv), "set-var", "--all", "app=shop2") == 0
-    assert _diff_lines(before, inv.read_text()) == ["-  app: shop          # everyone", "+  app: shop2         # everyone"]
+    assert _diff_lines(before, inv.read_text()) == [
+        "-  app: shop          # everyone",
+        "+  app: shop2         # everyone",
+    ]
 
 
 def test_remove_host_and_add_group_cli(inv, capsys):
@@ -244,19 +267,26 @@ def test_remove_host_and_add_group_cli(inv, capsys):
     mid = inv.read_text()
     assert cli("-i", str(inv), "add-group", "ops", "--host", "bastion", "--parent", "edge") == 0
     assert _diff_lines(mid, inv.read_text()) == [
-        "-    children: [web]", "+    children: [web, ops]", "+  ops:", "+    hosts: [bastion]"]  # most groups are block
+        "-    children: [web]",
+        "+    children: [web, ops]",
+        "+  ops:",
+        "+    hosts: [bastion]",
+    ]  # most groups are block
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["add-host", "web01"], "host 'web01' already exists"),
-    (["add-host", "web11", "--group", "wbe"], "unknown group 'wbe' (did you mean 'web'?)"),
-    (["add-host", "web11", "--var", "bad-name=1"], "'bad-name' is not a valid var name"),
-    (["set-var", "--host", "web01", "flag=yes"], "ambiguous value 'yes'"),
-    (["set-var", "--host", "web01", "v=1.10"], "ambiguous number '1.10'"),
-    (["set-var", "--group", "nope", "a=1"], "unknown group 'nope'"),
-    (["unset-var", "--all", "nope"], "all has no var 'nope'"),
-    (["add-group", "loop", "--child", "edge", "--parent", "canary"], "cycle"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["add-host", "web01"], "host 'web01' already exists"),
+        (["add-host", "web11", "--group", "wbe"], "unknown group 'wbe' (did you mean 'web'?)"),
+        (["add-host", "web11", "--var", "bad-name=1"], "'bad-name' is not a valid var name"),
+        (["set-var", "--host", "web01", "flag=yes"], "ambiguous value 'yes'"),
+        (["set-var", "--host", "web01", "v=1.10"], "ambiguous number '1.10'"),
+        (["set-var", "--group", "nope", "a=1"], "unknown group 'nope'"),
+        (["unset-var", "--all", "nope"], "all has no var 'nope'"),
+        (["add-group", "loop", "--child", "edge", "--parent", "canary"], "cycle"),
+    ],
+)
 def test_refused_edit_cli(inv, capsys, argv, message):
     before = inv.read_bytes()
     assert cli("-i", str(inv), *argv) == 1
@@ -287,14 +317,16 @@ def test_missing_subcommand(inv, capsys):
 
 def test_no_dynamic_flag_reads_file_only(tmp_path, capsys):
     p = tmp_path / "inv.yml"
-    p.write_text(textwrap.dedent("""\
+    p.write_text(
+        textwrap.dedent("""\
         hosts:
           a: {}
         groups:
           web: {hosts: [a], children: [role_web]}
         dynamic:
           - aws_ec2: {regions: [eu-west-1], group_by_tags: [role], endpoint_url: "http://127.0.0.1:9"}
-        """))
+        """)
+    )
     assert cli("-i", str(p), "list", "web", "--no-dynamic") == 0
     assert _listed(capsys) == ["a"]
     assert cli("-i", str(p), "validate", "--no-dynamic") == 0

@@ -122,7 +122,13 @@ EDITS = {
     ),
     "remove-host last in its block keeps the next section's comment": (
         lambda p: remove_host(p, "builder"),
-        ["-  builder:", "-    connection: local", "-    vars:", "-      build_dir: '/srv/build'    # single-quoted", "-"],
+        [
+            "-  builder:",
+            "-    connection: local",
+            "-    vars:",
+            "-      build_dir: '/srv/build'    # single-quoted",
+            "-",
+        ],
     ),
     "set-var new on a block host": (
         lambda p: set_vars(p, Target("host", "web01"), {"weight": 2}),
@@ -148,7 +154,7 @@ EDITS = {
         lambda p: set_vars(p, Target("all"), {"app": "shop2", "version": "1.10"}),
         [
             "-vars: {app: shop, 'region': \"eu-west-1\"}   # flow vars",
-            "+vars: {app: shop2, 'region': \"eu-west-1\", version: \"1.10\"} # flow vars",
+            '+vars: {app: shop2, \'region\': "eu-west-1", version: "1.10"} # flow vars',
         ],
     ),
     "set-var on a host only named in a group": (
@@ -177,7 +183,9 @@ def test_edit_changes_only_intended_lines(inv, name):
     result = edit(str(inv))
     after = inv.read_text()
     assert result.changed and not result.reformatted
-    assert _changes(before, after) == expected, "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True)))
+    assert _changes(before, after) == expected, "".join(
+        difflib.unified_diff(before.splitlines(True), after.splitlines(True))
+    )
     load_inventory(str(inv))  # and the file is still valid
 
 
@@ -256,12 +264,18 @@ REFUSED = {
     "duplicate host": (lambda p: add_host(p, "web01"), "host 'web01' already exists"),
     "duplicate host only named in a group": (lambda p: add_host(p, "web03"), "host 'web03' already exists"),
     "unknown group": (lambda p: add_host(p, "web07", groups=["wbe"]), "unknown group 'wbe' (did you mean 'web'?)"),
-    "bad var name": (lambda p: set_vars(p, Target("host", "web01"), {"bad-name": 1}), "'bad-name' is not a valid var name"),
+    "bad var name": (
+        lambda p: set_vars(p, Target("host", "web01"), {"bad-name": 1}),
+        "'bad-name' is not a valid var name",
+    ),
     "bad var name on add-host": (lambda p: add_host(p, "web07", vars={"1x": 1}), "'1x' is not a valid var name"),
     "bad host name": (lambda p: add_host(p, "web 07"), "'web 07' is not a valid host name"),
     "bad port": (lambda p: add_host(p, "web07", port=70000), "'port' must be integer from 1 to 65535"),
     "unknown host": (lambda p: remove_host(p, "web99"), "unknown host 'web99'"),
-    "unknown var": (lambda p: unset_vars(p, Target("group", "web"), ["rol"]), "group 'web' has no var 'rol' (did you mean 'role'?)"),
+    "unknown var": (
+        lambda p: unset_vars(p, Target("group", "web"), ["rol"]),
+        "group 'web' has no var 'rol' (did you mean 'role'?)",
+    ),
     "duplicate group": (lambda p: add_group(p, "web"), "group 'web' already exists"),
     "unknown child": (lambda p: add_group(p, "lb", children=["nope"]), "unknown group 'nope'"),
     "group cycle (caught by the loader)": (
@@ -297,10 +311,23 @@ def test_broken_inventory_is_not_edited(tmp_path):
 
 # --- values from the command line ------------------------------------------------------------
 
-@pytest.mark.parametrize("text,value", [
-    ("8080", 8080), ("true", True), ("", None), ("web", "web"), ("1.5", 1.5), ('"yes"', "yes"),
-    ("'0755'", "0755"), ("[80, 443]", [80, 443]), ("{a: 1}", {"a": 1}), ("0o755", 0o755), ("a b: c", "a b: c"),
-])
+
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("8080", 8080),
+        ("true", True),
+        ("", None),
+        ("web", "web"),
+        ("1.5", 1.5),
+        ('"yes"', "yes"),
+        ("'0755'", "0755"),
+        ("[80, 443]", [80, 443]),
+        ("{a: 1}", {"a": 1}),
+        ("0o755", 0o755),
+        ("a b: c", "a b: c"),
+    ],
+)
 def test_parse_value(text, value):
     assert parse_value(text) == value
 
@@ -321,7 +348,13 @@ def test_parse_assignment():
 
 def test_strings_the_strict_loader_would_misread_are_quoted(inv):
     set_vars(str(inv), Target("group", "db"), {"a": "yes", "b": "0755", "c": "1.10", "d": "true", "e": "plain"})
-    assert load_inventory(str(inv)).groups["db"].vars == {"a": "yes", "b": "0755", "c": "1.10", "d": "true", "e": "plain"}
+    assert load_inventory(str(inv)).groups["db"].vars == {
+        "a": "yes",
+        "b": "0755",
+        "c": "1.10",
+        "d": "true",
+        "e": "plain",
+    }
 
 
 def test_merge_edit_falls_back_to_none_when_unplaceable():

@@ -152,7 +152,11 @@ def test_good_playbook_model(fake_modules):
 
     assert [s.id for s in pb.steps] == ["sources.site", "migrate", "sync", "announce"]
     source_step = pb.steps[0]
-    assert (source_step.module, source_step.fleet, dict(source_step.args)) == ("local_tree", CONTROLLER, {"path": "../site"})
+    assert (source_step.module, source_step.fleet, dict(source_step.args)) == (
+        "local_tree",
+        CONTROLLER,
+        {"path": "../site"},
+    )
     assert source_step.args_locations == {("path",): Location(path, 13, 11)}
 
     migrate = pb.step("migrate")
@@ -162,7 +166,12 @@ def test_good_playbook_model(fake_modules):
     assert migrate.args_locations[("argv", 1)] == Location(path, 35, 27)
 
     sync = pb.step("sync")
-    assert sync.args == {"src": "{{ sources.site.path }}/", "delete": True, "dest": "/srv/{{ app }}", "port": "{{ ssh_port }}"}
+    assert sync.args == {
+        "src": "{{ sources.site.path }}/",
+        "delete": True,
+        "dest": "/srv/{{ app }}",
+        "port": "{{ ssh_port }}",
+    }
     assert sync.needs == ("migrate", "sources.site")  # declared first, then inferred
     assert sync.description == "Ship the tree."
     assert sync.args_locations[("dest",)] == Location(path, 48, 13)

@@ -43,7 +43,12 @@ def test_secrets_are_masked():
     scrub = Scrubber(["hunter2-secret-value"])
     s = summary(n_hosts=2, files=1)
     leaked = Diff("config.php", before="pass=old\n", after="pass=hunter2-secret-value\n")
-    s.results[0] = StepResult("sync", "web01", Status.CHANGED, "token hunter2-secret-value",
-                              plan=Plan(Change.WILL_CHANGE, "x", diffs=(leaked,)))
+    s.results[0] = StepResult(
+        "sync",
+        "web01",
+        Status.CHANGED,
+        "token hunter2-secret-value",
+        plan=Plan(Change.WILL_CHANGE, "x", diffs=(leaked,)),
+    )
     md = plan_markdown(s, scrubber=scrub)
     assert "hunter2-secret-value" not in md and "********" in md

@@ -40,7 +40,10 @@ WEB = [f"web{i:02d}" for i in range(1, 11)]
         ("web,db", WEB + ["db01", "db02"]),
         ("all:!db", [h for h in _inventory().hosts if not h.startswith("db")]),
         ("!web07", [h for h in _inventory().hosts if h != "web07"]),
-        ("edge", ["web01", "web02", "web03", "web04", "web05", "web06", "web07", "web08", "web09", "web10", "lb01", "lb02"]),
+        (
+            "edge",
+            ["web01", "web02", "web03", "web04", "web05", "web06", "web07", "web08", "web09", "web10", "lb01", "lb02"],
+        ),
         ("edge:!web", ["lb01", "lb02"]),
         ("~^cache[12]$", ["cache1", "cache2"]),
         ("cache*:&~[34]$", ["cache3", "cache4"]),

@@ -20,39 +20,66 @@ TOKEN = "s3cr3t-npm-token-42"
 PEM = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END KEY-----"
 WEB = [f"web{i:02d}" for i in range(1, 13)]
 
-TREE = Diff("/srv/www/releases/2", items=(("+", "index.html"), ("~", "app.js"), ("-", "old.css"),
-                                           ("->", "current -> releases/2")))
+TREE = Diff(
+    "/srv/www/releases/2",
+    items=(("+", "index.html"), ("~", "app.js"), ("-", "old.css"), ("->", "current -> releases/2")),
+)
 ENV = Diff("/srv/www/shared/.env", before="A=1\nTOKEN=old\n", after=f"A=1\nTOKEN={TOKEN}\n")
 
 
 def plan_summary() -> RunSummary:
-    results = [StepResult("sources.widgets", None, Status.CHANGED,
-                          plan=Plan.will_change("widgets 1.4.2 not cached",
-                                                diffs=(Diff("widgets", before="1.4.1", after="1.4.2"),)))]
-    results += [StepResult("sync", h, Status.CHANGED, plan=Plan.will_change("2 files to update", diffs=(TREE, ENV)))
-                for h in WEB]
+    results = [
+        StepResult(
+            "sources.widgets",
+            None,
+            Status.CHANGED,
+            plan=Plan.will_change("widgets 1.4.2 not cached", diffs=(Diff("widgets", before="1.4.1", after="1.4.2"),)),
+        )
+    ]
+    results += [
+        StepResult("sync", h, Status.CHANGED, plan=Plan.will_change("2 files to update", diffs=(TREE, ENV)))
+        for h in WEB
+    ]
     results.append(StepResult("sync", "db1", Status.OK, plan=Plan.no_change("tree is up to date")))
     results += [StepResult("migrate", h, Status.OK, plan=Plan.no_change("already applied")) for h in WEB + ["db1"]]
-    results += [StepResult("cache", h, Status.UNKNOWN, plan=Plan.unknown("depends on steps.sync.release"))
-                for h in WEB]
-    results.append(StepResult("cache", "db1", Status.UNREACHABLE, message=f"ssh: auth failed with {TOKEN}\nretry later"))
-    return RunSummary("r-1", "playbooks/web.yml", "plan", WEB + ["db1"],
-                      ["sources.widgets", "sync", "migrate", "cache"], results, started=100.0, finished=104.5)
+    results += [StepResult("cache", h, Status.UNKNOWN, plan=Plan.unknown("depends on steps.sync.release")) for h in WEB]
+    results.append(
+        StepResult("cache", "db1", Status.UNREACHABLE, message=f"ssh: auth failed with {TOKEN}\nretry later")
+    )
+    return RunSummary(
+        "r-1",
+        "playbooks/web.yml",
+        "plan",
+        WEB + ["db1"],
+        ["sources.widgets", "sync", "migrate", "cache"],
+        results,
+        started=100.0,
+        finished=104.5,
+    )
 
 
 def run_summary() -> RunSummary:
     results = [StepResult("sources.widgets", None, Status.CHANGED, duration=0.4)]
     for h in ("web01", "web02", "web03"):
-        results.append(StepResult("sync", h, Status.CHANGED, duration=1.25,
-                                  plan=Plan.will_change("2 files", diffs=(ENV,))))
+        results.append(
+            StepResult("sync", h, Status.CHANGED, duration=1.25, plan=Plan.will_change("2 files", diffs=(ENV,)))
+        )
     results.append(StepResult("migrate", "web01", Status.OK))
     results.append(StepResult("migrate", "web02", Status.FAILED, message=f"exit 1: bad password {TOKEN}", attempts=2))
     results.append(StepResult("migrate", "web03", Status.UNREACHABLE, message="connection refused"))
     results.append(StepResult("cache", "web01", Status.CHANGED, outputs={"raw": b"flushed", "later": UNKNOWN}))
     results.append(StepResult("cache", "web02", Status.SKIPPED, message="host failed"))
-    return RunSummary("r-2", "playbooks/web.yml", "run", ["web01", "web02", "web03"],
-                      ["sources.widgets", "sync", "migrate", "cache"], results,
-                      aborted="failure budget exceeded (2 of 3 hosts failed)", started=100.0, finished=112.0)
+    return RunSummary(
+        "r-2",
+        "playbooks/web.yml",
+        "run",
+        ["web01", "web02", "web03"],
+        ["sources.widgets", "sync", "migrate", "cache"],
+        results,
+        aborted="failure budget exceeded (2 of 3 hosts failed)",
+        started=100.0,
+        finished=112.0,
+    )
 
 
 def feed(reporter, summary: RunSummary, messages=()) -> None:
@@ -131,8 +158,13 @@ def test_render_text_diff_is_unified_with_header_as_file_name():
 def test_render_new_file_and_items_and_flags():
     assert render_diff(Diff("new.txt", after="x\n"))[:2] == ["--- /dev/null", "+++ new.txt"]
     lines = render_diff(TREE)
-    assert lines == ["/srv/www/releases/2:", "  + index.html", "  ~ app.js", "  - old.css",
-                     "  -> current -> releases/2"]
+    assert lines == [
+        "/srv/www/releases/2:",
+        "  + index.html",
+        "  ~ app.js",
+        "  - old.css",
+        "  -> current -> releases/2",
+    ]
     assert render_diff(Diff("logo.png", binary=True)) == ["Binary content differs: logo.png"]
     assert render_diff(Diff("big", before="a", after="b", truncated=True))[-1] == "… (diff truncated)"
 
@@ -186,20 +218,28 @@ def test_plan_verbose_lists_unchanged_groups(scrubber):
 
 
 def test_run_streams_one_line_per_step_and_recaps(scrubber):
-    out = console_output(run_summary(), scrubber=scrubber,
-                         messages=[Message("disk almost full", "warning", "web01"), Message("chatter", "info")])
+    out = console_output(
+        run_summary(),
+        scrubber=scrubber,
+        messages=[Message("disk almost full", "warning", "web01"), Message("chatter", "info")],
+    )
     lines = out.splitlines()
     assert any(line.split() == ["changed", "web01", "sync", "(1.2s)"] for line in lines)
     assert any(line.split()[:3] == ["failed", "web02", "migrate"] and "[2 attempts]" in line for line in lines)
     assert "warning: [web01] disk almost full" in out
     assert "chatter" not in out
-    recap = {line.split()[0]: [int(x) for x in line.replace("│", " ").split()[1:]]
-             for line in lines if line.startswith(("web0", "controller")) and "│" in line}
+    recap = {
+        line.split()[0]: [int(x) for x in line.replace("│", " ").split()[1:]]
+        for line in lines
+        if line.startswith(("web0", "controller")) and "│" in line
+    }
     #                    ok changed failed unreachable skipped
-    assert recap == {"controller": [0, 1, 0, 0, 0],
-                     "web01": [1, 2, 0, 0, 0],
-                     "web02": [0, 1, 1, 0, 1],
-                     "web03": [0, 1, 0, 1, 0]}
+    assert recap == {
+        "controller": [0, 1, 0, 0, 0],
+        "web01": [1, 2, 0, 0, 0],
+        "web02": [0, 1, 1, 0, 1],
+        "web03": [0, 1, 0, 1, 0],
+    }
     assert "Aborted: failure budget exceeded (2 of 3 hosts failed)" in out
     assert "Run failed on 2 hosts (web02, web03)" in out
 
@@ -218,8 +258,9 @@ def test_interrupted_is_reported(scrubber):
 
 
 def test_markup_in_messages_is_not_interpreted(scrubber):
-    summary = RunSummary("r", "p.yml", "run", ["a"], ["s"],
-                         [StepResult("s", "a", Status.FAILED, message="[bold red]oops[/] [link=x]y")])
+    summary = RunSummary(
+        "r", "p.yml", "run", ["a"], ["s"], [StepResult("s", "a", Status.FAILED, message="[bold red]oops[/] [link=x]y")]
+    )
     out = console_output(summary, scrubber=scrubber)
     assert "[bold red]oops[/] [link=x]y" in out
 
@@ -240,18 +281,33 @@ def test_live_display_on_a_terminal_does_not_break_output(scrubber):
 @pytest.mark.parametrize("make", [plan_summary, run_summary])
 def test_secret_never_in_console_output(scrubber, make):
     for verbose in (0, 2):
-        out = console_output(make(), scrubber=scrubber, verbose=verbose,
-                             messages=[Message(f"token is {TOKEN}", "error", step="sync"),
-                                       Message(f"debug {TOKEN}", "info")])
+        out = console_output(
+            make(),
+            scrubber=scrubber,
+            verbose=verbose,
+            messages=[Message(f"token is {TOKEN}", "error", step="sync"), Message(f"debug {TOKEN}", "info")],
+        )
         assert TOKEN not in out
         assert MASK in out
 
 
 def test_multiline_secret_in_a_diff_is_masked():
     sc = Scrubber([PEM])
-    summary = RunSummary("r", "p.yml", "plan", ["a"], ["key"], [
-        StepResult("key", "a", Status.CHANGED,
-                   plan=Plan.will_change("key rotated", diffs=(Diff("id_rsa", before="old\n", after=PEM + "\n"),)))])
+    summary = RunSummary(
+        "r",
+        "p.yml",
+        "plan",
+        ["a"],
+        ["key"],
+        [
+            StepResult(
+                "key",
+                "a",
+                Status.CHANGED,
+                plan=Plan.will_change("key rotated", diffs=(Diff("id_rsa", before="old\n", after=PEM + "\n"),)),
+            )
+        ],
+    )
     out = console_output(summary, scrubber=sc)
     for line in PEM.splitlines()[1:3]:
         assert line not in out
@@ -280,9 +336,25 @@ def test_json_document_has_documented_keys(scrubber):
     rep = JsonReporter(stream, scrubber=scrubber)
     feed(rep, run_summary(), [Message("slow host", "warning", "web03")])
     doc = json.loads(stream.getvalue())
-    assert set(doc) >= {"format_version", "run_id", "playbook", "mode", "started", "finished", "duration",
-                        "exit_code", "aborted", "interrupted", "changes", "failed_hosts", "steps", "hosts",
-                        "results", "messages", "extra"}
+    assert set(doc) >= {
+        "format_version",
+        "run_id",
+        "playbook",
+        "mode",
+        "started",
+        "finished",
+        "duration",
+        "exit_code",
+        "aborted",
+        "interrupted",
+        "changes",
+        "failed_hosts",
+        "steps",
+        "hosts",
+        "results",
+        "messages",
+        "extra",
+    }
     assert doc["mode"] == "run" and doc["run_id"] == "r-2"
     assert doc["exit_code"] == 1 and doc["duration"] == 12.0
     assert doc["started"].startswith("1970-01-01T00:01:40")
@@ -327,6 +399,13 @@ def test_json_lines_one_object_per_event(scrubber):
 
 
 def test_json_safe_converts_odd_values():
-    assert json_safe({"a": (1, b"\xff"), "b": {2, 1}, "c": float("nan"), "d": Secret("x" * 8, scrubber=None),
-                      "e": UNKNOWN, "f": Status.OK}) == {
-        "a": [1, "\ufffd"], "b": [1, 2], "c": None, "d": MASK, "e": None, "f": "ok"}
+    assert json_safe(
+        {
+            "a": (1, b"\xff"),
+            "b": {2, 1},
+            "c": float("nan"),
+            "d": Secret("x" * 8, scrubber=None),
+            "e": UNKNOWN,
+            "f": Status.OK,
+        }
+    ) == {"a": [1, "\ufffd"], "b": [1, 2], "c": None, "d": MASK, "e": None, "f": "ok"}

@@ -18,8 +18,12 @@ def playbook() -> Playbook:
         Step("sync", "rsync", "web", {"src": "x", "dest": "{{ app_root }}", "releases": True}),
         Step("migrate_db", "migrate", "db", {"name": "m1", "up": "u", "down": "d", "chdir": "/srv"}),
         Step("canary", "canary_switch", "k8s", {"action": "set_image", "image": "{{ img }}", "container": "web"}),
-        Step("bump", "helm_bump", CONTROLLER, {"repo": "r", "file": "f", "tags": ["master-1"], "author_name": "a",
-                                              "author_email": "a@b"}),
+        Step(
+            "bump",
+            "helm_bump",
+            CONTROLLER,
+            {"repo": "r", "file": "f", "tags": ["master-1"], "author_name": "a", "author_email": "a@b"},
+        ),
     )
     fleets = {"web": Fleet("web", "web"), "db": Fleet("db", "db"), "k8s": Fleet("k8s", "k8s")}
     return Playbook("pb.yml", "shop", {}, fleets, steps)
@@ -40,11 +44,27 @@ def res(step, host, status=Status.CHANGED, **outputs) -> StepResult:
 @pytest.fixture
 def hist(tmp_path):
     h = History(str(tmp_path))
-    record(h, "r1", "REL1", [res("sync", "w1"), res("canary", "k1", image="repo@sha256:aaa", colour="green"),
-                             res("bump", None, tag="master-1", image="repo:master-1")])
-    record(h, "r2", "REL2", [res("sync", "w1"), res("migrate_db", "d1", migration="m1", action="up", down="d"),
-                             res("canary", "k1", image="repo@sha256:bbb", colour="green"),
-                             res("bump", None, tag="master-2", image="repo:master-2")])
+    record(
+        h,
+        "r1",
+        "REL1",
+        [
+            res("sync", "w1"),
+            res("canary", "k1", image="repo@sha256:aaa", colour="green"),
+            res("bump", None, tag="master-1", image="repo:master-1"),
+        ],
+    )
+    record(
+        h,
+        "r2",
+        "REL2",
+        [
+            res("sync", "w1"),
+            res("migrate_db", "d1", migration="m1", action="up", down="d"),
+            res("canary", "k1", image="repo@sha256:bbb", colour="green"),
+            res("bump", None, tag="master-2", image="repo:master-2"),
+        ],
+    )
     yield h
     h.close()
 
@@ -61,8 +81,10 @@ def test_refuses_across_migrations_then_generates_the_rollback(hist):
     assert down.args == {"name": "m1", "up": "", "down": "d", "action": "down", "chdir": "/srv"}
     assert plan.playbook.fleets[down.fleet].hosts == "d1"
     assert steps["rollback_sync"].args == {  # src is no playbook source: nothing to rebuild a removed release from
-        "dest": "{{ app_root }}", "release": "REL1",
-        "unavailable": "its src ('x', not a playbook source) has no recorded artifact for release REL1"}
+        "dest": "{{ app_root }}",
+        "release": "REL1",
+        "unavailable": "its src ('x', not a playbook source) has no recorded artifact for release REL1",
+    }
     assert steps["rollback_sync"].needs == ("migration_down_0",)
     canary = steps["rollback_canary"]
     assert canary.args["action"] == "revert" and canary.args["image"] == "repo@sha256:aaa"
@@ -80,16 +102,41 @@ def test_targets(hist):
 
 def test_a_removed_release_is_rebuilt_from_the_artifact_recorded_for_it(tmp_path):
     bundle = Source("bundle", "s3", "s3_fetch", {"bucket": "{{ bucket }}", "key": "w.tgz", "sha256": None})
-    sync = Step("sync", "rsync", "web", {"src": "{{ sources.bundle.path }}", "dest": "/srv/w", "releases": True,
-                                         "keep": 2, "exclude": ["*.log"]}, needs=("sources.bundle",))
-    pb = Playbook("pb.yml", "shop", {"bundle": bundle}, {"web": Fleet("web", "web")},
-                  (Step("sources.bundle", "s3_fetch", CONTROLLER, bundle.args), sync))
+    sync = Step(
+        "sync",
+        "rsync",
+        "web",
+        {"src": "{{ sources.bundle.path }}", "dest": "/srv/w", "releases": True, "keep": 2, "exclude": ["*.log"]},
+        needs=("sources.bundle",),
+    )
+    pb = Playbook(
+        "pb.yml",
+        "shop",
+        {"bundle": bundle},
+        {"web": Fleet("web", "web")},
+        (Step("sources.bundle", "s3_fetch", CONTROLLER, bundle.args), sync),
+    )
     h = History(str(tmp_path))
     try:
-        for run, rel, digest, version in (("r1", "REL1", "sha256:" + "a" * 64, "v1"),
-                                          ("r2", "REL2", "sha256:" + "b" * 64, "v2")):
-            record(h, run, rel, [res("sources.bundle", None, digest=digest, version=version,
-                                     path=f"/state/cache/sha256/{digest[7:]}/tree"), res("sync", "w1")])
+        for run, rel, digest, version in (
+            ("r1", "REL1", "sha256:" + "a" * 64, "v1"),
+            ("r2", "REL2", "sha256:" + "b" * 64, "v2"),
+        ):
+            record(
+                h,
+                run,
+                rel,
+                [
+                    res(
+                        "sources.bundle",
+                        None,
+                        digest=digest,
+                        version=version,
+                        path=f"/state/cache/sha256/{digest[7:]}/tree",
+                    ),
+                    res("sync", "w1"),
+                ],
+            )
         plan = plan_rollback(pb, h, to=None, with_migrations=False)
     finally:
         h.close()
@@ -99,21 +146,41 @@ def test_a_removed_release_is_rebuilt_from_the_artifact_recorded_for_it(tmp_path
     assert (source.type, source.module) == ("recorded", "recorded_artifact")
     assert steps["sources.bundle"].module == "recorded_artifact" and steps["sources.bundle"].fleet == CONTROLLER
     assert source.args == {  # REL1's bytes, and how to fetch exactly them again: pinned by sha256 and version
-        "digest": "sha256:" + "a" * 64, "release": "REL1", "path": "/state/cache/sha256/" + "a" * 64 + "/tree",
-        "fetch": {"type": "s3", "bucket": "{{ bucket }}", "key": "w.tgz", "sha256": "sha256:" + "a" * 64,
-                  "version_id": "v1"}}
+        "digest": "sha256:" + "a" * 64,
+        "release": "REL1",
+        "path": "/state/cache/sha256/" + "a" * 64 + "/tree",
+        "fetch": {
+            "type": "s3",
+            "bucket": "{{ bucket }}",
+            "key": "w.tgz",
+            "sha256": "sha256:" + "a" * 64,
+            "version_id": "v1",
+        },
+    }
     switch = steps["rollback_sync"]
     assert switch.needs == ("sources.bundle",)
-    assert switch.args == {"dest": "/srv/w", "release": "REL1", "src": "{{ sources.bundle.path }}",
-                           "unavailable": "{{ sources.bundle.error }}", "sync": {"keep": 2, "exclude": ["*.log"]}}
+    assert switch.args == {
+        "dest": "/srv/w",
+        "release": "REL1",
+        "src": "{{ sources.bundle.path }}",
+        "unavailable": "{{ sources.bundle.error }}",
+        "sync": {"keep": 2, "exclude": ["*.log"]},
+    }
 
 
 def test_cache_clears_follow_the_switch_unless_they_read_other_steps(tmp_path):
     steps = (
         Step("sync", "rsync", "web", {"src": "x", "dest": "/srv/a", "releases": True}),
-        Step("flush", "cache_clear", "web", {"command": ["wp", "cache", "flush"], "chdir": "/srv/a/current",
-                                             "only_if_changed": ["sync"]}, needs=("sync",)),
-        Step("purge", "cache_clear", "web", {"command": ["true"], "chdir": "{{ steps.sync.release }}"}, needs=("sync",)),
+        Step(
+            "flush",
+            "cache_clear",
+            "web",
+            {"command": ["wp", "cache", "flush"], "chdir": "/srv/a/current", "only_if_changed": ["sync"]},
+            needs=("sync",),
+        ),
+        Step(
+            "purge", "cache_clear", "web", {"command": ["true"], "chdir": "{{ steps.sync.release }}"}, needs=("sync",)
+        ),
     )
     pb = Playbook("pb.yml", "shop", {}, {"web": Fleet("web", "web")}, steps)
     h = History(str(tmp_path))

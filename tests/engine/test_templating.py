@@ -21,11 +21,14 @@ def test_undefined_variable_names_it():
     assert "deploy_rot" in str(err.value) and "steps.sync.args.dest" in str(err.value)
 
 
-@pytest.mark.parametrize("evil", [
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
-    "{{ x.__dict__ }}",
-])
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+        "{{ x.__dict__ }}",
+    ],
+)
 def test_sandbox_blocks_escapes(evil):
     with pytest.raises(TemplateError):
         render(evil, {"x": object()})

@@ -76,12 +76,15 @@ def test_a_changed_schema_validates_again(counted, tmp_path, monkeypatch):
 
 
 def test_inventory_too(counted, tmp_path):
-    path = write(tmp_path / "inv.yml", """\
+    path = write(
+        tmp_path / "inv.yml",
+        """\
         hosts:
           web1: {address: 127.0.0.1}
         groups:
           web: {hosts: [web1]}
-        """)
+        """,
+    )
     inventory_loader.load_inventory(path)
     counted.clear()
     assert list(inventory_loader.load_inventory(path).hosts) == ["web1"] and counted == []

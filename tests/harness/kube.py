@@ -42,8 +42,11 @@ def kube_bin_dir() -> Path:
 
 def missing_binaries() -> list[str]:
     """What the cluster needs and this machine lacks (empty when the tests can run)."""
-    missing = [str(kube_bin_dir() / b) for b in ("kube-apiserver", "kube-controller-manager")
-               if not os.access(kube_bin_dir() / b, os.X_OK)]
+    missing = [
+        str(kube_bin_dir() / b)
+        for b in ("kube-apiserver", "kube-controller-manager")
+        if not os.access(kube_bin_dir() / b, os.X_OK)
+    ]
     if not shutil.which("etcd"):
         missing.append("etcd (apt-get install etcd-server)")
     return missing
@@ -67,35 +70,65 @@ def _certs(d: Path) -> None:
     now = dt.datetime.now(dt.UTC)
 
     def pem_key(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "playbook-test-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-            x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default.svc")]
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    sans = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+        x509.DNSName("localhost"),
+        x509.DNSName("kubernetes"),
+        x509.DNSName("kubernetes.default.svc"),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (d / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (d / "apiserver.key").write_bytes(pem_key(key))
     (d / "sa.key").write_bytes(pem_key(sa))
-    (d / "sa.pub").write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+    (d / "sa.pub").write_bytes(
+        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     for p in d.iterdir():
         p.chmod(0o600)
 
@@ -161,8 +194,9 @@ class KubeCluster:
 
     def _spawn(self, name: str, argv: list[str], logs: Path) -> subprocess.Popen:
         log = open(logs / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
         self.procs[name] = proc
         return proc
@@ -177,12 +211,26 @@ class KubeCluster:
         client, peer = _free_port(), _free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
         data = self.root / "etcd"
-        argv = ["etcd", "--name", "default", "--data-dir", str(data),
-                "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", f"default=http://127.0.0.1:{peer}",
-                "--unsafe-no-fsync", "--log-level", "warn"]
+        argv = [
+            "etcd",
+            "--name",
+            "default",
+            "--data-dir",
+            str(data),
+            "--listen-client-urls",
+            self.etcd_url,
+            "--advertise-client-urls",
+            self.etcd_url,
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-cluster",
+            f"default=http://127.0.0.1:{peer}",
+            "--unsafe-no-fsync",
+            "--log-level",
+            "warn",
+        ]
         self._spawn("etcd", argv, logs)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -200,30 +248,52 @@ class KubeCluster:
     def _start_apiserver(self, pki: Path, logs: Path, timeout: float) -> None:
         self.port = _free_port()
         tokens = self.root / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},admin,admin,"system:masters"\n'
-                          f"{self.deployer_token},deployer,deployer\n")
+        tokens.write_text(f'{self.admin_token},admin,admin,"system:masters"\n{self.deployer_token},deployer,deployer\n')
         tokens.chmod(0o600)
-        argv = [str(self.bin / "kube-apiserver"),
-                "--etcd-servers", self.etcd_url,
-                "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-                "--secure-port", str(self.port), "--insecure-port", "0",
-                "--cert-dir", str(self.root / "apiserver-certs"),
-                "--tls-cert-file", str(pki / "apiserver.crt"), "--tls-private-key-file", str(pki / "apiserver.key"),
-                "--token-auth-file", str(tokens),
-                "--authorization-mode", "RBAC",
-                "--endpoint-reconciler-type", "none",
-                "--service-account-issuer", "https://kubernetes.default.svc",
-                "--service-account-key-file", str(pki / "sa.pub"),
-                "--service-account-signing-key-file", str(pki / "sa.key"),
-                "--service-cluster-ip-range", "10.0.0.0/24",
-                # no token controller runs, so pods could never get a service-account token
-                "--disable-admission-plugins", "ServiceAccount",
-                "--profiling=false", "--enable-priority-and-fairness=false"]
+        argv = [
+            str(self.bin / "kube-apiserver"),
+            "--etcd-servers",
+            self.etcd_url,
+            "--bind-address",
+            "127.0.0.1",
+            "--advertise-address",
+            "127.0.0.1",
+            "--secure-port",
+            str(self.port),
+            "--insecure-port",
+            "0",
+            "--cert-dir",
+            str(self.root / "apiserver-certs"),
+            "--tls-cert-file",
+            str(pki / "apiserver.crt"),
+            "--tls-private-key-file",
+            str(pki / "apiserver.key"),
+            "--token-auth-file",
+            str(tokens),
+            "--authorization-mode",
+            "RBAC",
+            "--endpoint-reconciler-type",
+            "none",
+            "--service-account-issuer",
+            "https://kubernetes.default.svc",
+            "--service-account-key-file",
+            str(pki / "sa.pub"),
+            "--service-account-signing-key-file",
+            str(pki / "sa.key"),
+            "--service-cluster-ip-range",
+            "10.0.0.0/24",
+            # no token controller runs, so pods could never get a service-account token
+            "--disable-admission-plugins",
+            "ServiceAccount",
+            "--profiling=false",
+            "--enable-priority-and-fairness=false",
+        ]
         self._spawn("kube-apiserver", argv, logs)
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         deadline = time.monotonic() + timeout
-        req = urllib.request.Request(f"https://127.0.0.1:{self.port}/readyz",
-                                     headers={"Authorization": f"Bearer {self.admin_token}"})
+        req = urllib.request.Request(
+            f"https://127.0.0.1:{self.port}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
         while time.monotonic() < deadline:
             if self.procs["kube-apiserver"].poll() is not None:
                 raise RuntimeError(f"kube-apiserver exited: {self._log_tail('kube-apiserver')}")
@@ -240,12 +310,17 @@ class KubeCluster:
         ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
         server = f"https://127.0.0.1:{self.port}"
         doc = {
-            "apiVersion": "v1", "kind": "Config",
+            "apiVersion": "v1",
+            "kind": "Config",
             "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority-data": ca}}],
-            "users": [{"name": "deployer", "user": {"token": self.deployer_token}},
-                      {"name": "admin", "user": {"token": self.admin_token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "local", "user": "deployer", "namespace": self.namespace}},
-                         {"name": "admin", "context": {"cluster": "local", "user": "admin"}}],
+            "users": [
+                {"name": "deployer", "user": {"token": self.deployer_token}},
+                {"name": "admin", "user": {"token": self.admin_token}},
+            ],
+            "contexts": [
+                {"name": "test", "context": {"cluster": "local", "user": "deployer", "namespace": self.namespace}},
+                {"name": "admin", "context": {"cluster": "local", "user": "admin"}},
+            ],
             "current-context": "admin",
         }
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
@@ -253,11 +328,22 @@ class KubeCluster:
         self.kubeconfig.chmod(0o600)
 
     def _start_controller_manager(self, logs: Path) -> None:
-        argv = [str(self.bin / "kube-controller-manager"),
-                "--kubeconfig", str(self.kubeconfig),  # current-context: admin
-                "--controllers", "deployment,replicaset",
-                "--leader-elect=false", "--port", "0", "--secure-port", "0",
-                "--concurrent-deployment-syncs", "2", "--concurrent-replicaset-syncs", "2"]
+        argv = [
+            str(self.bin / "kube-controller-manager"),
+            "--kubeconfig",
+            str(self.kubeconfig),  # current-context: admin
+            "--controllers",
+            "deployment,replicaset",
+            "--leader-elect=false",
+            "--port",
+            "0",
+            "--secure-port",
+            "0",
+            "--concurrent-deployment-syncs",
+            "2",
+            "--concurrent-replicaset-syncs",
+            "2",
+        ]
         self._spawn("kube-controller-manager", argv, logs)
         time.sleep(0.5)
         if self.procs["kube-controller-manager"].poll() is not None:
@@ -287,21 +373,34 @@ class KubeCluster:
         try:
             core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
             core.create_namespace({"metadata": {"name": name}})
-            rbac.create_namespaced_role(name, {
-                "metadata": {"name": "canary-deployer"},
-                "rules": [
-                    {"apiGroups": [""], "resources": ["configmaps", "services"],
-                     "verbs": ["get", "list", "watch", "patch", "update"]},
-                    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "patch", "update"]},
-                    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
-                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-                ],
-            })
-            rbac.create_namespaced_role_binding(name, {
-                "metadata": {"name": "canary-deployer"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canary-deployer"},
-                "subjects": [{"kind": "User", "name": "deployer", "apiGroup": "rbac.authorization.k8s.io"}],
-            })
+            rbac.create_namespaced_role(
+                name,
+                {
+                    "metadata": {"name": "canary-deployer"},
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "resources": ["configmaps", "services"],
+                            "verbs": ["get", "list", "watch", "patch", "update"],
+                        },
+                        {
+                            "apiGroups": ["apps"],
+                            "resources": ["deployments"],
+                            "verbs": ["get", "list", "watch", "patch", "update"],
+                        },
+                        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
+                        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                    ],
+                },
+            )
+            rbac.create_namespaced_role_binding(
+                name,
+                {
+                    "metadata": {"name": "canary-deployer"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canary-deployer"},
+                    "subjects": [{"kind": "User", "name": "deployer", "apiGroup": "rbac.authorization.k8s.io"}],
+                },
+            )
         finally:
             api.close()
         return name
@@ -360,9 +459,15 @@ class FakeKubelet:
                     self.core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
                 elif not pod.spec.node_name:
                     self.core.create_namespaced_binding(
-                        ns, {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                             "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}},
-                        _preload_content=False)
+                        ns,
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Binding",
+                            "metadata": {"name": name},
+                            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+                        },
+                        _preload_content=False,
+                    )
                 else:
                     self._set_status(pod)
             except ApiException as exc:
@@ -379,18 +484,33 @@ class FakeKubelet:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._ips += 1
         flag = "True" if ready else "False"
-        body = {"status": {
-            "phase": "Running",
-            "hostIP": "127.0.0.1",
-            "podIP": status.pod_ip or f"10.1.{self._ips // 250}.{self._ips % 250 + 1}",
-            "startTime": now,
-            "conditions": [{"type": t, "status": s, "lastTransitionTime": now}
-                           for t, s in (("PodScheduled", "True"), ("Initialized", "True"),
-                                        ("ContainersReady", flag), ("Ready", flag))],
-            "containerStatuses": [{
-                "name": c.name, "image": c.image, "imageID": f"docker-pullable://{c.image}",
-                "ready": ready, "restartCount": 0 if ready else 3, "started": True,
-                "state": {"running": {"startedAt": now}},
-            } for c in pod.spec.containers],
-        }}
+        body = {
+            "status": {
+                "phase": "Running",
+                "hostIP": "127.0.0.1",
+                "podIP": status.pod_ip or f"10.1.{self._ips // 250}.{self._ips % 250 + 1}",
+                "startTime": now,
+                "conditions": [
+                    {"type": t, "status": s, "lastTransitionTime": now}
+                    for t, s in (
+                        ("PodScheduled", "True"),
+                        ("Initialized", "True"),
+                        ("ContainersReady", flag),
+                        ("Ready", flag),
+                    )
+                ],
+                "containerStatuses": [
+                    {
+                        "name": c.name,
+                        "image": c.image,
+                        "imageID": f"docker-pullable://{c.image}",
+                        "ready": ready,
+                        "restartCount": 0 if ready else 3,
+                        "started": True,
+                        "state": {"running": {"startedAt": now}},
+                    }
+                    for c in pod.spec.containers
+                ],
+            }
+        }
         self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, body)

@@ -88,7 +88,9 @@ class MotoServer:
 
 
 @contextmanager
-def fake_aws_env(directory: str | os.PathLike[str] | None = None, region: str = "us-east-1") -> Iterator[dict[str, str]]:
+def fake_aws_env(
+    directory: str | os.PathLike[str] | None = None, region: str = "us-east-1"
+) -> Iterator[dict[str, str]]:
     """Set (and afterwards restore) the environment so boto3 uses fake keys and nothing else."""
     tmp = None
     if directory is None:
@@ -106,9 +108,17 @@ def fake_aws_env(directory: str | os.PathLike[str] | None = None, region: str = 
         "AWS_DEFAULT_REGION": region,
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    cleared = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-               "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_ENDPOINT_URL",
-               "AWS_ENDPOINT_URL_S3")
+    cleared = (
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    )
     old = {k: os.environ.get(k) for k in list(env) + list(cleared)}
     os.environ.update(env)
     for k in cleared:

@@ -273,9 +273,7 @@ class SshdFleet:
         self, path: str | os.PathLike, *, group: str = "web", extra_vars: Mapping[str, Any] | None = None
     ) -> Path:
         """Write an inventory YAML for the fleet: all hosts in `group`, `extra_vars` as its vars."""
-        hosts = {
-            h.name: {"address": h.address, "port": h.port, "vars": {"root": str(h.data_dir)}} for h in self.hosts
-        }
+        hosts = {h.name: {"address": h.address, "port": h.port, "vars": {"root": str(h.data_dir)}} for h in self.hosts}
         grp: dict[str, Any] = {"hosts": self.names}
         if extra_vars:
             grp["vars"] = dict(extra_vars)

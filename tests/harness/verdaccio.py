@@ -76,7 +76,9 @@ def _stop_all() -> None:
 class Verdaccio:
     """One Verdaccio process. Use as a context manager or `start()`/`stop()`."""
 
-    def __init__(self, binary: str | os.PathLike[str], workdir: str | os.PathLike[str], address: str = "127.0.0.1") -> None:
+    def __init__(
+        self, binary: str | os.PathLike[str], workdir: str | os.PathLike[str], address: str = "127.0.0.1"
+    ) -> None:
         if not address.startswith("127."):
             raise ValueError(f"'address' must be a loopback address (got {address!r})")
         self.binary = Path(binary)
@@ -98,16 +100,25 @@ class Verdaccio:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.port = _free_port(self.address)
         config = (HERE / "config.yaml.tmpl").read_text()
-        for key, value in {"storage": str(self.storage), "htpasswd": str(self.workdir / "htpasswd"),
-                           "port": str(self.port)}.items():
+        for key, value in {
+            "storage": str(self.storage),
+            "htpasswd": str(self.workdir / "htpasswd"),
+            "port": str(self.port),
+        }.items():
             config = config.replace("{{" + key + "}}", json.dumps(value) if key != "port" else value)
         cfg = self.workdir / "config.yaml"
         cfg.write_text(config)
         env = dict(os.environ, NODE_ENV="production", VERDACCIO_HANDLE_KILL_SIGNALS="true")
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(self.binary), "--config", str(cfg), "--listen", f"{self.address}:{self.port}"],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=self.workdir, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(self.binary), "--config", str(cfg), "--listen", f"{self.address}:{self.port}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
         _live.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -151,10 +162,21 @@ class Verdaccio:
         """Create (or log in) a user through the adduser API `npm adduser` uses; returns its token."""
         if name in self._tokens:
             return self._tokens[name]
-        body = json.dumps({"name": name, "password": password, "type": "user", "roles": [],
-                           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
-        req = urllib.request.Request(f"{self.url}-/user/org.couchdb.user:{name}", data=body, method="PUT",
-                                     headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {
+                "name": name,
+                "password": password,
+                "type": "user",
+                "roles": [],
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"{self.url}-/user/org.couchdb.user:{name}",
+            data=body,
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 token = json.load(resp)["token"]
@@ -177,19 +199,35 @@ class Verdaccio:
             fh.write("\n".join(lines) + "\n")
         return path
 
-    def npm(self, *args: str, cwd: str | os.PathLike[str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def npm(
+        self, *args: str, cwd: str | os.PathLike[str] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real `npm` CLI against this registry, logged in through a private `.npmrc`."""
         rc = self.workdir / "npmrc"
         if not rc.exists():
             self.npmrc(rc)
         env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_")}
-        env.update(npm_config_userconfig=str(rc), npm_config_cache=str(self.workdir / "npm-cache"),
-                   npm_config_registry=self.url, npm_config_update_notifier="false", npm_config_fund="false",
-                   npm_config_audit="false")
-        res = subprocess.run(["npm", *args, "--registry", self.url], cwd=cwd, env=env, capture_output=True, text=True,
-                             timeout=120, stdin=subprocess.DEVNULL)
+        env.update(
+            npm_config_userconfig=str(rc),
+            npm_config_cache=str(self.workdir / "npm-cache"),
+            npm_config_registry=self.url,
+            npm_config_update_notifier="false",
+            npm_config_fund="false",
+            npm_config_audit="false",
+        )
+        res = subprocess.run(
+            ["npm", *args, "--registry", self.url],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         if check and res.returncode != 0:
-            raise VerdaccioError(f"npm {' '.join(args)} exited {res.returncode}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+            raise VerdaccioError(
+                f"npm {' '.join(args)} exited {res.returncode}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+            )
         return res
 
     def publish(self, package_dir: str | os.PathLike[str]) -> None:

@@ -42,8 +42,13 @@ def setup(fleet_factory, tmp_path):
     state = str(tmp_path / "state")
 
     def options(**kw):
-        return RunOptions(mode="run", state_dir=state, forks=kw.pop("forks", 10),
-                          extra_vars={"smartweb_tree": str(tree), "cache_flush_command": ["true"]}, **kw)
+        return RunOptions(
+            mode="run",
+            state_dir=state,
+            forks=kw.pop("forks", 10),
+            extra_vars={"smartweb_tree": str(tree), "cache_flush_command": ["true"]},
+            **kw,
+        )
 
     return fleet, tree, loaded, state, options
 
@@ -75,8 +80,9 @@ def test_recorded_run_resume_and_rollback_through_the_api(setup):
         if isinstance(event, StepFinished) and event.result.step == "sync":
             executors[0].request_stop()
 
-    cut = api.run(loaded, options(release_id="r2", forks=1), subscribers=[stop_after_first_sync],
-                  on_executor=executors.append)
+    cut = api.run(
+        loaded, options(release_id="r2", forks=1), subscribers=[stop_after_first_sync], on_executor=executors.append
+    )
     assert cut.interrupted and cut.exit_code() == 130
     moved = [h for h in fleet if current(h) == "releases/r2"]
     assert len(moved) == 1

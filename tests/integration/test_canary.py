@@ -36,12 +36,22 @@ def deployment(colour: str, image: str) -> dict:
             "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": {"app": colour}},
-                "spec": {"containers": [
-                    {"name": "web", "image": image, "ports": [{"containerPort": 8080, "name": "http"}],
-                     "env": [{"name": "WP_ENV", "value": "canary"}, {"name": "COLOUR", "value": colour}]},
-                    {"name": "proxy", "image": SIDECAR, "ports": [{"containerPort": 9000, "name": "metrics"}],
-                     "env": [{"name": "UPSTREAM", "value": "127.0.0.1:8080"}]},
-                ]},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": image,
+                            "ports": [{"containerPort": 8080, "name": "http"}],
+                            "env": [{"name": "WP_ENV", "value": "canary"}, {"name": "COLOUR", "value": colour}],
+                        },
+                        {
+                            "name": "proxy",
+                            "image": SIDECAR,
+                            "ports": [{"containerPort": 9000, "name": "metrics"}],
+                            "env": [{"name": "UPSTREAM", "value": "127.0.0.1:8080"}],
+                        },
+                    ]
+                },
             },
         },
     }
@@ -56,19 +66,39 @@ def canary(kube_cluster, tmp_path):
     ns = kube_cluster.add_namespace(f"canary-{next(_counter)}-{int(time.time()) % 100000}")
     api = kube_cluster.admin_client()
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    core.create_namespaced_config_map(ns, {"metadata": {"name": "canary-env"},
-                                           "data": {"canaryEnv": json.dumps({"selector": "blue", "image": A},
-                                                                            separators=(",", ":"))}})
-    core.create_namespaced_service(ns, {"metadata": {"name": "canary"}, "spec": {
-        "selector": {"app": "blue"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    core.create_namespaced_config_map(
+        ns,
+        {
+            "metadata": {"name": "canary-env"},
+            "data": {"canaryEnv": json.dumps({"selector": "blue", "image": A}, separators=(",", ":"))},
+        },
+    )
+    core.create_namespaced_service(
+        ns,
+        {
+            "metadata": {"name": "canary"},
+            "spec": {"selector": {"app": "blue"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        },
+    )
     for colour in ("blue", "green"):
         apps.create_namespaced_deployment(ns, deployment(colour, A))
     for colour in ("blue", "green"):
-        kube_cluster.wait_for(lambda colour=colour: rollout_state(apps.read_namespaced_deployment(f"{colour}-deployment", ns))[0],
-                              60, f"{colour} rolled out")
-    inv = {"hosts": {"wp-prod": {"connection": "kubernetes", "kubeconfig": str(kube_cluster.kubeconfig),
-                                 "context": "test", "namespace": ns}},
-           "groups": {"k8s": {"hosts": ["wp-prod"]}}}
+        kube_cluster.wait_for(
+            lambda colour=colour: rollout_state(apps.read_namespaced_deployment(f"{colour}-deployment", ns))[0],
+            60,
+            f"{colour} rolled out",
+        )
+    inv = {
+        "hosts": {
+            "wp-prod": {
+                "connection": "kubernetes",
+                "kubeconfig": str(kube_cluster.kubeconfig),
+                "context": "test",
+                "namespace": ns,
+            }
+        },
+        "groups": {"k8s": {"hosts": ["wp-prod"]}},
+    }
     (tmp_path / "inv.yml").write_text(yaml.safe_dump(inv))
     base = ["-i", str(tmp_path / "inv.yml"), "--state-dir", str(tmp_path / "state"), "--format", "json"]
     yield ns, core, apps, base
@@ -130,11 +160,15 @@ def test_runbook_switch_set_image_wait_revert(canary, capsys, kube_cluster):
     assert done, text
     assert green["dep"].metadata.generation == 2  # one rollout: the record does not touch the Deployment
     assert healthy(core, ns) == {"green-deployment": {"web": [A, B]}}
-    live_pods = lambda: [p for p in core.list_namespaced_pod(ns, label_selector="app=green").items  # noqa: E731
-                         if p.metadata.deletion_timestamp is None]
+
+    def live_pods():
+        pods = core.list_namespaced_pod(ns, label_selector="app=green").items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]
+
     assert {p.spec.containers[0].image for p in live_pods()} == {B}  # the rolling update replaced the pods
-    kube_cluster.wait_for(lambda: len(core.list_namespaced_pod(ns, label_selector="app=green").items) == 2, 30,
-                          "old pods gone")
+    kube_cluster.wait_for(
+        lambda: len(core.list_namespaced_pod(ns, label_selector="app=green").items) == 2, 30, "old pods gone"
+    )
 
     code, doc = cli(capsys, "run", str(PLAYBOOK), *base, *deploy)  # idempotent
     assert code == 0 and {r["status"] for r in doc["results"]} <= {"ok", "skipped"}, doc
@@ -144,8 +178,18 @@ def test_runbook_switch_set_image_wait_revert(canary, capsys, kube_cluster):
     assert code == 2
     (dep_diff, cm_diff) = results(doc)["revert"]["plan"]["diffs"]
     assert (dep_diff["before"], dep_diff["after"]) == (f"image: {B}\n", f"image: {A}\n")
-    code, doc = cli(capsys, "run", str(PLAYBOOK), *base, "-e", "canary_action=revert", "-e", "canary_colour=green",
-                    "-e", "rollout_timeout=60")
+    code, doc = cli(
+        capsys,
+        "run",
+        str(PLAYBOOK),
+        *base,
+        "-e",
+        "canary_action=revert",
+        "-e",
+        "canary_colour=green",
+        "-e",
+        "rollout_timeout=60",
+    )
     assert code == 0, doc
     env, selector, green = live(core, apps, ns, "green")
     assert env == {"selector": "green", "image": A} and green["web"].image == A and green["proxy"].image == SIDECAR
@@ -161,8 +205,18 @@ def test_rollout_that_never_becomes_ready_is_reverted(canary, capsys, kube_clust
     kube_cluster.kubelet.never_ready.add(BAD.split("@")[1])
     try:
         started = time.monotonic()
-        code, doc = cli(capsys, "run", str(PLAYBOOK), *base, "-e", "canary_colour=blue", "-e", f"canary_image={BAD}",
-                        "-e", "rollout_timeout=6")
+        code, doc = cli(
+            capsys,
+            "run",
+            str(PLAYBOOK),
+            *base,
+            "-e",
+            "canary_colour=blue",
+            "-e",
+            f"canary_image={BAD}",
+            "-e",
+            "rollout_timeout=6",
+        )
         elapsed = time.monotonic() - started
     finally:
         kube_cluster.kubelet.never_ready.discard(BAD.split("@")[1])
@@ -176,15 +230,19 @@ def test_rollout_that_never_becomes_ready_is_reverted(canary, capsys, kube_clust
     assert blue["web"].image == A and blue["proxy"].image == SIDECAR
     # the rollback's own rollout is waited for too (up to rollout_timeout); on a loaded machine it
     # may still be finishing when the step reports
-    kube_cluster.wait_for(lambda: rollout_state(apps.read_namespaced_deployment("blue-deployment", ns))[0], 60,
-                          "the rollback to complete")
+    kube_cluster.wait_for(
+        lambda: rollout_state(apps.read_namespaced_deployment("blue-deployment", ns))[0], 60, "the rollback to complete"
+    )
     assert elapsed < 60
 
 
 def ctxs(kube_cluster, ns: str, run_id: str = "r1"):
-    target = Host("wp-prod", connection="kubernetes", kubeconfig=str(kube_cluster.kubeconfig), context="test",
-                  namespace=ns)
-    common = dict(host="wp-prod", step="canary", vars={}, run_id=run_id, release_id="rel", state_dir="/tmp", target=target)
+    target = Host(
+        "wp-prod", connection="kubernetes", kubeconfig=str(kube_cluster.kubeconfig), context="test", namespace=ns
+    )
+    common = dict(
+        host="wp-prod", step="canary", vars={}, run_id=run_id, release_id="rel", state_dir="/tmp", target=target
+    )
     return PlanContext(**common), ApplyContext(mode="run", **common)
 
 
@@ -248,19 +306,35 @@ def test_unreachable_api_server_makes_the_target_unreachable(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = "unreachable-token-0123456789"
-    (tmp_path / "config").write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "x", "cluster": {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "x", "user": "u", "namespace": "ns1"}}],
-    }))
+    (tmp_path / "config").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [
+                    {"name": "x", "cluster": {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}}
+                ],
+                "users": [{"name": "u", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "x", "user": "u", "namespace": "ns1"}}],
+            }
+        )
+    )
     target = Host("k", connection="kubernetes", kubeconfig=str(tmp_path / "config"))
-    ctx = PlanContext(host="k", step="canary", vars={}, run_id="r", release_id="rel", state_dir=str(tmp_path),
-                      target=target)
+    ctx = PlanContext(
+        host="k", step="canary", vars={}, run_id="r", release_id="rel", state_dir=str(tmp_path), target=target
+    )
     with pytest.raises(ConnectionFailed, match="Kubernetes API unreachable") as err:
         get_module("canary_switch").plan(ctx, CanaryArgs(action="switch"))
     assert token not in str(err.value)
-    not_kube = PlanContext(host="k", step="canary", vars={}, run_id="r", release_id="rel", state_dir=str(tmp_path),
-                           target=Host("k", connection="local"))
+    not_kube = PlanContext(
+        host="k",
+        step="canary",
+        vars={},
+        run_id="r",
+        release_id="rel",
+        state_dir=str(tmp_path),
+        target=Host("k", connection="local"),
+    )
     with pytest.raises(ModuleError, match="runs on Kubernetes targets"):
         get_module("canary_switch").plan(not_kube, CanaryArgs(action="switch"))

@@ -72,8 +72,20 @@ def test_unknown_host_key_fails_only_that_host(sshd_fleet, inventory, tmp_path, 
     inv["defaults"]["known_hosts"] = str(partial)
     inventory.write_text(yaml.safe_dump(inv))
     pb = write_playbook(tmp_path / "pb.yml", MARK)
-    code = main(["run", str(pb), "-i", str(inventory), "-e", "run_tag=hk", "--format", "json",
-                 "--state-dir", str(tmp_path / "state")])
+    code = main(
+        [
+            "run",
+            str(pb),
+            "-i",
+            str(inventory),
+            "-e",
+            "run_tag=hk",
+            "--format",
+            "json",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ]
+    )
     res = results(capsys.readouterr().out)
     assert code == 1
     bad = sshd_fleet.names[1]
@@ -88,8 +100,22 @@ def test_unknown_host_key_fails_only_that_host(sshd_fleet, inventory, tmp_path, 
 def test_limit_selects_hosts(sshd_fleet, inventory, tmp_path, capsys):
     pb = write_playbook(tmp_path / "pb.yml", MARK)
     names = sshd_fleet.names
-    code = main(["run", str(pb), "-i", str(inventory), "-e", "run_tag=lim", "--limit", f"web:!{names[1]}",
-                 "--format", "json", "--state-dir", str(tmp_path / "state")])
+    code = main(
+        [
+            "run",
+            str(pb),
+            "-i",
+            str(inventory),
+            "-e",
+            "run_tag=lim",
+            "--limit",
+            f"web:!{names[1]}",
+            "--format",
+            "json",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ]
+    )
     assert code == 0
     res = results(capsys.readouterr().out)
     assert sorted(h for (_, h) in res) == sorted([names[0], names[2]])
@@ -97,7 +123,9 @@ def test_limit_selects_hosts(sshd_fleet, inventory, tmp_path, capsys):
 
 
 def test_serial_batches_on_the_fleet(sshd_fleet, inventory, tmp_path, capsys):
-    pb = write_playbook(tmp_path / "pb.yml", """\
+    pb = write_playbook(
+        tmp_path / "pb.yml",
+        """\
         fleets:
           web: {hosts: web, serial: 1}
         steps:
@@ -110,7 +138,8 @@ def test_serial_batches_on_the_fleet(sshd_fleet, inventory, tmp_path, capsys):
             fleet: web
             needs: [a]
             args: {argv: ["true"]}
-        """)
+        """,
+    )
     code = main(["run", str(pb), "-i", str(inventory), "--format", "jsonl", "--state-dir", str(tmp_path / "state")])
     assert code == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
@@ -123,7 +152,9 @@ def test_serial_batches_on_the_fleet(sshd_fleet, inventory, tmp_path, capsys):
 
 
 def test_step_timeout(sshd_fleet, inventory, tmp_path, capsys):
-    pb = write_playbook(tmp_path / "pb.yml", """\
+    pb = write_playbook(
+        tmp_path / "pb.yml",
+        """\
         fleets:
           web: {hosts: web}
         steps:
@@ -132,7 +163,8 @@ def test_step_timeout(sshd_fleet, inventory, tmp_path, capsys):
             fleet: web
             timeout: 0.5
             args: {argv: [sleep, "3"]}
-        """)
+        """,
+    )
     started = time.monotonic()
     code = main(["run", str(pb), "-i", str(inventory), "--format", "json", "--state-dir", str(tmp_path / "state")])
     assert code == 1
@@ -142,7 +174,9 @@ def test_step_timeout(sshd_fleet, inventory, tmp_path, capsys):
 
 
 def test_sigint_lets_in_flight_steps_finish(sshd_fleet, inventory, tmp_path):
-    pb = write_playbook(tmp_path / "pb.yml", """\
+    pb = write_playbook(
+        tmp_path / "pb.yml",
+        """\
         fleets:
           web: {hosts: web}
         steps:
@@ -150,13 +184,29 @@ def test_sigint_lets_in_flight_steps_finish(sshd_fleet, inventory, tmp_path):
             module: command
             fleet: web
             args: {argv: [sh, -c, 'sleep 1; echo done > "$1"', sh, "{{ root }}/sigint-done"]}
-        """)
+        """,
+    )
     for h in sshd_fleet:
         (h.data_dir / "sigint-done").unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run", str(pb), "-i", str(inventory), "--forks", "1", "--format", "jsonl",
-         "--state-dir", str(tmp_path / "state")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            str(pb),
+            "-i",
+            str(inventory),
+            "--forks",
+            "1",
+            "--format",
+            "jsonl",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     events = []
     for line in proc.stdout:
@@ -200,8 +250,9 @@ def test_connections_opened_early_are_closed_when_a_check_fails(sshd_fleet, inve
     assert {h.name: sorted(os.listdir(h.data_dir)) for h in sshd_fleet} == before
 
     # and a valid run uses the connections opened early: one per host, all closed at the end
-    assert main(["run", str(pb), "-i", str(inventory), "-e", "run_tag=early", "--state-dir",
-                 str(tmp_path / "state")]) == 0
+    assert (
+        main(["run", str(pb), "-i", str(inventory), "-e", "run_tag=early", "--state-dir", str(tmp_path / "state")]) == 0
+    )
     assert pools[1].opened() == {}
     for h in sshd_fleet:
         assert (h.data_dir / "marker-early").read_text().strip() == h.name

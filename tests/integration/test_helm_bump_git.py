@@ -47,9 +47,16 @@ image:
 replicas: 1
 """
 
-TAGS = ["master-20240101T000000Z-0a1b2c3", "stag-20240101T000000Z-0a1b2c3", "master-20240502T091500Z-bbbbbbb",
-        "stag-20240503T120000Z-ccccccc", "master-20240430T235959Z-aaaaaaa", "stag-20240503T115959Z-ddddddd",
-        "latest", "pr-17"]
+TAGS = [
+    "master-20240101T000000Z-0a1b2c3",
+    "stag-20240101T000000Z-0a1b2c3",
+    "master-20240502T091500Z-bbbbbbb",
+    "stag-20240503T120000Z-ccccccc",
+    "master-20240430T235959Z-aaaaaaa",
+    "stag-20240503T115959Z-ddddddd",
+    "latest",
+    "pr-17",
+]
 PROD_FILE = "clusters/production/shop-web/helmrelease.yaml"
 STAG_FILE = "clusters/staging/shop-web/values.yaml"
 
@@ -59,7 +66,16 @@ def gitops(tmp_path):
     remote = GitRemote(tmp_path / "git", {PROD_FILE: PROD, STAG_FILE: STAG, "README.md": "gitops\n"})
     (tmp_path / "tags.json").write_text(json.dumps({"image_tags": TAGS, "gitops_repo": remote.url}))
     (tmp_path / "inv.yml").write_text("hosts: {}\n")  # every step runs on the controller
-    base = ["-i", str(tmp_path / "inv.yml"), "-e", f"@{tmp_path / 'tags.json'}", "--state-dir", str(tmp_path / "state"), "--format", "json"]
+    base = [
+        "-i",
+        str(tmp_path / "inv.yml"),
+        "-e",
+        f"@{tmp_path / 'tags.json'}",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--format",
+        "json",
+    ]
     return remote, base
 
 
@@ -79,7 +95,8 @@ def test_plan_run_and_rerun(gitops, capsys):
     assert prod_diff["before"] == PROD
     assert prod_diff["after"] == PROD.replace('"master-20240101T000000Z-0a1b2c3"', '"master-20240502T091500Z-bbbbbbb"')
     assert prod_commit["after"].endswith(
-        "production: registry.example.com/hosting/shop-web master-20240502T091500Z-bbbbbbb\n")
+        "production: registry.example.com/hosting/shop-web master-20240502T091500Z-bbbbbbb\n"
+    )
     assert "Author: Deploy Bot <deploy-bot@example.com>" in prod_commit["after"]
     assert by_step["staging"]["outputs"]["tag"] == "stag-20240503T120000Z-ccccccc"
     assert remote.head() == start  # the dry run pushed nothing

@@ -42,15 +42,22 @@ def fleet(moto_ec2):
 
     def launch(name: str, role: str, env: str) -> str:
         tags = [{"Key": "Name", "Value": name}, {"Key": "role", "Value": role}, {"Key": "env", "Value": env}]
-        iid = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1,
-                                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+        iid = ec2.run_instances(
+            ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=[{"ResourceType": "instance", "Tags": tags}]
+        )["Instances"][0]["InstanceId"]
         made.append(iid)
         return iid
 
-    ids = {name: launch(name, role, env) for name, role, env in [
-        ("web-1", "web", "prod"), ("web-2", "web", "prod"), ("db-1", "db", "prod"),
-        ("web-9", "web", "staging"), ("old-web", "web", "prod"),
-    ]}
+    ids = {
+        name: launch(name, role, env)
+        for name, role, env in [
+            ("web-1", "web", "prod"),
+            ("web-2", "web", "prod"),
+            ("db-1", "db", "prod"),
+            ("web-9", "web", "staging"),
+            ("old-web", "web", "prod"),
+        ]
+    }
     ec2.stop_instances(InstanceIds=[ids["old-web"]])
     clear_cache()
     yield endpoint, ec2, ids
@@ -60,7 +67,8 @@ def fleet(moto_ec2):
 
 def _inventory(tmp_path: Path, endpoint: str, extra: str = "", source: str = "") -> Path:
     p = tmp_path / "inventory.yml"
-    p.write_text(textwrap.dedent("""\
+    p.write_text(
+        textwrap.dedent("""\
         defaults: {user: deploy}
         vars: {app: shop}
         hosts:
@@ -76,7 +84,9 @@ def _inventory(tmp_path: Path, endpoint: str, extra: str = "", source: str = "")
             hosts: [web-1]            # a dynamic host listed by name
           role_db:
             vars: {backup: true}      # vars for a dynamic group
-        """) + extra + textwrap.dedent(f"""\
+        """)
+        + extra
+        + textwrap.dedent(f"""\
         dynamic:
           - aws_ec2:
               regions: [{REGION}]
@@ -86,7 +96,9 @@ def _inventory(tmp_path: Path, endpoint: str, extra: str = "", source: str = "")
               endpoint_url: {endpoint}
               defaults: {{user: ec2-user}}
               vars: {{from_ec2: true}}
-        """) + source)
+        """)
+        + source
+    )
     return p
 
 
@@ -127,14 +139,16 @@ def test_static_vars_and_settings_merge(tmp_path, fleet):
 def test_address_and_default_names(tmp_path, fleet):
     endpoint, _ec2, ids = fleet
     p = tmp_path / "inv.yml"
-    p.write_text(textwrap.dedent(f"""\
+    p.write_text(
+        textwrap.dedent(f"""\
         dynamic:
           - aws_ec2:
               regions: [{REGION}]
               filters: {{"tag:role": db}}
               address: private_dns
               endpoint_url: {endpoint}
-        """))
+        """)
+    )
     inv = load_inventory(str(p))
     assert list(inv.hosts) == [ids["db-1"]]  # named by instance id by default
     assert inv.hosts[ids["db-1"]].address.endswith(".internal")
@@ -154,10 +168,12 @@ def test_disk_cache_with_ttl(tmp_path, fleet, monkeypatch):
     endpoint, ec2, ids = fleet
     monkeypatch.setenv("PLAYBOOK_STATE_DIR", str(tmp_path / "state"))
     p = tmp_path / "inv.yml"
-    p.write_text(textwrap.dedent(f"""\
+    p.write_text(
+        textwrap.dedent(f"""\
         dynamic:
           - aws_ec2: {{regions: [{REGION}], name: "{{{{ tags.Name }}}}", endpoint_url: "{endpoint}", cache_ttl: 600}}
-        """))
+        """)
+    )
     assert "web-9" in load_inventory(str(p)).hosts
     cached = list((tmp_path / "state" / "inventory-cache").glob("aws_ec2-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["instances"]
@@ -206,10 +222,12 @@ def test_no_credentials_is_a_clear_error(tmp_path, fleet, monkeypatch):
 def test_duplicate_names_are_an_error(tmp_path, fleet):
     endpoint, _ec2, _ids = fleet
     p = tmp_path / "inv.yml"
-    p.write_text(textwrap.dedent(f"""\
+    p.write_text(
+        textwrap.dedent(f"""\
         dynamic:
           - aws_ec2: {{regions: [{REGION}], name: "{{{{ tags.role }}}}", endpoint_url: "{endpoint}"}}
-        """))
+        """)
+    )
     with pytest.raises(DynamicInventoryError, match="would both be host 'web'"):
         load_inventory(str(p))
 

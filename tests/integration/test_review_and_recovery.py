@@ -37,8 +37,16 @@ def setup(fleet_factory, tmp_path):
         host["vars"]["app_root"] = f"{host['vars']['root']}/app"
     inv_path.write_text(yaml.safe_dump(inv))
     state = tmp_path / "state"
-    base = ["-i", str(inv_path), "-e", f"smartweb_tree={tree}", "--state-dir", str(state),
-            "-e", json.dumps({"cache_flush_command": ["true"]})]
+    base = [
+        "-i",
+        str(inv_path),
+        "-e",
+        f"smartweb_tree={tree}",
+        "--state-dir",
+        str(state),
+        "-e",
+        json.dumps({"cache_flush_command": ["true"]}),
+    ]
     return fleet, tree, base, state
 
 
@@ -116,10 +124,14 @@ def test_a_secret_never_appears_in_any_output(setup, tmp_path, capsys, monkeypat
     secret = "s3cr3t-Purge-Token-93f1"
     monkeypatch.setenv("PURGE_TOKEN", secret)
     pb = tmp_path / "pb.yml"
-    pb.write_text(PLAYBOOK.read_text().replace(
-        "  cache_flush_command: [wp, cache, flush, --allow-root]",
-        "  cache_flush_command: [wp, cache, flush, --allow-root]\n  token_file: \"{{ app_root }}/token\"",
-    ).replace("steps:\n", "secrets:\n  purge_token: {env: PURGE_TOKEN}\n\nsteps:\n", 1) + """
+    pb.write_text(
+        PLAYBOOK.read_text()
+        .replace(
+            "  cache_flush_command: [wp, cache, flush, --allow-root]",
+            '  cache_flush_command: [wp, cache, flush, --allow-root]\n  token_file: "{{ app_root }}/token"',
+        )
+        .replace("steps:\n", "secrets:\n  purge_token: {env: PURGE_TOKEN}\n\nsteps:\n", 1)
+        + """
   - id: use_secret
     module: command
     fleet: web
@@ -128,7 +140,8 @@ def test_a_secret_never_appears_in_any_output(setup, tmp_path, capsys, monkeypat
       shell: 'cat > "$0" && echo "token is {{ purge_token }}" && exit 3'
       stdin: "{{ purge_token }}"
       chdir: "{{ app_root }}"
-""")
+"""
+    )
     outputs = []
     for fmt in ("text", "json", "jsonl", "markdown"):
         main(["plan", str(pb), *base, "--format", fmt, "-v"])
@@ -231,4 +244,6 @@ def test_rollback_rebuilds_a_removed_release_only_from_the_same_local_tree(setup
         assert os.readlink(root / "current") == f"releases/{first}"
         assert (root / "current/app/f03.php").read_text() == "<?php // release 1\n"
         assert os.path.islink(root / "current/wp-content/uploads")
-        assert next(r for r in doc["results"] if r["step"] == "rollback_sync" and r["host"] == h.name)["outputs"]["rebuilt"]
+        assert next(r for r in doc["results"] if r["step"] == "rollback_sync" and r["host"] == h.name)["outputs"][
+            "rebuilt"
+        ]

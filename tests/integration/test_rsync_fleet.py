@@ -65,8 +65,12 @@ class Deployer:
         pb = Playbook("deploy.yml", "deploy", {}, {"web": Fleet("web", "web")}, tuple(steps))
         inv = self.inventory()
         n = next(_ids)
-        opts = RunOptions(mode=mode, run_id=f"run{n}-{time.time_ns()}", release_id=release_id or f"2026{n:04d}T{time.time_ns() % 10**9:09d}Z",
-                          forks=10)
+        opts = RunOptions(
+            mode=mode,
+            run_id=f"run{n}-{time.time_ns()}",
+            release_id=release_id or f"2026{n:04d}T{time.time_ns() % 10**9:09d}Z",
+            forks=10,
+        )
         with ConnectionPool(connect_timeout=5) as pool:
             ex = Executor(pb, inv, opts, connect=lambda name: pool.get(inv.hosts[name]))
             summary = ex.execute()
@@ -84,7 +88,9 @@ def tree_of(root: Path) -> dict[str, bytes | str]:
             rel = str(full.relative_to(root))
             if rel == ".playbook-release.json":
                 continue
-            out[rel] = "->" + os.readlink(full) if full.is_symlink() else (full.read_bytes() if full.is_file() else "dir")
+            out[rel] = (
+                "->" + os.readlink(full) if full.is_symlink() else (full.read_bytes() if full.is_file() else "dir")
+            )
     return out
 
 
@@ -143,7 +149,9 @@ def test_releases_on_fleet_then_cache_clear_only_when_changed(sshd_fleet, tmp_pa
     marker = "{{ root }}/rel-app/flushed-{{ run.id }}"
     steps = [
         Step("sync", "rsync", "web", d.args),
-        Step("flush", "cache_clear", "web", {"command": ["touch", marker], "only_if_changed": ["sync"]}, needs=("sync",)),
+        Step(
+            "flush", "cache_clear", "web", {"command": ["touch", marker], "only_if_changed": ["sync"]}, needs=("sync",)
+        ),
     ]
     summary, res = d.run(steps=steps, release_id="20260101T000001Z")
     assert summary.exit_code() == 0, [r.message for r in summary.results]
@@ -171,8 +179,16 @@ def test_unknown_host_key_is_refused_by_rsync_too(sshd_fleet, tmp_path, monkeypa
     dest = str(sshd_fleet[0].data_dir / "hostkey-app")
     with ConnectionPool(connect_timeout=5) as pool:
         conn = pool.get(good)  # the engine's connection is fine; only rsync's ssh sees the partial file
-        common = dict(host=good.name, step="sync", vars={}, run_id=f"hk{time.time_ns()}", release_id="r1",
-                      state_dir=str(tmp_path), target=stranger, mode="run")
+        common = dict(
+            host=good.name,
+            step="sync",
+            vars={},
+            run_id=f"hk{time.time_ns()}",
+            release_id="r1",
+            state_dir=str(tmp_path),
+            target=stranger,
+            mode="run",
+        )
         plan = module.plan(PlanContext(conn=ReadOnly(conn), **common), RsyncArgs(src=str(src), dest=dest))
         assert plan.change == Change.WILL_CHANGE
         with pytest.raises(HostKeyError, match="refused the host key"):
@@ -304,8 +320,7 @@ def test_rsync_ssh_negotiates_the_engines_key_exchange(sshd_fleet):
     """rsync's OpenSSH asks for curve25519-sha256 first (what paramiko negotiates), not OpenSSH 9's
     far costlier sntrup761 hybrid, and AES-GCM before chacha20; still strict about the host key."""
     host = sshd_fleet.model_hosts()[0]
-    proc = subprocess.run([*ssh_command(host), "-v", host.hostname, "true"], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run([*ssh_command(host), "-v", host.hostname, "true"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "kex: algorithm: curve25519-sha256" in proc.stderr
     assert "cipher: aes128-gcm@openssh.com" in proc.stderr  # hardware AES: cheaper than chacha20 here
@@ -333,7 +348,9 @@ def test_deletions_over_ssh_with_and_without_a_transfer(sshd_fleet, tmp_path, co
     count_rsync.clear()
     argvs = []
     counting = transfer.run_rsync
-    monkeypatch.setattr(transfer, "run_rsync", lambda ctx, argv, paths, n: (argvs.append(argv), counting(ctx, argv, paths, n)))
+    monkeypatch.setattr(
+        transfer, "run_rsync", lambda ctx, argv, paths, n: (argvs.append(argv), counting(ctx, argv, paths, n))
+    )
     assert d.run(release_id=f"del{time.time_ns()}")[0].exit_code() == 0
     assert sorted(h for h, _ in count_rsync) == sshd_fleet.names  # one rsync per host, nothing more
     assert all(any(a.startswith("--rsync-path=cd -- ") and " rm -rf -- " in a for a in argv) for argv in argvs)
@@ -388,8 +405,17 @@ def test_relay_reports_the_hosts_error(sshd_fleet, tmp_path):
     dest = str(sshd_fleet[0].data_dir / "relay-error")
     with ConnectionPool(connect_timeout=5) as pool:
         conn = pool.get(host)
-        ctx = ApplyContext(conn=conn, host=host.name, step="sync", vars={}, run_id="relay-err", release_id="r1",
-                           state_dir=str(tmp_path), target=host, mode="run")
+        ctx = ApplyContext(
+            conn=conn,
+            host=host.name,
+            step="sync",
+            vars={},
+            run_id="relay-err",
+            release_id="r1",
+            state_dir=str(tmp_path),
+            target=host,
+            mode="run",
+        )
         argv = transfer.rsync_argv(host, str(src), dest, chown=None, chmod=None)
         argv = [*argv[:-2], "--rsync-path=/nonexistent/rsync", *argv[-2:]]
         with pytest.raises(ModuleError, match=r"(?s)rsync exited \d+: .*/nonexistent/rsync: (not found|No such file)"):

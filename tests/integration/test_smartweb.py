@@ -43,8 +43,16 @@ def smartweb(sshd_fleet, tmp_path):
     for host in inv["hosts"].values():
         host["vars"]["app_root"] = f"{host['vars']['root']}/smartweb-{tmp_path.name}"
     (tmp_path / "inv.yml").write_text(yaml.safe_dump(inv))
-    base = ["-i", str(tmp_path / "inv.yml"), "-e", f"smartweb_tree={tree}", "--state-dir", str(tmp_path / "state"),
-            "-e", json.dumps({"cache_flush_command": ["sh", "-c", "echo flushed >> {{ app_root }}/flushes"]})]
+    base = [
+        "-i",
+        str(tmp_path / "inv.yml"),
+        "-e",
+        f"smartweb_tree={tree}",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "-e",
+        json.dumps({"cache_flush_command": ["sh", "-c", "echo flushed >> {{ app_root }}/flushes"]}),
+    ]
     return tree, names, base
 
 
@@ -107,15 +115,23 @@ def test_deploy_rerun_and_one_percent_change(sshd_fleet, smartweb, tmp_path, cap
 def test_second_run_refused_by_lock_and_sigint_releases_it(sshd_fleet, smartweb, tmp_path, capsys):
     tree, names, base = smartweb
     slow = [a if not a.startswith("{") else json.dumps({"cache_flush_command": ["sleep", "3"]}) for a in base]
-    first = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", str(PLAYBOOK), *slow, "--format", "jsonl"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", str(PLAYBOOK), *slow, "--format", "jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in first.stdout:
             event = json.loads(line)
             if event["event"] == "step_started" and event.get("step") == "flush_cache":
                 break
-        second = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(PLAYBOOK), *base],
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "run", str(PLAYBOOK), *base],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 1
         assert "lock" in second.stderr and "held" in second.stderr
         assert str(PLAYBOOK) in second.stderr  # names the holder's playbook

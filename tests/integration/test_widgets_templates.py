@@ -99,7 +99,13 @@ def test_widgets_from_s3(sshd_fleet, moto_s3, tmp_path, capsys):
     v1 = tgz({"index.html": "<div>widgets v1</div>", "js/widget.js": "w(1)", "css/w.css": "a{}"})
     s3.put_object(Bucket=bucket, Key=key, Body=v1, ChecksumAlgorithm="SHA256")
     base = fleet_setup(sshd_fleet, tmp_path, "widgets_root", "widgets") + [
-        "-e", f"widgets_bucket={bucket}", "-e", f"s3_endpoint_url={moto_s3}", "-e", f"widgets_key={key}"]
+        "-e",
+        f"widgets_bucket={bucket}",
+        "-e",
+        f"s3_endpoint_url={moto_s3}",
+        "-e",
+        f"widgets_key={key}",
+    ]
 
     code, doc = cli(capsys, "run", str(WIDGETS), *base, "--release-id", "20260101T000001Z")
     assert code == 0, doc
@@ -129,7 +135,9 @@ def test_widgets_from_s3(sshd_fleet, moto_s3, tmp_path, capsys):
         sync = result(doc, "sync", h.name)
         items = [tuple(i) for d in sync["plan"]["diffs"] for i in d["items"] if i[0] in "+~-"]
         assert ("~", "index.html") in items and ("~", "js/widget.js") not in items
-    code, doc = cli(capsys, "apply", saved, "--state-dir", str(tmp_path / "state"), "--format", "json")  # the reviewed plan
+    code, doc = cli(
+        capsys, "apply", saved, "--state-dir", str(tmp_path / "state"), "--format", "json"
+    )  # the reviewed plan
     assert code == 0, doc
     for h in sshd_fleet:
         root = app_root(h, tmp_path, "widgets")
@@ -173,8 +181,13 @@ def test_templates_from_npm_with_the_1_0_0_republish(sshd_fleet, verdaccio, tmp_
     monkeypatch.setenv("TEMPLATES_TEST_TOKEN", token)
     a = publish(verdaccio, tmp_path, name, "1.0.0", {"base.html": "<html>A</html>", "parts/nav.html": "<nav/>"})
     base = fleet_setup(sshd_fleet, tmp_path, "templates_root", "templates") + [
-        "-e", f"templates_package={name}", "-e", f"npm_registry={verdaccio.url}",
-        "-e", "npm_token_env=TEMPLATES_TEST_TOKEN"]
+        "-e",
+        f"templates_package={name}",
+        "-e",
+        f"npm_registry={verdaccio.url}",
+        "-e",
+        "npm_token_env=TEMPLATES_TEST_TOKEN",
+    ]
 
     code, doc = cli(capsys, "run", str(TEMPLATES), *base, "--release-id", "20260101T000001Z")
     assert code == 0, doc
@@ -213,8 +226,10 @@ def test_templates_from_npm_with_the_1_0_0_republish(sshd_fleet, verdaccio, tmp_
     # the tarball replaced in the registry's storage behind its back
     verdaccio.unpublish(f"{name}@1.0.0")
     c = publish(verdaccio, tmp_path, name, "1.0.0", {"base.html": "<html>C</html>"})
-    evil = tgz({"package.json": json.dumps({"name": name, "version": "1.0.0"}), "base.html": "<script>x</script>"},
-               prefix="package/")
+    evil = tgz(
+        {"package.json": json.dumps({"name": name, "version": "1.0.0"}), "base.html": "<script>x</script>"},
+        prefix="package/",
+    )
     verdaccio.tarball_path(name, "1.0.0").write_bytes(evil)
     before = releases(sshd_fleet, tmp_path, "templates")
     code, doc = cli(capsys, "run", str(TEMPLATES), *base, "--release-id", "20260101T000003Z")
@@ -249,7 +264,13 @@ def test_rollback_rebuilds_a_removed_widgets_release_from_its_s3_version(sshd_fl
     key = "widgets/widgets.tar.gz"
     pb = keep_two(WIDGETS, tmp_path)
     base = fleet_setup(sshd_fleet, tmp_path, "widgets_root", "widgets") + [
-        "-e", f"widgets_bucket={bucket}", "-e", f"s3_endpoint_url={moto_s3}", "-e", f"widgets_key={key}"]
+        "-e",
+        f"widgets_bucket={bucket}",
+        "-e",
+        f"s3_endpoint_url={moto_s3}",
+        "-e",
+        f"widgets_key={key}",
+    ]
     bundles = {}
     for n in (1, 2, 3):
         bundles[n] = tgz({"index.html": f"<div>widgets v{n}</div>", "js/widget.js": "w(1)"})
@@ -257,11 +278,13 @@ def test_rollback_rebuilds_a_removed_widgets_release_from_its_s3_version(sshd_fl
         code, doc = cli(capsys, "run", str(pb), *base, "--release-id", f"20260201T00000{n}Z")
         assert code == 0, doc
     assert set(map(tuple, releases(sshd_fleet, tmp_path, "widgets").values())) == {
-        ("20260201T000002Z", "20260201T000003Z")}  # keep: 2 removed the first release everywhere
+        ("20260201T000002Z", "20260201T000003Z")
+    }  # keep: 2 removed the first release everywhere
 
     # the controller's cache is gone and the key now holds other bytes: only the S3 version recorded
     # for the first release can give its bytes back
     import shutil
+
     shutil.rmtree(tmp_path / "state" / "cache")
     s3.put_object(Bucket=bucket, Key=key, Body=tgz({"index.html": "v4"}), ChecksumAlgorithm="SHA256")
     code, doc = cli(capsys, "rollback", str(pb), *base, "--to", "20260201T000001Z", "--plan")
@@ -300,14 +323,20 @@ def test_rollback_rebuilds_a_removed_widgets_release_from_its_s3_version(sshd_fl
     assert result(doc, "rollback_flush_cache", first.name)["status"] == "ok"
 
 
-def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(sshd_fleet, verdaccio, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(
+    sshd_fleet, verdaccio, tmp_path, capsys, monkeypatch
+):
     name = f"@seed/templates-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("TEMPLATES_TEST_TOKEN", verdaccio.add_user("templates-rb"))
     pb = keep_two(TEMPLATES, tmp_path)
     base = fleet_setup(sshd_fleet, tmp_path, "templates_root", "templates") + [
-        "-e", f"templates_package={name}", "-e", f"npm_registry={verdaccio.url}",
-        "-e", "npm_token_env=TEMPLATES_TEST_TOKEN"]
+        "-e",
+        f"templates_package={name}",
+        "-e",
+        f"npm_registry={verdaccio.url}",
+        "-e",
+        "npm_token_env=TEMPLATES_TEST_TOKEN",
+    ]
     integrity = {}
     for n, text in enumerate(("A", "B", "C"), start=1):  # CI republishes 1.0.0 every time
         if n > 1:
@@ -330,6 +359,7 @@ def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(sshd_f
     # A's bytes are nowhere now (cache emptied, registry serves C as 1.0.0), and the last host has
     # lost the release: the hosts that still have it switch, that one fails and keeps its live release
     import shutil
+
     shutil.rmtree(tmp_path / "state" / "cache")
     last = list(sshd_fleet)[-1]
     shutil.rmtree(app_root(last, tmp_path, "templates") / "releases" / first)

@@ -19,7 +19,9 @@ MODULE = get_module("cache_clear")
 
 
 def ctxs(steps=None):
-    common = dict(host="web1", step="flush", vars={"steps": steps or {}}, run_id="r", release_id="rel", state_dir="/tmp")
+    common = dict(
+        host="web1", step="flush", vars={"steps": steps or {}}, run_id="r", release_id="rel", state_dir="/tmp"
+    )
     conn = LocalConnection("web1")
     return PlanContext(conn=ReadOnly(conn), **common), ApplyContext(conn=conn, **common)
 
@@ -40,7 +42,11 @@ def test_command_plans_and_runs(tmp_path):
 
 def test_command_failure_names_exit_code_and_stderr():
     with pytest.raises(ModuleError) as err:
-        run(CacheClearArgs(command=("sh", "-c", "echo 'Error: YIKES! It looks like you are running this as root.' >&2; exit 1")))
+        run(
+            CacheClearArgs(
+                command=("sh", "-c", "echo 'Error: YIKES! It looks like you are running this as root.' >&2; exit 1")
+            )
+        )
     assert "exited 1" in str(err.value) and "running this as root" in str(err.value)
 
 
@@ -95,7 +101,9 @@ def server():
 
 def test_http_purge(server):
     token = Secret("s3cr3t-purge-token", scrubber=None)
-    args = CacheClearArgs(http=HttpPurge(url=f"{server}/wp/purge", headers={"X-Purge-Token": token, "Host": "www.example.org"}))
+    args = CacheClearArgs(
+        http=HttpPurge(url=f"{server}/wp/purge", headers={"X-Purge-Token": token, "Host": "www.example.org"})
+    )
     p, out = run(args)
     text = p.diffs[0].after
     assert "PURGE " + server + "/wp/purge" in text and "Host: www.example.org" in text
@@ -107,7 +115,9 @@ def test_http_purge(server):
 
 def test_http_unexpected_status_fails_without_secrets(server):
     _Handler.status = 403
-    args = CacheClearArgs(http=HttpPurge(url=f"{server}/purge", method="BAN", headers={"Authorization": "Bearer abcdef123"}))
+    args = CacheClearArgs(
+        http=HttpPurge(url=f"{server}/purge", method="BAN", headers={"Authorization": "Bearer abcdef123"})
+    )
     with pytest.raises(ModuleError) as err:
         run(args)
     msg = str(err.value)

@@ -16,7 +16,9 @@ from modules._support.extract import ExtractError, UnsafeEntry, detect_kind, ext
 MTIME = 1_600_000_000
 
 
-def _info(name: str, kind: bytes = tarfile.REGTYPE, *, data: bytes = b"", link: str = "", mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes | None]:
+def _info(
+    name: str, kind: bytes = tarfile.REGTYPE, *, data: bytes = b"", link: str = "", mode: int = 0o644
+) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
@@ -57,17 +59,28 @@ def listing(root: Path) -> list[str]:
 
 
 def test_good_tar_extracts_with_normalised_modes_and_times(box):
-    arc = make_tar(box.parent / "good.tar.gz", [
-        _info("pkg/", tarfile.DIRTYPE, mode=0o775),
-        _info("pkg/bin/run", data=b"#!/bin/sh\n", mode=0o4777),
-        _info("pkg/index.html", data=b"<h1>hi</h1>", mode=0o666),
-        _info("pkg/latest", tarfile.SYMTYPE, link="index.html"),
-        _info("pkg/assets/up", tarfile.SYMTYPE, link="../index.html"),
-        _info("pkg/copy.html", tarfile.LNKTYPE, link="pkg/index.html"),
-    ])
+    arc = make_tar(
+        box.parent / "good.tar.gz",
+        [
+            _info("pkg/", tarfile.DIRTYPE, mode=0o775),
+            _info("pkg/bin/run", data=b"#!/bin/sh\n", mode=0o4777),
+            _info("pkg/index.html", data=b"<h1>hi</h1>", mode=0o666),
+            _info("pkg/latest", tarfile.SYMTYPE, link="index.html"),
+            _info("pkg/assets/up", tarfile.SYMTYPE, link="../index.html"),
+            _info("pkg/copy.html", tarfile.LNKTYPE, link="pkg/index.html"),
+        ],
+    )
     dest = extract_archive(arc, box / "tree")
-    assert listing(dest) == ["pkg", "pkg/assets", "pkg/assets/up", "pkg/bin", "pkg/bin/run", "pkg/copy.html",
-                             "pkg/index.html", "pkg/latest"]
+    assert listing(dest) == [
+        "pkg",
+        "pkg/assets",
+        "pkg/assets/up",
+        "pkg/bin",
+        "pkg/bin/run",
+        "pkg/copy.html",
+        "pkg/index.html",
+        "pkg/latest",
+    ]
     assert stat.S_IMODE(os.stat(dest / "pkg/bin/run").st_mode) == 0o755  # no setuid, no world-write
     assert stat.S_IMODE(os.stat(dest / "pkg/index.html").st_mode) == 0o644
     assert os.stat(dest / "pkg/index.html").st_mtime == MTIME
@@ -78,15 +91,28 @@ def test_good_tar_extracts_with_normalised_modes_and_times(box):
 
 
 def test_strip_components_like_npm(box):
-    arc = make_tar(box.parent / "p.tgz", [_info("package/package.json", data=b"{}"),
-                                          _info("package/lib/a.js", data=b"1"), _info("package/", tarfile.DIRTYPE)])
+    arc = make_tar(
+        box.parent / "p.tgz",
+        [
+            _info("package/package.json", data=b"{}"),
+            _info("package/lib/a.js", data=b"1"),
+            _info("package/", tarfile.DIRTYPE),
+        ],
+    )
     dest = extract_archive(arc, box / "t", strip_components=1)
     assert listing(dest) == ["lib", "lib/a.js", "package.json"]
 
 
 def test_good_zip(box):
-    arc = make_zip(box.parent / "w.zip", [("w/", b"", stat.S_IFDIR | 0o755), ("w/a.txt", b"A", stat.S_IFREG | 0o644),
-                                          ("w/l", b"a.txt", stat.S_IFLNK | 0o777), ("b.txt", b"B", 0)])
+    arc = make_zip(
+        box.parent / "w.zip",
+        [
+            ("w/", b"", stat.S_IFDIR | 0o755),
+            ("w/a.txt", b"A", stat.S_IFREG | 0o644),
+            ("w/l", b"a.txt", stat.S_IFLNK | 0o777),
+            ("b.txt", b"B", 0),
+        ],
+    )
     dest = extract_archive(arc, box / "z")
     assert (dest / "w/a.txt").read_text() == "A" and (dest / "b.txt").read_text() == "B"
     assert os.readlink(dest / "w/l") == "a.txt"
@@ -131,15 +157,19 @@ def test_hostile_tar_is_rejected_and_leaves_nothing(box, case):
     assert not os.path.exists("/tmp/playbook-evil-abs.txt")
 
 
-@pytest.mark.parametrize("entries", [
-    [("../evil.txt", b"x", 0)],
-    [("a\\..\\..\\evil.txt", b"x", 0)],
-    [("/abs.txt", b"x", 0)],
-    [("C:/windows.txt", b"x", 0)],
-    [("l", b"/etc/passwd", stat.S_IFLNK | 0o777)],
-    [("l", b"../../x", stat.S_IFLNK | 0o777)],
-    [("fifo", b"", stat.S_IFIFO | 0o644)],
-], ids=["dotdot", "backslash-dotdot", "absolute", "drive", "symlink-absolute", "symlink-escape", "fifo"])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("../evil.txt", b"x", 0)],
+        [("a\\..\\..\\evil.txt", b"x", 0)],
+        [("/abs.txt", b"x", 0)],
+        [("C:/windows.txt", b"x", 0)],
+        [("l", b"/etc/passwd", stat.S_IFLNK | 0o777)],
+        [("l", b"../../x", stat.S_IFLNK | 0o777)],
+        [("fifo", b"", stat.S_IFIFO | 0o644)],
+    ],
+    ids=["dotdot", "backslash-dotdot", "absolute", "drive", "symlink-absolute", "symlink-escape", "fifo"],
+)
 def test_hostile_zip_is_rejected(box, entries):
     arc = make_zip(box.parent / "bad.zip", [("fine.txt", b"ok", 0)] + entries)
     with pytest.raises(UnsafeEntry, match="bad.zip"):

@@ -57,19 +57,31 @@ image:
 resources: {limits: {cpu: 500m}}
 """
 
-TAGS = ("master-20240101T000000Z-0a1b2c3", "master-20240315T101500Z-9f8e7d6", "stag-20240401T000000Z-1111111",
-        "master-20240214T000000Z-5555555", "latest")
+TAGS = (
+    "master-20240101T000000Z-0a1b2c3",
+    "master-20240315T101500Z-9f8e7d6",
+    "stag-20240401T000000Z-1111111",
+    "master-20240214T000000Z-5555555",
+    "latest",
+)
 
 
 @pytest.fixture
 def remote(tmp_path) -> GitRemote:
-    return GitRemote(tmp_path / "git", {"releases/web.yaml": RELEASE, "staging/values.yaml": VALUES,
-                                        "README.md": "gitops\n"})
+    return GitRemote(
+        tmp_path / "git", {"releases/web.yaml": RELEASE, "staging/values.yaml": VALUES, "README.md": "gitops\n"}
+    )
 
 
 def ctxs(tmp_path: Path, step: str = "bump"):
-    common = dict(host=None, step=step, vars={"playbook_dir": str(tmp_path)}, run_id="r", release_id="rel",
-                  state_dir=str(tmp_path / "state"))
+    common = dict(
+        host=None,
+        step=step,
+        vars={"playbook_dir": str(tmp_path)},
+        run_id="r",
+        release_id="rel",
+        state_dir=str(tmp_path / "state"),
+    )
     return PlanContext(**common), ApplyContext(mode="run", **common)
 
 
@@ -95,8 +107,8 @@ def test_marker_edit_changes_exactly_the_marked_line(remote, tmp_path):
     assert p.fingerprint["remote_head"] == start
     assert out["pushed"] and out["commit"] == remote.head()
     assert remote.diff(start) == (
-        "-      tag: 'master-20240101T000000Z-0a1b2c3'  # {\"$imagepolicy\": \"flux-system:web:tag\"}\n"
-        "+      tag: 'master-20240315T101500Z-9f8e7d6'  # {\"$imagepolicy\": \"flux-system:web:tag\"}"
+        '-      tag: \'master-20240101T000000Z-0a1b2c3\'  # {"$imagepolicy": "flux-system:web:tag"}\n'
+        '+      tag: \'master-20240315T101500Z-9f8e7d6\'  # {"$imagepolicy": "flux-system:web:tag"}'
     )
     assert remote.show("releases/web.yaml") == RELEASE.replace("0101T000000Z-0a1b2c3'", "0315T101500Z-9f8e7d6'")
     author, committer, subject = remote.log()[0].split("|")
@@ -106,31 +118,53 @@ def test_marker_edit_changes_exactly_the_marked_line(remote, tmp_path):
 
 def test_whole_image_marker_with_digest_and_repository(remote, tmp_path):
     start = remote.head()
-    a = args(remote, policy="flux-system:worker", tag="master-20240315T101500Z-9f8e7d6", digest=DIGEST,
-             message="Bump {repository} to {version}")
+    a = args(
+        remote,
+        policy="flux-system:worker",
+        tag="master-20240315T101500Z-9f8e7d6",
+        digest=DIGEST,
+        message="Bump {repository} to {version}",
+    )
     p, out = run(tmp_path, a)
     assert remote.diff(start).splitlines() == [
-        "-        image: registry.example.test/shop/worker:master-20240101T000000Z-0a1b2c3 # {\"$imagepolicy\": \"flux-system:worker\"}",
-        f"+        image: registry.example.test/shop/worker:master-20240315T101500Z-9f8e7d6@{DIGEST} # {{\"$imagepolicy\": \"flux-system:worker\"}}",
+        '-        image: registry.example.test/shop/worker:master-20240101T000000Z-0a1b2c3 # {"$imagepolicy": "flux-system:worker"}',
+        f'+        image: registry.example.test/shop/worker:master-20240315T101500Z-9f8e7d6@{DIGEST} # {{"$imagepolicy": "flux-system:worker"}}',
     ]
     assert remote.log()[0].endswith("|Bump registry.example.test/shop/worker to master-20240315T101500Z-9f8e7d6")
 
 
 def test_key_path_edit_in_values_file_and_dry_run_diff(remote, tmp_path):
     start = remote.head()
-    a = args(remote, file="staging/values.yaml", key_path="image.tag", tags=TAGS + ("stag-42", "stag-7"),
-             tag_pattern="stag-*", tag_order="build", message="staging: {tag}")
+    a = args(
+        remote,
+        file="staging/values.yaml",
+        key_path="image.tag",
+        tags=TAGS + ("stag-42", "stag-7"),
+        tag_pattern="stag-*",
+        tag_order="build",
+        message="staging: {tag}",
+    )
     pctx, _ = ctxs(tmp_path)
     p = MODULE.plan(pctx, a)
     assert p.change == Change.WILL_CHANGE and p.outputs["tag"] == "stag-20240401T000000Z-1111111"
     # build order: the first number after the prefix; a timestamp-like 20240401 wins over 42
-    a = args(remote, file="staging/values.yaml", key_path="image.tag", tags=("stag-42", "stag-7", "stag-41"),
-             tag_pattern="stag-*", message="staging: {tag}", committer_name="CI", committer_email="ci@example.test")
+    a = args(
+        remote,
+        file="staging/values.yaml",
+        key_path="image.tag",
+        tags=("stag-42", "stag-7", "stag-41"),
+        tag_pattern="stag-*",
+        message="staging: {tag}",
+        committer_name="CI",
+        committer_email="ci@example.test",
+    )
     p = MODULE.plan(pctx, a)
     yaml_diff, commit = p.diffs
     assert yaml_diff.header.endswith("main:staging/values.yaml")
     assert yaml_diff.before == VALUES and yaml_diff.after == VALUES.replace("stag-41 ", "stag-42 ")
-    assert "Author: Deploy Bot <deploy@example.test>" in commit.after and "Committer: CI <ci@example.test>" in commit.after
+    assert (
+        "Author: Deploy Bot <deploy@example.test>" in commit.after and "Committer: CI <ci@example.test>" in commit.after
+    )
     assert commit.after.endswith("staging: stag-42\n")
     assert remote.head() == start  # planning pushed nothing
     _, out = run(tmp_path, a)
@@ -157,12 +191,16 @@ def test_concurrent_push_is_survived(remote, tmp_path, monkeypatch):
     assert out["pushed"] and out["attempts"] == 3
     assert remote.pushes_seen(shim) == 3
     log = remote.log("%s", n=4)
-    assert log == ["deploy: master-20240315T101500Z-9f8e7d6 in releases/web.yaml", "concurrent change 1",
-                   "concurrent change 0", "initial"]
+    assert log == [
+        "deploy: master-20240315T101500Z-9f8e7d6 in releases/web.yaml",
+        "concurrent change 1",
+        "concurrent change 0",
+        "initial",
+    ]
     assert remote.show("README.md") == "changed by someone else\n# race 1\n"  # their change kept
     assert remote.diff("main~1").splitlines() == [  # our commit, re-applied on their head: one line
-        "-      tag: 'master-20240101T000000Z-0a1b2c3'  # {\"$imagepolicy\": \"flux-system:web:tag\"}",
-        "+      tag: 'master-20240315T101500Z-9f8e7d6'  # {\"$imagepolicy\": \"flux-system:web:tag\"}",
+        '-      tag: \'master-20240101T000000Z-0a1b2c3\'  # {"$imagepolicy": "flux-system:web:tag"}',
+        '+      tag: \'master-20240315T101500Z-9f8e7d6\'  # {"$imagepolicy": "flux-system:web:tag"}',
     ]
     assert remote.diff(start).count("\n") == 4
 
@@ -219,30 +257,32 @@ def test_https_token_never_in_argv_or_errors(remote, tmp_path):
 
 
 def test_every_other_byte_survives_multi_document_edits():
-    text = RELEASE + "---\n# second doc\nspec: {values: {image: {tag: \"1.0\"}}}  # flow style\n"
+    text = RELEASE + '---\n# second doc\nspec: {values: {image: {tag: "1.0"}}}  # flow style\n'
     targets = find_key_path(text, "spec.values.image.tag")
     assert [t.line for t in targets] == [18, 30]
     out, _ = set_scalars(text, [(targets[0], "master-2"), (targets[1], "1.10")])
     before, after = text.splitlines(), out.splitlines()
     changed = [i for i, (x, y) in enumerate(zip(before, after)) if x != y]
     assert changed == [18, 30] and len(before) == len(after)
-    assert after[30] == "spec: {values: {image: {tag: \"1.10\"}}}  # flow style"
+    assert after[30] == 'spec: {values: {image: {tag: "1.10"}}}  # flow style'
     assert out.endswith("\n") and "trailing spaces after this comment   \n" in out
 
 
 def test_plain_values_that_would_change_type_get_quoted():
     text = "image:\n  tag: v1   # c\n"
     (t,) = find_key_path(text, "image.tag")
-    assert set_scalars(text, [(t, "1.10")])[0] == "image:\n  tag: \"1.10\"   # c\n"
-    assert set_scalars(text, [(t, "yes")])[0] == "image:\n  tag: \"yes\"   # c\n"
+    assert set_scalars(text, [(t, "1.10")])[0] == 'image:\n  tag: "1.10"   # c\n'
+    assert set_scalars(text, [(t, "yes")])[0] == 'image:\n  tag: "yes"   # c\n'
     assert set_scalars(text, [(t, "v2")]) == ("image:\n  tag: v2   # c\n", "roundtrip")
 
 
 def test_markers_found_with_fields():
     found = {(m.policy, m.field, m.target.dotted()) for m in find_markers(RELEASE)}
-    assert found == {("flux-system:web", "name", "spec.values.image.repository"),
-                     ("flux-system:web", "tag", "spec.values.image.tag"),
-                     ("flux-system:worker", None, "spec.values.worker.image")}
+    assert found == {
+        ("flux-system:web", "name", "spec.values.image.repository"),
+        ("flux-system:web", "tag", "spec.values.image.tag"),
+        ("flux-system:worker", None, "spec.values.worker.image"),
+    }
 
 
 def test_parse_image():

@@ -38,8 +38,16 @@ def unique(scope: str = "@seed") -> str:
 
 def ctx(state: Path, vars_extra: dict | None = None):
     messages: list[str] = []
-    c = PlanContext(host=None, step="sources.templates", vars={"run": {"playbook": "deploy-templates"}, **(vars_extra or {})},
-                    run_id="r1", release_id="rel", state_dir=str(state), mode="plan", emit=messages.append)
+    c = PlanContext(
+        host=None,
+        step="sources.templates",
+        vars={"run": {"playbook": "deploy-templates"}, **(vars_extra or {})},
+        run_id="r1",
+        release_id="rel",
+        state_dir=str(state),
+        mode="plan",
+        emit=messages.append,
+    )
     return c
 
 
@@ -62,7 +70,7 @@ def test_scoped_package_with_npmrc_token(verdaccio, npmrc, tmp_path):
     assert f"first deploy ({served})" in plan.reason
     tree = Path(plan.outputs["path"])
     assert (tree / "index.html").read_text() == "<h1>t1</h1>" and (tree / "package.json").exists()
-    hexd = base64.b64decode(served[len("sha512-"):]).hex()
+    hexd = base64.b64decode(served[len("sha512-") :]).hex()
     assert tree.parent == tmp_path / "state" / "cache" / "sha512" / hexd  # keyed by integrity, not name@version
     assert hashlib.sha512((tree.parent / "blob").read_bytes()).hexdigest() == hexd
 
@@ -154,7 +162,7 @@ def test_tarball_swapped_in_storage_fails_with_both_integrities(verdaccio, npmrc
 def test_npmrc_parsing_and_token_matching():
     cfg = parse_npmrc(
         "; comment\nregistry=https://npm.example.com/\n@seed:registry = https://npm.example.com/seed/\n"
-        "//npm.example.com/:_authToken=${ROOT_TOKEN}\n//npm.example.com/seed/:_authToken=\"seedtoken\"\n",
+        '//npm.example.com/:_authToken=${ROOT_TOKEN}\n//npm.example.com/seed/:_authToken="seedtoken"\n',
         env={"ROOT_TOKEN": "roottoken"},
     )
     assert cfg["registry"] == "https://npm.example.com/" and cfg["@seed:registry"] == "https://npm.example.com/seed/"

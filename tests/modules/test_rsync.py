@@ -30,8 +30,14 @@ MODULE = get_module("rsync")
 
 def _common(tmp: Path, run_id: str | None = None, release_id: str | None = None) -> dict:
     rid = run_id or f"run{next(_ids)}"
-    return dict(host="h1", step="sync", vars={"playbook_dir": str(tmp)}, run_id=rid,
-                release_id=release_id or f"2026010{next(_ids) % 10}T0000{next(_ids):04d}Z", state_dir=str(tmp / "state"))
+    return dict(
+        host="h1",
+        step="sync",
+        vars={"playbook_dir": str(tmp)},
+        run_id=rid,
+        release_id=release_id or f"2026010{next(_ids) % 10}T0000{next(_ids):04d}Z",
+        state_dir=str(tmp / "state"),
+    )
 
 
 def plan(tmp: Path, args: RsyncArgs, conn=None, **kw):
@@ -110,15 +116,20 @@ def test_first_deploy_creates_everything_then_no_change(tmp_path, src):
 def test_plan_lists_exactly_created_updated_deleted(tmp_path, src):
     dest = tmp_path / "dest"
     deploy(tmp_path, RsyncArgs(src="src", dest=str(dest)))
-    write(src / "d0" / "f000.txt", "changed content\n", mtime=1_800_000_000)   # update
-    write(src / "new" / "added.txt", "hello\n")                                  # create (dir + file)
-    (src / "d1" / "f001.txt").unlink()                                          # delete
-    write(dest / "stray" / "x.tmp", "junk")                                     # delete (dir + file)
-    os.chmod(src / "d2" / "f002.txt", 0o600)                                    # mode-only update
+    write(src / "d0" / "f000.txt", "changed content\n", mtime=1_800_000_000)  # update
+    write(src / "new" / "added.txt", "hello\n")  # create (dir + file)
+    (src / "d1" / "f001.txt").unlink()  # delete
+    write(dest / "stray" / "x.tmp", "junk")  # delete (dir + file)
+    os.chmod(src / "d2" / "f002.txt", 0o600)  # mode-only update
     p, common = plan(tmp_path, RsyncArgs(src="src", dest=str(dest)))
     assert items(p) == {
-        ("~", "d0/f000.txt"), ("+", "new"), ("+", "new/added.txt"), ("-", "d1/f001.txt"),
-        ("-", "stray"), ("-", "stray/x.tmp"), ("~", "d2/f002.txt"),
+        ("~", "d0/f000.txt"),
+        ("+", "new"),
+        ("+", "new/added.txt"),
+        ("-", "d1/f001.txt"),
+        ("-", "stray"),
+        ("-", "stray/x.tmp"),
+        ("~", "d2/f002.txt"),
     }
     assert p.data["delete_roots"] == ["d1/f001.txt", "stray"]
     apply(tmp_path, p, common)
@@ -165,8 +176,8 @@ def test_exclude_and_delete_false(tmp_path, src):
     dest = tmp_path / "dest"
     write(src / "cache" / "big.bin", "x")
     write(src / "d0" / "debug.log", "x")
-    write(dest / "app.log", "keep me")          # excluded on the receiver: protected from delete
-    write(dest / "cache" / "runtime", "keep")   # excluded directory
+    write(dest / "app.log", "keep me")  # excluded on the receiver: protected from delete
+    write(dest / "cache" / "runtime", "keep")  # excluded directory
     args = RsyncArgs(src="src", dest=str(dest), exclude=("*.log", "/cache/"))
     p, common = plan(tmp_path, args)
     names = {rel for _, rel in items(p)}
@@ -178,7 +189,10 @@ def test_exclude_and_delete_false(tmp_path, src):
     assert plan(tmp_path, args)[0].change == Change.NO_CHANGE
     write(dest / "extra.txt", "x")
     assert items(plan(tmp_path, args)[0]) == {("-", "extra.txt")}
-    assert plan(tmp_path, RsyncArgs(src="src", dest=str(dest), exclude=args.exclude, delete=False))[0].change == Change.NO_CHANGE
+    assert (
+        plan(tmp_path, RsyncArgs(src="src", dest=str(dest), exclude=args.exclude, delete=False))[0].change
+        == Change.NO_CHANGE
+    )
 
 
 def test_chmod_is_compared_and_applied(tmp_path, src):
@@ -241,16 +255,19 @@ def test_source_changed_after_plan_is_refused(tmp_path, src):
     assert not dest.exists()
 
 
-@pytest.mark.parametrize("args,match", [
-    (dict(src="missing", dest="/srv/x"), "'src' must be an existing directory"),
-    (dict(src="src", dest="relative/path"), "'dest' must be an absolute path"),
-    (dict(src="src", dest="/"), "'dest' must be an absolute path"),
-    (dict(src="src", dest="/srv/x", keep=0), "'keep' must be at least 1"),
-    (dict(src="src", dest="/srv/x", chmod="D7x9"), "'chmod' item"),
-    (dict(src="src", dest="/srv/x", chown="a b"), "'chown' must be"),
-    (dict(src="src", dest="/srv/x", shared=("../etc",), releases=True), "'shared' paths"),
-    (dict(src="src", dest="/srv/x", shared=("uploads",)), "'shared' needs 'releases: true'"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (dict(src="missing", dest="/srv/x"), "'src' must be an existing directory"),
+        (dict(src="src", dest="relative/path"), "'dest' must be an absolute path"),
+        (dict(src="src", dest="/"), "'dest' must be an absolute path"),
+        (dict(src="src", dest="/srv/x", keep=0), "'keep' must be at least 1"),
+        (dict(src="src", dest="/srv/x", chmod="D7x9"), "'chmod' item"),
+        (dict(src="src", dest="/srv/x", chown="a b"), "'chown' must be"),
+        (dict(src="src", dest="/srv/x", shared=("../etc",), releases=True), "'shared' paths"),
+        (dict(src="src", dest="/srv/x", shared=("uploads",)), "'shared' needs 'releases: true'"),
+    ],
+)
 def test_hostile_arguments(tmp_path, src, args, match):
     with pytest.raises((ArgError, ModuleError), match=match):
         plan(tmp_path, RsyncArgs(**args))
@@ -282,7 +299,9 @@ def test_source_manifest_computed_once_for_many_hosts(tmp_path, src, monkeypatch
     real = mod.cached_manifest
     monkeypatch.setattr(mod, "cached_manifest", lambda p, *a: calls.append(p) or real(p, *a))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(source_manifest(str(src), "shared-run"))) for _ in range(20)]
+    threads = [
+        threading.Thread(target=lambda: results.append(source_manifest(str(src), "shared-run"))) for _ in range(20)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -42,8 +42,9 @@ def test_in_sync_answers_nothing_and_a_delta_rebuilds_the_full_listing(tmp_path)
     os.symlink("elsewhere", dest / "link")  # retargeted
     state, delta = rel.delta_probe(conn, str(dest), expected)
     assert 0 < len(state.extra["delta"]) <= 10  # only the differing lines travel
-    full = rel.parse_probe(str(dest), conn.run(rel.probe_argv(str(dest), releases=False, checksum=False)),
-                           releases=False).tree
+    full = rel.parse_probe(
+        str(dest), conn.run(rel.probe_argv(str(dest), releases=False, checksum=False)), releases=False
+    ).tree
     assert _strip(delta) == _strip(full)
     assert "d3/f 8.txt" not in delta and delta["stray.log"].kind == "f"
     assert delta["link"].target == "elsewhere" and delta["d4"].mode == 0o700

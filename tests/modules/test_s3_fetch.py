@@ -56,8 +56,16 @@ def put(client, bucket: str, key: str, data: bytes, checksum: bool = True) -> di
 
 def ctx(state: Path, mode: str = "plan", step: str = "sources.widgets", cls=PlanContext):
     messages: list[str] = []
-    c = cls(host=None, step=step, vars={"run": {"playbook": "deploy-widgets"}}, run_id="r1", release_id="rel1",
-            state_dir=str(state), mode=mode, emit=messages.append)
+    c = cls(
+        host=None,
+        step=step,
+        vars={"run": {"playbook": "deploy-widgets"}},
+        run_id="r1",
+        release_id="rel1",
+        state_dir=str(state),
+        mode=mode,
+        emit=messages.append,
+    )
     c.messages = messages  # type: ignore[attr-defined]
     return c
 
@@ -187,10 +195,18 @@ def test_errors_are_translated(s3, tmp_path, monkeypatch):
 def test_recorder_records_sources_of_successful_runs_only(tmp_path):
     rec = ArtifactRecorder(tmp_path, "deploy-widgets")
     outs = {"path": "/x", "digest": "sha256:" + "a" * 64, "version": "v1", "uri": "s3://b/k"}
-    results = [StepResult("sources.widgets", None, Status.CHANGED, outputs=outs),
-               StepResult("sync", "host01", Status.CHANGED, outputs={"digest": "nope"})]
-    failed = RunSummary("run-0", "p.yml", "run", ["host01"], ["sources.widgets", "sync"],
-                        results=results + [StepResult("flush", "host01", Status.FAILED)])
+    results = [
+        StepResult("sources.widgets", None, Status.CHANGED, outputs=outs),
+        StepResult("sync", "host01", Status.CHANGED, outputs={"digest": "nope"}),
+    ]
+    failed = RunSummary(
+        "run-0",
+        "p.yml",
+        "run",
+        ["host01"],
+        ["sources.widgets", "sync"],
+        results=results + [StepResult("flush", "host01", Status.FAILED)],
+    )
     rec(RunFinished(failed))
     assert last_deployed(tmp_path, "deploy-widgets", "widgets") is None
     rec(RunFinished(RunSummary("plan-1", "p.yml", "plan", ["host01"], [], results=results)))

@@ -15,32 +15,45 @@ from modules._support.tagpolicy import (
 )
 
 
-@pytest.mark.parametrize("tags, policy, want", [
-    # production: newest master-* by the timestamp in the tag, whatever its format
-    (["master-20240101T000000Z-aaa", "master-20240301T120000Z-bbb", "stag-20250101T000000Z-ccc"],
-     TagPolicy("master-*"), "master-20240301T120000Z-bbb"),
-    (["master-2024-03-01T12-00-00-abc", "master-2024-02-29T23-59-59-def"], TagPolicy("master-*"),
-     "master-2024-03-01T12-00-00-abc"),
-    (["main-0a1b2c3-1714567890", "main-9f9f9f9-1714560000"], TagPolicy("main-*"), "main-0a1b2c3-1714567890"),
-    (["master-1714567890123-x", "master-1714567890000-y"], TagPolicy("master-*"), "master-1714567890123-x"),
-    # staging: build numbers compare as numbers, not strings
-    (["stag-9-abc", "stag-100-def", "stag-42-0a0"], TagPolicy("stag-*"), "stag-100-def"),
-    (["stag-9", "stag-100"], TagPolicy("stag-*", order="alphabetical"), "stag-9"),
-    # a regex with a named group says where the key is
-    (["build-abc-7", "build-def-12"], TagPolicy(r"^build-[a-f]+-(?P<build>\d+)$", order="build"), "build-def-12"),
-    # semver ranges; pre-releases only when asked for
-    (["v1.2.3", "v1.10.0", "v2.0.0", "v1.11.0-rc.1"], TagPolicy(semver_range="^1.2"), "v1.10.0"),
-    (["1.2.3", "1.2.10", "1.3.0"], TagPolicy(semver_range="~1.2"), "1.2.10"),
-    (["1.2.3", "2.0.0-rc.1"], TagPolicy(semver_range=">=2.0.0-rc.0"), "2.0.0-rc.1"),
-    (["1.0.0", "1.5.0", "3.0.0"], TagPolicy(semver_range="<1.2 || >=2 <3"), "1.0.0"),
-    (["app-1.4.0", "app-1.5.1", "other-9.0.0"], TagPolicy("app-*", order="semver"), "app-1.5.1"),
-])
+@pytest.mark.parametrize(
+    "tags, policy, want",
+    [
+        # production: newest master-* by the timestamp in the tag, whatever its format
+        (
+            ["master-20240101T000000Z-aaa", "master-20240301T120000Z-bbb", "stag-20250101T000000Z-ccc"],
+            TagPolicy("master-*"),
+            "master-20240301T120000Z-bbb",
+        ),
+        (
+            ["master-2024-03-01T12-00-00-abc", "master-2024-02-29T23-59-59-def"],
+            TagPolicy("master-*"),
+            "master-2024-03-01T12-00-00-abc",
+        ),
+        (["main-0a1b2c3-1714567890", "main-9f9f9f9-1714560000"], TagPolicy("main-*"), "main-0a1b2c3-1714567890"),
+        (["master-1714567890123-x", "master-1714567890000-y"], TagPolicy("master-*"), "master-1714567890123-x"),
+        # staging: build numbers compare as numbers, not strings
+        (["stag-9-abc", "stag-100-def", "stag-42-0a0"], TagPolicy("stag-*"), "stag-100-def"),
+        (["stag-9", "stag-100"], TagPolicy("stag-*", order="alphabetical"), "stag-9"),
+        # a regex with a named group says where the key is
+        (["build-abc-7", "build-def-12"], TagPolicy(r"^build-[a-f]+-(?P<build>\d+)$", order="build"), "build-def-12"),
+        # semver ranges; pre-releases only when asked for
+        (["v1.2.3", "v1.10.0", "v2.0.0", "v1.11.0-rc.1"], TagPolicy(semver_range="^1.2"), "v1.10.0"),
+        (["1.2.3", "1.2.10", "1.3.0"], TagPolicy(semver_range="~1.2"), "1.2.10"),
+        (["1.2.3", "2.0.0-rc.1"], TagPolicy(semver_range=">=2.0.0-rc.0"), "2.0.0-rc.1"),
+        (["1.0.0", "1.5.0", "3.0.0"], TagPolicy(semver_range="<1.2 || >=2 <3"), "1.0.0"),
+        (["app-1.4.0", "app-1.5.1", "other-9.0.0"], TagPolicy("app-*", order="semver"), "app-1.5.1"),
+    ],
+)
 def test_select(tags, policy, want):
     assert select_tag(tags, policy)[0] == want
 
 
 def test_candidates_are_ordered_best_first():
-    assert select_tag(["stag-1", "stag-3", "stag-2", "stag-3"], TagPolicy("stag-*"))[1] == ["stag-3", "stag-2", "stag-1"]
+    assert select_tag(["stag-1", "stag-3", "stag-2", "stag-3"], TagPolicy("stag-*"))[1] == [
+        "stag-3",
+        "stag-2",
+        "stag-1",
+    ]
 
 
 def test_errors():
