@@ -33,6 +33,7 @@ __all__ = [
     "all_modules",
     "source_module",
     "find_module",
+    "source_types",
 ]
 
 _MISSING = dataclasses.MISSING

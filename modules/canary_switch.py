@@ -18,6 +18,9 @@ Healthy images are recorded in the cluster (annotation `playbook.dev/healthy-ima
 ConfigMap, per Deployment and container) when a rollout completes, so any controller can revert. Every write carries the resourceVersion it was
 computed from; a 409 conflict is retried after a fresh read. All kubernetes client errors are
 translated at the client boundary (modules/_support/kube.py); none escapes.
+
+Over 400 lines as one idea: the runbook's actions share one read of the cluster state and one revert
+path; the client boundary is modules/_support/kube.py.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from engine.errors import ArgError, ModuleError
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 
-__all__ = ["Command"]
+__all__ = ["Command", "CommandArgs"]
 
 
 @dataclass(frozen=True)

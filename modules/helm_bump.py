@@ -12,6 +12,9 @@ moved is retried on the new head (fetch, reset, re-apply), at most `push_retries
 Transport follows the engine's security rules: ssh uses OpenSSH with `StrictHostKeyChecking=yes`
 against the configured known_hosts; an https token travels in git's environment config (never in
 argv or the URL) and is registered with the scrubber.
+
+Over 400 lines as one idea: the edit (find the field by key path or marker, pick the tag by policy,
+compute the new text and the commit) is the module; git itself is modules/_support/git.py.
 """
 
 from __future__ import annotations

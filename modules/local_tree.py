@@ -11,7 +11,7 @@ from engine.model.results import Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from modules._support.manifest import cached_manifest, tree_digest
 
-__all__ = ["LocalTree"]
+__all__ = ["LocalTree", "LocalTreeArgs"]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from engine.errors import ArgError, ModuleError
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 
-__all__ = ["Migrate"]
+__all__ = ["Migrate", "MigrateArgs"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # $1 ledger dir ('' = default), $2 name; prints the ledger entry or exits 3

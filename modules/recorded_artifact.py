@@ -25,7 +25,7 @@ from engine.model.results import Plan
 from engine.module import ApplyContext, PlanContext, arg, get_module, register, source_module
 from modules._support.artifacts import ArtifactCache, Digest, sri_to_digest
 
-__all__ = ["RecordedArtifact", "parse_digest"]
+__all__ = ["RecordedArtifact", "parse_digest", "RecordedArtifactArgs"]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from engine.model.results import Change, Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from modules._support.releases import read_state, switch_current
 
-__all__ = ["ReleaseSwitch"]
+__all__ = ["ReleaseSwitch", "ReleaseSwitchArgs"]
 
 # rsync arguments a rebuild takes from the original step; `src`, `dest` and `releases` are fixed
 _SYNC_FIXED = ("src", "dest", "releases")

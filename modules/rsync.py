@@ -11,6 +11,9 @@ own connection for small transfers (`engine/connection/relay.py`), OpenSSH for l
 
 With `releases: true` the tree goes to `DEST/releases/<release-id>/`, seeded from the current
 release by a hard-link copy, and `DEST/current` is switched atomically (see modules/_support/releases.py).
+
+Over 400 lines as one idea: planning a tree by manifest and applying exactly that plan (with the
+release layout) are the module; the rsync process is modules/_support/rsync_transfer.py.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from modules._support.manifest import (
 )
 from modules._support.rsync_transfer import rsync_argv, transfer_and_delete
 
-__all__ = ["Rsync", "RsyncArgs", "source_manifest", "clear_manifest_cache"]
+__all__ = ["Rsync", "RsyncArgs", "source_manifest", "clear_manifest_cache", "expected_digest"]
 
 MAX_DIFF_ITEMS = 2000  # per host in the shown diff; apply always has the full list
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"

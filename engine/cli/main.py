@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.errors import PlaybookError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "entry"]
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:

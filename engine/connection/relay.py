@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from engine.connection.ssh import SSHConnection
 
-__all__ = ["Relay"]
+__all__ = ["Relay", "guarded"]
 
 _CHUNK = 1 << 16
 _FINISH_SECONDS = 30.0

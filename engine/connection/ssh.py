@@ -14,6 +14,9 @@ values are visible in the remote process list - secrets must travel on stdin, ne
 
 No paramiko or socket exception leaves this module: they become `ConnectionFailed`
 (`HostKeyError` for host keys), `CommandTimeout` or `ModuleError`.
+
+Over 400 lines as one idea: one paramiko transport from connect to close, and the channel I/O of the
+commands on it.
 """
 
 from __future__ import annotations

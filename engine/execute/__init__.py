@@ -1,0 +1,1 @@
+"""Check, graph, plan and apply: what can be known wrong before any host (check), the DAG of (step, host) nodes (graph), one node (step, context), the fleet in parallel (scheduler), deploy locks (locks)."""

@@ -18,7 +18,18 @@ import networkx as nx
 from engine.errors import GraphError
 from engine.model.config import CONTROLLER, Fleet, Playbook
 
-__all__ = ["Node", "ExecGraph", "build_graph", "step_graph", "step_order", "batches", "to_mermaid", "to_dot"]
+__all__ = [
+    "Node",
+    "ExecGraph",
+    "build_graph",
+    "step_graph",
+    "step_order",
+    "batches",
+    "to_mermaid",
+    "to_dot",
+    "fleet_of",
+    "hosts_in_order",
+]
 
 
 @dataclass(frozen=True, order=True)

@@ -28,7 +28,7 @@ from engine.model.results import UNKNOWN, Change, Plan, Status, StepResult
 from engine.module import ApplyContext, PlanContext, get_module
 from engine.record.savedplan import node_drift
 
-__all__ = ["StepRunner", "upstream_results", "internal_error"]
+__all__ = ["StepRunner", "upstream_results", "internal_error", "unknown_outputs"]
 
 
 def upstream_results(graph: ExecGraph, node: Node, results: Mapping[Node, StepResult]) -> list[StepResult]:

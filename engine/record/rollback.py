@@ -21,7 +21,7 @@ from engine.errors import PlaybookError, RollbackRefused
 from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
 from engine.record.history import History, RunRecord
 
-__all__ = ["RollbackPlan", "plan_rollback", "RollbackRefused"]
+__all__ = ["RollbackPlan", "plan_rollback", "RollbackRefused", "Migration"]
 
 
 @dataclass

@@ -34,6 +34,7 @@ __all__ = [
     "drift",
     "node_drift",
     "StalePlan",
+    "file_hash",
 ]
 
 FORMAT = "playbook-plan/1"

@@ -4,6 +4,9 @@ It subscribes to engine events (`reporter(event)`); the engine never prints. On 
 rich `Live` display shows hosts done and what each running host is doing; elsewhere (CI, pipes,
 tests) one plain line per finished step is printed instead. Every piece of text is scrubbed
 and built as `rich.text.Text`, never parsed as markup, so `[bold]` in a host's output is just text.
+
+Over 400 lines as one idea: the live per-host view and the recap are one presenter of the same
+events, sharing their layout.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Libraries only modules use (release layout, manifests, the artifact cache, archive extraction, tag policies, the rsync process, the Kubernetes and git clients). No engine file imports them; the registry skips this package."""

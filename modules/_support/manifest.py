@@ -2,6 +2,9 @@
 
 A manifest is the fingerprint a plan keeps of a tree, and the unit the rsync module compares to
 decide which hosts differ without starting an rsync process.
+
+Over 400 lines as one idea: manifests, exclude rules and chmod rules are one model of rsync's
+comparison and must agree with each other.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "TreeDelta",
     "compare_trees",
     "manifest_digest",
+    "DigestCache",
+    "cached_manifest",
 ]
 
 

@@ -15,6 +15,9 @@ live release); `finish_release` links shared paths, renames the partial to `rele
 switches `current`. Nothing before the switch touches `current` or the release it points to.
 
 Used by the rsync module and reusable by rollback (`read_state`, `switch_current`).
+
+Over 400 lines as one idea: the host-side scripts of the release layout and the parsing of what they
+answer belong together.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ __all__ = [
     "partial_dir",
     "remove_releases",
     "switch_current",
+    "expected_listing",
+    "parse_canonical",
 ]
 
 #: Written into every release by the rsync module; not part of the compared tree.

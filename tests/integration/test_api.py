@@ -21,11 +21,12 @@ pytestmark = pytest.mark.fleet
 PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "deploy-smartweb.yml"
 
 
-def make_tree(root: Path, text: str) -> None:
+def make_tree(root: Path, version: int) -> None:
     for i in range(20):
         p = root / f"app/f{i:02d}.php"
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(f"<?php // {text} {i}\n")
+        p.write_text(f"<?php // v{version} {i}\n")
+        os.utime(p, (1_700_000_000 + version, 1_700_000_000 + version))  # rsync compares size and mtime
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def setup(fleet_factory, tmp_path):
         host["vars"]["app_root"] = f"{host['vars']['root']}/app"
     inv_path.write_text(yaml.safe_dump(inv))
     tree = tmp_path / "tree"
-    make_tree(tree, "v1")
+    make_tree(tree, 1)
     loaded = api.load(str(PLAYBOOK), str(inv_path))
     state = str(tmp_path / "state")
 
@@ -73,7 +74,7 @@ def test_recorded_run_resume_and_rollback_through_the_api(setup):
     assert last_deployed(state, loaded.playbook.name, "code")["run_id"] == first.run_id
 
     # an interrupted run: stop once the first host's sync is done (one host at a time)
-    make_tree(tree, "v2")
+    make_tree(tree, 2)
     executors = []
 
     def stop_after_first_sync(event):

@@ -191,7 +191,7 @@ def test_static_only_load_does_not_query(tmp_path, fleet):
 
 def test_cli_list_and_show_dynamic_hosts(tmp_path, fleet, capsys):
     endpoint, _ec2, _ids = fleet
-    from tests.engine.test_inventory_cli import cli
+    from tests.engine.cli.test_inventory import cli
 
     path = str(_inventory(tmp_path, endpoint))
     assert cli("-i", path, "list", "prod", "--format", "json") == 0

@@ -20,12 +20,12 @@ import engine.module as module_registry
 from engine.errors import GraphError, LoadError, Location, PlaybookError, ValidationErrors
 from engine.load.inventory import load_inventory
 from engine.load.playbook import load_playbook
-from engine.load.schemas import inventory_schema, playbook_schema, rendered_schemas
+from engine.load.schemas import inventory_schema, playbook_schema
 from engine.model.config import CONTROLLER
 from engine.module import all_modules, arg
 
 DATA = Path(__file__).parent / "data"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 _EXPECT = re.compile(r"^# error: (\d+):(\d+) (\S+) :: (.+)$")
 
 
@@ -238,13 +238,6 @@ def test_200_host_inventory_loads(tmp_path):
     assert len(inv.hosts) == 200
     assert inv.hosts["web199"].address == "web199.example.invalid"
     assert inv.groups["web"].hosts[-1] == "web199"
-
-
-def test_schema_files_are_in_sync():
-    """Regenerate with `python -m engine.load.schemas` when a module's Args change."""
-    for name, text in rendered_schemas().items():
-        committed = (ROOT / "schemas" / name).read_text()
-        assert committed == text, f"schemas/{name} is stale: run `python -m engine.load.schemas`"
 
 
 def test_playbook_schema_describes_each_module(fake_modules):

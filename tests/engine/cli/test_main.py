@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from tests.engine.test_loader import fake_modules  # noqa: F401  (the samples use its test doubles)
+from tests.engine.load.test_loader import fake_modules  # noqa: F401  (the samples use its test doubles)
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "load" / "data"
 BROKEN = sorted((DATA / "broken").glob("*.yml"))
 
 
@@ -277,7 +277,7 @@ def test_the_command_ends_fast_yet_loses_nothing(tmp_path, inventory):
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "atexit-ran").exists()

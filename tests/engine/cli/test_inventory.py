@@ -15,7 +15,7 @@ from engine.errors import PlaybookError
 
 WEB = [f"web{i:02d}" for i in range(1, 11)]
 
-# the 20-host inventory of tests/engine/test_patterns.py, as a file
+# the 20-host inventory of tests/engine/model/test_patterns.py, as a file
 INVENTORY = """\
 # twenty hosts
 defaults: {connection: local}
