@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -142,7 +143,7 @@ def execute(
         return executor.execute()
     finally:
         for path, hosts, info in taken:
-            release_all({h: (lambda h=h: connect(h)) for h in hosts}, path, info.run_id, workers=options.forks)
+            release_all({h: functools.partial(connect, h) for h in hosts}, path, info.run_id, workers=options.forks)
         if pool is not None:
             pool.close_all()
 
@@ -163,12 +164,12 @@ def _acquire_locks(
                 continue
             path = default_lock_path(name)
             got, _unreachable = acquire_all(
-                {h: (lambda h=h: connect(h)) for h in hosts}, path, info, workers=options.forks
+                {h: functools.partial(connect, h) for h in hosts}, path, info, workers=options.forks
             )
             taken.append((path, got, info))  # unreachable hosts fail at their first step
     except BaseException:
         for path, hosts, held in taken:
-            release_all({h: (lambda h=h: connect(h)) for h in hosts}, path, held.run_id, workers=options.forks)
+            release_all({h: functools.partial(connect, h) for h in hosts}, path, held.run_id, workers=options.forks)
         raise
     return taken
 

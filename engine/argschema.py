@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, cast
 
 from engine.errors import ArgError, suggest
 
@@ -67,7 +67,8 @@ def type_schema(tp: Any, *, templated: bool = False) -> dict[str, Any]:
     if tp is float:
         return _with_template({"type": "number"}, templated)
     if dataclasses.is_dataclass(tp):
-        return _with_template(schema_for(tp, templated=templated), templated)
+        # a type hint is the class itself; is_dataclass's narrowing also admits an instance
+        return _with_template(schema_for(cast(type, tp), templated=templated), templated)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return _with_template({"enum": list(args)}, templated)
@@ -130,8 +131,8 @@ def schema_for(cls: type, *, templated: bool) -> dict[str, Any]:
             prop["description"] = doc
         if f.default is not dataclasses.MISSING:
             default: Any = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         else:
             required.append(f.name)
             default = dataclasses.MISSING
@@ -255,7 +256,7 @@ class _Converter:
             raise _Mismatch
         if dataclasses.is_dataclass(tp):
             if isinstance(value, Mapping):
-                return _build(tp, value, path, self.secret)
+                return _build(cast(type, tp), value, path, self.secret)  # the class, as in type_schema
             raise _Mismatch
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if origin is Literal:
@@ -309,7 +310,7 @@ def _build(cls: type, data: Mapping[str, Any], path: str, secret: bool) -> Any:
     values: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ArgError(f"missing required argument '{name}'", path=path)
             continue
         conv = _Converter(secret or bool(f.metadata.get("secret")))

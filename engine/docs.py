@@ -54,8 +54,8 @@ def _fields(cls: type) -> list[tuple[str, str, str, str]]:
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             default = "—" if f.default is None else repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = repr(f.default_factory())  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
         else:
             default = "required"
         rows.append((f.name, type_name(hints[f.name]), default, f.metadata.get("doc", "")))

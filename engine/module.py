@@ -17,7 +17,7 @@ import pkgutil
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 from engine.connection.base import CommandResult, Connection, ReadOnly
 from engine.errors import CommandTimeout, ModuleError, PlaybookError
@@ -131,14 +131,16 @@ def register(cls: type) -> type:
     for attr in ("name", "Args", "summary"):
         if not hasattr(cls, attr):
             raise TypeError(f"module {cls.__name__} lacks '{attr}'")
-    if not dataclasses.is_dataclass(cls.Args):
-        raise TypeError(f"module {cls.name}: Args must be a dataclass")
-    cls.outputs = dict(getattr(cls, "outputs", {}))
-    cls.controller_only = bool(getattr(cls, "controller_only", False))
-    _REGISTRY[cls.name] = cls()
+    # checked above; `outputs` and `controller_only` get their defaults here
+    module = cast("type[Module]", cls)
+    if not dataclasses.is_dataclass(module.Args):
+        raise TypeError(f"module {module.name}: Args must be a dataclass")
+    module.outputs = dict(getattr(cls, "outputs", {}))
+    module.controller_only = bool(getattr(cls, "controller_only", False))
+    _REGISTRY[module.name] = module()
     source_type = getattr(cls, "source_type", None)
     if source_type:
-        _SOURCES[source_type] = cls.name
+        _SOURCES[source_type] = module.name
     return cls
 
 

@@ -12,7 +12,7 @@ import json
 import posixpath
 import shlex
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 from jinja2 import nodes
@@ -96,6 +96,12 @@ def _parse(source: str) -> nodes.Template:
         raise TemplateError(f"template syntax error: {exc.message} in {source!r}") from None
 
 
+def _lookups(tree: nodes.Template) -> Iterator[nodes.Getattr | nodes.Getitem]:
+    """Every `x.y` and `x[...]` in a tree."""
+    # find_all types the nodes it finds for a tuple of classes as their common base, Expr
+    return cast("Iterator[nodes.Getattr | nodes.Getitem]", tree.find_all((nodes.Getattr, nodes.Getitem)))
+
+
 def references(source: str) -> set[tuple[str, str, str | None]]:
     """`(namespace, name, attribute)` for each `steps.X.Y` / `sources.X.Y` in a template.
 
@@ -111,14 +117,14 @@ def references(source: str) -> set[tuple[str, str, str | None]]:
             return node.arg.value
         return None
 
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in _lookups(tree):
         inner = node.node
         if isinstance(inner, nodes.Name) and inner.name in ("steps", "sources"):
             name = key_of(node)
             if name is not None:
                 found.add((inner.name, name, None))
     # second pass for the attribute one level down
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in _lookups(tree):
         mid = node.node
         if isinstance(mid, (nodes.Getattr, nodes.Getitem)) and isinstance(mid.node, nodes.Name):
             if mid.node.name in ("steps", "sources"):

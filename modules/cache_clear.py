@@ -147,6 +147,7 @@ class CacheClear:
             diff = Diff(header="command", after=text + "\n")
         else:
             h = args.http
+            assert h is not None  # exactly one of 'command' and 'http', checked above
             text = f"{h.method.upper()} {_safe_url(h.url)}"
             lines = [text] + [_header_text(k, v) for k, v in h.headers.items()]
             diff = Diff(header="http request", after="\n".join(lines) + "\n")
@@ -163,6 +164,7 @@ class CacheClear:
                     path=ctx.host or "",
                 )
             return {"rc": res.rc, "output": res.out[-4096:]}
+        assert args.http is not None  # plan refused arguments without exactly one of 'command' and 'http'
         return _purge(ctx, args.http)
 
 

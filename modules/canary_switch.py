@@ -145,7 +145,8 @@ def _healthy_annotation(
     cm: Any, deployment: str, container: str, add: str | None = None, drop: str | None = None
 ) -> str:
     record = _healthy_record(cm)
-    per_dep = record.get(deployment) if isinstance(record.get(deployment), dict) else {}
+    recorded = record.get(deployment)
+    per_dep = recorded if isinstance(recorded, dict) else {}
     images = [i for i in _healthy(cm, deployment, container) if i not in (add, drop)]
     if add:
         images.append(add)

@@ -201,6 +201,7 @@ class _Registry:
                 integrity = sri_to_digest(dist["integrity"])
             except ValueError as exc:
                 raise ModuleError(f"{self.what}: version {version}: {exc}") from None
+        assert isinstance(version, str)  # meta was found under it, and JSON object keys are strings
         return _Resolved(name, version, tarball, integrity)
 
     def chunks(self, url: str) -> Iterator[bytes]:

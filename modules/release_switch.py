@@ -126,5 +126,6 @@ class ReleaseSwitch:
                 Plan.will_change(plan.reason, data=plan.data["rebuild"]),
             )
             return dict(plan.outputs)
+        assert ctx.conn is not None  # the executor gives every apply its host's connection
         switch_current(ctx.conn, plan.data["dest"], plan.data["release"], timeout=ctx.remaining())
         return dict(plan.outputs)

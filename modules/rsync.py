@@ -232,11 +232,11 @@ class Rsync:
                         outputs={"release": dest, "release_name": "", **common},
                     )
                 if state.current_release is not None:
-                    current = state.current_release
+                    live = state.current_release
                     return Plan.no_change(
-                        f"in sync: {files} files (release {current})",
+                        f"in sync: {files} files (release {live})",
                         fingerprint=fingerprint,
-                        outputs={"release": f"{dest}/releases/{current}", "release_name": current, **common},
+                        outputs={"release": f"{dest}/releases/{live}", "release_name": live, **common},
                     )
             state = dataclasses.replace(state, tree=tree)
         else:

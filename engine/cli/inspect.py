@@ -95,8 +95,8 @@ def cmd_history(ns: argparse.Namespace) -> int:
             table = Table(title=f"run {rec.run_id} — {rec.name} ({rec.status})")
             for col in ("step", "host", "status", "message"):
                 table.add_column(col)
-            for r in results:
-                table.add_row(r["step"], r["host"] or "controller", r["status"], (r["message"] or "")[:80])
+            for res in results:
+                table.add_row(res["step"], res["host"] or "controller", res["status"], (res["message"] or "")[:80])
             Console().print(table)
             return 0
         runs = hist.runs(ns.playbook, mode=None if ns.all_modes else "run", limit=ns.n)

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from engine.errors import PlaybookError
@@ -147,7 +148,7 @@ def _list(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
     from engine.model.patterns import select_hosts
 
     names = select_hosts(inventory, ns.pattern)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         h = inventory.hosts[name]
         rows.append(
@@ -182,7 +183,7 @@ def _address_text(inventory: Inventory, name: str) -> str:
     return h.hostname if h.port == 22 else f"{h.hostname}:{h.port}"
 
 
-def _columns(rows: list[tuple[str, ...]]) -> str:
+def _columns(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in rows)
 
@@ -204,7 +205,7 @@ def _show(ns: argparse.Namespace, inventory: Inventory, out: TextIO) -> int:
     connection = {k: getattr(h, k) for k in keys}
     if h.connection == "ssh" and not h.address:
         connection["address"] = h.hostname
-    doc = {
+    doc: dict[str, Any] = {
         "host": h.name,
         "connection": connection,
         "groups": host_groups(inventory, h.name),

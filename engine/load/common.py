@@ -4,7 +4,7 @@ errors, the locations of values inside a document, and cycle finding without net
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from engine.argschema import describe_value
 from engine.errors import LoadError, Location, PlaybookError, ValidationErrors
@@ -94,5 +94,5 @@ def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str]:
     return []
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

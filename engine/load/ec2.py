@@ -130,8 +130,9 @@ def _jsonable(instance: Mapping[str, Any]) -> dict[str, Any]:
         "LaunchTime",
     )
     out = {k: instance.get(k) for k in keep if instance.get(k) is not None}
-    if isinstance(out.get("LaunchTime"), datetime.datetime):
-        out["LaunchTime"] = out["LaunchTime"].isoformat()
+    launched = out.get("LaunchTime")
+    if isinstance(launched, datetime.datetime):
+        out["LaunchTime"] = launched.isoformat()
     out["State"] = (instance.get("State") or {}).get("Name")
     out["AvailabilityZone"] = (instance.get("Placement") or {}).get("AvailabilityZone")
     return out

@@ -50,8 +50,8 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
         if k in defaults:
             defaults[k] = _resolve_path(defaults[k], base_dir)
 
-    raw_hosts = data.get("hosts") if isinstance(data.get("hosts"), dict) else {}
-    raw_groups = data.get("groups") if isinstance(data.get("groups"), dict) else {}
+    raw_hosts: dict[Any, Any] = data["hosts"] if isinstance(data.get("hosts"), dict) else {}
+    raw_groups: dict[Any, Any] = data["groups"] if isinstance(data.get("groups"), dict) else {}
     specs: dict[str, tuple[dict[str, Any], Location | None]] = {}
     for name, spec in raw_hosts.items():
         specs[str(name)] = (spec if isinstance(spec, dict) else {}, doc.key_where(("hosts", name)))
@@ -69,7 +69,7 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
     for gname, gspec in raw_groups.items():
         gname = str(gname)
         gspec = gspec if isinstance(gspec, dict) else {}
-        hosts = (
+        members = (
             [h for h in gspec.get("hosts") or [] if isinstance(h, str)] if isinstance(gspec.get("hosts"), list) else []
         )
         children = (
@@ -77,7 +77,7 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
             if isinstance(gspec.get("children"), list)
             else []
         )
-        for j, h in enumerate(hosts):
+        for j, h in enumerate(members):
             if h not in specs:
                 specs[h] = ({}, doc.where(("groups", gname, "hosts", j)))
             member_of.setdefault(h, [])
@@ -102,7 +102,7 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
         gvars = gspec.get("vars")
         groups[gname] = Group(
             name=gname,
-            hosts=tuple(dict.fromkeys(hosts)),
+            hosts=tuple(dict.fromkeys(members)),
             children=tuple(c for c in dict.fromkeys(children) if c in raw_groups or c in placeholders),
             vars=dict(gvars) if isinstance(gvars, dict) else {},
             location=doc.key_where(("groups", gname)),

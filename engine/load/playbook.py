@@ -108,11 +108,8 @@ class _PlaybookLoader:
             names.add(step["module"])
         sources = self.data.get("sources")
         for spec in sources.values() if isinstance(sources, dict) else ():
-            module = (
-                source_module(spec.get("type"))
-                if isinstance(spec, dict) and isinstance(spec.get("type"), str)
-                else None
-            )
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            module = source_module(kind) if isinstance(kind, str) else None
             if module is None:
                 return None
             names.add(module)
@@ -234,10 +231,13 @@ class _PlaybookLoader:
             self.check_args(module_name, args, at + ("args",))
             if not ok:
                 continue
-            needs = spec.get("needs") if isinstance(spec.get("needs"), list) else []
+            assert isinstance(fleet, str)  # a missing or non-string fleet cleared `ok` above
+            raw_needs = spec.get("needs")
+            needs = raw_needs if isinstance(raw_needs, list) else []
             when = spec.get("when") if isinstance(spec.get("when"), str) else None
             timeout = spec.get("timeout")
             retry_delay = spec.get("retry_delay")
+            description = spec.get("description")
             step = Step(
                 id=step_id,
                 module=module_name,
@@ -250,7 +250,7 @@ class _PlaybookLoader:
                 else 0,
                 retry_delay=float(retry_delay) if is_number(retry_delay) else 1.0,
                 when=when,
-                description=spec.get("description") if isinstance(spec.get("description"), str) else "",
+                description=description if isinstance(description, str) else "",
                 location=self.doc.where(at),
                 args_locations=locations(self.doc, at + ("args",), args),
             )

@@ -32,6 +32,11 @@ _TYPE_NAMES = {
 }
 
 
+def _type_name(kind: str) -> str:
+    """A reader's name for a JSON Schema type (`object` → `mapping`); an unknown one as it is."""
+    return _TYPE_NAMES.get(kind, kind)
+
+
 def display_path(path: Iterable[Any]) -> str:
     """`("steps", 2, "args", "port")` → `steps[2].args.port`."""
     out = ""
@@ -70,7 +75,7 @@ def _describe(schema: Any) -> str:
     if "pattern" in schema:
         return PATTERN_TEXT.get(schema["pattern"], f"a string matching {schema['pattern']}")
     if isinstance(kind, list):
-        return " or ".join(_TYPE_NAMES.get(k, k) for k in kind)
+        return " or ".join(_type_name(k) for k in kind)
     if kind == "string":
         return "a non-empty string" if schema.get("minLength") else "string"
     if kind in ("integer", "number"):
@@ -91,7 +96,7 @@ def _describe(schema: Any) -> str:
         )
         return f"list of {_describe(items)}" if simple else "list"
     if kind:
-        return _TYPE_NAMES.get(kind, kind)
+        return _type_name(kind)
     return "a valid value"
 
 
@@ -194,7 +199,7 @@ def _word(error: jsonschema.ValidationError, doc: Document, base: tuple, noun: s
     if kind == "type":
         names = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         if any(n in ("array", "object") for n in names):
-            expected = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+            expected = " or ".join(_type_name(n) for n in names)
         else:
             expected = _describe(schema)  # keeps bounds: 'integer from 1 to 65535'
         return [err(f"'{name}' must be {expected} (got {describe_value(value)})")]

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from engine.model.events import Event, RunFinished, RunStarted, StepFinished
@@ -91,6 +91,9 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(RunRecord))  # in the order of the `runs` table's columns
 
 
 class History:
@@ -176,7 +179,8 @@ class History:
 
     def runs(self, name: str | None = None, *, mode: str | None = "run", limit: int = 50) -> list[RunRecord]:
         sql = "SELECT * FROM runs"
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if name:
             where.append("(name = ? OR playbook = ?)")
             params += [name, name]
@@ -228,7 +232,8 @@ class History:
 
     @staticmethod
     def _record(row: tuple) -> RunRecord:
-        return RunRecord(*row[:14], extra=json.loads(row[14] or "{}"))
+        # by name: mypy cannot count the items of a slice, so `*row[:14]` could also fill `extra`
+        return RunRecord(**dict(zip(_RUN_FIELDS[:14], row)), extra=json.loads(row[14] or "{}"))
 
 
 def _user() -> str:

@@ -262,7 +262,7 @@ def _switch_args(playbook: Playbook, plan: RollbackPlan, step: Step) -> tuple[di
     name = match.group(1) if match else None
     original = playbook.sources.get(name) if name else None
     recorded = plan.artifacts.get(name) if name else None
-    if original is None or recorded is None:
+    if name is None or original is None or recorded is None:  # no name means no original either
         what = f"source '{name}'" if name else f"its src ({src!r}, not a playbook source)"
         args["unavailable"] = f"{what} has no recorded artifact for release {plan.target}"
         return args, None

@@ -108,7 +108,7 @@ def save_plan(
             f"not saving a plan with failures ({len(failed)}; first: {first['host'] or 'controller'} "
             f"{first['step']}: {first['reason']})"
         )
-    doc = {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "created": time.time(),
         "run_id": summary.run_id,

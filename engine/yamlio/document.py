@@ -173,6 +173,7 @@ class _Builder:
             value = [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
             self.active.discard(key)
         else:
+            assert isinstance(node, MappingNode)  # the composer makes only these three kinds of node
             if node.tag != _MAP:
                 self.error(node, f"tags are not allowed (found '{_short(node.tag)}')")
             self.active.add(key)

@@ -35,7 +35,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Literal
 
 from engine.errors import ModuleError
 
@@ -198,7 +198,13 @@ def _tar_entries(tf: tarfile.TarFile, what: str, strip: int) -> Iterator[tuple[_
 
 
 def _extract_tar(archive: Path, kind: str, writer: _Writer, strip: int, what: str) -> None:
-    mode = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}[kind]
+    modes: dict[str, Literal["r:", "r:gz", "r:bz2", "r:xz"]] = {
+        "tar": "r:",
+        "tar.gz": "r:gz",
+        "tar.bz2": "r:bz2",
+        "tar.xz": "r:xz",
+    }
+    mode = modes[kind]
     try:
         with tarfile.open(archive, mode) as tf:
             for entry, info in _tar_entries(tf, what, strip):
@@ -316,7 +322,7 @@ class _Writer:
             raise self._unsafe(entry, "replaces a directory")
         os.unlink(path)
 
-    def file(self, entry: _Entry, src: BinaryIO) -> None:
+    def file(self, entry: _Entry, src: IO[bytes]) -> None:
         path = self._parent(entry) / entry.parts[-1]
         self._clear(entry, path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)

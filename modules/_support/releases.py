@@ -405,7 +405,7 @@ def shared_link_target(dest: str, release: str, path: str) -> str:
     return posixpath.relpath(posixpath.join(dest, "shared", path), link_dir)
 
 
-def releases_to_remove(releases: Sequence[str], keep: int, protect: Iterable[str]) -> list[str]:
+def releases_to_remove(releases: Sequence[str], keep: int, protect: Iterable[str | None]) -> list[str]:
     """Which releases a `keep` cleanup removes: all but the `keep` newest (by name), never one
     in `protect` (the new `current` and the previous good release)."""
     ordered = sorted(releases)

@@ -111,7 +111,8 @@ def _ts_from_group(value: str) -> float | None:
         m = pat.search(value)
         if m:
             try:
-                when = _dt.datetime(*(int(g) for g in m.groups()), tzinfo=_dt.UTC)
+                year, month, day, hour, minute, second = (int(g) for g in m.groups())
+                when = _dt.datetime(year, month, day, hour, minute, second, tzinfo=_dt.UTC)
             except ValueError:
                 continue
             return when.timestamp()
