@@ -12,13 +12,14 @@ import os
 import threading
 from collections.abc import Iterable
 
-from paramiko.hostkeys import HostKeyEntry
-
 from engine.connection._paramiko import paramiko
 from engine.errors import ConnectionFailed, LoadError
 from engine.model.config import Host
 
 __all__ = ["DEFAULT_KNOWN_HOSTS", "KnownHosts", "host_key_names", "load_private_key"]
+
+# not `from paramiko.hostkeys import ...`: that would import paramiko without the guard above
+HostKeyEntry = paramiko.hostkeys.HostKeyEntry
 
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
