@@ -5,7 +5,13 @@
   subreaper, so daemonised leftovers (ssh ControlMaster processes) reparent to it; they are
   killed and reaped after the root exits, which folds their CPU into the delta too;
 - peak memory: the tree's summed RSS, sampled from /proc every ~20 ms (orphans included), and
-  the root process's own high-water mark (VmHWM) reported separately as "controller".
+  the root process's own high-water mark (VmHWM) reported separately as "controller";
+- memory used: how far the machine's MemAvailable fell below its value at the start (sampled
+  with the RSS). Unlike the summed RSS it counts pages shared by forked workers once, but it
+  also moves with whatever else runs on the machine. When MemAvailable falls below
+  `min_available` the whole tree is killed (SIGKILL) and the run is reported as killed, so a
+  tool that needs more memory than the machine has fails on its own instead of through the OOM
+  killer.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Measurement", "run_measured", "become_subreaper"]
+__all__ = ["Measurement", "run_measured", "become_subreaper", "mem_available"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _PR_SET_CHILD_SUBREAPER = 36
@@ -96,6 +102,26 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
+def mem_available() -> int:
+    """MemAvailable of /proc/meminfo in bytes (0 when unknown)."""
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _kill_pids(pids: set[int]) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _cpu_children() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -110,11 +136,13 @@ def run_measured(
     timeout: float = 900.0,
     interval: float = 0.02,
     log: Path | None = None,
+    min_available: int = 0,
 ) -> Measurement:
     """Run `argv` to completion and measure it (see the module docstring).
 
     `exclude_pids`: long-lived children of this process that are not part of the run (the
     fleet's sshd servers): they and their descendants are left out of the tree.
+    `min_available`: bytes of MemAvailable to keep; below it the run is killed (0: never).
     """
     exclude = set(exclude_pids or ())
     me = os.getpid()
@@ -122,6 +150,9 @@ def run_measured(
     before = _proc_table()
     exclude |= {p for p, (pp, _) in before.items() if pp == me}
     cpu0 = _cpu_children()
+    avail0 = mem_available()
+    lowest = avail0
+    killed = ""
     out_path = log or Path(os.devnull)
     with (
         open(f"{out_path}.out" if log else os.devnull, "wb") as out,
@@ -155,7 +186,15 @@ def run_measured(
         rss = sum(table[p][1] for p in tree if p in table)
         peak_tree = max(peak_tree, rss)
         peak_root = max(peak_root, _vm_hwm(proc.pid))
+        avail = mem_available()
+        lowest = min(lowest, avail) if avail else lowest
         samples += 1
+        if min_available and avail and avail < min_available and not killed:
+            killed = (
+                f"killed by the bench: MemAvailable fell to {avail / 2**30:.1f} GiB (reserve "
+                f"{min_available / 2**30:.1f} GiB) at a tree RSS of {rss / 2**30:.1f} GiB"
+            )
+            _kill_pids(tree)
         if time.monotonic() > deadline:
             timed_out = True
             os.kill(proc.pid, signal.SIGKILL)
@@ -170,6 +209,11 @@ def run_measured(
     if log:
         m.stdout = Path(f"{log}.out").read_text(errors="replace")
         m.stderr = Path(f"{log}.err").read_text(errors="replace")
+    if avail0:
+        m.extra["mem_used"] = max(0, avail0 - lowest)
+    if killed:
+        m.extra["killed"] = killed
+        m.stderr += f"\n[bench] {killed}"
     if timed_out:
         m.stderr += f"\n[bench] killed after {timeout:.0f}s"
     return m

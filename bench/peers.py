@@ -2,7 +2,10 @@
 
 - ansible: ansible-core (pinned) plus the `ansible.posix` collection, unpacked from the
   `ansible` community wheel (Galaxy is not reachable here) into a collections dir beside it;
-- pyinfra (pinned).
+- ansible-mitogen: the same ansible-core and collection plus the pinned `mitogen` package, whose
+  strategy plugins (`ansible_mitogen/plugins/strategy`) the runner points Ansible at;
+- pyinfra (pinned);
+- plot: matplotlib (pinned), only for drawing docs/bench-scaling.svg (bench/plot.py).
 
 Everything is idempotent: a venv whose marker file names the pinned version is left alone.
 playbook itself runs from this Python's installed `playbook` (or the repo's .venv if present).
@@ -19,11 +22,26 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ANSIBLE_CORE", "ANSIBLE", "PYINFRA", "Peers", "ensure_peers", "playbook_command"]
+__all__ = [
+    "ANSIBLE_CORE",
+    "ANSIBLE",
+    "MITOGEN",
+    "PYINFRA",
+    "MATPLOTLIB",
+    "Peers",
+    "ensure_peers",
+    "ensure_plot",
+    "playbook_command",
+]
 
 ANSIBLE_CORE = "2.19.14"
 ANSIBLE = "12.3.0"  # the community package built on ansible-core 2.19; only ansible.posix is taken
+# Mitogen 0.3.54 runs on ansible-core 2.19 (its loader sets only a minimum version, 2.10, and the
+# bench checks every run's result): both Ansible venvs use the same ansible-core and collection,
+# so the two Ansible rows differ only by the strategy plugin
+MITOGEN = "0.3.54"
 PYINFRA = "3.10.0"
+MATPLOTLIB = "3.10.9"
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -37,6 +55,9 @@ class Peers:
     ansible_bin: Path | None
     ansible_collections: Path | None
     pyinfra_bin: Path | None
+    mitogen_bin: Path | None = None  # ansible-playbook of the venv that also has mitogen
+    mitogen_collections: Path | None = None
+    mitogen_strategies: Path | None = None  # ansible_mitogen/plugins/strategy
 
 
 def _run(argv: list[str], **kw) -> None:
@@ -55,14 +76,14 @@ def _marker_ok(venv: Path, want: str) -> bool:
     return m.exists() and m.read_text().strip() == want
 
 
-def _ensure_ansible() -> tuple[Path, Path]:
-    venv = VENVS / "ansible"
-    want = f"ansible-core=={ANSIBLE_CORE} ansible.posix from ansible=={ANSIBLE}"
+def _ensure_ansible(name: str = "ansible", extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    venv = VENVS / name
+    want = " ".join([f"ansible-core=={ANSIBLE_CORE}", *extra, f"ansible.posix from ansible=={ANSIBLE}"])
     collections = venv / "collections"
     if not _marker_ok(venv, want):
         print(f"installing {want} into {venv}", flush=True)
         py = _venv(venv)
-        _run([str(py), "-m", "pip", "install", "-q", f"ansible-core=={ANSIBLE_CORE}"])
+        _run([str(py), "-m", "pip", "install", "-q", f"ansible-core=={ANSIBLE_CORE}", *extra])
         with tempfile.TemporaryDirectory() as tmp:
             _run([str(py), "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, f"ansible=={ANSIBLE}"])
             wheel = next(Path(tmp).glob("ansible-*.whl"))
@@ -94,22 +115,48 @@ def _ensure_pyinfra() -> Path:
     return venv / "bin" / "pyinfra"
 
 
+def _mitogen_strategies(venv: Path) -> Path:
+    found = sorted(venv.glob("lib/python*/site-packages/ansible_mitogen/plugins/strategy"))
+    if not found:
+        raise RuntimeError(f"no ansible_mitogen/plugins/strategy under {venv}")
+    return found[0]
+
+
+def ensure_plot() -> Path:
+    """The Python of bench/.venvs/plot, with the pinned matplotlib (installed when missing)."""
+    venv = VENVS / "plot"
+    want = f"matplotlib=={MATPLOTLIB}"
+    VENVS.mkdir(parents=True, exist_ok=True)
+    if not _marker_ok(venv, want):
+        print(f"installing {want} into {venv}", flush=True)
+        py = _venv(venv)
+        _run([str(py), "-m", "pip", "install", "-q", want])
+        (venv / ".bench-installed").write_text(want + "\n")
+    return venv / "bin" / "python"
+
+
 def ensure_peers(tools: set[str]) -> Peers:
     """Install (when missing) the peers among `tools` and say where they are."""
     VENVS.mkdir(parents=True, exist_ok=True)
-    ans_bin = ans_col = pyi = None
+    ans_bin = ans_col = pyi = mito_bin = mito_col = mito_strat = None
     # a peer that cannot be installed is reported as "n/a (not installed)"; the rest still runs
     if "ansible" in tools:
         try:
             ans_bin, ans_col = _ensure_ansible()
         except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as exc:
             print(f"  ansible not installed: {exc}", file=sys.stderr, flush=True)
+    if "ansible-mitogen" in tools:
+        try:
+            mito_bin, mito_col = _ensure_ansible("ansible-mitogen", (f"mitogen=={MITOGEN}",))
+            mito_strat = _mitogen_strategies(VENVS / "ansible-mitogen")
+        except (OSError, RuntimeError, subprocess.CalledProcessError, StopIteration) as exc:
+            print(f"  ansible-mitogen not installed: {exc}", file=sys.stderr, flush=True)
     if "pyinfra" in tools or "pyinfra-sync" in tools:
         try:
             pyi = _ensure_pyinfra()
         except (OSError, subprocess.CalledProcessError) as exc:
             print(f"  pyinfra not installed: {exc}", file=sys.stderr, flush=True)
-    return Peers(ans_bin, ans_col, pyi)
+    return Peers(ans_bin, ans_col, pyi, mito_bin, mito_col, mito_strat)
 
 
 def playbook_command() -> list[str]:
@@ -131,4 +178,5 @@ def compile_playbook() -> None:
 
 
 if __name__ == "__main__":
-    print(ensure_peers({"ansible", "pyinfra"}))
+    print(ensure_peers({"ansible", "ansible-mitogen", "pyinfra"}))
+    print(ensure_plot())

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from peers import ANSIBLE, ANSIBLE_CORE, PYINFRA, playbook_command
+from peers import ANSIBLE, ANSIBLE_CORE, MATPLOTLIB, MITOGEN, PYINFRA, playbook_command
 
-__all__ = ["machine_description", "render", "render_terminal", "summarize"]
+__all__ = ["machine_description", "merge", "render", "render_terminal", "summarize"]
 
 JOB_TITLES = {
     "full": "full deploy (targets empty)",
@@ -21,6 +21,8 @@ JOB_TITLES = {
     "change": "re-run after the 1% change",
     "dryrun": "dry run with a per-file diff",
     "fanout": "fan-out (`true` on every host)",
+    "steps": "20 small steps (10 files, 10 guarded commands; targets empty)",
+    "steps-nochange": "20 small steps, re-run with nothing to do",
 }
 
 
@@ -71,9 +73,34 @@ def machine_description(peers) -> dict[str, str]:
         manifest = peers.ansible_collections / "ansible_collections/ansible/posix/MANIFEST.json"
         ver = re.search(r'"version":\s*"([^"]+)"', manifest.read_text()) if manifest.exists() else None
         desc["ansible.posix"] = f"{ver.group(1) if ver else '?'} (from the `ansible` {ANSIBLE} wheel)"
+    if getattr(peers, "mitogen_bin", None):
+        desc["mitogen"] = f"{MITOGEN} (on ansible-core {ANSIBLE_CORE}, bench/.venvs/ansible-mitogen)"
     if peers.pyinfra_bin:
         desc["pyinfra"] = f"{PYINFRA} (`{_first_line([str(peers.pyinfra_bin), '--version'])}`)"
     return desc
+
+
+def merge(saved: list[dict]) -> tuple[dict, dict[str, str]]:
+    """One results dict from several saved runs (oldest first): each fleet size comes whole from
+    the newest run that has it, so a table never mixes runs. The machine is the newest run's."""
+    results: dict = {"_meta": {"elapsed": 0.0, "argv": [], "repeats": 0, "sources": {}}}
+    for doc in saved:
+        res = doc["results"]
+        meta = res.get("_meta", {})
+        results["_meta"]["elapsed"] += meta.get("elapsed", 0.0)
+        results["_meta"]["repeats"] = max(results["_meta"]["repeats"], meta.get("repeats", 0))
+        results["_meta"]["heavy_repeats"] = meta.get("heavy_repeats", results["_meta"].get("heavy_repeats"))
+        results["_tree"] = res.get("_tree", results.get("_tree"))
+        for key in ("_notes", "_fleet"):
+            results.setdefault(key, {}).update(res.get(key, {}))
+        for size in _sizes(res):
+            results[size] = res[size]
+            results.setdefault("_load", {})[size] = res.get("_load", {}).get(size, [])
+            results["_meta"]["sources"][size] = (Path(doc.get("path", "?")).name, meta.get("argv", []))
+    sizes = sorted(_sizes(results), key=int)
+    ordered = {k: v for k, v in results.items() if k.startswith("_")}
+    ordered.update({n: results[n] for n in sizes})
+    return ordered, (saved[-1]["machine"] if saved else {})
 
 
 def summarize(entry: dict) -> dict | None:
@@ -106,6 +133,9 @@ def _rows(results: dict, n: str, job: str, tools: list[str]) -> list[list[str]]:
         m = meds[t]
         if m is None:
             continue
+        extra_notes = list(e.get("notes") or [])
+        if e["unavailable"]:
+            extra_notes.append(e["unavailable"])
         ratio_floor = f"{m['wall'] / floor['wall']:.2f}×" if floor else "–"
         ratio_pb = f"{m['wall'] / pb['wall']:.2f}×" if pb else "–"
         cpu_floor = f"{m['cpu'] / floor['cpu']:.2f}×" if floor and floor["cpu"] > 0 else "–"
@@ -119,6 +149,9 @@ def _rows(results: dict, n: str, job: str, tools: list[str]) -> list[list[str]]:
                 note += (
                     " (files.sync compares every file, through facts, but says only that the operation would change)"
                 )
+        if m["n"] != max((len(x["runs"]) for x in entries.values()), default=0):
+            extra_notes.append(f"median of {m['n']}")
+        note = "; ".join([*([note] if note else []), *extra_notes])
         rows.append(
             [
                 t,
@@ -167,28 +200,64 @@ def render_terminal(results: dict, ns) -> str:
     return "\n".join(lines)
 
 
-def render(results: dict, ns, machine: dict[str, str]) -> str:
-    t = results["_tree"]
-    meta = results["_meta"]
-    out = [
-        "# Benchmarks",
-        "",
+def _generated_by(meta: dict) -> str:
+    sources = meta.get("sources")
+    if sources:
+        # merged from several saved runs (--render A.json B.json)
+        by_file: dict[str, tuple[list[str], list[str]]] = {}
+        for n, (name, argv) in sources.items():
+            by_file.setdefault(name, ([], argv))[0].append(n)
+        parts = [
+            f"N = {', '.join(ns)} from `bench/results/{name}` (`python3 bench/run.py {' '.join(argv)}`)"
+            for name, (ns, argv) in by_file.items()
+        ]
+        return (
+            "Rendered on "
+            + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            + " from saved runs: "
+            + "; ".join(parts)
+            + f"; they took {meta['elapsed'] / 60:.1f} min in all."
+        )
+    return (
         "Generated by `python3 bench/run.py "
         + " ".join(meta["argv"])
         + "` on "
         + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        + f"; the whole bench took {meta['elapsed'] / 60:.1f} min.",
+        + f"; the whole bench took {meta['elapsed'] / 60:.1f} min."
+    )
+
+
+def render(results: dict, ns, machine: dict[str, str], *, plot=None, out_dir: Path | None = None) -> str:
+    """docs/benchmarks.md: machine, one table per fleet size and job, the scaling plot, the targets."""
+    t = results["_tree"]
+    meta = results["_meta"]
+    heavy = meta.get("heavy_repeats")
+    heavy_note = (
+        f" Ansible and Ansible+Mitogen above N = 100: {heavy} run{'s' if heavy != 1 else ''} per job (one forked "
+        "worker per host: see the memory columns)."
+        if heavy and heavy < meta["repeats"]
+        else ""
+    )
+    out = [
+        "# Benchmarks",
+        "",
+        _generated_by(meta),
         "How to run it, what is measured and how: [bench/README.md](../bench/README.md).",
         "",
         f"Artifact: {t['files']} files, {t['bytes'] / 1e6:.1f} MB (seed {t['seed']}); the 1% change edits "
-        f"{t['edited']} files, adds {t['added']} and removes {t['removed']}. Fleet: N OpenSSH `sshd` on loopback "
+        f"{t['edited']} files, adds {t['added']} and removes {t['removed']}. The 20-small-steps job writes 10 "
+        "small files with given content and runs 10 commands guarded by `creates` on every host "
+        "(bench/steps.py). Fleet: N OpenSSH `sshd` on loopback "
         "addresses of this one machine (tests/harness/sshd.py), strict host key checking for every tool.",
         "",
-        f"Medians of {meta['repeats']} run{'s' if meta['repeats'] != 1 else ''}. *wall*: the tool's whole process; *CPU*: user+sys of its whole process "
-        "tree; *peak tree*: the largest summed RSS of the tree (sampled every 20 ms); *controller*: the peak RSS "
+        f"Medians of {meta['repeats']} run{'s' if meta['repeats'] != 1 else ''}.{heavy_note} *wall*: the tool's whole "
+        "process; *CPU*: user+sys of its whole process "
+        "tree; *peak tree*: the largest summed RSS of the tree (sampled every 20 ms; pages shared by forked "
+        "workers are counted in each); *controller*: the peak RSS "
         "(VmHWM) of the tool's own top process alone, without the rsync/ssh children it spawns. Ratios are of wall "
         "time, except *CPU × floor*; when other work shares the machine (see the load average below) wall "
-        "times scatter far more than CPU times. A tool whose run leaves any host's tree different from the source is FAILED and not timed.",
+        "times scatter far more than CPU times. A tool whose run leaves any host's tree different from the "
+        "source is FAILED and not timed.",
         "",
         "## Machine",
         "",
@@ -212,13 +281,15 @@ def render(results: dict, ns, machine: dict[str, str]) -> str:
             ]
             out += ["| " + " | ".join(r) + " |" for r in rows]
             out.append("")
+    out += _scaling(plot, out_dir)
     out += _targets(results, ns)
     notes = results.get("_notes", {})
     out += [
         "## How each tool is run",
         "",
         '- **rsync** (the floor): `bench/floor.py` starts `rsync -a --delete -e "ssh -o UserKnownHostsFile=… '
-        '-o StrictHostKeyChecking=yes -i key -p port"` (dry run: `-n -i`; fan-out: `ssh host true`) to all '
+        '-o StrictHostKeyChecking=yes -i key -p port"` (dry run: `-n -i`; fan-out: `ssh host true`; 20 small '
+        "steps: one `ssh host sh -s` per host running the same work as one shell script) to all "
         "hosts at once from one small Python process. Its ssh negotiates OpenSSH's default key exchange "
         "(sntrup761x25519 on OpenSSH 9, about 70 ms of client CPU per connection here); playbook's rsync asks for "
         "curve25519-sha256 first, what its own paramiko connection uses (docs/connections.md).",
@@ -226,7 +297,9 @@ def render(results: dict, ns, machine: dict[str, str]) -> str:
     pb_note = f"; {notes['playbook']}" if notes.get("playbook") else ""
     out += [
         "- **playbook**: `playbook run` (dry run: `playbook plan`) with an `rsync` step "
-        f"(`delete: true`, `releases: false`) or a `command` step, `--forks N`{pb_note}; its packages "
+        f"(`delete: true`, `releases: false`) or a `command` step, `--forks N`{pb_note}; the 20 small steps are "
+        "`command` steps, each `needs:` the one before (files: `shell: cat > f.tmp && mv f.tmp f` with the "
+        "content on `stdin`, `unless:` its sha1 matches; commands: `creates:`); its packages "
         "byte-compiled first, as a regular `pip install` leaves them."
     ]
     for name, note in notes.items():
@@ -236,84 +309,105 @@ def render(results: dict, ns, machine: dict[str, str]) -> str:
     return "\n".join(out)
 
 
+def _scaling(plot, out_dir: Path | None) -> list[str]:
+    """The plot of wall time against N and the numbers drawn in it."""
+    if plot is None:
+        return []
+    rel = plot.path.name
+    if out_dir is not None:
+        try:
+            rel = os.path.relpath(plot.path, Path(out_dir).resolve())
+        except ValueError:
+            pass
+    out = [
+        "## How cost grows",
+        "",
+        f"![wall time against the number of hosts, fan-out and no-change re-run, every tool]({rel})",
+        "",
+        "Both axes logarithmic; each point is the median of the newest saved run that has it, the bar spans its "
+        f"fastest and slowest run. Drawn by `python3 bench/run.py --plot` (matplotlib {MATPLOTLIB}) from "
+        + ", ".join(f"`bench/results/{s}`" for s in plot.sources())
+        + ".",
+        "",
+    ]
+    for job, tools in plot.series.items():
+        sizes = sorted({pt[0] for pts in tools.values() for pt in pts})
+        out += [
+            f"{JOB_TITLES[job]}, median wall s:",
+            "",
+            "| tool | " + " | ".join(f"N = {n}" for n in sizes) + " |",
+            "|---|" + "---:|" * len(sizes),
+        ]
+        for tool, pts in tools.items():
+            by_n = {pt[0]: pt[1] for pt in pts}
+            out.append(f"| {tool} | " + " | ".join(f"{by_n[n]:.2f}" if n in by_n else "–" for n in sizes) + " |")
+        out.append("")
+    return out
+
+
 def _med(results: dict, n: str, job: str, tool: str) -> dict | None:
     e = results.get(n, {}).get(job, {}).get(tool)
     return summarize(e) if e and not e["failed"] else None
 
 
+# issue 16's targets: (job, N, most wall x floor) and (job, N, peer, at least x faster)
+FLOOR_TARGETS = (
+    ("nochange", "25", 0.25),
+    ("dryrun", "25", 0.25),
+    ("change", "25", 0.40),
+    ("full", "25", 0.75),
+    ("fanout", "25", 0.30),
+    ("nochange", "200", 0.30),
+    ("dryrun", "200", 0.30),
+    ("change", "200", 0.45),
+    ("fanout", "200", 0.20),
+)
+PEER_TARGETS = (
+    ("nochange", "200", "pyinfra", 4.0),
+    ("fanout", "200", "pyinfra", 1.5),
+    ("steps", None, "ansible-mitogen", 5.0),
+    ("steps-nochange", None, "ansible-mitogen", 5.0),
+)
+
+
 def _targets(results: dict, ns) -> list[str]:
-    """Issue 8's targets, checked against the largest N of this run."""
+    """Issue 16's targets, each at the fleet size it names (the steps jobs: the largest N run)."""
     sizes = _sizes(results)
     if not sizes or "playbook" not in ns.tools:
         return []
-    n = max(sizes, key=int)
     rows: list[tuple[str, str, str]] = []
 
-    def ratio(job: str, num: str, den: str) -> float | None:
+    def ratio(n: str, job: str, num: str, den: str) -> float | None:
         a, b = _med(results, n, job, num), _med(results, n, job, den)
         return a["wall"] / b["wall"] if a and b else None
 
-    def check(label: str, value: float | None, ok, shown: str, verdict: str = "") -> None:
-        if value is None:
+    for job, n, most in FLOOR_TARGETS:
+        v = ratio(n, job, "playbook", "rsync")
+        label = f"N = {n}, {JOB_TITLES[job]}: playbook ≤ {most:.2f}× floor"
+        rows.append((label, "–", "not measured") if v is None else (label, f"{v:.2f}×", _verdict(v <= most)))
+    for job, n, peer, least in PEER_TARGETS:
+        if n is None:
+            have = [k for k in sizes if _med(results, k, job, "playbook") and _med(results, k, job, peer)]
+            n = max(have, key=int) if have else max(sizes, key=int)
+        v = ratio(n, job, peer, "playbook")
+        label = f"N = {n}, {JOB_TITLES[job]}: playbook ≥ {least:g}× faster than {peer}"
+        rows.append((label, "–", "not measured") if v is None else (label, f"{v:.1f}× faster", _verdict(v >= least)))
+    if "200" in sizes:
+        peaks = [m["root_rss"] for job in ns.jobs if (m := _med(results, "200", job, "playbook"))]
+        label = "N = 200, playbook controller peak RSS ≤ 150 MB (any job)"
+        if peaks:
+            v = max(peaks) / 2**20
+            rows.append((label, f"{v:.0f} MB", _verdict(v <= 150)))
+        else:
             rows.append((label, "–", "not measured"))
-        else:
-            rows.append((label, shown.format(value), verdict or ("met" if ok(value) else "**missed**")))
-
-    for job in ("full", "change"):
-        check(
-            f"{JOB_TITLES[job]}: playbook ≤ 1.0× floor", ratio(job, "playbook", "rsync"), lambda v: v <= 1.0, "{:.2f}×"
-        )
-    for job in ("nochange", "dryrun"):
-        check(
-            f"{JOB_TITLES[job]}: playbook ≤ 0.6× floor", ratio(job, "playbook", "rsync"), lambda v: v <= 0.6, "{:.2f}×"
-        )
-        check(
-            f"{JOB_TITLES[job]}: ≥ 5× faster than ansible",
-            ratio(job, "ansible", "playbook"),
-            lambda v: v >= 5,
-            "{:.1f}× faster",
-        )
-        pyi = _med(results, n, job, "pyinfra")
-        if job == "dryrun" and pyi and pyi.get("diff_paths", [1])[0] == 0:
-            # no per-file diff, no comparison at all: shown, but not what the target is about
-            check(
-                f"{JOB_TITLES[job]}: vs pyinfra `files.rsync --dry`",
-                ratio(job, "pyinfra", "playbook"),
-                lambda v: v >= 2,
-                "{:.1f}× faster",
-                verdict="not like for like: that dry run compares nothing and names 0 changed paths",
-            )
-        else:
-            check(
-                f"{JOB_TITLES[job]}: ≥ 2× faster than pyinfra",
-                ratio(job, "pyinfra", "playbook"),
-                lambda v: v >= 2,
-                "{:.1f}× faster",
-            )
-        if job == "dryrun":
-            check(
-                f"{JOB_TITLES[job]}: ≥ 2× faster than pyinfra comparing per file (`files.sync --dry`)",
-                ratio(job, "pyinfra-sync", "playbook"),
-                lambda v: v >= 2,
-                "{:.1f}× faster",
-            )
-    check(
-        f"{JOB_TITLES['fanout']}: ≥ 5× faster than ansible",
-        ratio("fanout", "ansible", "playbook"),
-        lambda v: v >= 5,
-        "{:.1f}× faster",
-    )
-    peaks = [m["root_rss"] for job in ns.jobs if (m := _med(results, n, job, "playbook"))]
-    check(
-        "playbook controller peak ≤ 150 MB (any job)",
-        max(peaks) / 2**20 if peaks else None,
-        lambda v: v <= 150,
-        "{:.0f} MB",
-    )
-    out = [f"## Issue 8 targets (N = {n})", "", "| target | measured | |", "|---|---:|---|"]
+    out = ["## Issue 16 targets", "", "| target | measured | |", "|---|---:|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     out.append("")
     return out
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
 
 
 def _load_rows(results: dict) -> list[str]:

@@ -16,7 +16,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["TreeSpec", "generate", "mutate", "manifest", "compare", "Mutation"]
+__all__ = ["TreeSpec", "generate", "mutate", "manifest", "compare", "Mutation", "DigestCache"]
 
 BASE_MTIME = 1_704_067_200  # 2024-01-01T00:00:00Z
 MUTATED_MTIME = BASE_MTIME + 86_400
@@ -163,7 +163,41 @@ def _digest(path: str) -> str:
         return hashlib.file_digest(fh, "sha1").hexdigest()
 
 
-def manifest(root: str | os.PathLike, *, workers: int = 4) -> dict[str, str]:
+class DigestCache:
+    """sha1 of files already hashed, keyed by path and valid while (inode, size, mtime, ctime)
+    are unchanged. Any write, rename onto the path or chmod moves ctime, which no tool can set
+    back, so a hit is the file that was hashed; at N = 200 this keeps a check after a no-change
+    run from re-reading 10 GB."""
+
+    _shared: DigestCache | None = None
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, int, int, int, str]] = {}
+        self.hits = 0
+
+    @classmethod
+    def shared(cls) -> DigestCache:
+        """The one cache of this process."""
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def digest(self, path: str) -> str:
+        st = os.stat(path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = self._known.get(path)
+        if known is not None and known[:4] == key:
+            self.hits += 1
+            return known[4]
+        dig = _digest(path)
+        # stat again: a file changed while it was read is not remembered
+        st2 = os.stat(path)
+        if (st2.st_ino, st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns) == key:
+            self._known[path] = (*key, dig)
+        return dig
+
+
+def manifest(root: str | os.PathLike, *, workers: int = 4, cache: DigestCache | None = None) -> dict[str, str]:
     """{relative path: sha1 of contents (or '<dir>' / '<link:target>')} of everything under `root`."""
     root = str(root)
     entries: dict[str, str] = {}
@@ -181,17 +215,24 @@ def manifest(root: str | os.PathLike, *, workers: int = 4) -> dict[str, str]:
                 entries[rel] = f"<link:{os.readlink(p)}>"
             else:
                 files.append(rel)
+    digest = cache.digest if cache is not None else _digest
     with ThreadPoolExecutor(max_workers=workers) as ex:
-        for rel, dig in zip(files, ex.map(lambda r: _digest(os.path.join(root, r)), files)):
+        for rel, dig in zip(files, ex.map(lambda r: digest(os.path.join(root, r)), files)):
             entries[rel] = dig
     return entries
 
 
-def compare(expected: dict[str, str], root: str | os.PathLike, ignore: tuple[str, ...] = ()) -> str | None:
+def compare(
+    expected: dict[str, str],
+    root: str | os.PathLike,
+    ignore: tuple[str, ...] = (),
+    *,
+    cache: DigestCache | None = None,
+) -> str | None:
     """None when `root` holds exactly `expected`, else a short description of the first differences."""
     if not os.path.isdir(root):
         return f"{root} does not exist"
-    got = manifest(root)
+    got = manifest(root, cache=cache)
     for pfx in ignore:
         got = {k: v for k, v in got.items() if k != pfx and not k.startswith(pfx + "/")}
     if got == expected:
