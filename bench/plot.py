@@ -18,7 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
 
 TITLES = {"fanout": "fan-out (`true` on every host)", "nochange": "no-change re-run (2,000-file tree)"}
 STYLE = {
@@ -65,12 +65,15 @@ def main() -> int:
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        # labels at 1, 2 and 5 of every decade: the times span two decades or more
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("hosts (N)")
         ax.set_ylabel("wall time, s (median)")
         ax.set_title(TITLES.get(job, job), fontsize=11)
         ax.grid(True, which="both", linewidth=0.4, alpha=0.5)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(out, metadata={"Date": None} if out.endswith(".svg") else None)
     return 0

@@ -157,6 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run nothing: redraw --plot-output from saved results (default: every bench/results/*.json, "
         "newest first for each point)",
     )
+    p.add_argument("--no-plot", action="store_true", help="do not draw the scaling plot after the run")
     p.add_argument(
         "--plot-output",
         type=Path,
@@ -426,7 +427,7 @@ def draw_plot(saved: list[dict], out: Path) -> scaling.Plot | None:
     except scaling.PlotError as exc:
         print(f"plot not drawn: {exc}", file=sys.stderr, flush=True)
         return None
-    print(f"wrote {out} ({', '.join(f'{k}: {len(v)} points' for k, v in plot.points_by_job().items())})", flush=True)
+    print(f"wrote {out} ({', '.join(f'{k}: {v} points' for k, v in plot.points_by_job().items())})", flush=True)
     return plot
 
 
@@ -472,8 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         "mut": ns.workdir / "trees" / "mut",
         "steps": ns.workdir / "trees" / "steps",
     }
-    tree.generate(trees["base"], ns.seed)
-    mutation = tree.mutate(trees["base"], trees["mut"], ns.seed)
+    all_jobs = {j for _, size_jobs in ns.hosts for j in jobs_at(ns, size_jobs)}
+    # no job syncs the tree (the fan-out and steps jobs only name it): a small stand-in will do
+    spec = tree.TreeSpec if all_jobs & {"full", "nochange", "change", "dryrun"} else tree.SmallTreeSpec
+    tree.generate(trees["base"], ns.seed, spec)
+    mutation = tree.mutate(trees["base"], trees["mut"], ns.seed, spec)
     stepjob.expected(trees["steps"])
     manifests = {k: tree.manifest(v) for k, v in trees.items()}
     files = sum(1 for v in manifests["base"].values() if v != "<dir>")
@@ -514,8 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench took {elapsed / 60:.1f} min; results in {out_json}", flush=True)
     if not ns.no_write:
         # the plot shows this run's points, and older saved runs' for sizes this one did not run
-        saved = _load_saved(sorted(ns.results_dir.glob("*.json")))
-        plot = draw_plot(saved, ns.plot_output)
+        plot = None
+        if not ns.no_plot:
+            plot = draw_plot(_load_saved(sorted(ns.results_dir.glob("*.json"))), ns.plot_output)
         ns.output.parent.mkdir(parents=True, exist_ok=True)
         ns.output.write_text(report.render(results, ns, machine, plot=plot, out_dir=ns.output.parent))
         print(f"wrote {ns.output}")

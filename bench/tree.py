@@ -16,7 +16,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["TreeSpec", "generate", "mutate", "manifest", "compare", "Mutation", "DigestCache"]
+__all__ = ["TreeSpec", "SmallTreeSpec", "generate", "mutate", "manifest", "compare", "Mutation", "DigestCache"]
 
 BASE_MTIME = 1_704_067_200  # 2024-01-01T00:00:00Z
 MUTATED_MTIME = BASE_MTIME + 86_400
@@ -39,6 +39,14 @@ class TreeSpec:
     edits = 20
     adds = 1
     removes = 1
+
+
+class SmallTreeSpec(TreeSpec):
+    """30 small files: for runs whose jobs never sync the tree (fan-out, steps; the smoke test)."""
+
+    small = 30
+    medium = 0
+    large = 0
 
 
 def _dirs(rng: random.Random) -> list[str]:
@@ -98,13 +106,13 @@ def _write(path: Path, data: bytes, mtime: int) -> None:
     os.utime(path, (mtime, mtime))
 
 
-def generate(root: str | os.PathLike, seed: int = 8) -> Path:
+def generate(root: str | os.PathLike, seed: int = 8, spec: type[TreeSpec] = TreeSpec) -> Path:
     """Write the tree for `seed` under `root` (replacing whatever is there)."""
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    for rel, kind, size in _plan(seed):
+    for rel, kind, size in _plan(seed, spec):
         frng = random.Random(f"{seed}:{rel}")
         data = _text(frng, size) if kind == "text" else frng.randbytes(size)
         _write(root / rel, data, BASE_MTIME)
@@ -123,13 +131,13 @@ class Mutation:
         return [*self.edited, *self.added, *self.removed]
 
 
-def mutate(src: str | os.PathLike, dst: str | os.PathLike, seed: int = 8) -> Mutation:
+def mutate(src: str | os.PathLike, dst: str | os.PathLike, seed: int = 8, spec: type[TreeSpec] = TreeSpec) -> Mutation:
     """Copy `src` to `dst` and change 1% of it (deterministically for `seed`)."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst, copy_function=shutil.copy2)
-    files = sorted(_plan(seed), key=lambda t: t[0])
+    files = sorted(_plan(seed, spec), key=lambda t: t[0])
     rng = random.Random(seed * 7919 + 1)
     picked = rng.sample(files, TreeSpec.edits + TreeSpec.removes)
     edits, removes = picked[: TreeSpec.edits], picked[TreeSpec.edits :]
