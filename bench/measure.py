@@ -4,7 +4,8 @@
 - CPU: user+sys from the RUSAGE_CHILDREN delta around the run. The bench makes itself a child
   subreaper, so daemonised leftovers (ssh ControlMaster processes) reparent to it; they are
   killed and reaped after the root exits, which folds their CPU into the delta too;
-- peak memory: the tree's summed RSS, sampled from /proc every ~20 ms (orphans included), and
+- peak memory: the tree's summed RSS, sampled from /proc every ~20 ms, or less often when a
+  sample is costly, so the sampler takes at most a tenth of a core (orphans included), and
   the root process's own high-water mark (VmHWM) reported separately as "controller";
 - memory used: how far the machine's MemAvailable fell below its value at the start (sampled
   with the RSS). Unlike the summed RSS it counts pages shared by forked workers once, but it
@@ -178,6 +179,7 @@ def run_measured(
     deadline = time.monotonic() + timeout
     timed_out = False
     while not done.is_set():
+        t_sample = time.perf_counter()
         table = _proc_table()
         tree = _descendants(table, {proc.pid}, set())
         # orphans adopted by us (subreaper) that are neither the root nor pre-existing children
@@ -198,7 +200,10 @@ def run_measured(
         if time.monotonic() > deadline:
             timed_out = True
             os.kill(proc.pid, signal.SIGKILL)
-        done.wait(interval)
+        # the sampler shares the 2 cores with the run: with many processes (N = 200, forked
+        # workers) one sample costs milliseconds, so it waits at least 9 samples' time between
+        # samples and never takes more than a tenth of one core
+        done.wait(max(interval, 9 * (time.perf_counter() - t_sample)))
     wall = status["t"] - t0
     rc = status["rc"] if not timed_out else -9
     _kill_leftovers(me, exclude)
