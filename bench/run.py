@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=BENCH / "results",
         help="where each run's raw numbers go, and --plot looks (default bench/results)",
     )
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed (default 900)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds before a run is killed (default 1800)")
     p.add_argument(
         "--heavy-repeats",
         type=int,
