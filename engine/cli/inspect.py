@@ -84,6 +84,16 @@ def cmd_history(ns: argparse.Namespace) -> int:
         raise PlaybookError(f"no history in {ns.state_dir}/ yet (runs are recorded there; see --state-dir)")
     hist = History(ns.state_dir)
     try:
+        if getattr(ns, "html", None):
+            from engine.report.html import write_report
+
+            shown = [
+                (rec, hist.details(rec.run_id))
+                for rec in hist.runs(ns.playbook, mode=None if ns.all_modes else "run", limit=ns.n)
+            ]
+            index = write_report(ns.html, shown)
+            sys.stderr.write(f"history report of {len(shown)} run(s) written to {index}\n")
+            return 0
         if ns.run:
             rec = hist.run(ns.run)
             if rec is None:

@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=20, help="how many runs (default 20)")
     p.add_argument("--all-modes", action="store_true", help="include plans, not only runs")
     p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--html", metavar="DIR", help="write a static report (DIR/index.html) to open in a browser")
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
 
     p = sub.add_parser("lock", help="inspect or break the deploy locks of a playbook's fleets")

@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_run ON results(run_id);
 CREATE INDEX IF NOT EXISTS runs_name ON runs(name, started);
 """
+#: (name, declaration) of result columns added since; created on open where missing
+_ADDED_RESULT_COLUMNS = (("diffs", "TEXT"),)
 
 
 def _json_safe(value: Any) -> Any:
@@ -107,6 +109,18 @@ class History:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after the first release, for stores written by an older playbook
+        (their rows read back as NULL: an older run simply has no diffs recorded)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+        for name, decl in _ADDED_RESULT_COLUMNS:
+            if name not in have:
+                try:
+                    self._db.execute(f"ALTER TABLE results ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError:  # another process added it first
+                    pass
 
     def close(self) -> None:
         self._db.close()
@@ -149,13 +163,14 @@ class History:
     def add_result(self, run_id: str, result: Any, scrub: Any = None) -> None:
         outputs = _json_safe(dict(result.outputs))
         fingerprint = _json_safe(dict(result.plan.fingerprint)) if result.plan else {}
+        diffs = [d.to_dict() for d in result.plan.diffs] if result.plan else []
         message = result.message
         if scrub is not None:
-            outputs, fingerprint, message = scrub(outputs), scrub(fingerprint), scrub(message)
+            outputs, fingerprint, message, diffs = scrub(outputs), scrub(fingerprint), scrub(message), scrub(diffs)
         with self._lock:
             self._db.execute(
                 "INSERT INTO results (run_id, step, host, status, message, duration, attempts, outputs, fingerprint,"
-                " finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " finished, diffs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     result.step,
@@ -167,6 +182,7 @@ class History:
                     json.dumps(outputs),
                     json.dumps(fingerprint),
                     time.time(),
+                    json.dumps(diffs),
                 ),
             )
 
@@ -219,6 +235,31 @@ class History:
                 "attempts": r[5],
                 "outputs": json.loads(r[6] or "{}"),
                 "fingerprint": json.loads(r[7] or "{}"),
+            }
+            for r in rows
+        ]
+
+    def details(self, run_id: str) -> list[dict[str, Any]]:
+        """`results` plus when each step finished (epoch seconds) and the diffs it showed (empty
+        for runs recorded before diffs were kept): what the HTML report draws."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step, host, status, message, duration, attempts, outputs, fingerprint, finished, diffs"
+                " FROM results WHERE run_id = ? ORDER BY rowid",
+                (run_id,),
+            ).fetchall()
+        return [
+            {
+                "step": r[0],
+                "host": r[1],
+                "status": r[2],
+                "message": r[3],
+                "duration": r[4],
+                "attempts": r[5],
+                "outputs": json.loads(r[6] or "{}"),
+                "fingerprint": json.loads(r[7] or "{}"),
+                "finished": r[8],
+                "diffs": json.loads(r[9]) if r[9] else [],
             }
             for r in rows
         ]
