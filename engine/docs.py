@@ -15,7 +15,7 @@ from typing import Any
 from engine.errors import PlaybookError, suggest
 from engine.module import all_modules
 
-__all__ = ["type_name", "module_doc", "module_table", "modules_markdown"]
+__all__ = ["type_name", "module_doc", "module_table", "modules_markdown", "module_json"]
 
 
 def type_name(tp: Any) -> str:
@@ -91,6 +91,43 @@ def module_doc(name: str) -> str:
         for oname, odoc in m.outputs.items():
             lines.append(f"  {oname}: {odoc}")
     return "\n".join(lines) + "\n"
+
+
+def module_json(name: str | None = None) -> dict[str, Any]:
+    """Machine-readable documentation (`playbook modules [NAME] --format json`), shaped like
+    `ansible-doc -j`: `{name: {"doc": {...}, "examples": "...", "return": {...}}}` for one module or
+    every module. Each argument carries its JSON Schema, so types and rules are the ones
+    `validate` enforces."""
+    from engine.argschema import schema_for
+
+    mods = {name: _get(name)} if name else all_modules()
+    out: dict[str, Any] = {}
+    for mname, m in mods.items():
+        schema = schema_for(m.Args, templated=False)
+        props = schema.get("properties", {})
+        required = set(schema.get("required", ()))
+        options = {}
+        for fname, tname, _default, fdoc in _fields(m.Args):
+            options[fname] = {
+                "description": fdoc,
+                "type": tname,
+                "required": fname in required,
+                "default": props.get(fname, {}).get("default"),
+                "schema": props.get(fname, {}),
+            }
+        out[mname] = {
+            "doc": {
+                "module": mname,
+                "short_description": m.summary,
+                "description": inspect.getdoc(type(m)) or "",
+                "controller_only": bool(m.controller_only),
+                "source_type": getattr(m, "source_type", None),
+                "options": options,
+            },
+            "examples": getattr(m, "examples", "") or "",
+            "return": dict(m.outputs),
+        }
+    return out
 
 
 def module_table() -> str:

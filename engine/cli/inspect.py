@@ -185,8 +185,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def cmd_modules(ns: argparse.Namespace) -> int:
-    from engine.docs import module_doc, module_table
+    from engine.docs import module_doc, module_json, module_table
 
+    if getattr(ns, "format", "text") == "json":
+        import json
+
+        sys.stdout.write(json.dumps(module_json(ns.name), indent=2, sort_keys=True) + "\n")
+        return 0
     if ns.name:
         sys.stdout.write(module_doc(ns.name))
     else:

@@ -62,11 +62,30 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, read only when asked (importlib.metadata
+    costs a few milliseconds that no other command should pay)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("playbook")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            found = "unknown (not installed)"
+        sys.stdout.write(f"playbook {found}\n")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="playbook",
         description="Declarative deployments: plan, review, apply.",
     )
+    parser.add_argument("--version", action=_Version, help="print playbook's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="apply a playbook to its fleets")
@@ -123,13 +142,76 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="release: break locks even when their holder may still be running"
     )
 
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Shell completion for playbook, generated from its own options.",
+        epilog="examples:\n  source <(playbook completion bash)      # in ~/.bashrc\n"
+        "  source <(playbook completion zsh)       # in ~/.zshrc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("shell", choices=["bash", "zsh"])
+
     p = sub.add_parser("modules", help="list modules, or document one")
     p.add_argument("name", nargs="?")
+    p.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="json: as `ansible-doc -j` (arguments with their schema)",
+    )
 
     from engine.cli import inventory as inventory_cli
 
     inventory_cli.register(sub)
+    for name, choice in sub.choices.items():
+        if name in EXAMPLES:
+            choice.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+            choice.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[""])
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+#: what `--help` shows under "examples:"; tests/engine/cli/test_main.py parses every line
+EXAMPLES: dict[str, list[str]] = {
+    "": [
+        "playbook run playbooks/demo.yml                       # deploy",
+        "playbook plan playbooks/demo.yml -o plan.json --format markdown   # the MR comment",
+        "playbook apply plan.json                              # exactly what was reviewed",
+        "playbook inventory add-host web07 --group web -i inventory/prod.yml",
+        "playbook history --html report/                       # a report to look at",
+        "playbook COMMAND --help                               # each command's options and examples",
+    ],
+    "run": [
+        "playbook run playbooks/demo.yml",
+        "playbook run playbooks/demo.yml --limit demo-web1 -e site_name=Hello",
+        "playbook run playbooks/deploy-smartweb.yml -i inventory/prod.yml --format jsonl",
+        "playbook run playbooks/demo.yml --resume 3f2a9c1b7d20   # finish an interrupted run",
+    ],
+    "plan": [
+        "playbook plan playbooks/demo.yml                      # exit 2: something would change",
+        "playbook plan playbooks/demo.yml -o plan.json --format markdown > plan.md",
+    ],
+    "apply": ["playbook apply plan.json", "PLAYBOOK_PLAN_KEY=... playbook apply plan.json --format json"],
+    "rollback": [
+        "playbook rollback playbooks/deploy-smartweb.yml --plan   # what going back would do",
+        "playbook rollback playbooks/deploy-smartweb.yml --to 20261124T051500Z",
+    ],
+    "validate": ["playbook validate playbooks/*.yml", "playbook validate inventory/demo.yml"],
+    "graph": [
+        "playbook graph playbooks/demo.yml",
+        "playbook graph playbooks/demo.yml --format dot | dot -Tsvg > g.svg",
+    ],
+    "history": [
+        "playbook history",
+        "playbook history deploy-smartweb -n 5",
+        "playbook history --run 3f2a9c --format json",
+        "playbook history --html report/",
+    ],
+    "lock": ["playbook lock status playbooks/demo.yml", "playbook lock release playbooks/demo.yml --limit demo-web1"],
+    "modules": ["playbook modules", "playbook modules rsync", "playbook modules rsync --format json"],
+}
 
 
 def _reporter(fmt: str, mode: str, verbose: int, playbook: Any = None) -> Any:
@@ -279,6 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return inspect.cmd_history(ns)
         if ns.command == "modules":
             return inspect.cmd_modules(ns)
+        if ns.command == "completion":
+            from engine.cli.completion import bash_script, zsh_script
+
+            sys.stdout.write((bash_script if ns.shell == "bash" else zsh_script)(build_parser()))
+            return 0
     except PlaybookError as exc:
         from engine.secrets import SCRUBBER
 

@@ -19,6 +19,7 @@ __all__ = [
     "render_diff",
     "scrub_diff",
     "group_hosts",
+    "group_hosts_exact",
     "host_sort_key",
     "compress_hosts",
     "describe_hosts",
@@ -80,34 +81,66 @@ def render_diff(diff: Diff, *, max_lines: int = MAX_DIFF_LINES, context: int = 3
     return lines
 
 
-def _group_key(r: StepResult) -> Hashable:
+_HOST = "\x00host\x00"
+
+
+def _own(text: str | None, host: str | None) -> str | None:
+    """`text` with the host's own name replaced by a placeholder: per-host paths such as
+    `/srv/{{ host.name }}/app` then compare equal."""
+    if text is None or not host:
+        return text
+    return re.sub(rf"(?<![\w.-]){re.escape(host)}(?![\w-])", _HOST, text)
+
+
+def _group_key(r: StepResult, *, own_paths: bool = True) -> Hashable:
+    host = r.host if own_paths else None
     plan = r.plan
     if plan is None:
-        return (r.status, None, "", (), r.message)
-    return (r.status, plan.change, plan.reason, plan.diffs, r.message)
+        return (r.status, None, "", (), _own(r.message, host))
+    diffs = tuple(
+        replace(
+            d,
+            header=_own(d.header, host) or "",
+            before=_own(d.before, host),
+            after=_own(d.after, host),
+            items=tuple((op, _own(p, host) or "") for op, p in d.items),
+        )
+        for d in plan.diffs
+    )
+    return (r.status, plan.change, _own(plan.reason, host), diffs, _own(r.message, host))
 
 
 def group_hosts(results: Iterable[StepResult]) -> list[tuple[list[str], StepResult]]:
-    """Group one step's results whose (status, reason, diffs, message) are identical.
+    """Group one step's results whose (status, reason, diffs, message) are identical, or differ
+    only by each host's own name in them (its own paths).
 
     Returns `(hosts, key_result)` pairs; hosts (controller steps as "controller") are sorted
     naturally (web2 before web10) and the groups by their first host, so the same plan always
     prints the same way whatever order the hosts answered in. `key_result` is the first
     result of the group, whose plan stands for all of them.
     """
-    groups: dict[Hashable, tuple[list[str], StepResult]] = {}
+    return [(hosts, r) for hosts, r, _exact in group_hosts_exact(results)]
+
+
+def group_hosts_exact(results: Iterable[StepResult]) -> list[tuple[list[str], StepResult, bool]]:
+    """`group_hosts`, plus whether the group's results are identical (False: they differ by
+    the hosts' own names, e.g. each host's own path)."""
+    groups: dict[Hashable, tuple[list[str], StepResult, set[Hashable]]] = {}
     for r in results:
         key = _group_key(r)
+        exact = _group_key(r, own_paths=False)
         try:
             hash(key)
+            hash(exact)
         except TypeError:  # a module put something unhashable in a Diff: don't group it
-            key = (id(r),)
+            key = exact = (id(r),)
         host = r.host or CONTROLLER
         if key in groups:
             groups[key][0].append(host)
+            groups[key][2].add(exact)
         else:
-            groups[key] = ([host], r)
-    out = [(sorted(hosts, key=host_sort_key), r) for hosts, r in groups.values()]
+            groups[key] = ([host], r, {exact})
+    out = [(sorted(hosts, key=host_sort_key), r, len(raw) == 1) for hosts, r, raw in groups.values()]
     return sorted(out, key=lambda g: host_sort_key(g[0][0]))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.model.results import RunSummary, Status, StepResult
-from engine.report.diffs import describe_hosts, group_hosts, render_diff, scrub_diff
+from engine.report.diffs import describe_hosts, group_hosts_exact, render_diff, scrub_diff
 from engine.secrets import SCRUBBER
 
 __all__ = ["plan_markdown", "MarkdownReporter", "DEFAULT_LIMIT"]
@@ -28,6 +28,7 @@ _WORD = {
     Status.UNREACHABLE: "unreachable",
     Status.SKIPPED: "skipped",
 }
+_RUN_WORD = {**_WORD, Status.CHANGED: "changed", Status.OK: "unchanged"}
 _ICON = {
     Status.CHANGED: "🟡",
     Status.OK: "⚪",
@@ -53,7 +54,8 @@ def _fence(lines: Iterable[str]) -> str:
 def plan_markdown(
     summary: RunSummary, *, mermaid: str = "", limit: int = DEFAULT_LIMIT, scrubber: Any = SCRUBBER
 ) -> str:
-    """Render a plan (mode "plan" summary) as Markdown of at most about `limit` characters."""
+    """Render a plan (or, for a mode "run" summary, a run report) as Markdown of at most about
+    `limit` characters."""
     by_step: dict[str, list[StepResult]] = {}
     for r in summary.results:
         by_step.setdefault(r.step, []).append(r)
@@ -69,8 +71,13 @@ def plan_markdown(
         )
         + f" across {hosts} host{'s' if hosts != 1 else ''}"
     )
-    head = [f"### playbook plan: `{summary.playbook}`", "", verdict, ""]
-    head += ["| step | will change | no change | unknown | failed |", "|---|---:|---:|---:|---:|"]
+    if summary.mode == "run":  # a run report says what happened, not what would
+        verdict = verdict.replace("will change**", "changed**", 1).replace(" unknown", " not applied (unknown)", 1)
+        head = [f"### playbook run: `{summary.playbook}`", "", verdict, ""]
+        head += ["| step | changed | unchanged | unknown | failed |", "|---|---:|---:|---:|---:|"]
+    else:
+        head = [f"### playbook plan: `{summary.playbook}`", "", verdict, ""]
+        head += ["| step | will change | no change | unknown | failed |", "|---|---:|---:|---:|---:|"]
     for step in summary.steps:
         rs = by_step.get(step, [])
         if not rs:
@@ -89,16 +96,20 @@ def plan_markdown(
         if not interesting:
             continue
         parts = [f"#### `{step}`", ""]
-        for group, r in group_hosts(interesting):
+        for group, r, exact in group_hosts_exact(interesting):
             who = describe_hosts(group)
             reason = _md_escape(scrubber.scrub(r.message or (r.plan.reason if r.plan else "")))
-            parts.append(f"- {_ICON.get(r.status, '')} **{who}**: {_WORD.get(r.status, r.status.value)} — {reason}")
+            word = (_RUN_WORD if summary.mode == "run" else _WORD).get(r.status, r.status.value)
+            parts.append(f"- {_ICON.get(r.status, '')} **{who}**: {word} — {reason}")
             diffs = r.plan.diffs if r.plan else ()
             if diffs and r.status in (Status.CHANGED, Status.UNKNOWN):
                 lines: list[str] = []
                 for d in diffs:
                     lines += render_diff(scrub_diff(d, scrubber))
-                same = "the same change on each" if len(group) > 1 else "the change"
+                same = "the change"
+                if len(group) > 1:
+                    where = "" if exact else f", each at its own path; shown for {r.host or 'controller'}"
+                    same = f"the same change on each{where}"
                 detail = (
                     f"\n  <details><summary>{len(lines)} diff lines ({same})</summary>\n\n"
                     + "\n".join("  " + ln for ln in _fence(lines).splitlines())
@@ -123,8 +134,9 @@ def plan_markdown(
         ]
     tail.append("")
     tail.append(
-        f"<sub>run `{summary.run_id}` · exit code {summary.exit_code()} · "
-        f"apply exactly this plan with `playbook apply` on the saved plan file</sub>"
+        f"<sub>run `{summary.run_id}` · exit code {summary.exit_code()}"
+        + (" · apply exactly this plan with `playbook apply` on the saved plan file" if summary.mode != "run" else "")
+        + "</sub>"
     )
 
     text_head, text_tail = "\n".join(head), "\n".join(tail)

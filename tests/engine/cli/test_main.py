@@ -281,3 +281,30 @@ def test_the_command_ends_fast_yet_loses_nothing(tmp_path, inventory):
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "atexit-ran").exists()
+
+
+def test_every_help_example_parses():
+    """The examples `--help` shows are real command lines (shell pipes and comments aside)."""
+    import shlex
+
+    from engine.cli.main import EXAMPLES, build_parser
+
+    parser = build_parser()
+    for command, lines in EXAMPLES.items():
+        for line in lines:
+            words = shlex.split(line.split("#", 1)[0].split("|", 1)[0].split(">", 1)[0])
+            words = [w for w in words if "=" not in w or w.startswith("-") or not w.isupper()]
+            assert words[0] == "playbook", line
+            if words[1:] == ["COMMAND", "--help"]:
+                continue
+            ns = parser.parse_args(words[1:])
+            assert ns.command == (command or ns.command), line
+        if command:
+            assert "examples:" in parser._subparsers._group_actions[0].choices[command].format_help()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("playbook ")

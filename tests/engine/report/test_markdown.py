@@ -52,3 +52,40 @@ def test_secrets_are_masked():
     )
     md = plan_markdown(s, scrubber=scrub)
     assert "hunter2-secret-value" not in md and "********" in md
+
+
+def test_hosts_whose_changes_differ_only_by_their_own_paths_are_one_group():
+    hosts = ["web01", "web02", "web03"]
+    results = []
+    for h in hosts:
+        diff = Diff(f"/srv/fleet/{h}/app", items=(("~", "index.php"), ("->", "current -> releases/r2")))
+        plan = Plan(Change.WILL_CHANGE, f"1 to update in /srv/fleet/{h}/app", diffs=(diff,))
+        results.append(StepResult("sync", h, Status.CHANGED, plan.reason, plan=plan))
+    other = Diff("/srv/fleet/web04/app", items=(("+", "new.php"),))  # really different: its own group
+    results.append(
+        StepResult(
+            "sync", "web04", Status.CHANGED, "1 to add", plan=Plan(Change.WILL_CHANGE, "1 to add", diffs=(other,))
+        )
+    )
+    md = plan_markdown(RunSummary("r1", "pb.yml", "plan", [*hosts, "web04"], ["sync"], results))
+    assert "**3 hosts (web01, web02, web03)**: will change" in md
+    assert "each at its own path; shown for web01" in md
+    assert "**web04**: will change" in md
+    assert md.count("<details><summary>") == 2
+    # a host name that is only part of a word does not merge hosts: web1 vs web10
+    a = Diff("/srv/web1/app", items=(("~", "x"),))
+    b = Diff("/srv/web1/app", items=(("~", "x"),))
+    r1 = StepResult("sync", "web1", Status.CHANGED, "r", plan=Plan(Change.WILL_CHANGE, "r", diffs=(a,)))
+    r10 = StepResult("sync", "web10", Status.CHANGED, "r", plan=Plan(Change.WILL_CHANGE, "r", diffs=(b,)))
+    md = plan_markdown(RunSummary("r2", "pb.yml", "plan", ["web1", "web10"], ["sync"], [r1, r10]))
+    assert "**web1**" in md and "**web10**" in md  # /srv/web1/app is web1's own path, not web10's
+
+
+def test_a_run_report_is_titled_as_a_run():
+    s = summary(n_hosts=2, files=1, extra_host_diff=False)
+    s.mode = "run"
+    md = plan_markdown(s)
+    assert md.startswith("### playbook run: `playbooks/deploy.yml`")
+    assert "plan" not in md.split("\n", 1)[0] and "will change" not in md
+    assert "**2 changed**" in md and "**2 hosts (web01, web02)**: changed" in md
+    assert "playbook apply" not in md
