@@ -268,7 +268,15 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     return summary.exit_code()
 
 
-def _run(ns: argparse.Namespace, loaded: Any, opts: Any, *, plan_hash: str = "", pool: Any = None) -> Any:
+def _warn(text: str) -> None:
+    from engine.secrets import SCRUBBER
+
+    sys.stderr.write(f"warning: {SCRUBBER.scrub(text)}\n")
+
+
+def _run(
+    ns: argparse.Namespace, loaded: Any, opts: Any, *, plan_hash: str = "", pool: Any = None, rollback: bool = False
+) -> Any:
     """`api.run` with the chosen reporter, and SIGINT/SIGTERM asking the run to stop: in-flight
     steps finish, nothing new starts; a second Ctrl-C aborts."""
     from engine import api
@@ -288,7 +296,14 @@ def _run(ns: argparse.Namespace, loaded: Any, opts: Any, *, plan_hash: str = "",
     old_term = signal.signal(signal.SIGTERM, on_signal)
     try:
         return api.run(
-            loaded, opts, subscribers=[reporter], on_executor=executors.append, pool=pool, plan_hash=plan_hash
+            loaded,
+            opts,
+            subscribers=[reporter],
+            on_executor=executors.append,
+            pool=pool,
+            plan_hash=plan_hash,
+            rollback=rollback,
+            warn=_warn,
         )
     finally:
         signal.signal(signal.SIGINT, old_int)
@@ -319,7 +334,7 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
         f"rollback of {loaded.playbook.name}: {plan.current} -> {plan.target}"
         f" ({len(plan.undone)} run(s) undone, {len(plan.migrations)} migration(s) to revert)\n"
     )
-    return _run(ns, rb.loaded, rb.options).exit_code()
+    return _run(ns, rb.loaded, rb.options, rollback=True).exit_code()
 
 
 def _cmd_apply(ns: argparse.Namespace) -> int:

@@ -31,7 +31,15 @@ from engine.execute.graph import ExecGraph, Node, build_graph, step_order
 from engine.execute.options import RunOptions, resolve_fleets
 from engine.execute.step import StepRunner, internal_error, upstream_results
 from engine.model.config import Inventory, Playbook, Step
-from engine.model.events import EventBus, HostFinished, Message, RunFinished, RunStarted, StepFinished
+from engine.model.events import (
+    BudgetExceeded,
+    EventBus,
+    HostFinished,
+    Message,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+)
 from engine.model.results import RunSummary, Status, StepResult
 from engine.workers import Workers
 
@@ -169,6 +177,7 @@ class Executor:
                         f"(max_fail_percentage {fleet.max_fail_percentage:g}%)"
                     )
                     self.bus.emit(Message(self._aborted, "error"))
+                    self.bus.emit(BudgetExceeded(name, failed, len(hosts), fleet.max_fail_percentage))
 
 
 class _Dispatch:

@@ -157,6 +157,9 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
         groups=groups,
         vars=dict(all_vars) if isinstance(all_vars, dict) else {},
         defaults=defaults,
+        notify=tuple(dict(n) for n in data["notify"] if isinstance(n, dict))
+        if isinstance(data.get("notify"), list)
+        else (),
     )
     if dynamic and sources:
         from engine.load.ec2 import merge_dynamic

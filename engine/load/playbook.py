@@ -70,6 +70,7 @@ class _PlaybookLoader:
             if isinstance(self.data.get("secrets"), dict)
             else {},
             inventory=inventory if isinstance(inventory, str) else None,
+            notify=_notify(self.data.get("notify")),
             location=self.doc.where(()),
         )
 
@@ -322,6 +323,10 @@ class _LazyModules:
 
     def __iter__(self) -> Iterator[str]:
         return iter(all_modules())
+
+
+def _notify(raw: Any) -> tuple[dict[str, Any], ...]:
+    return tuple(dict(n) for n in raw if isinstance(n, dict)) if isinstance(raw, list) else ()
 
 
 def load_playbook(path: str) -> Playbook:

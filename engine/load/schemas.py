@@ -238,11 +238,63 @@ def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
                 "description": "The steps, in default order.",
                 "items": {"$ref": "#/$defs/step"},
             },
+            "notify": _notify("this playbook"),
         },
         "patternProperties": {"^x-": {"description": "Ignored: a place for YAML anchors (`x-common: &common`)."}},
         "required": ["steps"],
         "additionalProperties": False,
         "$defs": {"source": _source(with_modules), "fleet": _fleet(), "step": _step(with_modules)},
+    }
+
+
+#: what `notify:` targets may subscribe to (docs/notifications.md)
+NOTIFY_EVENTS = ("started", "step_failed", "budget_exceeded", "finished", "rolled_back")
+
+
+def _notify(where: str) -> dict[str, Any]:
+    """`notify:`: webhooks told about a run (engine/report/notify.py)."""
+    return {
+        "type": "array",
+        "description": f"Webhooks to tell about runs of {where} (docs/notifications.md).",
+        "items": {
+            "type": "object",
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "http(s) URL to POST to; a template over playbook vars, -e and secrets "
+                    '(a Slack webhook URL is a secret: `url: "{{ slack_webhook }}"`).',
+                },
+                "format": {
+                    "enum": ["json", "slack"],
+                    "default": "json",
+                    "description": '`json`: the generic payload; `slack`: `{"text": ...}` for Slack-compatible webhooks.',
+                },
+                "events": {
+                    "type": "array",
+                    "items": {"enum": list(NOTIFY_EVENTS)},
+                    "uniqueItems": True,
+                    "minItems": 1,
+                    "description": "Which events to send (default: all).",
+                },
+                "timeout": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 60,
+                    "default": 5,
+                    "description": "Seconds per attempt; also the most the end of the run waits for pending ones.",
+                },
+                "retries": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 5,
+                    "default": 2,
+                    "description": "Attempts after a failed one (connection error, timeout, a 5xx or 429 answer).",
+                },
+            },
+            "required": ["url"],
+            "additionalProperties": False,
+        },
     }
 
 
@@ -405,6 +457,7 @@ def inventory_schema() -> dict[str, Any]:
                 "additionalProperties": group,
             },
             "dynamic": _dynamic(connection),
+            "notify": _notify("every playbook run against this inventory"),
         },
         "additionalProperties": False,
     }

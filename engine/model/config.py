@@ -74,6 +74,7 @@ class Inventory:
     vars: Mapping[str, Any] = field(default_factory=dict)  # the `all` group's vars
     # connection defaults applied to hosts that do not set their own
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    notify: tuple[Mapping[str, Any], ...] = ()  # webhooks for every run against it (engine/report/notify.py)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class Playbook:
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> {"env": X} | {"file": P}
     inventory: str | None = None  # default inventory path, relative to the playbook
     location: Location | None = None
+    notify: tuple[Mapping[str, Any], ...] = ()  # webhooks told about its runs (engine/report/notify.py)
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:

@@ -20,6 +20,7 @@ __all__ = [
     "StepFinished",
     "HostFinished",
     "Message",
+    "BudgetExceeded",
     "RunFinished",
     "EventBus",
 ]
@@ -64,6 +65,16 @@ class Message(Event):
     level: str = "info"  # info | warning | error
     host: str | None = None
     step: str | None = None
+
+
+@dataclass(frozen=True)
+class BudgetExceeded(Event):
+    """A fleet's failure budget is spent: no new work starts (a `Message` says the same in prose)."""
+
+    fleet: str
+    failed: int
+    hosts: int
+    max_fail_percentage: float
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ be added within a format version; none is removed or changes meaning.
 
 The event stream (`JsonLinesReporter`) writes one object per line, each with `"event"` and
 `"time"` (epoch seconds): run_started, step_started, step_finished (the result's keys, flat),
-host_finished, message, and run_finished (`"summary"`: the document above).
+host_finished, message, budget_exceeded (`fleet`, `failed`, `hosts`, `max_fail_percentage`), and
+run_finished (`"summary"`: the document above).
 """
 
 from __future__ import annotations
@@ -47,7 +48,16 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from engine.model.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.model.events import (
+    BudgetExceeded,
+    Event,
+    HostFinished,
+    Message,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    StepStarted,
+)
 from engine.model.jsonable import json_safe
 from engine.model.results import Plan, RunSummary, StepResult
 from engine.secrets import SCRUBBER, Scrubber
@@ -158,6 +168,14 @@ def event_to_dict(event: Event, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]
         doc = {"event": "host_finished", "host": event.host, "status": event.status}
     elif isinstance(event, Message):
         doc = {"event": "message", **_message_dict(event)}
+    elif isinstance(event, BudgetExceeded):
+        doc = {
+            "event": "budget_exceeded",
+            "fleet": event.fleet,
+            "failed": event.failed,
+            "hosts": event.hosts,
+            "max_fail_percentage": event.max_fail_percentage,
+        }
     elif isinstance(event, RunFinished):
         doc = {
             "event": "run_finished",
