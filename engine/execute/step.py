@@ -22,6 +22,7 @@ from engine.errors import CommandTimeout, ConnectionFailed, PlaybookError
 from engine.execute.context import HostContexts, Outputs
 from engine.execute.graph import ExecGraph, Node
 from engine.execute.options import RunOptions
+from engine.execute.progress import ProgressMeter
 from engine.model.config import CONTROLLER, Inventory, Step
 from engine.model.events import EventBus, Message, StepStarted
 from engine.model.results import UNKNOWN, Change, Plan, Status, StepResult
@@ -79,6 +80,7 @@ class StepRunner:
         self._connect = connect
         self._stop = stop
         self._controller = LocalConnection(CONTROLLER)
+        self.meter = ProgressMeter(bus.emit)
 
     def run(self, node: Node) -> StepResult:
         """The node's result after its attempts (`retries` more on failure, unless stopping)."""
@@ -166,6 +168,7 @@ class StepRunner:
             mode=mode,
             target=self.inventory.hosts.get(host) if host else None,
             emit=lambda text: self.bus.emit(Message(text, "info", host, step.id)),
+            progress=self.meter.for_step(host, step.id),
         )
         try:
             conn = self._conn(host)

@@ -21,6 +21,7 @@ __all__ = [
     "HostFinished",
     "Message",
     "BudgetExceeded",
+    "Progress",
     "RunFinished",
     "EventBus",
 ]
@@ -65,6 +66,21 @@ class Message(Event):
     level: str = "info"  # info | warning | error
     host: str | None = None
     step: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """How far a long transfer of one step on one host is: bytes done of `total` (None when
+    unknown), the mean rate so far (bytes/s) and the estimated seconds left. Sent at most once
+    a second per host (engine/execute/progress.py)."""
+
+    host: str | None
+    step: str
+    what: str  # "transfer", "download", ...
+    done: int
+    total: int | None
+    rate: float | None
+    eta: float | None
 
 
 @dataclass(frozen=True)

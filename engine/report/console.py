@@ -19,12 +19,21 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from engine.model.events import Event, HostFinished, Message, RunFinished, RunStarted, StepFinished, StepStarted
+from engine.model.events import (
+    Event,
+    HostFinished,
+    Message,
+    Progress,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    StepStarted,
+)
 from engine.model.results import RunSummary, Status, StepResult
 from engine.report.diffs import describe_hosts, group_hosts, host_sort_key, render_diff, scrub_diff
 from engine.secrets import SCRUBBER, Scrubber
 
-__all__ = ["ConsoleReporter", "STATUS_STYLE", "format_duration"]
+__all__ = ["ConsoleReporter", "STATUS_STYLE", "format_duration", "format_bytes"]
 
 STATUS_STYLE: dict[Status, str] = {
     Status.OK: "green",
@@ -123,6 +132,7 @@ class ConsoleReporter:
         self._done_hosts: set[str] = set()
         self._finished_steps = 0
         self._started_at = time.monotonic()
+        self._progress: dict[str, Progress] = {}  # host -> its latest transfer progress
 
     # -- event dispatch ---------------------------------------------------------------------
 
@@ -138,7 +148,12 @@ class ConsoleReporter:
             elif isinstance(event, HostFinished):
                 self._done_hosts.add(event.host)
                 self._running.pop(event.host, None)
+                self._progress.pop(event.host, None)
                 self._refresh()
+            elif isinstance(event, Progress):
+                if self._live is not None:  # a pipe or a CI log gets no progress lines
+                    self._progress[event.host or CONTROLLER] = event
+                    self._refresh()
             elif isinstance(event, Message):
                 self._on_message(event)
             elif isinstance(event, RunFinished):
@@ -200,6 +215,7 @@ class ConsoleReporter:
             total = len(self._hosts)
             done = len(self._done_hosts)
             running = {h: list(s) for h, s in self._running.items() if s}
+            progress = {h: p for h, p in self._progress.items() if h in running and p.step in running[h]}
             finished = self._finished_steps
         elapsed = format_duration(time.monotonic() - self._started_at)
         from rich.table import Table  # the live display only: not imported for pipes and CI logs
@@ -212,8 +228,11 @@ class ConsoleReporter:
         )
         rows = Table.grid(padding=(0, 2))
         for host in sorted(running, key=host_sort_key)[:_LIVE_ROWS]:
+            p = progress.get(host)
             rows.add_row(
-                Text(f"  {self._s(host)}", style="bold"), Text(self._s(", ".join(running[host])), style="cyan")
+                Text(f"  {self._s(host)}", style="bold"),
+                Text(self._s(", ".join(running[host])), style="cyan"),
+                _transfer(p) if p is not None else Text(""),
             )
         if len(running) > _LIVE_ROWS:
             rows.add_row(Text(f"  … {len(running) - _LIVE_ROWS} more hosts running", style="dim"), Text(""))
@@ -421,7 +440,33 @@ class ConsoleReporter:
         )
 
 
-def _progress_bar(total: int, done: int) -> RenderableType:
+def format_bytes(n: float) -> str:
+    """1.2 kB, 34.5 MB (decimal units, as rsync and browsers show them)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _transfer(p: Progress) -> RenderableType:
+    """One host's transfer: a bar, bytes done of the total, the rate and the time left."""
+    from rich.table import Table
+
+    parts = [format_bytes(p.done) + (f" / {format_bytes(p.total)}" if p.total else "")]
+    if p.rate:
+        parts.append(f"{format_bytes(p.rate)}/s")
+    if p.eta is not None:
+        parts.append(f"ETA {format_duration(p.eta)}")
+    row = Table.grid(padding=(0, 1))
+    if p.total:
+        row.add_row(_progress_bar(p.total, min(p.done, p.total), width=20), Text(" · ".join(parts), style="dim"))
+    else:
+        row.add_row(Text(" · ".join(parts), style="dim"))
+    return row
+
+
+def _progress_bar(total: int, done: int, width: int = 30) -> RenderableType:
     from rich.progress_bar import ProgressBar  # the live display only: not imported for pipes and CI logs
 
-    return ProgressBar(total=max(total, 1), completed=done, width=30)
+    return ProgressBar(total=max(total, 1), completed=done, width=width)

@@ -35,8 +35,10 @@ be added within a format version; none is removed or changes meaning.
 
 The event stream (`JsonLinesReporter`) writes one object per line, each with `"event"` and
 `"time"` (epoch seconds): run_started, step_started, step_finished (the result's keys, flat),
-host_finished, message, budget_exceeded (`fleet`, `failed`, `hosts`, `max_fail_percentage`), and
-run_finished (`"summary"`: the document above).
+host_finished, message, budget_exceeded (`fleet`, `failed`, `hosts`, `max_fail_percentage`),
+progress (`host`, `step`, `what`, `done` and `total` bytes, `rate` in bytes/s, `eta` in seconds;
+at most one a second per host, during transfers and downloads), and run_finished (`"summary"`:
+the document above).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from engine.model.events import (
     Event,
     HostFinished,
     Message,
+    Progress,
     RunFinished,
     RunStarted,
     StepFinished,
@@ -168,6 +171,17 @@ def event_to_dict(event: Event, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]
         doc = {"event": "host_finished", "host": event.host, "status": event.status}
     elif isinstance(event, Message):
         doc = {"event": "message", **_message_dict(event)}
+    elif isinstance(event, Progress):
+        doc = {
+            "event": "progress",
+            "host": event.host,
+            "step": event.step,
+            "what": event.what,
+            "done": event.done,
+            "total": event.total,
+            "rate": round(event.rate, 1) if event.rate is not None else None,
+            "eta": round(event.eta, 1) if event.eta is not None else None,
+        }
     elif isinstance(event, BudgetExceeded):
         doc = {
             "event": "budget_exceeded",

@@ -76,8 +76,10 @@ def write_playbook(tmp_path: Path, hook: Hook, *, extra: dict | None = None, ste
                 "id": "touch",
                 "module": "command",
                 "fleet": "web",
-                "args": {"argv": ["sh", "-c", 'echo "token {{ hook_token }}" >&2; touch "$1"', "sh", "{{ root }}/x"],
-                         "creates": "{{ root }}/x"},
+                "args": {
+                    "argv": ["sh", "-c", 'echo "token {{ hook_token }}" >&2; touch "$1"', "sh", "{{ root }}/x"],
+                    "creates": "{{ root }}/x",
+                },
             }
         ],
         "notify": [
@@ -107,8 +109,9 @@ def test_events_payloads_and_secrets(fleet_factory, tmp_path, hook, monkeypatch,
     failed = next(b for b in generic if b["event"] == "step_failed")
     assert failed["host"] == fleet.names[1] and failed["status"] == "unreachable" and failed["step"] == "touch"
     assert generic[-1]["exit_code"] == 1 and generic[-1]["failed_hosts"] == [fleet.names[1]]
-    assert all(b["run"]["playbook"] == "notified" and b["run"]["run_id"] == generic[0]["run"]["run_id"]
-               for b in generic)
+    assert all(
+        b["run"]["playbook"] == "notified" and b["run"]["run_id"] == generic[0]["run"]["run_id"] for b in generic
+    )
     slack = [b for p, b in hook.requests if p == "/slack"]
     assert len(slack) == 2 and all(set(b) == {"text"} for b in slack)  # only the events it asked for
     assert "unreachable" in slack[0]["text"] and "finished" in slack[1]["text"]
@@ -150,8 +153,9 @@ def test_a_slow_webhook_never_holds_the_run(sshd_fleet, tmp_path, hook, monkeypa
         assert os.path.exists(Path(h.data_dir) / "x")
 
 
-def test_a_bad_url_fails_before_any_host_and_bad_events_are_validate_errors(sshd_fleet, tmp_path, hook, monkeypatch,
-                                                                            capsys):
+def test_a_bad_url_fails_before_any_host_and_bad_events_are_validate_errors(
+    sshd_fleet, tmp_path, hook, monkeypatch, capsys
+):
     monkeypatch.setenv("HOOK_TOKEN", SECRET)
     inv = sshd_fleet.write_inventory(tmp_path / "inv.yml")
     pb = write_playbook(tmp_path, hook, extra={"notify": [{"url": "ftp://example.invalid/x"}]})
