@@ -133,6 +133,7 @@ class ConsoleReporter:
         self._finished_steps = 0
         self._started_at = time.monotonic()
         self._progress: dict[str, Progress] = {}  # host -> its latest transfer progress
+        self._view: tuple[int, int, dict[str, tuple[str, ...]], dict[str, Progress], int] = (0, 0, {}, {}, 0)
 
     # -- event dispatch ---------------------------------------------------------------------
 
@@ -175,8 +176,17 @@ class ConsoleReporter:
         self.console.print(*renderables, highlight=False, soft_wrap=False)
 
     def _refresh(self) -> None:
-        if self._live is not None:
-            self._live.refresh()
+        """Publish a new view for the live display. rich's refresh thread reads only
+        `self._view` and never takes `self._lock`: with the two threads taking the reporter's
+        lock and rich's Live lock in opposite orders, the display deadlocked under load."""
+        running = {h: tuple(s) for h, s in self._running.items() if s}
+        self._view = (
+            len(self._hosts),
+            len(self._done_hosts),
+            running,
+            {h: p for h, p in self._progress.items() if h in running and p.step in running[h]},
+            self._finished_steps,
+        )
 
     def _stop_live(self) -> None:
         if self._live is not None:
@@ -200,6 +210,7 @@ class ConsoleReporter:
         if self._use_live and self._live is None:
             from rich.live import Live
 
+            self._refresh()
             self._live = Live(
                 console=self.console,
                 get_renderable=self._live_renderable,
@@ -211,12 +222,7 @@ class ConsoleReporter:
             self._live.start()
 
     def _live_renderable(self) -> RenderableType:
-        with self._lock:
-            total = len(self._hosts)
-            done = len(self._done_hosts)
-            running = {h: list(s) for h, s in self._running.items() if s}
-            progress = {h: p for h, p in self._progress.items() if h in running and p.step in running[h]}
-            finished = self._finished_steps
+        total, done, running, progress, finished = self._view  # one atomic read: see `_refresh`
         elapsed = format_duration(time.monotonic() - self._started_at)
         from rich.table import Table  # the live display only: not imported for pipes and CI logs
 

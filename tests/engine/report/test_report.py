@@ -409,3 +409,32 @@ def test_json_safe_converts_odd_values():
             "f": Status.OK,
         }
     ) == {"a": [1, "\ufffd"], "b": [1, 2], "c": None, "d": MASK, "e": None, "f": "ok"}
+
+
+def test_the_live_view_never_waits_for_the_reporter_lock(scrubber):
+    """rich's refresh thread renders the live view while holding rich's lock; the reporter's
+    event handler holds its own lock and may wait for rich's. The view must therefore never
+    wait for the reporter's lock (it deadlocked a run under load)."""
+    import threading
+
+    out = io.StringIO()
+    rep = ConsoleReporter(Console(file=out, force_terminal=True, width=100), mode="run", live=True, scrubber=scrubber)
+    rep(RunStarted("r1", "pb.yml", "run", ["web01"], ["sync"]))
+    held, release, rendered = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_the_reporter_lock():
+        with rep._lock:
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_the_reporter_lock, daemon=True)
+    holder.start()
+    assert held.wait(60)
+    view = threading.Thread(target=lambda: (rep._live_renderable(), rendered.set()), daemon=True)
+    view.start()
+    view.join(30)  # a bound for a broken build, not a timing assumption: a correct one returns at once
+    rendered_while_held = rendered.is_set()
+    release.set()
+    holder.join(60)
+    rep.close()
+    assert rendered_while_held
