@@ -73,6 +73,20 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def _unused_release_id(history: Any) -> str:
+    """A new release id no recorded run used: two runs within one second would otherwise share
+    `releases/<id>` (the second writing into the live release); the later gets `-2`, `-3`, ...
+    (which still sort after the first)."""
+    base = new_release_id()
+    used = history.release_ids(base)
+    if base not in used:
+        return base
+    n = 2
+    while f"{base}-{n}" in used:
+        n += 1
+    return f"{base}-{n}"
+
+
 def new_release_id() -> str:
     """A sortable release id, UTC to the second (Capistrano style): 20261124T051500Z."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -207,7 +221,7 @@ def run(
 
         history = History(options.state_dir)
         options.run_id = new_run_id()
-        options.release_id = options.release_id or new_release_id()
+        options.release_id = options.release_id or _unused_release_id(history)
         subs.insert(
             0,
             HistoryRecorder(

@@ -211,6 +211,14 @@ class History:
             rows = self._db.execute(sql, params).fetchall()
         return [self._record(r) for r in rows]
 
+    def release_ids(self, base: str) -> set[str]:
+        """The recorded release ids equal to `base` or of the form `base-N`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT release_id FROM runs WHERE release_id = ? OR release_id LIKE ?", (base, base + "-%")
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def run(self, run_id: str) -> RunRecord | None:
         with self._lock:
             row = self._db.execute(

@@ -128,3 +128,20 @@ def test_a_plan_is_saved_and_applied_through_the_api(setup, tmp_path):
         assert hist.run(applied.run_id).plan_hash == ready.plan_hash
     finally:
         hist.close()
+
+
+def test_two_runs_in_one_second_get_different_releases(setup, monkeypatch):
+    """A release id is the UTC second; a second run within that second must not write into the
+    first one's (live) release directory."""
+    fleet, tree, loaded, state, options = setup
+    monkeypatch.setattr(api, "new_release_id", lambda: "20261202T120000Z")
+    assert api.run(loaded, options()).exit_code() == 0
+    assert {current(h) for h in fleet} == {"releases/20261202T120000Z"}
+    first = {h.name: (Path(h.data_dir) / "app/releases/20261202T120000Z/app/f00.php").read_text() for h in fleet}
+    make_tree(tree, 2)
+    second = options()
+    assert api.run(loaded, second).exit_code() == 0
+    assert second.release_id == "20261202T120000Z-2"
+    assert {current(h) for h in fleet} == {"releases/20261202T120000Z-2"}
+    for h in fleet:  # the first release is as it was: nothing was written into it
+        assert (Path(h.data_dir) / "app/releases/20261202T120000Z/app/f00.php").read_text() == first[h.name]
