@@ -28,6 +28,7 @@ from engine.record.savedplan import file_hash
 if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait for the graph library
     from engine.connection.pool import ConnectionPool
     from engine.execute.scheduler import Executor
+    from engine.record.plansign import PlanKey
     from engine.record.rollback import RollbackPlan
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "resolve_secrets",
     "run",
     "prepare_resume",
+    "plan_key",
+    "CONFIGURED_KEY",
     "save_plan",
     "SavedApply",
     "prepare_apply",
@@ -307,12 +310,38 @@ def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> None:
         hist.close()
 
 
-def save_plan(path: str, summary: RunSummary, loaded: Loaded, options: RunOptions, *, secret_names: set[str]) -> str:
+class _Configured:
+    """The type of `CONFIGURED_KEY`."""
+
+
+#: `save_plan`'s default: sign with the key the environment configures, if any.
+CONFIGURED_KEY = _Configured()
+
+
+def plan_key() -> PlanKey | None:
+    """The plan-signing key from `PLAYBOOK_PLAN_KEY` or `PLAYBOOK_PLAN_KEY_FILE`, or None
+    (engine/record/plansign.py)."""
+    from engine.record.plansign import plan_key as from_env
+
+    return from_env()
+
+
+def save_plan(
+    path: str,
+    summary: RunSummary,
+    loaded: Loaded,
+    options: RunOptions,
+    *,
+    secret_names: set[str],
+    key: PlanKey | None | _Configured = CONFIGURED_KEY,
+) -> str:
     """Write a plan's summary to `path` for `playbook apply` (engine/record/savedplan.py) and
-    return its plan hash. Secret values never enter the file."""
+    return its plan hash. Secret values never enter the file. Signed with `key`: by default the
+    configured one (`plan_key()`, unsigned when there is none); None: unsigned."""
     from engine.record.savedplan import save_plan as write_plan
     from engine.secrets import SCRUBBER
 
+    signing = plan_key() if isinstance(key, _Configured) else key
     return write_plan(
         path,
         summary,
@@ -323,6 +352,7 @@ def save_plan(path: str, summary: RunSummary, loaded: Loaded, options: RunOption
         limit=options.limit,
         release_id=options.release_id,
         scrubber=SCRUBBER,
+        key=signing,
     )
 
 
@@ -340,17 +370,28 @@ class SavedApply:
 def prepare_apply(
     plan_file: str, *, secrets: Sequence[str] = (), forks: int = 50, state_dir: str = ".playbook", verbose: int = 0
 ) -> SavedApply:
-    """Load a saved plan and check it still holds (`playbook apply`): refuse (`StalePlan`) when
-    its playbook or inventory changed, or when a fresh read-only plan from the same inputs
-    differs from it on any node, naming each host and step. Nothing is changed anywhere."""
+    """Load a saved plan and check it still holds (`playbook apply`). Refused, with nothing
+    changed anywhere, when the file does not verify (`UntrustedPlan`: altered, unsigned while a
+    key is configured, signed with another key; engine/record/savedplan.py), and (`StalePlan`)
+    when its playbook or inventory changed, the secret vars differ from the plan's, or a fresh
+    read-only plan from the same inputs differs from it on any node (change, diffs or
+    fingerprint), naming each host and step."""
     from engine.errors import StalePlan
     from engine.record.savedplan import check_files, drift, load_plan
 
-    saved = load_plan(plan_file)
+    saved = load_plan(plan_file, key=plan_key())
     check_files(saved)
     loaded = load(saved.playbook, saved.inventory)
     extra = dict(saved.extra_vars)
     found = resolve_secrets(loaded.playbook, secrets)
+    if set(found) != set(saved.secret_vars):
+        missing, extra_names = sorted(set(saved.secret_vars) - set(found)), sorted(set(found) - set(saved.secret_vars))
+        why = (
+            f"it was made with secret var(s) {', '.join(missing)}: pass them again (--secret NAME)"
+            if missing
+            else f"secret var(s) {', '.join(extra_names)} were not part of it"
+        )
+        raise StalePlan(f"refusing to apply {plan_file}: {why}", [])
     extra.update(found)
     check(loaded, extra, saved.limit)
     verify = RunOptions(

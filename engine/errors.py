@@ -26,7 +26,10 @@ at the boundary of the layer that calls them; none escapes a connection or a mod
     │   └── Conflict                         modules/_support/kube.py (HTTP 409, retried)
     ├── LockHeld (RuntimeError)              another run holds a deploy lock
     ├── StalePlan (RuntimeError)             a saved plan no longer matches the world
-    ├── RollbackRefused (RuntimeError)       a rollback would leave migrations applied
+    ├── UntrustedPlan (ValueError)           a saved plan fails its hash or signature check
+    ├── ResumeRefused (RuntimeError)         a resume would mix two runs' inputs
+    ├── RollbackRefused (RuntimeError)       a rollback would leave migrations applied, or
+    │                                        some host cannot be rolled back
     └── DynamicInventoryError (RuntimeError) a dynamic inventory source failed
 
 The ModuleError children live beside the code that raises them; every other class is here.
@@ -54,6 +57,8 @@ __all__ = [
     "LockHeld",
     "InventoryEditError",
     "StalePlan",
+    "UntrustedPlan",
+    "ResumeRefused",
     "RollbackRefused",
     "DynamicInventoryError",
     "suggest",
@@ -158,8 +163,23 @@ class StalePlan(PlaybookError, RuntimeError):
         super().__init__(message)
 
 
+class UntrustedPlan(PlaybookError, ValueError):
+    """A saved plan file failed verification (altered, unsigned, signed with another key);
+    `plan_file` is the file. Nothing was applied."""
+
+    def __init__(self, message: str, *, plan_file: str = "") -> None:
+        self.plan_file = plan_file
+        super().__init__(message)
+
+
+class ResumeRefused(PlaybookError, RuntimeError):
+    """`run --resume` would mix two runs' inputs under one release (the playbook, inventory,
+    `--limit` or a source changed since the run); the message names what and how."""
+
+
 class RollbackRefused(PlaybookError, RuntimeError):
-    """The rollback would leave migrations applied; the message lists them."""
+    """The rollback would leave migrations applied, or some host cannot be rolled back; the
+    message lists them. Nothing was changed on any host."""
 
 
 class DynamicInventoryError(PlaybookError, RuntimeError):

@@ -243,6 +243,8 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     extra = api.parse_extra_vars(ns.extra_vars)
     secrets = api.resolve_secrets(loaded.playbook, ns.secret)
     extra.update(secrets)
+    save_to = getattr(ns, "out", None) if mode == "plan" else None
+    key = api.plan_key() if save_to else None  # a bad key setting fails before any host is contacted
     pool = api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
     try:
         api.check(loaded, extra, ns.limit)
@@ -261,10 +263,12 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     finally:  # a failed check: nothing ran on any host; close what was opened (execute closes it too)
         if pool is not None:
             pool.close_all()
-    save_to = getattr(ns, "out", None)
-    if save_to and mode == "plan":
-        digest = api.save_plan(save_to, summary, loaded, opts, secret_names=set(secrets))
-        sys.stderr.write(f"plan saved to {save_to} ({digest[:19]}…); apply it with: playbook apply {save_to}\n")
+    if save_to:
+        digest = api.save_plan(save_to, summary, loaded, opts, secret_names=set(secrets), key=key)
+        signed = f"signed with key id {key.key_id}" if key else "unsigned"
+        sys.stderr.write(
+            f"plan saved to {save_to} ({digest[:19]}…, {signed}); apply it with: playbook apply {save_to}\n"
+        )
     return summary.exit_code()
 
 
