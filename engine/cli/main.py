@@ -257,8 +257,11 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
             state_dir=ns.state_dir,
             verbose=ns.verbose,
         )
-        if getattr(ns, "resume", None):
-            api.prepare_resume(loaded, opts, ns.resume)
+        if getattr(ns, "resume", None) and not api.prepare_resume(loaded, opts, ns.resume):
+            sys.stderr.write(
+                f"run {opts.resumed_from} already finished (release {opts.release_id}): nothing to resume\n"
+            )
+            return 0
         summary = _run(ns, loaded, opts, pool=pool)
     finally:  # a failed check: nothing ran on any host; close what was opened (execute closes it too)
         if pool is not None:

@@ -42,7 +42,7 @@ def setup(fleet_factory, tmp_path, monkeypatch):
         host["vars"]["app_root"] = f"{host['vars']['root']}/app"
     inv_path.write_text(yaml.safe_dump(inv))
     state = tmp_path / "state"
-    flush = json.dumps({"cache_flush_command": ["sh", "-c", "echo flushed >> ../flushes"]})
+    flush = json.dumps({"cache_flush_command": ["sh", "-c", "echo flushed >> {{ app_root }}/flushes"]})
     base = ["-i", str(inv_path), "-e", f"smartweb_tree={tree}", "--state-dir", str(state), "-e", flush]
     return fleet, base, state
 
