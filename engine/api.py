@@ -509,4 +509,4 @@ def prepare_rollback(
     assert plan.playbook is not None
     rolled = Loaded(plan.playbook, loaded.inventory)
     check(rolled, options.extra_vars, options.limit)
-    return Rollback(plan, rolled, dataclasses.replace(options, release_id=plan.target))
+    return Rollback(plan, rolled, dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded))

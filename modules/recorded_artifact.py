@@ -58,7 +58,8 @@ def parse_digest(text: str) -> Digest | None:
 class RecordedArtifact:
     """The bytes a release was deployed from, by their recorded digest: from the controller's
     cache, else fetched again from the original source pinned to that digest. Unavailable bytes
-    are reported in the plan, not failed: only hosts that need them fail. Used by rollback."""
+    are reported in the plan, not failed: only hosts that need them fail. Used by rollback, which
+    adds every other output the source recorded for the release (npm `integrity`, S3 `uri`...)."""
 
     name: ClassVar[str] = "recorded_artifact"
     source_type: ClassVar[str] = "recorded"
@@ -67,7 +68,7 @@ class RecordedArtifact:
     outputs: ClassVar[dict[str, str]] = {
         "path": "the tree (or file) on the controller; empty when the bytes are unavailable",
         "digest": "the recorded digest",
-        "version": "the recorded version, when the source had one",
+        "version": "the version a fetch found, else the one recorded for the release, when the source has one",
         "available": "whether the bytes were found",
         "error": "why not, when they were not",
     }
@@ -75,7 +76,8 @@ class RecordedArtifact:
 
     def plan(self, ctx: PlanContext, args: RecordedArtifactArgs) -> Plan:
         release = f" (release {args.release})" if args.release else ""
-        outputs: dict[str, Any] = {"digest": args.digest, "version": None, "available": True, "error": ""}
+        # no `version` unless a fetch gives one: the rollback keeps the one recorded for the release
+        outputs: dict[str, Any] = {"digest": args.digest, "available": True, "error": ""}
         key = parse_digest(args.digest)
         cache = ArtifactCache(ctx.state_dir)
         if key is not None and cache.verify(key):
@@ -99,12 +101,17 @@ class RecordedArtifact:
             )
         return Plan.no_change(
             f"{args.digest}{release} fetched again from the {args.fetch.get('type')} source",
-            outputs={**outputs, "path": fetched.get("path", ""), "version": fetched.get("version")},
+            outputs={**outputs, "path": fetched.get("path", ""), **_known(fetched, "version")},
             fingerprint={"digest": args.digest},
         )
 
     def apply(self, ctx: ApplyContext, plan: Plan) -> None:  # pragma: no cover - a plan here never changes
         return None
+
+
+def _known(outputs: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The named outputs that have a value."""
+    return {n: outputs[n] for n in names if outputs.get(n) is not None}
 
 
 def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None) -> str:

@@ -34,6 +34,10 @@ class RunOptions:
     # `playbook run --resume`: nodes finished by the interrupted run, with their outputs
     done: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
     resumed_from: str = ""
+    # `playbook rollback`: outputs the runs of the target release recorded, per (step, host).
+    # Templates see them for steps that do not run (`steps.sync.release_name`); a step that does
+    # run (a source, as `recorded_artifact`) gives its own outputs over them.
+    recorded: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
 
 
 def resolve_fleets(playbook: Playbook, inventory: Inventory, limit: str | None) -> dict[str, list[str]]:

@@ -19,6 +19,7 @@ Failure handling (documented in docs/execution.md):
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import queue
 import threading
@@ -79,6 +80,8 @@ class Executor:
         self._started = time.time()
         self._results: dict[Node, StepResult] = {}
         self._outputs = Outputs()
+        for (sid, host), outs in (options.recorded or {}).items():
+            self._outputs.record(sid, host, outs)
         self._host_failed: dict[str, str] = {}
         self._unreachable: set[str] = set()
         self._aborted: str | None = None
@@ -280,6 +283,9 @@ class _Dispatch:
 
     def finish(self, node: Node, result: StepResult) -> None:
         ex = self.ex
+        recorded = (ex.opts.recorded or {}).get((node.step, node.host))
+        if recorded and result.status in (Status.OK, Status.CHANGED):
+            result = dataclasses.replace(result, outputs={**recorded, **result.outputs})
         ex._results[node] = result
         if not node.barrier:
             self.summary.results.append(result)

@@ -44,6 +44,10 @@ class RollbackPlan:
     images: dict[str, dict[str | None, dict]] = field(default_factory=dict)
     # source name -> outputs of `sources.<name>` in the run that deployed the target release
     artifacts: dict[str, dict] = field(default_factory=dict)
+    # (step, host) -> what the runs of the target release recorded, newest first (npm `version`
+    # and `integrity`, S3 digests, `steps.sync.release_name`...): the generated playbook renders
+    # with them (`RunOptions.recorded`) for the steps it does not run, and its sources add them
+    recorded: dict[tuple[str, str | None], dict] = field(default_factory=dict)
 
 
 _IMAGE_STEPS = {"canary_switch": ("set_image", "revert"), "helm_bump": None}
@@ -62,20 +66,18 @@ def _recorded_images(playbook: Playbook, history: History, ok: list[RunRecord], 
     return found
 
 
-def _recorded_artifacts(history: History, ok: list[RunRecord], target: str) -> dict[str, dict]:
-    """The outputs of each source (digest, version, path...) in the newest successful run that
-    deployed the target release."""
-    found: dict[str, dict] = {}
+def _recorded_outputs(history: History, ok: list[RunRecord], target: str) -> dict[tuple[str, str | None], dict]:
+    """Every (step, host)'s outputs in the successful runs of the target release, the newest
+    run's first. A source a rollback could not fetch (`available: false`) is not the record."""
+    found: dict[tuple[str, str | None], dict] = {}
     for run in sorted((r for r in ok if r.release_id == target), key=lambda r: r.started, reverse=True):
         for res in history.results(run.run_id):
             outs = res.get("outputs") or {}
-            if (
-                res["host"] is None
-                and res["step"].startswith("sources.")
-                and res["status"] in ("ok", "changed")
-                and outs.get("digest")
+            if res["status"] not in ("ok", "changed") or (
+                res["step"].startswith("sources.") and outs.get("available") is False
             ):
-                found.setdefault(res["step"][len("sources.") :], outs)
+                continue
+            found.setdefault((res["step"], res["host"]), outs)
     return found
 
 
@@ -120,7 +122,13 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
                 migrations.append(Migration(run, res["step"], res["host"], outs["migration"], outs.get("down", "")))
     plan = RollbackPlan(current, target, undone, migrations)
     plan.images = _recorded_images(playbook, history, ok, since)
-    plan.artifacts = _recorded_artifacts(history, ok, target)
+    recorded = _recorded_outputs(history, ok, target)
+    plan.artifacts = {
+        sid[len("sources.") :]: outs
+        for (sid, host), outs in recorded.items()
+        if host is None and sid.startswith("sources.") and outs.get("digest")
+    }
+    plan.recorded = recorded
     if migrations and not with_migrations:
         lines = "\n".join(
             f"  {m.name} on {m.host or CONTROLLER} (release {m.run.release_id}, step {m.step})" for m in migrations
@@ -131,6 +139,8 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
             f"or revert them yourself"
         )
     plan.playbook = _rollback_playbook(playbook, plan)
+    generated = {s.id for s in plan.playbook.steps if not s.id.startswith("sources.")}
+    plan.recorded = {k: v for k, v in recorded.items() if k[0] not in generated}
     return plan
 
 
@@ -176,7 +186,7 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
                     description=f"switch {s.id} back to {plan.target}",
                 )
             )
-    steps += _cache_clears(playbook, {s.id for s in steps})
+    steps += _cache_clears(playbook, {s.id for s in steps} | {f"sources.{n}" for n in sources}, plan.recorded)
     for s in playbook.steps:
         recorded = plan.images.get(s.id)
         if not recorded:
@@ -289,14 +299,21 @@ def _switch_args(playbook: Playbook, plan: RollbackPlan, step: Step) -> tuple[di
     return args, source
 
 
-def _cache_clears(playbook: Playbook, generated: set[str]) -> list[Step]:
+_STEP_REF = re.compile(r"\bsteps\.([A-Za-z_][A-Za-z0-9_-]*)")
+
+
+def _cache_clears(playbook: Playbook, generated: set[str], recorded: dict[tuple[str, str | None], dict]) -> list[Step]:
     """The playbook's `cache_clear` steps, run again after the switch on the hosts whose
     `current` moved: their `only_if_changed` names the generated switch steps instead of the
-    rsync steps. One whose arguments read another step's outputs (`steps.X`) is left out: those
-    steps do not run in a rollback."""
+    rsync steps. Outputs of steps that do not run in a rollback (`steps.sync.release_name`) are
+    the ones the target release's run recorded; a cache_clear reading a step that recorded
+    nothing for that release (a step added since) is left out."""
     out: list[Step] = []
+    have = {sid for sid, _host in recorded}
     for s in playbook.steps:
-        if s.module != "cache_clear" or "steps." in repr(dict(s.args)):
+        if s.module != "cache_clear":
+            continue
+        if any(ref not in have for ref in _STEP_REF.findall(repr(dict(s.args)) + repr(s.when or ""))):
             continue
         named = s.args.get("only_if_changed") or ()
         if not isinstance(named, (list, tuple)):
@@ -315,14 +332,13 @@ def _cache_clears(playbook: Playbook, generated: set[str]) -> list[Step]:
         args = dict(s.args)
         if named:
             args["only_if_changed"] = mapped
+        sources = tuple(n for n in s.needs if n.startswith("sources.") and n in generated)
         out.append(
-            Step(
-                f"rollback_{s.id}",
-                "cache_clear",
-                s.fleet,
-                args,
-                needs=tuple(mapped),
-                location=s.location,
+            replace(
+                s,
+                id=f"rollback_{s.id}",
+                args=args,
+                needs=(*mapped, *sources),
                 description=f"{s.description or s.id} after the rollback",
             )
         )

@@ -376,3 +376,51 @@ def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(
     for h in list(sshd_fleet)[:-1]:
         assert result(doc, "rollback_sync", h.name)["status"] == "changed"
         assert current(h, tmp_path, "templates") == f"releases/{first}"
+
+
+def test_a_rollback_renders_with_every_output_the_target_recorded(sshd_fleet, verdaccio, tmp_path, capsys, monkeypatch):
+    """npm `version`/`integrity` and the release name, as the release being returned to recorded
+    them, reach the cache flush after the switch; nothing in the rollback's history is None."""
+    name = f"@seed/templates-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("TEMPLATES_TEST_TOKEN", verdaccio.add_user("templates-out"))
+    base = fleet_setup(sshd_fleet, tmp_path, "templates_root", "templates") + [
+        "-e",
+        f"templates_package={name}",
+        "-e",
+        f"npm_registry={verdaccio.url}",
+        "-e",
+        "npm_token_env=TEMPLATES_TEST_TOKEN",
+    ]
+    pb = tmp_path / "templates.yml"
+    step = 'command: "{{ cache_flush_command }}"'
+    pb.write_text(
+        TEMPLATES.read_text().replace(
+            step,
+            "command: [sh, -c, 'echo {{ sources.templates.version }} {{ sources.templates.integrity }}"
+            " {{ steps.sync.release_name }} >> {{ templates_root }}/flushes']",
+        )
+    )
+    integrity = {}
+    for n, text in enumerate(("A", "B"), start=1):  # 1.0.0 republished
+        if n > 1:
+            verdaccio.unpublish(f"{name}@1.0.0")
+        integrity[text] = publish(verdaccio, tmp_path, name, "1.0.0", {"base.html": f"<html>{text}</html>"})
+        code, doc = cli(capsys, "run", str(pb), *base, "--release-id", f"20260401T00000{n}Z")
+        assert code == 0, doc
+    first = "20260401T000001Z"
+    code, doc = cli(capsys, "rollback", str(pb), *base)
+    assert code == 0, doc
+    for h in sshd_fleet:
+        root = app_root(h, tmp_path, "templates")
+        assert current(h, tmp_path, "templates") == f"releases/{first}"
+        assert (root / "current" / "base.html").read_text() == "<html>A</html>"
+        assert (root / "flushes").read_text().splitlines()[-1] == f"1.0.0 {integrity['A']} {first}"
+    src = result(doc, "sources.templates")["outputs"]
+    assert (src["version"], src["integrity"], src["digest"]) == ("1.0.0", integrity["A"], integrity["A"])
+    code, shown = cli(
+        capsys, "history", "--state-dir", str(tmp_path / "state"), "--run", doc["run_id"], "--format", "json"
+    )
+    assert code == 0
+    values = [v for r in shown["results"] for v in r["outputs"].values()] + [r["message"] for r in shown["results"]]
+    assert None not in values and not any("None" in str(v) for v in values), shown["results"]
+    assert shown["run"]["release_id"] == first and shown["run"]["status"] == "ok"

@@ -168,30 +168,41 @@ def test_a_removed_release_is_rebuilt_from_the_artifact_recorded_for_it(tmp_path
     }
 
 
-def test_cache_clears_follow_the_switch_unless_they_read_other_steps(tmp_path):
+def test_cache_clears_follow_the_switch_with_the_outputs_the_target_recorded(tmp_path):
     steps = (
         Step("sync", "rsync", "web", {"src": "x", "dest": "/srv/a", "releases": True}),
+        Step("build", "command", "web", {"command": ["true"]}),
         Step(
             "flush",
             "cache_clear",
             "web",
             {"command": ["wp", "cache", "flush"], "chdir": "/srv/a/current", "only_if_changed": ["sync"]},
             needs=("sync",),
+            when="true",
         ),
         Step(
-            "purge", "cache_clear", "web", {"command": ["true"], "chdir": "{{ steps.sync.release }}"}, needs=("sync",)
+            "purge",
+            "cache_clear",
+            "web",
+            {"command": ["true"], "chdir": "{{ steps.sync.release_name }}"},
+            needs=("sync",),
         ),
+        Step("stamp", "cache_clear", "web", {"command": ["{{ steps.build.stdout }}"]}, needs=("sync", "build")),
     )
     pb = Playbook("pb.yml", "shop", {}, {"web": Fleet("web", "web")}, steps)
     h = History(str(tmp_path))
     try:
-        record(h, "r1", "REL1", [res("sync", "w1")])
-        record(h, "r2", "REL2", [res("sync", "w1")])
+        record(h, "r1", "REL1", [res("sync", "w1", release_name="REL1")])
+        record(h, "r2", "REL2", [res("sync", "w1", release_name="REL2"), res("build", "w1", stdout="x")])
         plan = plan_rollback(pb, h, to=None, with_migrations=False)
     finally:
         h.close()
     generated = {s.id: s for s in plan.playbook.steps}
-    assert list(generated) == ["rollback_sync", "rollback_flush"]  # purge reads steps.sync: left out
+    # stamp reads steps.build, which REL1's run never recorded: left out
+    assert list(generated) == ["rollback_sync", "rollback_flush", "rollback_purge"]
     flush = generated["rollback_flush"]
     assert flush.args["only_if_changed"] == ["rollback_sync"] and flush.needs == ("rollback_sync",)
-    assert flush.args["chdir"] == "/srv/a/current"
+    assert flush.args["chdir"] == "/srv/a/current" and flush.when == "true"
+    assert generated["rollback_purge"].needs == ("rollback_sync",)
+    # the templates of the rollback see sync as REL1's run recorded it
+    assert plan.recorded == {("sync", "w1"): {"release_name": "REL1"}}
