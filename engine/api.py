@@ -492,21 +492,47 @@ class Rollback:
 
 
 def prepare_rollback(
-    loaded: Loaded, options: RunOptions, *, to: str | None = None, with_migrations: bool = False
+    loaded: Loaded,
+    options: RunOptions,
+    *,
+    to: str | None = None,
+    with_migrations: bool = False,
+    connect: Callable[[str], Any] | None = None,
 ) -> Rollback:
-    """Plan a rollback of `loaded`'s playbook from its history in `options.state_dir` (engine/
-    record/rollback.py) and check the generated playbook; `options` gives mode, forks, limit and
-    extra vars (secrets included). Refused (`RollbackRefused`) when migrations would be left
-    applied without `with_migrations`."""
-    from engine.record.history import History
-    from engine.record.rollback import plan_rollback
+    """Plan a rollback of `loaded`'s playbook (engine/record/rollback.py) and check the generated
+    playbook; `options` gives mode, forks, limit and extra vars (secrets included).
 
-    hist = History(options.state_dir)
+    It first reads, read-only, where each host's `current` points and which releases it has
+    (engine/record/live.py): the rollback leaves what is live, not what the history says
+    finished. Refused (`RollbackRefused`) when a host cannot be read, when no release older
+    than the live one is on every host, or when migrations would be left applied without
+    `with_migrations`. Nothing is changed anywhere. `connect` replaces the SSH pool (tests)."""
+    from engine.connection.pool import ConnectionPool
+    from engine.record.history import History
+    from engine.record.live import live_from, live_state_playbook
+    from engine.record.rollback import plan_rollback, releases_steps
+
+    inv = loaded.inventory
+    pool = ConnectionPool()  # opened only if used; one connection per host for every read
+
+    def reach(name: str) -> Any:
+        return connect(name) if connect is not None else pool.get(inv.hosts[name])
+
     try:
-        plan = plan_rollback(loaded.playbook, hist, to=to, with_migrations=with_migrations)
+        live = None
+        reader = live_state_playbook(loaded.playbook, releases_steps=releases_steps(loaded.playbook))
+        if reader is not None:
+            check(Loaded(reader, inv), options.extra_vars, options.limit)
+            read = dataclasses.replace(options, mode="plan", run_id="", release_id="", expected=None, done=None)
+            live = live_from(execute(Loaded(reader, inv), read, connect=reach))
+        hist = History(options.state_dir)
+        try:
+            plan = plan_rollback(loaded.playbook, hist, to=to, with_migrations=with_migrations, live=live)
+        finally:
+            hist.close()
     finally:
-        hist.close()
+        pool.close_all()
     assert plan.playbook is not None
-    rolled = Loaded(plan.playbook, loaded.inventory)
+    rolled = Loaded(plan.playbook, inv)
     check(rolled, options.extra_vars, options.limit)
     return Rollback(plan, rolled, dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded))

@@ -179,7 +179,12 @@ class ResumeRefused(PlaybookError, RuntimeError):
 
 class RollbackRefused(PlaybookError, RuntimeError):
     """The rollback would leave migrations applied, or some host cannot be rolled back; the
-    message lists them. Nothing was changed on any host."""
+    message lists them, and `hosts` names the hosts that cannot. Nothing was changed on any
+    host."""
+
+    def __init__(self, message: str, *, hosts: Iterable[str] = ()) -> None:
+        self.hosts = list(hosts)
+        super().__init__(message)
 
 
 class DynamicInventoryError(PlaybookError, RuntimeError):

@@ -338,9 +338,11 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
     rb = api.prepare_rollback(loaded, opts, to=ns.to, with_migrations=ns.with_migrations)
     plan = rb.plan
     sys.stderr.write(
-        f"rollback of {loaded.playbook.name}: {plan.current} -> {plan.target}"
+        f"rollback of {loaded.playbook.name}: {plan.live_text()} -> {plan.target}"
         f" ({len(plan.undone)} run(s) undone, {len(plan.migrations)} migration(s) to revert)\n"
     )
+    for note in plan.notes:
+        sys.stderr.write(f"note: {note}\n")
     return _run(ns, rb.loaded, rb.options, rollback=True).exit_code()
 
 

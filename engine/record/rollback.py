@@ -20,8 +20,9 @@ from typing import Any
 from engine.errors import PlaybookError, RollbackRefused
 from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
 from engine.record.history import History, RunRecord
+from engine.record.live import Live, choose_target
 
-__all__ = ["RollbackPlan", "plan_rollback", "RollbackRefused", "Migration"]
+__all__ = ["RollbackPlan", "plan_rollback", "releases_steps", "RollbackRefused", "Migration"]
 
 
 @dataclass
@@ -35,6 +36,10 @@ class Migration:
 
 @dataclass
 class RollbackPlan:
+    """What a rollback does: from `current` (the newest release live on any host, or the
+    history's newest when nothing says what is live) to `target`, undoing `undone` runs, and the
+    generated `playbook` that does it."""
+
     current: str
     target: str
     undone: list[RunRecord]
@@ -48,6 +53,21 @@ class RollbackPlan:
     # and `integrity`, S3 digests, `steps.sync.release_name`...): the generated playbook renders
     # with them (`RunOptions.recorded`) for the steps it does not run, and its sources add them
     recorded: dict[tuple[str, str | None], dict] = field(default_factory=dict)
+    # (rsync step id, host) -> what that host served when the rollback was planned
+    live: dict[tuple[str, str], Live] = field(default_factory=dict)
+    # for the user: newer releases some hosts lack, hosts that move forward
+    notes: list[str] = field(default_factory=list)
+
+    def live_text(self) -> str:
+        """The live release, or which hosts serve which when they differ."""
+        by_release: dict[str, set[str]] = {}
+        for (_step, host), v in self.live.items():
+            by_release.setdefault(v.current or "no release", set()).add(host)
+        if len(by_release) <= 1:
+            return next(iter(by_release), self.current) if self.live else self.current
+        return "; ".join(
+            f"{rel} on {', '.join(sorted(hosts))}" for rel, hosts in sorted(by_release.items(), key=lambda kv: kv[0])
+        )
 
 
 _IMAGE_STEPS = {"canary_switch": ("set_image", "revert"), "helm_bump": None}
@@ -87,10 +107,30 @@ def _releases(history: History, name: str) -> list[RunRecord]:
     return sorted(runs, key=lambda r: r.started)
 
 
-def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_migrations: bool) -> RollbackPlan:
+def releases_steps(playbook: Playbook) -> list[Step]:
+    """The playbook's `rsync` steps with the releases layout: the ones whose `current` a
+    rollback reads and switches."""
+    return [s for s in playbook.steps if s.module == "rsync" and _truthy(s.args.get("releases"))]
+
+
+def plan_rollback(
+    playbook: Playbook,
+    history: History,
+    *,
+    to: str | None,
+    with_migrations: bool,
+    live: dict[tuple[str, str], Live] | None = None,
+) -> RollbackPlan:
+    """The rollback of `playbook` from its `history`: to `to`, or by default to the release
+    before. With `live` (what each host's `current` points at, engine/record/live.py) the
+    release to leave and the default target follow the hosts; without it (no releases-layout
+    step) the history's newest successful release is taken as live."""
     ok = _releases(history, playbook.name)
     if not ok:
         raise PlaybookError(f"no successful run of '{playbook.name}' in the history: nothing to roll back")
+    if live:
+        chosen = choose_target(history, playbook.name, ok, live, to)
+        return _plan_to(playbook, history, ok, chosen.current, chosen.target, with_migrations, live, list(chosen.notes))
     current = ok[-1].release_id or ""
     order: list[str] = []
     for r in ok:
@@ -110,6 +150,19 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
         target = to
     if target == current:
         raise PlaybookError(f"release {target} is already the current release")
+    return _plan_to(playbook, history, ok, current, target, with_migrations, {}, [])
+
+
+def _plan_to(
+    playbook: Playbook,
+    history: History,
+    ok: list[RunRecord],
+    current: str,
+    target: str,
+    with_migrations: bool,
+    live: dict[tuple[str, str], Live],
+    notes: list[str],
+) -> RollbackPlan:
     since = max(r.started for r in ok if r.release_id == target)
     undone = [r for r in history.runs(playbook.name, limit=10_000) if r.started > since and r.release_id != target]
     undone.sort(key=lambda r: r.started, reverse=True)
@@ -120,7 +173,7 @@ def plan_rollback(playbook: Playbook, history: History, *, to: str | None, with_
             outs = res.get("outputs") or {}
             if res["status"] == "changed" and outs.get("migration") and outs.get("action", "up") == "up":
                 migrations.append(Migration(run, res["step"], res["host"], outs["migration"], outs.get("down", "")))
-    plan = RollbackPlan(current, target, undone, migrations)
+    plan = RollbackPlan(current, target, undone, migrations, live=live, notes=notes)
     plan.images = _recorded_images(playbook, history, ok, since)
     recorded = _recorded_outputs(history, ok, target)
     plan.artifacts = {
@@ -168,24 +221,23 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
         steps.append(Step(sid, "migrate", fleet, args, needs=previous, description=f"revert {m.name}"))
         previous = (sid,)
     sources: dict[str, Source] = {}
-    for s in playbook.steps:
-        if s.module == "rsync" and _truthy(s.args.get("releases")):
-            args, source = _switch_args(playbook, plan, s)
-            needs = previous
-            if source is not None:
-                sources[source.name] = source
-                needs = (*previous, f"sources.{source.name}")
-            steps.append(
-                Step(
-                    f"rollback_{s.id}",
-                    "release_switch",
-                    s.fleet,
-                    args,
-                    needs=needs,
-                    location=s.location,
-                    description=f"switch {s.id} back to {plan.target}",
-                )
+    for s in releases_steps(playbook):
+        args, source = _switch_args(playbook, plan, s)
+        needs = previous
+        if source is not None:
+            sources[source.name] = source
+            needs = (*previous, f"sources.{source.name}")
+        steps.append(
+            Step(
+                f"rollback_{s.id}",
+                "release_switch",
+                s.fleet,
+                args,
+                needs=needs,
+                location=s.location,
+                description=f"switch {s.id} back to {plan.target}",
             )
+        )
     steps += _cache_clears(playbook, {s.id for s in steps} | {f"sources.{n}" for n in sources}, plan.recorded)
     for s in playbook.steps:
         recorded = plan.images.get(s.id)

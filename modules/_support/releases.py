@@ -44,6 +44,7 @@ __all__ = [
     "apply_delta",
     "parse_probe",
     "read_state",
+    "read_releases",
     "release_name_for",
     "shared_link_target",
     "releases_to_remove",
@@ -103,6 +104,21 @@ if [ -n "$t" ]; then
 fi
 printf 'E\000'
 exit $rc
+"""
+
+# `current` and the releases alone (the probe above without the tree): what rollback reads first
+_LIVE = r"""
+dest=$1
+if [ -L "$dest/current" ]; then
+  cur=$(readlink -- "$dest/current") || exit 1
+  printf 'C\000%s\000' "$cur"
+elif [ -e "$dest/current" ]; then
+  printf 'X\000'
+fi
+if [ -d "$dest/releases" ]; then
+  find "$dest/releases" -mindepth 1 -maxdepth 1 -type d -printf 'R\000%P\000' || exit 1
+fi
+printf 'E\000'
 """
 
 _PREPARE = r"""
@@ -383,6 +399,14 @@ def read_state(
     argv = probe_argv(dest, releases=releases, checksum=checksum)
     runner = getattr(conn, "probe", None) or conn.run
     return parse_probe(dest, runner(argv, timeout=timeout), releases=releases, host=getattr(conn, "host", ""))
+
+
+def read_releases(conn: Any, dest: str, *, timeout: float | None = None) -> RemoteState:
+    """Where `current` points under `dest` and which releases are there, without reading any
+    tree (`tree` is None): one cheap probe over `conn` (a `Connection` or a read-only view)."""
+    runner = getattr(conn, "probe", None) or conn.run
+    result = runner(["sh", "-c", _LIVE, "sh", dest], timeout=timeout)
+    return parse_probe(dest, result, releases=True, host=getattr(conn, "host", ""))
 
 
 def release_name_for(release_id: str, existing: Iterable[str], current: str | None = None) -> str:

@@ -307,13 +307,14 @@ def test_rollback_rebuilds_a_removed_widgets_release_from_its_s3_version(sshd_fl
         assert (root / "flushes").read_text() == "flushed\n" * 4  # three deploys, then the rollback's flush
     assert history(tmp_path / "state", "deploy-widgets", "widgets")[-1]["digest"] == sha256(bundles[1])
 
-    # back to the newest release: still on every host, so only `current` moves. The first host is
-    # already there (switched by hand): nothing moves there, so its cache is not flushed either
+    # back to the newest release (a default rollback would go back from it, the newest live one):
+    # still on every host, so only `current` moves. The first host is already there (switched by
+    # hand): nothing moves there, so its cache is not flushed either
     first = list(sshd_fleet)[0]
     link = app_root(first, tmp_path, "widgets") / "current"
     os.symlink("releases/20260201T000003Z", str(link) + ".tmp")
     os.replace(str(link) + ".tmp", link)
-    code, doc = cli(capsys, "rollback", str(pb), *base)
+    code, doc = cli(capsys, "rollback", str(pb), *base, "--to", "20260201T000003Z")
     assert code == 0, doc
     for h in sshd_fleet:
         assert result(doc, "rollback_sync", h.name)["outputs"]["rebuilt"] is False
@@ -353,7 +354,9 @@ def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(
     assert "from the controller's cache" in result(doc, "sources.templates")["plan"]["reason"]
     for h in sshd_fleet:
         assert (app_root(h, tmp_path, "templates") / "current" / "base.html").read_text() == "<html>A</html>"
-    code, doc = cli(capsys, "rollback", str(pb), *base)  # back to C: a switch
+    code, doc = cli(capsys, "rollback", str(pb), *base)  # nothing is older than the live A
+    assert code == 1 and "is older than the live 20260301T000001Z" in doc["stderr"], doc
+    code, doc = cli(capsys, "rollback", str(pb), *base, "--to", "20260301T000003Z")  # back to C: a switch
     assert code == 0, doc
 
     # A's bytes are nowhere now (cache emptied, registry serves C as 1.0.0), and the last host has
