@@ -28,6 +28,7 @@ from engine.record.savedplan import file_hash
 if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait for the graph library
     from engine.connection.pool import ConnectionPool
     from engine.execute.scheduler import Executor
+    from engine.record.live import RollbackReport
     from engine.record.plansign import PlanKey
     from engine.record.rollback import RollbackPlan
 
@@ -52,6 +53,7 @@ __all__ = [
     "prepare_apply",
     "Rollback",
     "prepare_rollback",
+    "rollback_report",
 ]
 
 
@@ -484,11 +486,14 @@ def prepare_apply(
 @dataclass(frozen=True)
 class Rollback:
     """A rollback ready to `run`: the generated playbook (`loaded`), its options (the target
-    release id) and the plan it came from (`plan.current`, `plan.target`, what is undone)."""
+    release id, the outputs the target recorded, in run mode the previewed nodes to apply
+    exactly), the plan it came from (`plan.current`, `plan.target`, what is undone) and, in run
+    mode, the whole-fleet `preview` that found every host can be rolled back."""
 
     plan: RollbackPlan
     loaded: Loaded
     options: RunOptions
+    preview: RunSummary | None = None
 
 
 def prepare_rollback(
@@ -504,13 +509,21 @@ def prepare_rollback(
 
     It first reads, read-only, where each host's `current` points and which releases it has
     (engine/record/live.py): the rollback leaves what is live, not what the history says
-    finished. Refused (`RollbackRefused`) when a host cannot be read, when no release older
-    than the live one is on every host, or when migrations would be left applied without
-    `with_migrations`. Nothing is changed anywhere. `connect` replaces the SSH pool (tests)."""
+    finished. In run mode it then plans the whole rollback on every host and refuses when any
+    node fails there, naming each host and step: a rollback that cannot finish everywhere is
+    not started anywhere. The run applies exactly the previewed nodes (each checked again just
+    before it changes anything) and stops at the first host that fails. Refused
+    (`RollbackRefused`) also when a host cannot be read, when no release older than the live one
+    is on every host, or when migrations would be left applied without `with_migrations`.
+    Nothing is changed anywhere. `connect` replaces the SSH pool (tests)."""
     from engine.connection.pool import ConnectionPool
+    from engine.errors import RollbackRefused
+    from engine.model.config import CONTROLLER
     from engine.record.history import History
     from engine.record.live import live_from, live_state_playbook
-    from engine.record.rollback import plan_rollback, releases_steps
+    from engine.record.rollback import plan_rollback, releases_steps, without_budget
+    from engine.record.savedplan import plan_nodes
+    from engine.secrets import SCRUBBER
 
     inv = loaded.inventory
     pool = ConnectionPool()  # opened only if used; one connection per host for every read
@@ -518,21 +531,50 @@ def prepare_rollback(
     def reach(name: str) -> Any:
         return connect(name) if connect is not None else pool.get(inv.hosts[name])
 
+    planning = dataclasses.replace(options, mode="plan", run_id="", release_id="", expected=None, done=None)
     try:
         live = None
         reader = live_state_playbook(loaded.playbook, releases_steps=releases_steps(loaded.playbook))
         if reader is not None:
             check(Loaded(reader, inv), options.extra_vars, options.limit)
-            read = dataclasses.replace(options, mode="plan", run_id="", release_id="", expected=None, done=None)
-            live = live_from(execute(Loaded(reader, inv), read, connect=reach))
+            live = live_from(execute(Loaded(reader, inv), planning, connect=reach))
         hist = History(options.state_dir)
         try:
             plan = plan_rollback(loaded.playbook, hist, to=to, with_migrations=with_migrations, live=live)
         finally:
             hist.close()
+        assert plan.playbook is not None
+        every_host = Loaded(without_budget(plan.playbook), inv)
+        check(every_host, options.extra_vars, options.limit)
+        ready = dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded)
+        if options.mode != "run":  # `rollback --plan` is this plan, shown as it is made
+            return Rollback(plan, every_host, ready)
+        preview = execute(
+            every_host, dataclasses.replace(planning, release_id=plan.target, recorded=plan.recorded), connect=reach
+        )
     finally:
         pool.close_all()
-    assert plan.playbook is not None
-    rolled = Loaded(plan.playbook, inv)
-    check(rolled, options.extra_vars, options.limit)
-    return Rollback(plan, rolled, dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded))
+    cannot = [r for r in preview.results if r.failed]
+    if cannot:
+        lines = "\n".join(
+            f"  {r.host or CONTROLLER}  {r.step}: {r.status.value}: {r.message}".replace("\n", " ") for r in cannot
+        )
+        hosts = sorted({r.host or CONTROLLER for r in cannot})
+        raise RollbackRefused(
+            f"refusing to roll back to {plan.target}: {len(hosts)} host(s) cannot be rolled back, so nothing was "
+            f"changed on any host:\n{lines}\nfix them, or leave them out with --limit",
+            hosts=hosts,
+        )
+    expected = {(n["step"], n["host"]): n for n in SCRUBBER.scrub_obj(plan_nodes(preview))}
+    return Rollback(plan, Loaded(plan.playbook, inv), dataclasses.replace(ready, expected=expected), preview)
+
+
+def rollback_report(rollback: Rollback, summary: RunSummary) -> RollbackReport:
+    """Which hosts the rollback run (`summary`) moved to its target, which already served it,
+    and, when a failure stopped it, which did not move and what they still serve
+    (`RollbackReport`, engine/record/live.py; its str() is what `playbook rollback` prints)."""
+    from engine.record.live import rollback_report as report
+    from engine.record.rollback import SWITCH_MODULES
+
+    switches = {s.id for s in rollback.loaded.playbook.steps if s.module in SWITCH_MODULES}
+    return report(rollback.plan.target, rollback.plan.live, switches, summary, rollback.preview)

@@ -343,7 +343,10 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
     )
     for note in plan.notes:
         sys.stderr.write(f"note: {note}\n")
-    return _run(ns, rb.loaded, rb.options, rollback=True).exit_code()
+    summary = _run(ns, rb.loaded, rb.options, rollback=True)
+    if rb.options.mode == "run":
+        sys.stderr.write(f"{api.rollback_report(rb, summary)}\n")
+    return summary.exit_code()
 
 
 def _cmd_apply(ns: argparse.Namespace) -> int:

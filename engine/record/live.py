@@ -10,19 +10,31 @@ chooses from that:
 - by default it goes to the newest successfully deployed release *older* than that (by when it
   was first deployed) that is on every host, noting the newer ones some hosts lack;
 - `--to` names any successfully deployed release that is not already live everywhere.
+
+After the run, `RollbackReport` says which hosts moved, which already served the target, and,
+when a failure stopped the rollout, which did not move and what they still serve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from engine.errors import PlaybookError, RollbackRefused
 from engine.model.config import Playbook, Step
 from engine.model.results import RunSummary, Status
 from engine.record.history import History, RunRecord
 
-__all__ = ["Live", "LiveTarget", "live_state_playbook", "live_from", "choose_target", "LIVE_STEP_PREFIX"]
+__all__ = [
+    "Live",
+    "LiveTarget",
+    "live_state_playbook",
+    "live_from",
+    "choose_target",
+    "LIVE_STEP_PREFIX",
+    "RollbackReport",
+    "rollback_report",
+]
 
 #: The read steps are named `live_<rsync step id>`.
 LIVE_STEP_PREFIX = "live_"
@@ -151,3 +163,81 @@ def _moving_forward(live: Mapping[tuple[str, str], Live], target: str, first: Ma
         {(host, v.current) for (_step, host), v in live.items() if v.current and first.get(v.current, age) < age}
     )
     return [f"{host} serves {rel}, older than {target}: it moves forward to {target}" for host, rel in behind]
+
+
+@dataclass(frozen=True)
+class RollbackReport:
+    """Which hosts a rollback run moved to `target`: `moved` (a switch changed there),
+    `already` (every switch found the target live), `failed` (any step failed or was
+    unreachable), `not_moved` (planned to move, did not), `was` (what each host served before),
+    and `stopped`, why new work stopped ("" when it did not)."""
+
+    target: str
+    moved: list[str]
+    already: list[str]
+    failed: list[str]
+    not_moved: list[str]
+    stopped: str = ""
+    was: Mapping[str, str] = field(default_factory=dict)
+    failures: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        def hosts(names: list[str]) -> str:
+            return ", ".join(names) if names else "none"
+
+        parts = [f"moved {len(self.moved)} host(s) to {self.target}: {hosts(self.moved)}"]
+        if self.already:
+            parts.append(f"already on it: {hosts(self.already)}")
+        if self.not_moved:
+            still = ", ".join(f"{h} (still {self.was[h]})" if self.was.get(h) else h for h in self.not_moved)
+            parts.append(f"not moved: {still}")
+        text = "; ".join(parts)
+        if self.failed or self.stopped:
+            why = "; ".join(f"{h} failed: {self.failures[h]}" for h in self.failed if h in self.failures)
+            head = f"rollback to {self.target} stopped" + (f" ({self.stopped})" if self.stopped else "")
+            return f"{head}: {why}\n{text}" if why else f"{head}\n{text}"
+        return text
+
+
+def rollback_report(
+    target: str,
+    live: Mapping[tuple[str, str], Live],
+    switch_steps: set[str],
+    summary: RunSummary,
+    preview: RunSummary | None = None,
+) -> RollbackReport:
+    """The `RollbackReport` of a rollback run (`summary`) whose `switch_steps` move hosts to
+    `target`; `preview` is the plan made before it (which hosts were to move)."""
+    switched: dict[str, set[Status]] = {}
+    failures: dict[str, str] = {}
+    for r in summary.results:
+        if r.host is None:
+            continue
+        if r.step in switch_steps:
+            switched.setdefault(r.host, set()).add(r.status)
+        if r.failed and r.host not in failures:
+            failures[r.host] = f"{r.step}: {r.message}".replace("\n", " ")
+    moved = sorted(h for h, st in switched.items() if Status.CHANGED in st)
+    already = sorted(h for h, st in switched.items() if st == {Status.OK})
+    if preview is not None:
+        planned = {r.host for r in preview.results if r.host and r.step in switch_steps and r.status != Status.OK}
+    else:
+        planned = set(summary.hosts)
+    not_moved = sorted(planned - set(moved) - set(already))
+    # the budget's own words would say "0%": a rollback has none, its first failure stops it
+    stopped = (
+        "interrupted" if summary.interrupted else ("a rollback stops at its first failure" if summary.aborted else "")
+    )
+    was: dict[str, str] = {}
+    for (_step, host), v in sorted(live.items()):
+        was.setdefault(host, v.current)
+    return RollbackReport(
+        target,
+        moved,
+        already,
+        sorted(failures),
+        not_moved,
+        stopped=stopped,
+        was=was,
+        failures=failures,
+    )

@@ -1,14 +1,20 @@
 """`playbook rollback`: return a fleet to a recorded release.
 
-The history says which releases of a playbook went live and in what order. Rolling back to an
-earlier release undoes every run after it. If those runs applied migrations, the rollback is
-refused (the seed team's "Automatic-with-migrations" incident: code rolled back, migration left
-behind) unless `--with-migrations`, which first runs their `down` commands, newest first. Then
-each releases-layout `rsync` step's `current` is switched back where that release is still on
-the host and built again from the recorded artifact where `keep` removed it (see
-modules/recorded_artifact.py), each canary Deployment (`canary_switch` set_image/revert) is reverted to the image it
-had in that release, and each `helm_bump` field is set back to the tag (and digest) recorded then. The rollback is itself an ordinary plan/run of a generated playbook: same locks,
-parallelism, events and history (recorded with the target release id, so it becomes "current").
+Which release is live and which one to go back to come from the hosts (engine/record/live.py);
+the history says what each release was made of. Rolling back to an earlier release undoes every
+run after it. If those runs applied migrations, the rollback is refused (the seed team's
+"Automatic-with-migrations" incident: code rolled back, migration left behind) unless
+`--with-migrations`, which first runs their `down` commands, newest first. Then each
+releases-layout `rsync` step's `current` is switched back where that release is still on the
+host and built again from the recorded artifact where `keep` removed it (see
+modules/recorded_artifact.py), each canary Deployment (`canary_switch` set_image/revert) is
+reverted to the image it had in that release, each `helm_bump` field is set back to the tag
+(and digest) recorded then, and the `cache_clear` steps run again, with the outputs the
+release's run recorded.
+
+The rollback is itself an ordinary plan/run of a generated playbook: same locks, parallelism,
+events and history (recorded with the target release id, so it becomes "current"). Its fleets
+have no failure budget: the first host that fails stops the rollout.
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
 from engine.record.history import History, RunRecord
 from engine.record.live import Live, choose_target
 
-__all__ = ["RollbackPlan", "plan_rollback", "releases_steps", "RollbackRefused", "Migration"]
+__all__ = [
+    "RollbackPlan",
+    "plan_rollback",
+    "releases_steps",
+    "without_budget",
+    "SWITCH_MODULES",
+    "RollbackRefused",
+    "Migration",
+]
 
 
 @dataclass
@@ -302,7 +316,19 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
         )
         for src in sources.values()
     )
+    # a rollback stops at the first host that fails: going on would spread a half-known state
+    fleets = {n: replace(f, max_fail_percentage=0) for n, f in fleets.items()}
     return replace(playbook, steps=source_steps + tuple(steps), fleets=fleets, sources=sources)
+
+
+def without_budget(playbook: Playbook) -> Playbook:
+    """A rollback playbook for planning: every host is planned, however many cannot be rolled
+    back, so a refusal can name them all."""
+    return replace(playbook, fleets={n: replace(f, max_fail_percentage=None) for n, f in playbook.fleets.items()})
+
+
+#: the generated steps that move a host to the target release
+SWITCH_MODULES = ("release_switch", "canary_switch")
 
 
 _SOURCE_REF = re.compile(r"\s*\{\{\s*sources\.([A-Za-z_][A-Za-z0-9_-]*)\.path\s*\}\}\s*")

@@ -119,11 +119,12 @@ def test_after_an_interrupted_deploy_rollback_goes_to_the_release_before_the_liv
     code, err = cli(capsys, "rollback", str(pb), *base, "--to", R2)  # not "already current"
     assert code == 0, err
     assert {current(h) for h in fleet} == {R2}
+    assert f"moved 3 host(s) to {R2}" in err, err
     for h in fleet:  # the cache flush ran after the switch, with the target's recorded outputs
         assert flushes(h)[-1] == R2, (h.name, flushes(h))
 
 
-def test_the_default_target_is_on_every_host_and_an_unreadable_host_stops_all(setup, capsys):
+def test_the_default_target_is_on_every_host_and_a_host_that_cannot_be_rolled_back_stops_all(setup, capsys):
     fleet, tree, pb, base, options, state = setup
     first, second, third = fleet.names
     deploy(pb, base, tree, capsys, 1, R1, "--limit", f"{first},{second}")  # host03 joined later
@@ -135,9 +136,51 @@ def test_the_default_target_is_on_every_host_and_an_unreadable_host_stops_all(se
     assert f"no release older than {R2} is on every host" in err and f"{R1} is not on {third}" in err, err
     assert {current(h) for h in fleet} == {R2} and {h.name: flushes(h) for h in fleet} == flushed
 
-    fleet.stop_host(1)  # what a host serves cannot be read: no host is touched
+    # asked for explicitly, R1 would have to be built again on host03 from the recorded tree,
+    # which has moved on: that host cannot be rolled back, so no host is
+    code, err = cli(capsys, "rollback", str(pb), *base, "--to", R1)
+    assert code == 1
+    assert third in err and "cannot be rebuilt" in err and "nothing was changed on any host" in err, err
+    listed = [line for line in err.splitlines() if line.startswith("  ")]
+    assert listed and all(third in line for line in listed), err  # only the host that cannot
+    assert {current(h) for h in fleet} == {R2}
+    assert {h.name: flushes(h) for h in fleet} == flushed
+
+    # the hosts that can, with --limit: R1 there, host03 untouched
     code, err = cli(capsys, "rollback", str(pb), *base, "--to", R1, "--limit", f"!{third}")
+    assert code == 0, err
+    assert [current(h) for h in fleet] == [R1, R1, R2]
+    assert f"moved 2 host(s) to {R1}: {first}, {second}" in err, err
+    flushed = {h.name: flushes(h) for h in fleet}
+
+    fleet.stop_host(1)  # what a host serves cannot be read: no host is touched
+    code, err = cli(capsys, "rollback", str(pb), *base, "--to", R2, "--limit", f"!{third}")
     assert code == 1
     assert "could not be read" in err and second in err and "nothing was changed on any host" in err, err
     assert first not in err.split("could not be read", 1)[1], err
-    assert current(fleet[0]) == R2 and flushes(fleet[0]) == flushed[first]
+    assert current(fleet[0]) == R1 and flushes(fleet[0]) == flushed[first]
+
+
+def test_a_host_failing_during_the_rollback_stops_it_and_the_report_names_who_moved(setup, capsys):
+    fleet, tree, pb, base, options, state = setup
+    pb.write_text(
+        flushing(PLAYBOOK.read_text())
+        .replace('serial: "50%"', "serial: 1")
+        .replace("max_fail_percentage: 10", "max_fail_percentage: 50")  # the deploy's budget
+    )
+    deploy(pb, base, tree, capsys, 1, R1)
+    deploy(pb, base, tree, capsys, 2, R2)
+    loaded = api.load(str(pb), base[1])
+    rb = api.prepare_rollback(loaded, options())  # the whole fleet planned: every host can go back
+    assert (rb.plan.current, rb.plan.target) == (R2, R1)
+    fleet.stop_host(1)  # host02 goes down between the plan and its turn
+    summary = api.run(rb.loaded, rb.options)
+    assert summary.exit_code() == 1
+    assert [current(h) for h in fleet] == [R1, R2, R2]  # host03's turn never came
+    report = api.rollback_report(rb, summary)
+    assert report.moved == [fleet.names[0]] and report.failed == [fleet.names[1]]
+    assert report.not_moved == [fleet.names[1], fleet.names[2]]
+    text = str(report)
+    assert f"rollback to {R1} stopped (a rollback stops at its first failure): {fleet.names[1]} failed" in text, text
+    assert f"moved 1 host(s) to {R1}: {fleet.names[0]}" in text, text
+    assert f"not moved: {fleet.names[1]} (still {R2}), {fleet.names[2]} (still {R2})" in text, text

@@ -360,7 +360,7 @@ def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(
     assert code == 0, doc
 
     # A's bytes are nowhere now (cache emptied, registry serves C as 1.0.0), and the last host has
-    # lost the release: the hosts that still have it switch, that one fails and keeps its live release
+    # lost the release: that host cannot be rolled back, so no host is, and the refusal says why
     import shutil
 
     shutil.rmtree(tmp_path / "state" / "cache")
@@ -368,17 +368,25 @@ def test_rollback_of_templates_from_the_cache_and_when_the_bytes_are_gone(
     shutil.rmtree(app_root(last, tmp_path, "templates") / "releases" / first)
     code, doc = cli(capsys, "rollback", str(pb), *base, "--to", first)
     assert code == 1, doc
+    err = doc["stderr"]
+    assert "1 host(s) cannot be rolled back, so nothing was changed on any host" in err, err
+    (failed,) = [line for line in err.splitlines() if line.startswith("  ")]
+    assert failed.startswith(f"  {last.name}  rollback_sync: failed")
+    assert "cannot be rebuilt" in failed and integrity["A"] in failed
+    assert integrity["C"] in failed  # what the registry serves instead
+    for h in sshd_fleet:
+        assert current(h, tmp_path, "templates") == "releases/20260301T000003Z"
+    assert (app_root(last, tmp_path, "templates") / "current" / "base.html").read_text() == "<html>C</html>"
+
+    # the hosts that still have it, with --limit: they switch, the last one keeps its live release
+    code, doc = cli(capsys, "rollback", str(pb), *base, "--to", first, "--limit", f"!{last.name}")
+    assert code == 0, doc
     src = result(doc, "sources.templates")
     assert src["status"] == "ok" and src["outputs"]["available"] is False
-    failed = result(doc, "rollback_sync", last.name)
-    assert failed["status"] == "failed"
-    assert "cannot be rebuilt" in failed["message"] and integrity["A"] in failed["message"]
-    assert integrity["C"] in failed["message"]  # what the registry serves instead
-    assert current(last, tmp_path, "templates") == "releases/20260301T000003Z"
-    assert (app_root(last, tmp_path, "templates") / "current" / "base.html").read_text() == "<html>C</html>"
     for h in list(sshd_fleet)[:-1]:
         assert result(doc, "rollback_sync", h.name)["status"] == "changed"
         assert current(h, tmp_path, "templates") == f"releases/{first}"
+    assert current(last, tmp_path, "templates") == "releases/20260301T000003Z"
 
 
 def test_a_rollback_renders_with_every_output_the_target_recorded(sshd_fleet, verdaccio, tmp_path, capsys, monkeypatch):

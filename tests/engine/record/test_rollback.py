@@ -10,7 +10,7 @@ from engine.errors import PlaybookError
 from engine.model.config import CONTROLLER, Fleet, Playbook, Source, Step
 from engine.model.results import Change, Plan, Status, StepResult
 from engine.record.history import History
-from engine.record.rollback import RollbackRefused, plan_rollback
+from engine.record.rollback import RollbackRefused, plan_rollback, without_budget
 
 
 def playbook() -> Playbook:
@@ -91,6 +91,9 @@ def test_refuses_across_migrations_then_generates_the_rollback(hist):
     assert canary.args["colour"] == "green" and canary.args["container"] == "web"
     bump = steps["rollback_bump"]
     assert bump.args["tag"] == "master-1" and "tags" not in bump.args and bump.fleet == CONTROLLER
+    # the first host that fails stops a rollback; its plan still covers every host
+    assert {f.max_fail_percentage for f in plan.playbook.fleets.values()} == {0}
+    assert {f.max_fail_percentage for f in without_budget(plan.playbook).fleets.values()} == {None}
 
 
 def test_targets(hist):
