@@ -486,9 +486,9 @@ def prepare_apply(
 @dataclass(frozen=True)
 class Rollback:
     """A rollback ready to `run`: the generated playbook (`loaded`), its options (the target
-    release id, the outputs the target recorded, in run mode the previewed nodes to apply
-    exactly), the plan it came from (`plan.current`, `plan.target`, what is undone) and, in run
-    mode, the whole-fleet `preview` that found every host can be rolled back."""
+    release id, the outputs the target recorded), the plan it came from (`plan.current`,
+    `plan.target`, what is undone) and, in run mode, the whole-fleet `preview` that found every
+    host can be rolled back."""
 
     plan: RollbackPlan
     loaded: Loaded
@@ -511,8 +511,8 @@ def prepare_rollback(
     (engine/record/live.py): the rollback leaves what is live, not what the history says
     finished. In run mode it then plans the whole rollback on every host and refuses when any
     node fails there, naming each host and step: a rollback that cannot finish everywhere is
-    not started anywhere. The run applies exactly the previewed nodes (each checked again just
-    before it changes anything) and stops at the first host that fails. Refused
+    not started anywhere. The run plans each step again just before it applies it, and stops at
+    the first host that fails. Refused
     (`RollbackRefused`) also when a host cannot be read, when no release older than the live one
     is on every host, or when migrations would be left applied without `with_migrations`.
     Nothing is changed anywhere. `connect` replaces the SSH pool (tests)."""
@@ -522,8 +522,6 @@ def prepare_rollback(
     from engine.record.history import History
     from engine.record.live import live_from, live_state_playbook
     from engine.record.rollback import plan_rollback, releases_steps, without_budget
-    from engine.record.savedplan import plan_nodes
-    from engine.secrets import SCRUBBER
 
     inv = loaded.inventory
     pool = ConnectionPool()  # opened only if used; one connection per host for every read
@@ -565,8 +563,9 @@ def prepare_rollback(
             f"changed on any host:\n{lines}\nfix them, or leave them out with --limit",
             hosts=hosts,
         )
-    expected = {(n["step"], n["host"]): n for n in SCRUBBER.scrub_obj(plan_nodes(preview))}
-    return Rollback(plan, Loaded(plan.playbook, inv), dataclasses.replace(ready, expected=expected), preview)
+    # not held to the preview node by node (as `apply` is): a canary Deployment's resourceVersion
+    # moves with every status update of a failing rollout, just when a rollback is needed
+    return Rollback(plan, Loaded(plan.playbook, inv), ready, preview)
 
 
 def rollback_report(rollback: Rollback, summary: RunSummary) -> RollbackReport:
