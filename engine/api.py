@@ -512,10 +512,10 @@ def prepare_rollback(
     finished. In run mode it then plans the whole rollback on every host and refuses when any
     node fails there, naming each host and step: a rollback that cannot finish everywhere is
     not started anywhere. The run plans each step again just before it applies it, and stops at
-    the first host that fails. Refused
-    (`RollbackRefused`) also when a host cannot be read, when no release older than the live one
-    is on every host, or when migrations would be left applied without `with_migrations`.
-    Nothing is changed anywhere. `connect` replaces the SSH pool (tests)."""
+    the first host that fails. Refused (`RollbackRefused`) also when a host cannot be read,
+    when no release older than the live one is on every host, or when migrations would be left
+    applied without `with_migrations`; nothing is changed anywhere then. `connect` replaces the
+    SSH pool (tests)."""
     from engine.connection.pool import ConnectionPool
     from engine.errors import RollbackRefused
     from engine.model.config import CONTROLLER
