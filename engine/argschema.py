@@ -10,6 +10,7 @@ expected and what was found otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import types
@@ -29,7 +30,10 @@ _SEQ_ORIGINS = (list, tuple, Sequence, typing.Sequence)
 _MAP_ORIGINS = (dict, Mapping, typing.Mapping)
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    """A class's resolved annotations, once per class: resolving them costs more than the rest of
+    building one step's arguments (`typing.get_type_hints` evaluates every string annotation)."""
     return typing.get_type_hints(cls)
 
 
