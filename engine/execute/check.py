@@ -14,6 +14,7 @@ from engine.errors import PlaybookError, TemplateError, ValidationErrors, sugges
 from engine.execute.context import HostContexts
 from engine.execute.graph import build_graph
 from engine.execute.options import RunOptions, resolve_fleets
+from engine.execute.selection import empty_selections
 from engine.model.config import CONTROLLER, Loaded
 from engine.model.hostvars import merged_vars
 
@@ -40,6 +41,9 @@ def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: st
     extra = dict(extra_vars or {})
     errors: list[PlaybookError] = []
     fleet_hosts = resolve_fleets(pb, inv, limit)
+    empty = empty_selections(pb, inv, limit, fleet_hosts)
+    if empty:  # nothing below means anything without hosts
+        raise ValidationErrors(empty) if len(empty) > 1 else empty[0]
     build_graph(pb, fleet_hosts)  # the rollout must be orderable (serial batches vs barriers)
     contexts = HostContexts(pb, inv, RunOptions(mode="plan", limit=limit, extra_vars=extra), started=time.time())
     known: dict[str | None, set[str]] = {}
