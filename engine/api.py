@@ -66,12 +66,12 @@ def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
     return Loaded(pb, inv)
 
 
-def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None) -> None:
+def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None, **kw: Any) -> None:
     """Everything that can be known wrong without touching a host (engine/execute/check.py);
     raises ValidationErrors listing every problem."""
     from engine.execute.check import check as check_loaded  # jinja2 and networkx: not for `load`
 
-    check_loaded(loaded, extra_vars, limit)
+    check_loaded(loaded, extra_vars, limit, **kw)
 
 
 def new_run_id() -> str:
@@ -543,7 +543,7 @@ def prepare_rollback(
             hist.close()
         assert plan.playbook is not None
         every_host = Loaded(without_budget(plan.playbook), inv)
-        check(every_host, options.extra_vars, options.limit)
+        check(every_host, options.extra_vars, options.limit, recorded=plan.recorded)
         ready = dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded)
         if options.mode != "run":  # `rollback --plan` is this plan, shown as it is made
             return Rollback(plan, every_host, ready)

@@ -25,6 +25,9 @@ from engine.model.results import Plan, StepResult
 
 __all__ = [
     "arg",
+    "output",
+    "Output",
+    "CHANGED_OUTPUT",
     "Module",
     "PlanContext",
     "ApplyContext",
@@ -38,6 +41,9 @@ __all__ = [
 
 _MISSING = dataclasses.MISSING
 
+CHANGED_OUTPUT = "changed"
+"""The output the engine gives every step (engine/execute/step.py): whether it changed something."""
+
 
 def arg(default: Any = _MISSING, *, doc: str, default_factory: Any = _MISSING, secret: bool = False) -> Any:
     """Declare a module argument with its documentation (used for schema, docs and help)."""
@@ -47,6 +53,21 @@ def arg(default: Any = _MISSING, *, doc: str, default_factory: Any = _MISSING, s
     if default is _MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
+
+
+class Output(str):
+    """An output's description that also carries the output's type (`type`, a type hint):
+    `validate` renders templates reading the output with a placeholder of that type."""
+
+    type: Any = Any
+
+
+def output(doc: str, type: Any = Any) -> Output:  # noqa: A002 - reads as a declaration
+    """Declare a module output with its description and type: `output("exit code", int)`.
+    A plain string in `outputs` is an output of unknown type."""
+    out = Output(doc)
+    out.type = type
+    return out
 
 
 @dataclass
@@ -138,6 +159,10 @@ def register(cls: type) -> type:
     if not dataclasses.is_dataclass(module.Args):
         raise TypeError(f"module {module.name}: Args must be a dataclass")
     module.outputs = dict(getattr(cls, "outputs", {}))
+    module.outputs.setdefault(
+        CHANGED_OUTPUT,
+        output("whether the step changed something on this host (in a plan: would change); every step has it", bool),
+    )
     module.controller_only = bool(getattr(cls, "controller_only", False))
     _REGISTRY[module.name] = module()
     source_type = getattr(cls, "source_type", None)

@@ -51,7 +51,7 @@ class CacheClearArgs:
     )
     only_if_changed: tuple[str, ...] = arg(
         (),
-        doc="Step ids (that this step `needs`): clear only when one of them changed something on this host (an `rsync` step's `changed_files`).",
+        doc="Step ids (that this step `needs`): clear only when one of them changed something on this host (an `rsync` step's `changed_files`, else the `changed` output every step has).",
     )
 
 

@@ -29,7 +29,7 @@ from engine.model.results import UNKNOWN, Change, Plan, Status, StepResult
 from engine.module import ApplyContext, PlanContext, get_module
 from engine.record.savedplan import node_drift
 
-__all__ = ["StepRunner", "upstream_results", "internal_error", "unknown_outputs"]
+__all__ = ["StepRunner", "upstream_results", "internal_error", "unknown_outputs", "with_changed"]
 
 
 def upstream_results(graph: ExecGraph, node: Node, results: Mapping[Node, StepResult]) -> list[StepResult]:
@@ -101,7 +101,7 @@ class StepRunner:
             result.status,
             result.message,
             result.plan,
-            result.outputs,
+            with_changed(result),
             time.monotonic() - started,
             attempts,
         )
@@ -227,6 +227,17 @@ class StepRunner:
         outputs = dict(plan.outputs)
         outputs.update(applied or {})
         return StepResult(step.id, host, Status.CHANGED, plan.reason, plan=plan, outputs=outputs)
+
+
+def with_changed(result: StepResult) -> dict[str, Any]:
+    """The result's outputs plus the `changed` output the engine gives every step: whether it
+    changed (in a plan: would change) something on this host; unknown while that is unknown."""
+    outputs = dict(result.outputs)
+    if result.status in (Status.CHANGED, Status.OK, Status.SKIPPED):
+        outputs.setdefault("changed", result.status == Status.CHANGED)
+    elif result.status == Status.UNKNOWN:
+        outputs.setdefault("changed", UNKNOWN)
+    return outputs
 
 
 def unknown_outputs(step: Step) -> dict[str, Any]:
