@@ -337,7 +337,7 @@ class NpmFetch:
                 "pin 'integrity' (sha512) to deploy it"
             )
         cache = ArtifactCache(ctx.state_dir)
-        if cache.blob(expected) is None:
+        if not cache.verify(expected, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             ctx.emit(f"fetching {what} from {SCRUBBER.scrub(res.tarball)}")
             source_of = "the pinned integrity is" if pin else "the registry's dist.integrity is"
             cache.store(
@@ -347,7 +347,7 @@ class NpmFetch:
                 artifact=f"{what} ({SCRUBBER.scrub(res.tarball)})",
                 expected_from=source_of,
             )
-        path = str(cache.tree(expected, strip_components=1, label=what))
+        path = str(cache.tree(expected, strip_components=1, label=what, on_damage=ctx.warn))
         integrity = expected.sri()
         outputs = {
             "path": path,
@@ -386,7 +386,8 @@ class NpmFetch:
         digest = sri_to_digest(plan.data["integrity"])
         what = f"npm {args.package}@{plan.data['version']}"
         cache = ArtifactCache(ctx.state_dir)
-        if cache.blob(digest) is None:  # the cache was cleared since the plan: fetch exactly what was planned
+        # the cache was cleared or damaged since the plan: fetch exactly what was planned
+        if not cache.verify(digest, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             _, token = _settings(ctx, args, f"{ctx.step}.args")
             reg = _Registry(plan.data["registry"], token, args.timeout, what)
             cache.store(
@@ -396,5 +397,5 @@ class NpmFetch:
                 artifact=f"{what} ({SCRUBBER.scrub(plan.data['tarball'])})",
                 expected_from="the plan recorded",
             )
-        path = str(cache.tree(digest, strip_components=1, label=what))
+        path = str(cache.tree(digest, strip_components=1, label=what, on_damage=ctx.warn))
         return {**plan.outputs, "path": path}

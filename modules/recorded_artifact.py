@@ -16,6 +16,7 @@ artifact that cannot be had is not an error here: the plan says so (`available: 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -80,8 +81,8 @@ class RecordedArtifact:
         outputs: dict[str, Any] = {"digest": args.digest, "available": True, "error": ""}
         key = parse_digest(args.digest)
         cache = ArtifactCache(ctx.state_dir)
-        if key is not None and cache.verify(key):
-            path = _materialise(cache, key, args.path)
+        if key is not None and cache.verify(key, on_damage=lambda text: ctx.warn(f"{args.digest}{release}: {text}")):
+            path = _materialise(cache, key, args.path, ctx.warn)
             return Plan.no_change(
                 f"{args.digest}{release} from the controller's cache",
                 outputs={**outputs, "path": path},
@@ -114,7 +115,7 @@ def _known(outputs: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: outputs[n] for n in names if outputs.get(n) is not None}
 
 
-def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None) -> str:
+def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None, warn: Callable[[str], None]) -> str:
     layout = os.path.basename(recorded.rstrip("/")) if recorded else "tree"
     if layout == "blob":
         return str(cache.blob(key))
@@ -123,7 +124,7 @@ def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None) -> str
         if layout.startswith("tree-strip") and layout[len("tree-strip") :].isdigit()
         else 0
     )
-    return str(cache.tree(key, strip_components=strip, label=str(key)))
+    return str(cache.tree(key, strip_components=strip, label=str(key), on_damage=warn))
 
 
 def _fetch(ctx: PlanContext, args: RecordedArtifactArgs) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -195,7 +195,7 @@ class S3Fetch:
         expected = pin or claimed
         expected_from = "the pinned sha256 is" if pin else "the object's ChecksumSHA256 is"
         cache = ArtifactCache(ctx.state_dir)
-        if expected is not None and cache.blob(expected) is not None:
+        if expected is not None and cache.verify(expected, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             digest = expected
         else:
             if expected is None:
@@ -215,7 +215,7 @@ class S3Fetch:
                 version_id=args.version_id or version,
                 etag=head.get("ETag"),
             )
-        path = self._materialise(cache, digest, args, what)
+        path = self._materialise(cache, digest, args, what, ctx.warn)
         outputs = {"path": path, "digest": str(digest), "version": version, "uri": f"s3://{args.bucket}/{args.key}"}
         data = {"args": args, "digest": str(digest), "version": version}
         fingerprint = {"digest": str(digest), "version": version}
@@ -243,13 +243,14 @@ class S3Fetch:
         digest = Digest("sha256", plan.data["digest"].split(":", 1)[1])
         what = _where(args)
         cache = ArtifactCache(ctx.state_dir)
-        if cache.blob(digest) is None:  # cache cleared since the plan (or a saved plan applied elsewhere)
+        # cache cleared or damaged since the plan (or a saved plan applied elsewhere): fetch again
+        if not cache.verify(digest, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             client = _client(args, what)
             version = plan.data.get("version")
             self._download(
                 client, args, what, cache, digest, "the plan recorded", version_id=args.version_id or version, etag=None
             )
-        path = self._materialise(cache, digest, args, what)
+        path = self._materialise(cache, digest, args, what, ctx.warn)
         return {
             "path": path,
             "digest": str(digest),
@@ -311,7 +312,9 @@ class S3Fetch:
         return digest
 
     @staticmethod
-    def _materialise(cache: ArtifactCache, digest: Digest, args: S3FetchArgs, what: str) -> str:
+    def _materialise(
+        cache: ArtifactCache, digest: Digest, args: S3FetchArgs, what: str, warn: Callable[[str], None]
+    ) -> str:
         if args.extract == "none":
             return str(cache.blob(digest))
         if args.extract == "auto":
@@ -320,4 +323,4 @@ class S3Fetch:
             kind = None  # by the bytes' magic number: the suffix only says "this is an archive"
         else:
             kind = args.extract
-        return str(cache.tree(digest, kind=kind, label=what))
+        return str(cache.tree(digest, kind=kind, label=what, on_damage=warn))
