@@ -67,6 +67,10 @@ class NpmFetchArgs:
         doc="Pin the tarball's integrity (`sha512-<base64>`, as `dist.integrity` and the plan show it). Any other bytes - including a republished version - fail the step.",
     )
     timeout: float = arg(60.0, doc="Seconds to wait for each registry response.")
+    max_unpacked_mib: int | None = arg(
+        None,
+        doc="Extraction budget: the most MiB the archive may expand to. Unset: 200 times the archive's size, at least 256 MiB, at most 4 GiB; a larger archive is refused as a bomb.",
+    )
 
 
 # -- .npmrc and tokens ---------------------------------------------------------------------------
@@ -219,6 +223,10 @@ class _Registry:
             resp.close()
 
 
+def _budget(args: NpmFetchArgs) -> int | None:
+    return args.max_unpacked_mib * 2**20 if args.max_unpacked_mib else None
+
+
 def _parse_integrity(value: str, where: str) -> Digest:
     try:
         return sri_to_digest(value)
@@ -304,6 +312,8 @@ class NpmFetch:
         if not args.version or any(c in args.version for c in " <>=^~*|/"):
             raise ArgError(f"'version' must be an exact version or a dist-tag (got {args.version!r})", path=where)
         pin = _parse_integrity(args.integrity, where) if args.integrity else None
+        if args.max_unpacked_mib is not None and args.max_unpacked_mib < 1:
+            raise ArgError(f"'max_unpacked_mib' must be >= 1 (got {args.max_unpacked_mib})", path=where)
         registry, token = _settings(ctx, args, where)
         what = f"npm {args.package}@{args.version}"
         reg = _Registry(registry, token, args.timeout, what)
@@ -347,7 +357,7 @@ class NpmFetch:
                 artifact=f"{what} ({SCRUBBER.scrub(res.tarball)})",
                 expected_from=source_of,
             )
-        path = str(cache.tree(expected, strip_components=1, label=what, on_damage=ctx.warn))
+        path = str(cache.tree(expected, strip_components=1, label=what, max_bytes=_budget(args), on_damage=ctx.warn))
         integrity = expected.sri()
         outputs = {
             "path": path,
@@ -397,5 +407,5 @@ class NpmFetch:
                 artifact=f"{what} ({SCRUBBER.scrub(plan.data['tarball'])})",
                 expected_from="the plan recorded",
             )
-        path = str(cache.tree(digest, strip_components=1, label=what, on_damage=ctx.warn))
+        path = str(cache.tree(digest, strip_components=1, label=what, max_bytes=_budget(args), on_damage=ctx.warn))
         return {**plan.outputs, "path": path}

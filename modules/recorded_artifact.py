@@ -82,7 +82,8 @@ class RecordedArtifact:
         key = parse_digest(args.digest)
         cache = ArtifactCache(ctx.state_dir)
         if key is not None and cache.verify(key, on_damage=lambda text: ctx.warn(f"{args.digest}{release}: {text}")):
-            path = _materialise(cache, key, args.path, ctx.warn)
+            budget = (args.fetch or {}).get("max_unpacked_mib")
+            path = _materialise(cache, key, args.path, ctx.warn, budget if isinstance(budget, int) else None)
             return Plan.no_change(
                 f"{args.digest}{release} from the controller's cache",
                 outputs={**outputs, "path": path},
@@ -115,7 +116,9 @@ def _known(outputs: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: outputs[n] for n in names if outputs.get(n) is not None}
 
 
-def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None, warn: Callable[[str], None]) -> str:
+def _materialise(
+    cache: ArtifactCache, key: Digest, recorded: str | None, warn: Callable[[str], None], budget_mib: int | None
+) -> str:
     layout = os.path.basename(recorded.rstrip("/")) if recorded else "tree"
     if layout == "blob":
         return str(cache.blob(key))
@@ -124,7 +127,8 @@ def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None, warn: 
         if layout.startswith("tree-strip") and layout[len("tree-strip") :].isdigit()
         else 0
     )
-    return str(cache.tree(key, strip_components=strip, label=str(key), on_damage=warn))
+    budget = budget_mib * 2**20 if budget_mib else None
+    return str(cache.tree(key, strip_components=strip, label=str(key), max_bytes=budget, on_damage=warn))
 
 
 def _fetch(ctx: PlanContext, args: RecordedArtifactArgs) -> dict[str, Any]:

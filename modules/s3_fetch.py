@@ -63,6 +63,10 @@ class S3FetchArgs:
         "auto",
         doc="`auto`: extract `.tar.gz`/`.tgz`/`.tar`/`.tar.bz2`/`.tar.xz`/`.zip` keys (by suffix) and output the tree; `none`: output the file; or name the archive kind.",
     )
+    max_unpacked_mib: int | None = arg(
+        None,
+        doc="Extraction budget: the most MiB the archive may expand to. Unset: 200 times the archive's size, at least 256 MiB, at most 4 GiB; a larger archive is refused as a bomb.",
+    )
 
 
 def parse_sha256(value: str, *, where: str) -> Digest:
@@ -182,6 +186,8 @@ class S3Fetch:
         if not args.bucket or not args.key:
             raise ArgError("'bucket' and 'key' must not be empty", path=where)
         pin = parse_sha256(args.sha256, where=where) if args.sha256 else None
+        if args.max_unpacked_mib is not None and args.max_unpacked_mib < 1:
+            raise ArgError(f"'max_unpacked_mib' must be >= 1 (got {args.max_unpacked_mib})", path=where)
         what = _where(args)
         client = _client(args, what)
         head = self._head(client, args, what)
@@ -323,4 +329,5 @@ class S3Fetch:
             kind = None  # by the bytes' magic number: the suffix only says "this is an archive"
         else:
             kind = args.extract
-        return str(cache.tree(digest, kind=kind, label=what, on_damage=warn))
+        budget = args.max_unpacked_mib * 2**20 if args.max_unpacked_mib else None
+        return str(cache.tree(digest, kind=kind, label=what, max_bytes=budget, on_damage=warn))

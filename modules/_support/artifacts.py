@@ -141,16 +141,22 @@ class ArtifactCache:
         discarded: nothing appears in the cache.
         """
         tmp_dir = self.root / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
         h = hashlib.new(algo)
-        fd, tmp = tempfile.mkstemp(prefix="fetch-", dir=tmp_dir)
         try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    h.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix="fetch-", dir=tmp_dir)
+        except OSError as exc:
+            raise self._write_error(exc, artifact) from None
+        try:
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in chunks:
+                        h.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except OSError as exc:
+                raise self._write_error(exc, artifact) from None
             actual = Digest(algo, h.hexdigest())
             if expected is not None and actual != expected:
                 raise DigestMismatch(artifact, _show(expected), _show(actual), source_of_expected=expected_from)
@@ -172,6 +178,12 @@ class ArtifactCache:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def _write_error(self, exc: OSError, artifact: str) -> ModuleError:
+        from modules._support.extract import disk_full
+
+        why = disk_full(exc) or exc.strerror or str(exc)
+        return ModuleError(f"{artifact}: cannot write to the artifact cache {self.root}: {why}")
 
     def tree(
         self,
@@ -216,7 +228,10 @@ class ArtifactCache:
                 label=label or str(blob),
                 **({"max_bytes": max_bytes} if max_bytes is not None else {}),
             )
-            _write_json(self.entry(digest) / f"{name}.manifest.json", _listing(local_manifest(str(staging))))
+            try:
+                _write_json(self.entry(digest) / f"{name}.manifest.json", _listing(local_manifest(str(staging))))
+            except OSError as exc:
+                raise self._write_error(exc, label or str(digest)) from None
             try:
                 os.rename(staging, dest)
             except OSError:  # extracted concurrently by another run: the same bytes, the same tree
