@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -53,7 +54,9 @@ class S3FetchArgs:
         None,
         doc="Pin the object's content digest (`sha256:<hex>` or 64 hex digits). Other bytes fail the step. Unset: the object's `ChecksumSHA256` is what the bytes are verified against.",
     )
-    endpoint_url: str | None = arg(None, doc="S3 API endpoint (MinIO, Ceph, a test server). Unset: AWS.")
+    endpoint_url: str | None = arg(
+        None, doc="S3 API endpoint, an http:// or https:// URL (MinIO, Ceph, a test server). Unset: AWS."
+    )
     region: str | None = arg(None, doc="AWS region. Unset: from the profile/environment, else `us-east-1`.")
     profile: str | None = arg(
         None,
@@ -66,6 +69,10 @@ class S3FetchArgs:
     max_unpacked_mib: int | None = arg(
         None,
         doc="Extraction budget: the most MiB the archive may expand to. Unset: 200 times the archive's size, at least 256 MiB, at most 4 GiB; a larger archive is refused as a bomb.",
+    )
+    timeout: float = arg(
+        20.0,
+        doc=f"Seconds to wait for the endpoint to accept a connection, and for each answer (or chunk of a download); {MAX_ATTEMPTS} attempts in all.",
     )
 
 
@@ -107,7 +114,9 @@ def _client(args: S3FetchArgs, what: str) -> Any:
                     SCRUBBER.add(value)
         region = args.region or session.region_name or "us-east-1"
         opts: dict[str, Any] = dict(
-            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"}, connect_timeout=15, read_timeout=60
+            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+            connect_timeout=args.timeout,
+            read_timeout=args.timeout,
         )
         try:
             # botocore >= 1.36 validates response checksums itself; this module verifies every
@@ -128,10 +137,21 @@ def _text(exc: BaseException) -> str:
     return SCRUBBER.scrub(str(exc))
 
 
-def _translate(exc: BaseException, what: str, action: str) -> ModuleError:
+def _translate(exc: BaseException, what: str, action: str, args: S3FetchArgs | None = None) -> ModuleError:
     """A botocore exception as a `ModuleError` naming the object; nothing of botocore escapes."""
     import botocore.exceptions as be
 
+    endpoint = (args.endpoint_url if args else None) or "AWS"
+    if isinstance(exc, be.ReadTimeoutError) and args is not None:
+        return ModuleError(
+            f"{what}: the S3 endpoint {endpoint} did not answer within {args.timeout:g} s "
+            f"({action}, {MAX_ATTEMPTS} attempts); raise 'timeout' if it is only slow"
+        )
+    if isinstance(exc, be.ConnectTimeoutError) and args is not None:
+        return ModuleError(
+            f"{what}: cannot reach the S3 endpoint {endpoint}: no connection within {args.timeout:g} s "
+            f"({MAX_ATTEMPTS} attempts)"
+        )
     if isinstance(exc, be.ClientError):
         err = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
         code = str(err.get("Code", ""))
@@ -141,7 +161,7 @@ def _translate(exc: BaseException, what: str, action: str) -> ModuleError:
         if code in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
             return ModuleError(f"{what}: no such object (or version)")
         if code == "NoSuchBucket":
-            return ModuleError(f"{what}: no such bucket")
+            return ModuleError(f"{what}: no such bucket" + (f" '{args.bucket}'" if args else ""))
         if code in ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
             return ModuleError(f"{what}: access denied ({code}); check the credentials and the bucket policy")
         if code in ("412", "PreconditionFailed"):
@@ -185,6 +205,16 @@ class S3Fetch:
         where = f"{ctx.step}.args"
         if not args.bucket or not args.key:
             raise ArgError("'bucket' and 'key' must not be empty", path=where)
+        if args.endpoint_url:
+            url = urllib.parse.urlsplit(args.endpoint_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ArgError(
+                    "'endpoint_url' must be an http:// or https:// URL, e.g. 'https://minio.example.com:9000' "
+                    f"(got {args.endpoint_url!r})",
+                    path=where,
+                )
+        if args.timeout <= 0:
+            raise ArgError(f"'timeout' must be > 0 seconds (got {args.timeout:g})", path=where)
         pin = parse_sha256(args.sha256, where=where) if args.sha256 else None
         if args.max_unpacked_mib is not None and args.max_unpacked_mib < 1:
             raise ArgError(f"'max_unpacked_mib' must be >= 1 (got {args.max_unpacked_mib})", path=where)
@@ -276,7 +306,16 @@ class S3Fetch:
         try:
             return client.head_object(**kw)
         except (be.BotoCoreError, be.ClientError) as exc:
-            raise _translate(exc, what, "HeadObject") from None
+            error = _translate(exc, what, "HeadObject", args)
+        if "no such object" in error.message:  # a HEAD answer has no body to tell a missing bucket
+            try:
+                client.head_bucket(Bucket=args.bucket)
+            except be.ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
+                    error = ModuleError(f"{what}: no such bucket '{args.bucket}'")
+            except be.BotoCoreError:
+                pass
+        raise error
 
     @staticmethod
     def _download(
@@ -300,14 +339,14 @@ class S3Fetch:
         try:
             resp = client.get_object(**kw)
         except (be.BotoCoreError, be.ClientError) as exc:
-            raise _translate(exc, what, "GetObject") from None
+            raise _translate(exc, what, "GetObject", args) from None
         body = resp["Body"]
 
         def chunks() -> Iterator[bytes]:
             try:
                 yield from body.iter_chunks(_CHUNK)
             except (be.BotoCoreError, be.ClientError) as exc:
-                raise _translate(exc, what, "download") from None
+                raise _translate(exc, what, "download", args) from None
             except OSError as exc:
                 raise ModuleError(f"{what}: download failed: {exc}") from None
             finally:
