@@ -86,17 +86,42 @@ def parse_sha256(value: str, *, where: str) -> Digest:
     return Digest("sha256", text)
 
 
-def _checksum_digest(head: dict[str, Any]) -> Digest | None:
-    """The object's full-content sha256 from HeadObject, or None (absent, or a composite
-    multipart checksum like `xxx-3`, which is a checksum of part checksums)."""
+def _checksum_digest(head: dict[str, Any], checksum_type: str | None) -> Digest | None:
+    """The object's full-content sha256 from HeadObject, or None: absent, or a composite
+    multipart checksum (a checksum of the parts' checksums, not of the content), known by
+    `checksum_type` COMPOSITE or by a `-N` suffix."""
     value = head.get("ChecksumSHA256")
-    if not value or head.get("ChecksumType") == "COMPOSITE" or "-" in value:
+    if not value or checksum_type == "COMPOSITE" or "-" in value:
         return None
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return None
     return Digest("sha256", raw.hex()) if len(raw) == 32 else None
+
+
+def _checksum_type(client: Any, head: dict[str, Any], args: S3FetchArgs) -> str | None:
+    """COMPOSITE or FULL_OBJECT for an object with a ChecksumSHA256. HeadObject says so in
+    `ChecksumType`; servers that leave it out (older S3-compatible ones, moto) are asked with
+    GetObjectAttributes. If that is refused too, a multipart ETag (`…-N`) means COMPOSITE: S3
+    keeps no full-object SHA-256 of a multipart upload."""
+    import botocore.exceptions as be
+
+    if not head.get("ChecksumSHA256"):
+        return None
+    if head.get("ChecksumType"):
+        return str(head["ChecksumType"])
+    kw: dict[str, Any] = {"Bucket": args.bucket, "Key": args.key, "ObjectAttributes": ["Checksum"]}
+    if args.version_id:
+        kw["VersionId"] = args.version_id
+    try:
+        attrs = client.get_object_attributes(**kw)
+        found = (attrs.get("Checksum") or {}).get("ChecksumType")
+        if found:
+            return str(found)
+    except (be.BotoCoreError, be.ClientError):
+        pass
+    return "COMPOSITE" if re.search(r"-\d+\"?$", str(head.get("ETag") or "")) else "FULL_OBJECT"
 
 
 def _client(args: S3FetchArgs, what: str) -> Any:
@@ -222,7 +247,8 @@ class S3Fetch:
         client = _client(args, what)
         head = self._head(client, args, what)
         version = head.get("VersionId") if head.get("VersionId") not in (None, "", "null") else None
-        claimed = _checksum_digest(head)
+        checksum_type = _checksum_type(client, head, args)
+        claimed = _checksum_digest(head, checksum_type)
         if pin is not None and claimed is not None and pin != claimed:
             raise ModuleError(
                 f"{what}: the playbook pins {pin}, but the object's ChecksumSHA256 is {claimed}; "
@@ -235,9 +261,14 @@ class S3Fetch:
             digest = expected
         else:
             if expected is None:
-                ctx.emit(
-                    f"{what}: no sha256 pinned and the object has no ChecksumSHA256; "
-                    "its digest is computed from the downloaded bytes"
+                has = (
+                    "only a composite multipart ChecksumSHA256 (of its parts, not of its content)"
+                    if checksum_type == "COMPOSITE"
+                    else "no ChecksumSHA256"
+                )
+                ctx.warn(
+                    f"{what}: unverified: no sha256 pinned and the object has {has}; its digest is "
+                    "computed from the downloaded bytes (pin 'sha256' to verify them)"
                 )
             size = head.get("ContentLength")
             ctx.emit(f"fetching {what}" + (f" ({size} bytes)" if size is not None else ""))
