@@ -120,6 +120,11 @@ def _host(url: str) -> tuple[str, int | None]:
     return (p.hostname or "", p.port or {"http": 80, "https": 443}.get(p.scheme))
 
 
+def _origin(url: str) -> str:
+    p = urllib.parse.urlsplit(url)
+    return f"{p.scheme}://{p.hostname}" + (f":{p.port}" if p.port else "")
+
+
 class _AuthOnlyToRegistry(urllib.request.HTTPRedirectHandler):
     """Follows redirects but drops the token when one leads to another host (urllib keeps it)."""
 
@@ -165,10 +170,7 @@ class _Registry:
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code in (401, 403):
-                how = (
-                    "the token was refused" if self.token else "no token was given (token_env or an .npmrc _authToken)"
-                )
-                raise ModuleError(f"{self.what}: registry refused access to {shown} (HTTP {exc.code}): {how}") from None
+                raise ModuleError(f"{self.what}: {self._refusal(url, exc)}") from None
             if exc.code == 404:
                 raise ModuleError(f"{self.what}: not found in the registry ({shown}, HTTP 404)") from None
             raise ModuleError(f"{self.what}: GET {shown} failed: HTTP {exc.code} {exc.reason}") from None
@@ -177,6 +179,23 @@ class _Registry:
             raise ModuleError(
                 f"{self.what}: cannot reach the registry at {shown}: {SCRUBBER.scrub(str(reason))}"
             ) from None
+
+    def _refusal(self, url: str, exc: urllib.error.HTTPError) -> str:
+        """Why a 401/403 came: no token, a refused token, or a host the token is never sent to
+        (a tarball URL or a redirect to another host: only the registry's host gets it)."""
+        answered = exc.geturl() or url
+        shown = SCRUBBER.scrub(answered)
+        if not self.token:
+            how = "no token was given (token_env or an .npmrc _authToken)"
+        elif _host(answered) != _host(self.url):
+            via = f", reached by a redirect from {SCRUBBER.scrub(url)}" if answered != url else ""
+            how = (
+                f"the token was never sent there: it goes only to the registry's host "
+                f"({_origin(self.url)}), and this answer came from {_origin(answered)}{via}"
+            )
+        else:
+            how = "the token was refused"
+        return f"{'registry' if _host(answered) == _host(self.url) else 'host'} refused access to {shown} (HTTP {exc.code}): {how}"
 
     def resolve(self, name: str, spec: str) -> _Resolved:
         url = self.url + name.replace("/", "%2f")
