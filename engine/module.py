@@ -83,6 +83,8 @@ class _Context:
     timeout: float | None = None
     deadline: float | None = None
     emit: Callable[[str], None] = lambda _msg: None  # progress lines for the reporter
+    # a line the user must see without -v (an unverified artifact, a damaged cache entry)
+    warn: Callable[[str], None] = lambda _msg: None
     # bytes done of a long transfer (done, total or None, what): a meter that rate-limits itself
     progress: Callable[..., None] = lambda _done, _total=None, _what="transfer": None
     target: Any = None  # the inventory Host (engine.model.config.Host) for host steps; None on the controller

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from engine.errors import ArgError, ModuleError
-from engine.model.results import UNKNOWN, Diff, Plan
+from engine.model.results import UNKNOWN, Diff, Plan, Status, StepResult
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.secrets import SCRUBBER
 from engine.yamlio.scalars import Target, YamlEditError, find_key_path, find_markers, set_scalars
@@ -367,7 +367,7 @@ class HelmBump:
             reason, diffs=diffs, data=data, outputs={**outputs, "commit": UNKNOWN}, fingerprint=fingerprint
         )
 
-    def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
+    def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any] | StepResult:
         d = plan.data
         args: HelmBumpArgs = d["args"]
         want: _Wanted = d["want"]
@@ -386,9 +386,17 @@ class HelmBump:
             head = _clone(git, d["url"], args, repo)
             for attempt in range(args.push_retries + 1):
                 _, after, changes = _edit_file(os.path.join(repo, args.file), args, want, ctx.step)
-                if not changes:
-                    ctx.emit(f"helm_bump: {args.file} already up to date at {head[:12]}")
-                    return {"commit": head, "tag": want.tag or "", "pushed": False}
+                if not changes:  # a commit that landed since the plan set the same value
+                    what = want.tag or want.digest or want.repo
+                    return StepResult(
+                        ctx.step,
+                        ctx.host,
+                        Status.OK,
+                        f"no change: {args.file} already has {what} at {head[:12]}, set by a commit that "
+                        "landed after the plan; nothing was pushed",
+                        plan=plan,
+                        outputs={**plan.outputs, "commit": head, "tag": want.tag or "", "pushed": False},
+                    )
                 with open(os.path.join(repo, args.file), "w", encoding="utf-8", newline="") as fh:
                     fh.write(after)
                 commit_git.run("add", "--", args.file, cwd=repo)

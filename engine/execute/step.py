@@ -168,6 +168,7 @@ class StepRunner:
             mode=mode,
             target=self.inventory.hosts.get(host) if host else None,
             emit=lambda text: self.bus.emit(Message(text, "info", host, step.id)),
+            warn=lambda text: self.bus.emit(Message(text, "warning", host, step.id)),
             progress=self.meter.for_step(host, step.id),
         )
         try:
