@@ -36,6 +36,7 @@ from engine.module import ApplyContext, PlanContext, arg, register
 from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, sri_to_digest
+from modules._support.http import HttpReader
 
 __all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart"]
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*\Z")
@@ -127,9 +128,6 @@ class _AuthOnlyToRegistry(urllib.request.HTTPRedirectHandler):
         return new
 
 
-_OPENER = urllib.request.build_opener(_AuthOnlyToRegistry())
-
-
 # -- the module ----------------------------------------------------------------------------------
 
 
@@ -142,9 +140,11 @@ class _Resolved:
 
 
 class _Registry:
-    """HTTP access to one registry with an optional token (a `Bearer` header, never in a URL)."""
+    """HTTP access to one registry with an optional token (a `Bearer` header, never in a URL):
+    GETs only, through an `HttpReader`, in `plan` and in `apply` alike."""
 
-    def __init__(self, url: str, token: str | None, timeout: float, what: str) -> None:
+    def __init__(self, ctx: PlanContext | ApplyContext, url: str, token: str | None, timeout: float, what: str) -> None:
+        self.http = HttpReader(ctx, _AuthOnlyToRegistry())
         self.url = url if url.endswith("/") else url + "/"
         self.token = token
         self.timeout = timeout
@@ -157,7 +157,7 @@ class _Registry:
         req = urllib.request.Request(url, headers=headers)
         shown = SCRUBBER.scrub(url)
         try:
-            return _OPENER.open(req, timeout=self.timeout)
+            return self.http.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code in (401, 403):
@@ -306,7 +306,7 @@ class NpmFetch:
         pin = _parse_integrity(args.integrity, where) if args.integrity else None
         registry, token = _settings(ctx, args, where)
         what = f"npm {args.package}@{args.version}"
-        reg = _Registry(registry, token, args.timeout, what)
+        reg = _Registry(ctx, registry, token, args.timeout, what)
         res = reg.resolve(args.package, args.version)
         what = f"npm {res.name}@{res.version}"
         reg.what = what
@@ -388,7 +388,7 @@ class NpmFetch:
         cache = ArtifactCache(ctx.state_dir)
         if cache.blob(digest) is None:  # the cache was cleared since the plan: fetch exactly what was planned
             _, token = _settings(ctx, args, f"{ctx.step}.args")
-            reg = _Registry(plan.data["registry"], token, args.timeout, what)
+            reg = _Registry(ctx, plan.data["registry"], token, args.timeout, what)
             cache.store(
                 reg.chunks(plan.data["tarball"]),
                 algo=digest.algo,
