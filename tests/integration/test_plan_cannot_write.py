@@ -221,3 +221,18 @@ def test_writers_work_in_apply_and_readers_never_write(services, kube_cluster, t
         reader.close()
     with pytest.raises(ReadOnlyViolation, match="GitReader refused 'git push'"):
         GitReader(actx, {}).run("push")
+
+
+def test_the_s3_client_sends_reads_only(moto_s3):
+    """s3_fetch only reads, in plan and apply: its client refuses a PUT before it is sent."""
+    import boto3
+
+    from modules.s3_fetch import S3FetchArgs, _client
+
+    bucket = f"sneak-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=bucket)
+    reader = _client(S3FetchArgs(bucket=bucket, key="k", endpoint_url=moto_s3), "s3://x")
+    assert reader.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    with pytest.raises(ReadOnlyViolation, match="the S3 client refused PUT"):
+        reader.put_object(Bucket=bucket, Key="k", Body=b"written")
+    assert boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket=bucket).get("KeyCount") == 0
