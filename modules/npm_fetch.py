@@ -36,6 +36,7 @@ from engine.module import ApplyContext, PlanContext, arg, register
 from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, sri_to_digest
+from modules._support.http import HttpReader
 
 __all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart"]
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*\Z")
@@ -136,9 +137,6 @@ class _AuthOnlyToRegistry(urllib.request.HTTPRedirectHandler):
         return new
 
 
-_OPENER = urllib.request.build_opener(_AuthOnlyToRegistry())
-
-
 # -- the module ----------------------------------------------------------------------------------
 
 
@@ -151,9 +149,11 @@ class _Resolved:
 
 
 class _Registry:
-    """HTTP access to one registry with an optional token (a `Bearer` header, never in a URL)."""
+    """HTTP access to one registry with an optional token (a `Bearer` header, never in a URL):
+    GETs only, through an `HttpReader`, in `plan` and in `apply` alike."""
 
-    def __init__(self, url: str, token: str | None, timeout: float, what: str) -> None:
+    def __init__(self, ctx: PlanContext | ApplyContext, url: str, token: str | None, timeout: float, what: str) -> None:
+        self.http = HttpReader(ctx, _AuthOnlyToRegistry())
         self.url = url if url.endswith("/") else url + "/"
         self.token = token
         self.timeout = timeout
@@ -166,7 +166,7 @@ class _Registry:
         req = urllib.request.Request(url, headers=headers)
         shown = SCRUBBER.scrub(url)
         try:
-            return _OPENER.open(req, timeout=self.timeout)
+            return self.http.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code in (401, 403):
@@ -335,7 +335,7 @@ class NpmFetch:
             raise ArgError(f"'max_unpacked_mib' must be >= 1 (got {args.max_unpacked_mib})", path=where)
         registry, token = _settings(ctx, args, where)
         what = f"npm {args.package}@{args.version}"
-        reg = _Registry(registry, token, args.timeout, what)
+        reg = _Registry(ctx, registry, token, args.timeout, what)
         res = reg.resolve(args.package, args.version)
         what = f"npm {res.name}@{res.version}"
         reg.what = what
@@ -418,7 +418,7 @@ class NpmFetch:
         # the cache was cleared or damaged since the plan: fetch exactly what was planned
         if not cache.verify(digest, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             _, token = _settings(ctx, args, f"{ctx.step}.args")
-            reg = _Registry(plan.data["registry"], token, args.timeout, what)
+            reg = _Registry(ctx, plan.data["registry"], token, args.timeout, what)
             cache.store(
                 reg.chunks(plan.data["tarball"]),
                 algo=digest.algo,

@@ -12,7 +12,8 @@ Planning reads only: HeadObject, and - because the cache is keyed by the verifie
 host is touched - a download into the cache when the bytes are not cached yet, so later steps
 (rsync) can plan a real per-file diff against the extracted tree. The plan compares the digest
 with the one this playbook last deployed from this source (`<state_dir>/artifacts/`): the same
-digest is no-change, another one will-change `sha256:old → sha256:new`.
+digest is no-change, another one will-change `sha256:old → sha256:new`. The S3 client is a
+reader in plan and apply alike: a botocore hook refuses any request but GET and HEAD.
 
 Credentials come from boto3's standard chain (`profile`, environment, shared files, SSO,
 container or instance role); the secret parts are registered with the scrubber. No botocore
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from engine.errors import ArgError, ModuleError
+from engine.errors import ArgError, ModuleError, ReadOnlyViolation
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.record.deployed import last_deployed
@@ -151,11 +152,21 @@ def _client(args: S3FetchArgs, what: str) -> Any:
             )
         except TypeError:  # older botocore: no flexible checksums at all
             config = Config(**opts)
-        return session.client("s3", endpoint_url=args.endpoint_url or None, region_name=region, config=config)
+        client = session.client("s3", endpoint_url=args.endpoint_url or None, region_name=region, config=config)
+        client.meta.events.register("before-send.s3", _reads_only)
+        return client
     except botocore.exceptions.ProfileNotFound:
         raise ModuleError(f"{what}: AWS profile '{args.profile}' is not configured") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise ModuleError(f"{what}: cannot set up the S3 client: {_text(exc)}") from None
+
+
+def _reads_only(request: Any, **_kw: Any) -> None:
+    """botocore's last hook before a request leaves: this module only reads S3 (in plan and
+    apply alike), so its client is a reader; anything but GET or HEAD is refused here."""
+    if str(request.method).upper() not in ("GET", "HEAD"):
+        path = str(request.url).split("?")[0]
+        raise ReadOnlyViolation(f"the S3 client refused {request.method} {path}: s3_fetch only reads")
 
 
 def _text(exc: BaseException) -> str:
