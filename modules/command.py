@@ -51,6 +51,19 @@ class Command:
     summary: ClassVar[str] = "run a command (argv or shell), guarded by creates/removes/unless"
     outputs: ClassVar[dict[str, str]] = {"rc": "exit code", "stdout": "standard output", "stderr": "standard error"}
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: reload_php
+  module: command
+  fleet: web
+  args:
+    argv: [sudo, systemctl, reload, php8.2-fpm]
+- id: warm_up
+  module: command
+  fleet: web
+  args:
+    shell: curl -fsS http://localhost/ > /dev/null
+    unless: test -f /var/www/app/.warm
+"""
 
     def plan(self, ctx: PlanContext, args: CommandArgs) -> Plan:
         if (args.argv is None) == (args.shell is None):

@@ -38,6 +38,12 @@ class LocalTree:
         "files": "number of files",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  code:
+    type: local
+    path: ../build/app
+"""
 
     def plan(self, ctx: PlanContext, args: LocalTreeArgs) -> Plan:
         base = str(ctx.vars.get("playbook_dir", "."))

@@ -294,6 +294,15 @@ class NpmFetch:
         "tarball": "the tarball URL it was downloaded from",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  templates:
+    type: npm
+    package: "@seed/templates"
+    version: 2.3.1
+    registry: https://npm.example.com/
+    token_env: NPM_TOKEN
+"""
 
     def plan(self, ctx: PlanContext, args: NpmFetchArgs) -> Plan:
         where = f"{ctx.step}.args"

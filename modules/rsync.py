@@ -205,6 +205,25 @@ class Rsync:
         "tree_digest": "the recorded tree a host has once synced (`<state dir>/trees/<digest>.listing`; what `playbook drift` compares with)",
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: sync
+  module: rsync
+  fleet: web
+  args:
+    src: "{{ sources.code.path }}"
+    dest: /var/www/app
+    releases: true
+    keep: 5
+    shared: [wp-content/uploads]
+    exclude: [/.git/, "*.log"]
+- id: static
+  module: rsync
+  fleet: web
+  args:
+    src: public/
+    dest: /srv/static
+    chmod: D755,F644
+"""
 
     def plan(self, ctx: PlanContext, args: RsyncArgs) -> Plan:
         src, excludes, chmod, shared = _validate(ctx, args)

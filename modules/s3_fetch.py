@@ -176,6 +176,14 @@ class S3Fetch:
         "uri": "`s3://bucket/key`",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  widgets:
+    type: s3
+    bucket: artifacts
+    key: "widgets/widgets-{{ widgets_version }}.tar.gz"
+    region: eu-central-1
+"""
 
     def plan(self, ctx: PlanContext, args: S3FetchArgs) -> Plan:
         where = f"{ctx.step}.args"

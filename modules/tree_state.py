@@ -59,14 +59,14 @@ class TreeState:
         "counts": "how many paths are missing, added and changed (the lists stop at 200)",
     }
     controller_only: ClassVar[bool] = False
-    EXAMPLES: ClassVar[str] = """\
+    examples: ClassVar[str] = """\
 - id: drift_sync
   module: tree_state
   fleet: web
   args:
     dest: /var/www/app
     releases: true
-    expect: {web1: 4f1c0d7f5e0b8a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b}
+    expect: {web1: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}
 """
 
     def plan(self, ctx: PlanContext, args: TreeStateArgs) -> Plan:
