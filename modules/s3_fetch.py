@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +35,7 @@ from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest
 from modules._support.extract import kind_from_name
+from modules._support.transfer_progress import metered
 
 __all__ = ["S3Fetch", "S3FetchArgs", "parse_sha256"]
 
@@ -222,6 +223,7 @@ sources:
                 expected_from,
                 version_id=args.version_id or version,
                 etag=head.get("ETag"),
+                progress=ctx.progress,
             )
         path = self._materialise(cache, digest, args, what)
         outputs = {"path": path, "digest": str(digest), "version": version, "uri": f"s3://{args.bucket}/{args.key}"}
@@ -255,7 +257,15 @@ sources:
             client = _client(args, what)
             version = plan.data.get("version")
             self._download(
-                client, args, what, cache, digest, "the plan recorded", version_id=args.version_id or version, etag=None
+                client,
+                args,
+                what,
+                cache,
+                digest,
+                "the plan recorded",
+                version_id=args.version_id or version,
+                etag=None,
+                progress=ctx.progress,
             )
         path = self._materialise(cache, digest, args, what)
         return {
@@ -290,6 +300,7 @@ sources:
         *,
         version_id: str | None,
         etag: str | None,
+        progress: Callable[..., None] = lambda *_: None,
     ) -> Digest:
         import botocore.exceptions as be
 
@@ -315,7 +326,13 @@ sources:
                 body.close()
 
         label = what + (f" (version {version_id})" if version_id and not args.version_id else "")
-        digest, _ = cache.store(chunks(), algo="sha256", expected=expected, artifact=label, expected_from=expected_from)
+        digest, _ = cache.store(
+            metered(chunks(), progress, resp.get("ContentLength")),
+            algo="sha256",
+            expected=expected,
+            artifact=label,
+            expected_from=expected_from,
+        )
         return digest
 
     @staticmethod
