@@ -583,26 +583,30 @@ def rollback_report(rollback: Rollback, summary: RunSummary) -> RollbackReport:
 
 
 def drift(loaded: Loaded, options: RunOptions, *, connect: Callable[[str], Any] | None = None) -> DriftReport:
-    """How every host of the playbook's rsync steps differs from what the history says was
-    deployed there (engine/record/drift.py): the release `current` points at and the files of the
-    live tree against the recorded tree. One read-only probe per host and step, all hosts at
-    once (`options.forks`, `options.limit`); nothing is written on any host or in the history.
+    """How every host differs from what the history says was deployed there
+    (engine/record/drift.py): for rsync steps the release `current` points at and the files of
+    the live tree against the recorded tree, one read-only probe per host and step, all hosts at
+    once (`options.forks`, `options.limit`); for canary Deployments the recorded image and
+    active colour, for `helm_bump` the recorded image fields (engine/record/drift_pinned.py).
+    Nothing is written on any host, cluster or repository, nor in the history.
     `report.exit_code` is 0 (no drift), 2 (drift) or 1 (a host could not be read). `connect`
     replaces the SSH pool (tests)."""
     from engine.record.drift import DriftReport, drift_playbook, drift_report, recorded_deploys
+    from engine.record.drift_pinned import recorded_pins
     from engine.record.history import History
 
+    pb = loaded.playbook
     hist = History(options.state_dir)
     try:
-        recorded = recorded_deploys(
-            hist, loaded.playbook.name, [s for s in loaded.playbook.steps if s.module == "rsync"]
-        )
+        recorded = recorded_deploys(hist, pb.name, [s for s in pb.steps if s.module == "rsync"])
+        pins = recorded_pins(hist, pb.name, pb)
     finally:
         hist.close()
-    reader = drift_playbook(loaded.playbook, recorded)
-    if reader is None:
-        return DriftReport(loaded.playbook.name, ())
-    reading = Loaded(reader, loaded.inventory)
+    reads = drift_playbook(pb, recorded, pins)
+    if reads.playbook is None:
+        return DriftReport(pb.name, ())
+    reading = Loaded(reads.playbook, loaded.inventory)
     check(reading, options.extra_vars, options.limit)
     planning = dataclasses.replace(options, mode="plan", run_id="", release_id="", expected=None, done=None)
-    return drift_report(loaded.playbook.name, execute(reading, planning, connect=connect), recorded)
+    summary = execute(reading, planning, connect=connect)
+    return drift_report(pb.name, summary, recorded, reads.pinned)

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from engine.model.config import Fleet, Playbook, Step
-from engine.model.results import RunSummary, Status
+from engine.model.config import CONTROLLER, Fleet, Playbook, Step
+from engine.model.results import Change, RunSummary, Status
+from engine.record.drift_pinned import Pin, differences, pinned_steps
 from engine.record.history import History
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Finding",
     "HostDrift",
     "DriftReport",
+    "DriftReads",
     "recorded_deploys",
     "drift_playbook",
     "drift_report",
@@ -49,6 +51,7 @@ class Deployed:
     run_id: str
     when: float
     by: str = "run"  # "run" or "rollback"
+    what: str = ""  # for a recorded image, colour or Helm value: which
 
 
 @dataclass(frozen=True)
@@ -137,12 +140,25 @@ def recorded_deploys(history: History, name: str, steps: Iterable[Step]) -> dict
     return found
 
 
-def drift_playbook(playbook: Playbook, recorded: Mapping[tuple[str, str], Deployed]) -> Playbook | None:
-    """A playbook that only reads, on every host of each rsync step, where `current` points and
-    how the live tree differs from the recorded one; None when the playbook has no rsync step."""
+@dataclass(frozen=True)
+class DriftReads:
+    """The generated read-only playbook (None: nothing to compare) and, per generated step
+    that is pinned to recorded values (engine/record/drift_pinned.py), the pins it compares."""
+
+    playbook: Playbook | None
+    pinned: Mapping[str, list[Pin]] = field(default_factory=dict)
+
+
+def drift_playbook(
+    playbook: Playbook, recorded: Mapping[tuple[str, str], Deployed], pins: Iterable[Pin] = ()
+) -> DriftReads:
+    """A playbook that only reads: on every host of each rsync step, where `current` points and
+    how the live tree differs from the recorded one; and each of `pins` planned pinned to its
+    record. Its playbook is None when there is nothing to compare."""
     rsyncs = [s for s in playbook.steps if s.module == "rsync"]
-    if not rsyncs:
-        return None
+    extra, pin_fleets, pinned = pinned_steps(playbook, pins, DRIFT_STEP_PREFIX)
+    if not rsyncs and not extra:
+        return DriftReads(None)
     steps = []
     for s in rsyncs:
         args = {k: s.args[k] for k in ("dest", "releases", "exclude", "shared", "delete") if k in s.args}
@@ -161,15 +177,27 @@ def drift_playbook(playbook: Playbook, recorded: Mapping[tuple[str, str], Deploy
     used = {s.fleet for s in steps}
     # every host read at once and every unreadable one reported: no batches, no failure budget
     fleets: dict[str, Fleet] = {
-        n: replace(f, serial=None, max_fail_percentage=None) for n, f in playbook.fleets.items() if n in used
+        n: replace(f, serial=None, max_fail_percentage=None, lock=False)
+        for n, f in playbook.fleets.items()
+        if n in used
     }
-    return replace(playbook, steps=tuple(steps), fleets=fleets, sources={})
+    fleets.update(pin_fleets)
+    return DriftReads(replace(playbook, steps=(*steps, *extra), fleets=fleets, sources={}), pinned)
 
 
-def drift_report(playbook: str, summary: RunSummary, recorded: Mapping[tuple[str, str], Deployed]) -> DriftReport:
-    """The `DriftReport` of a plan of `drift_playbook` (`summary`) against `recorded`."""
+def drift_report(
+    playbook: str,
+    summary: RunSummary,
+    recorded: Mapping[tuple[str, str], Deployed],
+    pinned: Mapping[str, list[Pin]] | None = None,
+) -> DriftReport:
+    """The `DriftReport` of a plan of `drift_playbook` (`summary`) against `recorded` and the
+    pins of its `pinned` steps."""
     out: list[HostDrift] = []
     for r in summary.results:
+        if r.step in (pinned or {}):
+            out.append(_pinned_drift(r, (pinned or {})[r.step]))
+            continue
         if r.host is None or not r.step.startswith(DRIFT_STEP_PREFIX):
             continue
         step = r.step[len(DRIFT_STEP_PREFIX) :]
@@ -211,3 +239,18 @@ def drift_report(playbook: str, summary: RunSummary, recorded: Mapping[tuple[str
         )
         out.append(HostDrift(r.host, step, "drift" if drifted else "ok", deployed, live, tuple(findings), counts))
     return DriftReport(playbook, tuple(sorted(out, key=lambda h: (h.host, h.step))))
+
+
+def _pinned_drift(r: Any, pins: list[Pin]) -> HostDrift:
+    """The `HostDrift` of one pinned step on one host (or the controller)."""
+    pin = next((p for p in pins if p.host == r.host), pins[0])
+    what = {"selector": "active colour", "image": f"image of {pin.deployment}", "values": "image"}[pin.kind]
+    shown = pin.tag or pin.value if pin.kind == "values" else pin.value
+    deployed = Deployed("", "", pin.run_id, pin.when, pin.by, what=f"{what} {shown}")
+    host = r.host or CONTROLLER
+    if r.failed or r.status == Status.UNREACHABLE:
+        return HostDrift(host, pin.step, "error", deployed, error=f"{r.status.value}: {r.message}")
+    if r.plan is None or r.plan.change != Change.WILL_CHANGE:
+        return HostDrift(host, pin.step, "ok", deployed)
+    found = tuple(Finding(pin.kind, detail, path) for path, detail in differences(pin.kind, r.plan))
+    return HostDrift(host, pin.step, "drift", deployed, findings=found)

@@ -11,7 +11,17 @@ from typing import Any
 
 __all__ = ["drift_text", "drift_markdown", "headline"]
 
-_MARK = {"release": "->", "missing": "-", "added": "+", "changed": "~", "tree": "!", "unrecorded": "?"}
+_MARK = {
+    "release": "->",
+    "missing": "-",
+    "added": "+",
+    "changed": "~",
+    "tree": "!",
+    "unrecorded": "?",
+    "image": "~",
+    "selector": "->",
+    "values": "~",
+}
 
 
 def headline(doc: Mapping[str, Any]) -> str:
@@ -34,7 +44,7 @@ def _recorded(h: Mapping[str, Any]) -> str:
     rec = h["recorded"]
     if not rec:
         return ""
-    release = f"release {rec['release']}" if rec["release"] else "deployed"
+    release = f"release {rec['release']}" if rec["release"] else (rec.get("what") or "deployed")
     return f"{release} by {rec['by']} {rec['run_id']}"
 
 
