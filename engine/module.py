@@ -183,6 +183,9 @@ class Module(Protocol):
     summary: ClassVar[str]
     outputs: ClassVar[Mapping[str, str]]  # output name -> description
     controller_only: ClassVar[bool]
+    # valid YAML: a list of steps using the module, or a `sources:` mapping for a source module
+    # (`playbook modules NAME`, docs/modules.md; tests/engine/test_module_examples.py loads each)
+    examples: ClassVar[str]
 
     def plan(self, ctx: PlanContext, args: Any) -> Plan: ...
 
@@ -197,7 +200,7 @@ _lock = threading.Lock()
 
 def register(cls: type) -> type:
     """Class decorator: register a module by its `name` (and its `source_type`, if any)."""
-    for attr in ("name", "Args", "summary"):
+    for attr in ("name", "Args", "summary", "examples"):
         if not hasattr(cls, attr):
             raise TypeError(f"module {cls.__name__} lacks '{attr}'")
     # checked above; `outputs` and `controller_only` get their defaults here

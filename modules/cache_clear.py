@@ -125,6 +125,24 @@ class CacheClear:
         "output": "the command's output or the response body (first 4 KiB)",
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: flush_cache
+  module: cache_clear
+  fleet: web
+  needs: [sync]
+  args:
+    command: [wp, cache, flush]
+    chdir: "{{ steps.sync.release }}"
+    only_if_changed: [sync]
+- id: purge_varnish
+  module: cache_clear
+  fleet: web
+  args:
+    http:
+      url: "http://{{ host.address }}/"
+      method: PURGE
+      expect: [200, 204]
+"""
 
     def plan(self, ctx: PlanContext, args: CacheClearArgs) -> Plan:
         where = f"{ctx.step}.args"

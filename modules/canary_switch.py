@@ -198,6 +198,22 @@ class CanarySwitch:
         "previous_image": "the container's image before the step",
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: green_image
+  module: canary_switch
+  fleet: shop
+  args:
+    action: set_image
+    colour: green
+    image: registry.example.com/shop/web:1.4.2
+- id: go_green
+  module: canary_switch
+  fleet: shop
+  needs: [green_image]
+  args:
+    action: switch
+    to: green
+"""
 
     # -- planning --------------------------------------------------------------------------------
 

@@ -55,6 +55,19 @@ class Command:
         "stderr": output("standard error", str),
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: reload_php
+  module: command
+  fleet: web
+  args:
+    argv: [sudo, systemctl, reload, php8.2-fpm]
+- id: warm_up
+  module: command
+  fleet: web
+  args:
+    shell: curl -fsS http://localhost/ > /dev/null
+    unless: test -f /var/www/app/.warm
+"""
 
     def plan(self, ctx: PlanContext, args: CommandArgs) -> Plan:
         if (args.argv is None) == (args.shell is None):

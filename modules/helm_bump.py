@@ -328,6 +328,19 @@ class HelmBump:
         "remote_head": "the remote branch head seen while planning",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+- id: bump_chart
+  module: helm_bump
+  fleet: controller
+  args:
+    repo: git@gitlab.example.com:ops/gitops.git
+    file: apps/shop/values.yaml
+    key_path: image.tag
+    tags: [1.4.0, 1.4.1, 1.4.2]
+    tag_order: semver
+    author_name: Deploy Bot
+    author_email: deploy@example.com
+"""
 
     def plan(self, ctx: PlanContext, args: HelmBumpArgs) -> Plan:
         where = f"{ctx.step}.args"

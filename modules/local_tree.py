@@ -38,6 +38,12 @@ class LocalTree:
         "files": output("number of files", int),
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  code:
+    type: local
+    path: ../build/app
+"""
 
     def plan(self, ctx: PlanContext, args: LocalTreeArgs) -> Plan:
         base = str(ctx.vars.get("playbook_dir", "."))

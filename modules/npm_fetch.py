@@ -26,7 +26,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +37,7 @@ from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, sri_to_digest
 from modules._support.http import HttpReader
+from modules._support.transfer_progress import metered
 
 __all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart"]
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*\Z")
@@ -227,8 +228,13 @@ class _Registry:
         assert isinstance(version, str)  # meta was found under it, and JSON object keys are strings
         return _Resolved(name, version, tarball, integrity)
 
-    def chunks(self, url: str) -> Iterator[bytes]:
+    def chunks(self, url: str, progress: Callable[..., None] = lambda *_: None) -> Iterator[bytes]:
+        """The tarball's bytes, telling `progress(done, total)` (Content-Length) as they come."""
         resp = self._open(url, "application/octet-stream, */*")
+        length = resp.headers.get("Content-Length")
+        yield from metered(self._read(resp, url), progress, int(length) if length and length.isdigit() else None)
+
+    def _read(self, resp: Any, url: str) -> Iterator[bytes]:
         try:
             while True:
                 try:
@@ -321,6 +327,15 @@ class NpmFetch:
         "tarball": "the tarball URL it was downloaded from",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  templates:
+    type: npm
+    package: "@seed/templates"
+    version: 2.3.1
+    registry: https://npm.example.com/
+    token_env: NPM_TOKEN
+"""
 
     def plan(self, ctx: PlanContext, args: NpmFetchArgs) -> Plan:
         where = f"{ctx.step}.args"
@@ -370,7 +385,7 @@ class NpmFetch:
             ctx.emit(f"fetching {what} from {SCRUBBER.scrub(res.tarball)}")
             source_of = "the pinned integrity is" if pin else "the registry's dist.integrity is"
             cache.store(
-                reg.chunks(res.tarball),
+                reg.chunks(res.tarball, ctx.progress),
                 algo=expected.algo,
                 expected=expected,
                 artifact=f"{what} ({SCRUBBER.scrub(res.tarball)})",
@@ -420,7 +435,7 @@ class NpmFetch:
             _, token = _settings(ctx, args, f"{ctx.step}.args")
             reg = _Registry(ctx, plan.data["registry"], token, args.timeout, what)
             cache.store(
-                reg.chunks(plan.data["tarball"]),
+                reg.chunks(plan.data["tarball"], ctx.progress),
                 algo=digest.algo,
                 expected=digest,
                 artifact=f"{what} ({SCRUBBER.scrub(plan.data['tarball'])})",

@@ -37,6 +37,7 @@ from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest
 from modules._support.extract import kind_from_name
+from modules._support.transfer_progress import metered
 
 __all__ = ["S3Fetch", "S3FetchArgs", "parse_sha256"]
 
@@ -236,6 +237,14 @@ class S3Fetch:
         "uri": "`s3://bucket/key`",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  widgets:
+    type: s3
+    bucket: artifacts
+    key: "widgets/widgets-{{ widgets_version }}.tar.gz"
+    region: eu-central-1
+"""
 
     def plan(self, ctx: PlanContext, args: S3FetchArgs) -> Plan:
         where = f"{ctx.step}.args"
@@ -292,6 +301,7 @@ class S3Fetch:
                 expected_from,
                 version_id=args.version_id or version,
                 etag=head.get("ETag"),
+                progress=ctx.progress,
             )
         path = self._materialise(cache, digest, args, what, ctx.warn)
         outputs = {"path": path, "digest": str(digest), "version": version, "uri": f"s3://{args.bucket}/{args.key}"}
@@ -326,7 +336,15 @@ class S3Fetch:
             client = _client(args, what)
             version = plan.data.get("version")
             self._download(
-                client, args, what, cache, digest, "the plan recorded", version_id=args.version_id or version, etag=None
+                client,
+                args,
+                what,
+                cache,
+                digest,
+                "the plan recorded",
+                version_id=args.version_id or version,
+                etag=None,
+                progress=ctx.progress,
             )
         path = self._materialise(cache, digest, args, what, ctx.warn)
         return {
@@ -370,6 +388,7 @@ class S3Fetch:
         *,
         version_id: str | None,
         etag: str | None,
+        progress: Callable[..., None] = lambda *_: None,
     ) -> Digest:
         import botocore.exceptions as be
 
@@ -395,7 +414,13 @@ class S3Fetch:
                 body.close()
 
         label = what + (f" (version {version_id})" if version_id and not args.version_id else "")
-        digest, _ = cache.store(chunks(), algo="sha256", expected=expected, artifact=label, expected_from=expected_from)
+        digest, _ = cache.store(
+            metered(chunks(), progress, resp.get("ContentLength")),
+            algo="sha256",
+            expected=expected,
+            artifact=label,
+            expected_from=expected_from,
+        )
         return digest
 
     @staticmethod
