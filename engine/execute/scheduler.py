@@ -68,7 +68,7 @@ class Executor:
         self.inventory = inventory
         self.opts = options
         self.bus = bus or EventBus()
-        self.fleet_hosts = resolve_fleets(playbook, inventory, options.limit)
+        self.fleet_hosts = resolve_fleets(playbook, inventory, options.limit, options.only_hosts)
         self.graph: ExecGraph = build_graph(playbook, self.fleet_hosts)
         self.steps: dict[str, Step] = {s.id: s for s in playbook.steps}
         self.order = step_order(playbook)
