@@ -185,12 +185,14 @@ def local_source(world: World, version: int = 1) -> dict:
     return {"code": {"type": "local", "path": str(code_tree(world, version))}}
 
 
-def deployed_twice(world: World) -> None:
-    """Two releases on every host (`r1`, then `r2` live): what a switch back can move to."""
+def deployed_twice(world: World) -> dict[tuple[str, str | None], Any]:
+    """Two releases on every host (`r1`, then `r2` live): what a switch back can move to. The
+    results of the second run."""
     for n, rid in ((1, "20260101T000001Z"), (2, "20260101T000002Z")):
         pb = base(world, [sync_step(world)], local_source(world, n))
         res = world.execute(pb, "run", release_id=rid)
         assert {r.status for r in res.values()} <= {Status.CHANGED, Status.OK}, res
+    return res
 
 
 def s3_object(world: World) -> tuple[str, str, str, bytes]:
@@ -258,6 +260,13 @@ def release_switch(world: World) -> tuple[dict, dict]:
     return base(world, [{"id": "back", "module": "release_switch", "fleet": "web", "args": args}]), {
         "back": Status.CHANGED
     }
+
+
+def tree_state(world: World) -> tuple[dict, dict]:
+    res = deployed_twice(world)
+    expect = {host: r.outputs["tree_digest"] for (step, host), r in res.items() if step == "sync"}
+    args = {"dest": dest(world, "app"), "releases": True, "expect": expect}
+    return base(world, [{"id": "drift", "module": "tree_state", "fleet": "web", "args": args}]), {"drift": Status.OK}
 
 
 def s3_fetch(world: World) -> tuple[dict, dict]:
@@ -368,6 +377,7 @@ SCENARIOS: dict[str, Callable[[World], tuple[dict, dict]]] = {
         cache_clear,
         release_state,
         release_switch,
+        tree_state,
         s3_fetch,
         recorded_artifact,
         npm_fetch,

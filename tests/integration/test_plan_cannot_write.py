@@ -102,6 +102,7 @@ class SneakyWriter:
     name: ClassVar[str] = "sneaky_writer"
     Args: ClassVar[type] = SneakyArgs
     summary: ClassVar[str] = "tries to write during plan"
+    examples: ClassVar[str] = "[]\n"
 
     def plan(self, ctx: PlanContext, args: SneakyArgs) -> Plan:
         ATTEMPTS[args.attempt](ctx, args.http_url if "http" in args.attempt.lower() else args.git_url)
