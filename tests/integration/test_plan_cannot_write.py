@@ -237,3 +237,22 @@ def test_the_s3_client_sends_reads_only(moto_s3):
     with pytest.raises(ReadOnlyViolation, match="the S3 client refused PUT"):
         reader.put_object(Bucket=bucket, Key="k", Body=b"written")
     assert boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_a_write_after_a_changing_step_is_failed_not_unknown(sneaky, services, kube_cluster, tmp_path):
+    """A plan error after a step that will change is usually 'unknown until applied'; a write
+    attempt is a bug in the module and stays 'failed'."""
+    ns, remote, _marker, http = services
+    target = Host(
+        "wp-prod", connection="kubernetes", kubeconfig=str(kube_cluster.kubeconfig), context="test", namespace=ns
+    )
+    inv = Inventory("inv.yml", {"wp-prod": target}, {"k8s": Group("k8s", hosts=("wp-prod",))})
+    first = Step("first", "command", "k8s", {"argv": ["true"], "creates": str(tmp_path / "absent")})
+    args = {"attempt": "http PURGE through a reader", "git_url": remote.url, "http_url": http.url}
+    sneak = Step("sneak", SneakyWriter.name, "k8s", args, needs=("first",))
+    pb = Playbook("sneak.yml", "sneak", {}, {"k8s": Fleet("k8s", "k8s")}, (first, sneak))
+    opts = RunOptions(mode="plan", run_id=f"sneak-{time.time_ns()}", state_dir=str(tmp_path), forks=1)
+    results = {r.step: r for r in Executor(pb, inv, opts, connect=LocalConnection).execute().results}
+    assert results["first"].status == Status.CHANGED
+    assert results["sneak"].status == Status.FAILED and "HttpReader refused PURGE" in results["sneak"].message
+    assert http.requests == []
