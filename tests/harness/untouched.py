@@ -62,6 +62,7 @@ class World:
     kube: Any = None
     k8s_host: dict | None = None
     env: dict[str, str] = field(default_factory=dict)
+    checks: list[Any] = field(default_factory=list)  # more asserts on the plan's results
     app: str = field(default_factory=lambda: f"dry-{uuid.uuid4().hex[:8]}")
 
     def proxy(self, upstream: str) -> RecordingProxy:

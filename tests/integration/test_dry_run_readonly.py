@@ -152,6 +152,11 @@ def tree_state(world: World) -> tuple[dict, dict]:
     res = deployed_twice(world)
     expect = {host: r.outputs["tree_digest"] for (step, host), r in res.items() if step == "sync"}
     args = {"dest": dest(world, "app"), "releases": True, "expect": expect}
+
+    def compared(results: dict) -> None:  # the recorded tree went to each host and came back equal
+        assert {r.outputs["recorded"] for (s, _), r in results.items() if s == "drift"} == {"found"}
+
+    world.checks.append(compared)
     return base(world, [{"id": "drift", "module": "tree_state", "fleet": "web", "args": args}]), {"drift": Status.OK}
 
 
@@ -303,4 +308,6 @@ def test_plan_of_every_module_writes_nothing(name, world, monkeypatch):
             got.setdefault(step, set()).add(r.status)
     messages = {k: r.message for k, r in results.items() if r.status not in (Status.CHANGED, Status.OK)}
     assert got == {s: {st} for s, st in expected.items()}, (got, messages, time.monotonic() - started)
+    for check in world.checks:
+        check(results)
     world.assert_untouched(before, kube_from)
