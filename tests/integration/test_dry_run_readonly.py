@@ -13,137 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from engine import api
-from engine.execute.options import RunOptions
 from engine.model.results import Status
 from engine.module import all_modules
-from tests.harness.gitrepo import GitRemote
-from tests.harness.recording import RecordingProxy, RecordingServer
+from tests.harness.recording import RecordingServer
+from tests.harness.untouched import World
 
 pytestmark = pytest.mark.fleet
 
-SAFE = {"GET", "HEAD"}
-KUBE_WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 REPO = "registry.example.test/wp"
 A, B = (f"{REPO}@sha256:{c * 64}" for c in ("a", "b"))
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    """Every entry under `root`: type, mode, size, mtime and link target (a write changes one)."""
-    out: dict[str, tuple] = {}
-    for base, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = os.path.join(base, name)
-            st = os.lstat(p)
-            link = os.readlink(p) if os.path.islink(p) else None
-            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, st.st_mtime_ns, link)
-    return out
-
-
-def git_state(remote: GitRemote) -> tuple[str, str]:
-    refs = subprocess.run(["git", "for-each-ref"], cwd=remote.bare, capture_output=True, text=True, check=True)
-    objects = subprocess.run(["git", "count-objects", "-v"], cwd=remote.bare, capture_output=True, text=True)
-    return refs.stdout, objects.stdout
-
-
-@dataclass
-class World:
-    """The real services a scenario may use, and what they recorded."""
-
-    request: Any
-    tmp: Path
-    fleet: Any
-    http: RecordingServer
-    proxies: list[RecordingProxy] = field(default_factory=list)
-    git: GitRemote | None = None
-    push_marker: Path | None = None
-    kube: Any = None
-    k8s_host: dict | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    app: str = field(default_factory=lambda: f"dry-{uuid.uuid4().hex[:8]}")
-
-    def proxy(self, upstream: str) -> RecordingProxy:
-        p = RecordingProxy(upstream).start()
-        self.proxies.append(p)
-        return p
-
-    def remote(self, files: dict[str, str]) -> GitRemote:
-        self.git = GitRemote(self.tmp / "git", files)
-        self.push_marker = self.tmp / "pushed"
-        hook = self.git.bare / "hooks" / "pre-receive"
-        hook.write_text(f"#!/bin/sh\necho receive-pack >> '{self.push_marker}'\nexit 1\n")
-        hook.chmod(0o755)
-        return self.git
-
-    def inventory(self) -> Path:
-        path = self.fleet.write_inventory(self.tmp / "inv.yml")
-        if self.k8s_host:
-            doc = yaml.safe_load(path.read_text())
-            doc["hosts"]["wp-prod"] = self.k8s_host
-            doc["groups"]["k8s"] = {"hosts": ["wp-prod"]}
-            path.write_text(yaml.safe_dump(doc))
-        return path
-
-    def execute(self, playbook: dict, mode: str, **kw: Any) -> dict[tuple[str, str | None], Any]:
-        pb = self.tmp / f"{playbook['name']}.yml"
-        pb.write_text(yaml.safe_dump(playbook, sort_keys=False))
-        loaded = api.load(str(pb), str(self.inventory()))
-        opts = RunOptions(mode=mode, state_dir=str(self.tmp / "state"), forks=5, locks=False, **kw)
-        summary = api.execute(loaded, opts)
-        return {(r.step, r.host): r for r in summary.results}
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "hosts": {h.name: tree(Path(h.data_dir)) for h in self.fleet},
-            "git": git_state(self.git) if self.git else None,
-        }
-
-    def kube_marker(self) -> None:
-        """A request of our own after the plan: once its audit event is logged, every request the
-        plan made (each answered before it) is logged too."""
-        from kubernetes import client, config
-
-        name = f"audit-marker-{uuid.uuid4().hex[:8]}"
-        api_client = config.new_client_from_config(config_file=str(self.kube.kubeconfig), context="test")
-        try:
-            client.CoreV1Api(api_client).read_namespaced_config_map(name, self.k8s_host["namespace"])
-        except client.exceptions.ApiException:
-            pass  # 404 is expected; the request is what counts
-        finally:
-            api_client.close()
-        self.kube.wait_for(
-            lambda: any(name in e.get("requestURI", "") for e in self.kube.audit_events()), 30, "the audit marker"
-        )
-
-    def assert_untouched(self, before: dict[str, Any], kube_from: int) -> None:
-        after = self.snapshot()
-        for host, entries in before["hosts"].items():
-            now = after["hosts"][host]
-            changed = sorted(k for k in set(entries) | set(now) if entries.get(k) != now.get(k))
-            assert not changed, f"{host}: the dry run changed {changed[:10]}"
-        if self.git:
-            assert after["git"] == before["git"], "the dry run changed the git remote"
-            assert self.push_marker and not self.push_marker.exists(), "the dry run pushed (receive-pack ran)"
-        assert self.http.requests == [], f"the dry run sent {self.http.requests} to the purge server"
-        for p in self.proxies:
-            assert p.methods() <= SAFE, f"the dry run sent {p.requests} (only GET/HEAD allowed)"
-        if self.kube:
-            self.kube_marker()
-            writes = [
-                (e["verb"], e["requestURI"]) for e in self.kube.audit_events()[kube_from:] if e["verb"] in KUBE_WRITES
-            ]
-            assert writes == [], f"the dry run wrote to the API server: {writes}"
 
 
 # -- one scenario per module: a playbook whose plan has something to change -------------------
@@ -185,12 +71,14 @@ def local_source(world: World, version: int = 1) -> dict:
     return {"code": {"type": "local", "path": str(code_tree(world, version))}}
 
 
-def deployed_twice(world: World) -> None:
-    """Two releases on every host (`r1`, then `r2` live): what a switch back can move to."""
+def deployed_twice(world: World) -> dict[tuple[str, str | None], Any]:
+    """Two releases on every host (`r1`, then `r2` live): what a switch back can move to. The
+    results of the second run."""
     for n, rid in ((1, "20260101T000001Z"), (2, "20260101T000002Z")):
         pb = base(world, [sync_step(world)], local_source(world, n))
         res = world.execute(pb, "run", release_id=rid)
         assert {r.status for r in res.values()} <= {Status.CHANGED, Status.OK}, res
+    return res
 
 
 def s3_object(world: World) -> tuple[str, str, str, bytes]:
@@ -258,6 +146,18 @@ def release_switch(world: World) -> tuple[dict, dict]:
     return base(world, [{"id": "back", "module": "release_switch", "fleet": "web", "args": args}]), {
         "back": Status.CHANGED
     }
+
+
+def tree_state(world: World) -> tuple[dict, dict]:
+    res = deployed_twice(world)
+    expect = {host: r.outputs["tree_digest"] for (step, host), r in res.items() if step == "sync"}
+    args = {"dest": dest(world, "app"), "releases": True, "expect": expect}
+
+    def compared(results: dict) -> None:  # the recorded tree went to each host and came back equal
+        assert {r.outputs["recorded"] for (s, _), r in results.items() if s == "drift"} == {"found"}
+
+    world.checks.append(compared)
+    return base(world, [{"id": "drift", "module": "tree_state", "fleet": "web", "args": args}]), {"drift": Status.OK}
 
 
 def s3_fetch(world: World) -> tuple[dict, dict]:
@@ -368,6 +268,7 @@ SCENARIOS: dict[str, Callable[[World], tuple[dict, dict]]] = {
         cache_clear,
         release_state,
         release_switch,
+        tree_state,
         s3_fetch,
         recorded_artifact,
         npm_fetch,
@@ -407,4 +308,6 @@ def test_plan_of_every_module_writes_nothing(name, world, monkeypatch):
             got.setdefault(step, set()).add(r.status)
     messages = {k: r.message for k, r in results.items() if r.status not in (Status.CHANGED, Status.OK)}
     assert got == {s: {st} for s, st in expected.items()}, (got, messages, time.monotonic() - started)
+    for check in world.checks:
+        check(results)
     world.assert_untouched(before, kube_from)

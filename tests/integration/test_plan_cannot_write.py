@@ -32,10 +32,8 @@ from engine.module import _REGISTRY, ApplyContext, PlanContext, arg, register, r
 from modules._support.git import Git, GitReader, commit, git_environment
 from modules._support.http import Http, HttpReader
 from modules._support.kube import Kube, KubeReader
-from tests.harness.gitrepo import GitRemote
 from tests.harness.recording import RecordingServer
-
-KUBE_WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+from tests.harness.untouched import KUBE_WRITES, audit_marker, git_state, recording_remote
 
 
 def _forged(ctx: PlanContext) -> ApplyContext:
@@ -102,6 +100,7 @@ class SneakyWriter:
     name: ClassVar[str] = "sneaky_writer"
     Args: ClassVar[type] = SneakyArgs
     summary: ClassVar[str] = "tries to write during plan"
+    examples: ClassVar[str] = "[]\n"
 
     def plan(self, ctx: PlanContext, args: SneakyArgs) -> Plan:
         ATTEMPTS[args.attempt](ctx, args.http_url if "http" in args.attempt.lower() else args.git_url)
@@ -135,18 +134,9 @@ def services(kube_cluster, tmp_path_factory):
         )
     finally:
         admin.close()
-    root = tmp_path_factory.mktemp("sneak")
-    remote = GitRemote(root / "git", {"release.yaml": "tag: v1\n"})
-    marker = root / "pushed"
-    hook = remote.bare / "hooks" / "pre-receive"
-    hook.write_text(f"#!/bin/sh\necho receive-pack >> '{marker}'\nexit 1\n")
-    hook.chmod(0o755)
+    remote, marker = recording_remote(tmp_path_factory.mktemp("sneak"), {"release.yaml": "tag: v1\n"})
     with RecordingServer() as http:
         yield ns, remote, marker, http
-
-
-def _refs(remote: GitRemote) -> str:
-    return subprocess.run(["git", "for-each-ref"], cwd=remote.bare, capture_output=True, text=True).stdout
 
 
 @pytest.mark.parametrize("mode", ["plan", "run"])
@@ -160,7 +150,7 @@ def test_a_write_while_planning_fails_and_reaches_no_server(attempt, mode, sneak
     step = Step("sneak", SneakyWriter.name, "k8s", {"attempt": attempt, "git_url": remote.url, "http_url": http.url})
     pb = Playbook("sneak.yml", "sneak", {}, {"k8s": Fleet("k8s", "k8s")}, (step,))
     opts = RunOptions(mode=mode, run_id=f"sneak-{time.time_ns()}", state_dir=str(tmp_path), forks=1)
-    refs, audit_from = _refs(remote), len(kube_cluster.audit_events())
+    refs, audit_from, http_from = git_state(remote), len(kube_cluster.audit_events()), len(http.requests)
     summary = Executor(pb, inv, opts, connect=LocalConnection).execute()
 
     [result] = [r for r in summary.results if r.step == "sneak"]
@@ -169,25 +159,11 @@ def test_a_write_while_planning_fails_and_reaches_no_server(attempt, mode, sneak
         assert "playbook-read-only" in result.message  # the push URL went nowhere
     else:
         assert "tried to write" in result.message, result.message
-    assert _refs(remote) == refs and not marker.exists(), "a push reached the remote"
-    assert http.requests == [], f"the HTTP server got {http.requests}"
-    _audit_marker(kube_cluster, ns)
+    assert git_state(remote) == refs and not marker.exists(), "a push reached the remote"
+    assert http.requests[http_from:] == [], f"the HTTP server got {http.requests[http_from:]}"
+    audit_marker(kube_cluster, ns)
     writes = [e["requestURI"] for e in kube_cluster.audit_events()[audit_from:] if e["verb"] in KUBE_WRITES]
     assert writes == [], f"the API server got writes: {writes}"
-
-
-def _audit_marker(cluster: Any, ns: str) -> None:
-    from kubernetes import client, config
-
-    name = f"audit-marker-{uuid.uuid4().hex[:8]}"
-    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig), context="test")
-    try:
-        client.CoreV1Api(api_client).read_namespaced_config_map(name, ns)
-    except client.exceptions.ApiException:
-        pass
-    finally:
-        api_client.close()
-    cluster.wait_for(lambda: any(name in e.get("requestURI", "") for e in cluster.audit_events()), 30, "audit marker")
 
 
 def test_writers_work_in_apply_and_readers_never_write(services, kube_cluster, tmp_path):
@@ -236,3 +212,23 @@ def test_the_s3_client_sends_reads_only(moto_s3):
     with pytest.raises(ReadOnlyViolation, match="the S3 client refused PUT"):
         reader.put_object(Bucket=bucket, Key="k", Body=b"written")
     assert boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_a_write_after_a_changing_step_is_failed_not_unknown(sneaky, services, kube_cluster, tmp_path):
+    """A plan error after a step that will change is usually 'unknown until applied'; a write
+    attempt is a bug in the module and stays 'failed'."""
+    ns, remote, _marker, http = services
+    target = Host(
+        "wp-prod", connection="kubernetes", kubeconfig=str(kube_cluster.kubeconfig), context="test", namespace=ns
+    )
+    inv = Inventory("inv.yml", {"wp-prod": target}, {"k8s": Group("k8s", hosts=("wp-prod",))})
+    first = Step("first", "command", "k8s", {"argv": ["true"], "creates": str(tmp_path / "absent")})
+    args = {"attempt": "http PURGE through a reader", "git_url": remote.url, "http_url": http.url}
+    sneak = Step("sneak", SneakyWriter.name, "k8s", args, needs=("first",))
+    pb = Playbook("sneak.yml", "sneak", {}, {"k8s": Fleet("k8s", "k8s")}, (first, sneak))
+    opts = RunOptions(mode="plan", run_id=f"sneak-{time.time_ns()}", state_dir=str(tmp_path), forks=1)
+    http_from = len(http.requests)
+    results = {r.step: r for r in Executor(pb, inv, opts, connect=LocalConnection).execute().results}
+    assert results["first"].status == Status.CHANGED
+    assert results["sneak"].status == Status.FAILED and "HttpReader refused PURGE" in results["sneak"].message
+    assert http.requests[http_from:] == []
