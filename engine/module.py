@@ -142,6 +142,11 @@ class Module(Protocol):
 
     def apply(self, ctx: ApplyContext, plan: Plan) -> StepResult | Mapping[str, Any] | None: ...
 
+    # Optional: `check_args(self, args, vars) -> None`, what can be known wrong about rendered
+    # arguments without a host (a local directory that does not exist), raising a PlaybookError
+    # whose `path` is the argument's name. `validate`, `plan` and `run` call it before any host
+    # is contacted (engine/execute/argcheck.py), with the step's template context as `vars`.
+
 
 _REGISTRY: dict[str, Module] = {}
 _SOURCES: dict[str, str] = {}

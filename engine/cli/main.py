@@ -247,7 +247,7 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     key = api.plan_key() if save_to else None  # a bad key setting fails before any host is contacted
     pool = api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
     try:
-        api.check(loaded, extra, ns.limit)
+        api.check(loaded, extra, ns.limit, release_id=ns.release_id)
         opts = RunOptions(
             mode=mode,
             forks=ns.forks,
