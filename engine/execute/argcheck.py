@@ -17,7 +17,7 @@ import jinja2
 from jinja2 import nodes
 
 from engine import templating
-from engine.argschema import build, field_errors
+from engine.argschema import build, field_errors, group_errors
 from engine.errors import ArgError, PlaybookError, TemplateError, suggest
 from engine.execute.placeholders import dotted, step_location, walk_templates
 from engine.model.config import Step
@@ -77,6 +77,9 @@ class StepCheck:
         wrong_fields = field_errors(self.module.Args, rendered, path=dotted(self.step.id, ("args",)))
         for name, wrong in wrong_fields:
             self._note(("args", name), ArgError(wrong.message, path=wrong.path), host)
+        unknown = [k for k in self.step.args if k not in ready]
+        for wrong in group_errors(self.module.Args, rendered, "", unknown=unknown):
+            self._note(("args",), ArgError(wrong.message, path=dotted(self.step.id, ("args",))), host)
         offline = getattr(self.module, "check_args", None)
         if offline is None or wrong_fields or len(ready) < len(self.step.args):
             return
