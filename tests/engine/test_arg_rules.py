@@ -14,6 +14,7 @@ from engine.argschema import build, enforce, schema_for
 from engine.cli import main
 from engine.docs import module_doc
 from engine.errors import ArgError
+from modules.canary_switch import CanaryArgs
 from modules.command import CommandArgs
 from modules.migrate import MigrateArgs
 from modules.rsync import RsyncArgs
@@ -128,3 +129,21 @@ def test_a_literal_value_that_breaks_a_rule_is_a_load_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{pb}:5:11 steps[0].args: give exactly one of 'argv' and 'shell'" in err
     assert "steps[1].args.keep: 'keep' must be integer >= 1 or a template (got integer 0)" in err
+
+
+def test_npm_version_ranges_and_canary_timeouts_are_refused_by_validate(tmp_path, inventory, capsys):
+    pb = _write(
+        tmp_path,
+        "pb.yml",
+        """\
+        vars: {wanted: "^1.2.0"}
+        sources:
+          tpl: {type: npm, package: "@acme/tpl", version: "{{ wanted }}", registry: "http://127.0.0.1:1"}
+        steps:
+          - {id: s, module: command, fleet: controller, args: {argv: [echo, "{{ sources.tpl.path }}"]}}
+        """,
+    )
+    assert main(["validate", str(pb), "-i", str(inventory)]) == 1
+    err = capsys.readouterr().err
+    assert f"{pb}:3:51 sources.tpl.version: 'version' must be an exact version or a dist-tag, not a range" in err
+    assert schema_for(CanaryArgs, templated=False)["properties"]["timeout_seconds"]["minimum"] == 1
