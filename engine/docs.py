@@ -12,6 +12,7 @@ import types
 import typing
 from typing import Any
 
+from engine.argschema import rule_text
 from engine.errors import PlaybookError, suggest
 from engine.module import all_modules
 
@@ -58,7 +59,8 @@ def _fields(cls: type) -> list[tuple[str, str, str, str]]:
             default = repr(f.default_factory())
         else:
             default = "required"
-        rows.append((f.name, type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+        doc = " ".join(t for t in (f.metadata.get("doc", ""), rule_text(cls, f.name)) if t)
+        rows.append((f.name, type_name(hints[f.name]), default, doc))
     return rows
 
 

@@ -53,9 +53,28 @@ CHANGED_OUTPUT = "changed"
 """The output the engine gives every step (engine/execute/step.py): whether it changed something."""
 
 
-def arg(default: Any = _MISSING, *, doc: str, default_factory: Any = _MISSING, secret: bool = False) -> Any:
-    """Declare a module argument with its documentation (used for schema, docs and help)."""
-    meta = {"doc": doc, "secret": secret}
+def arg(
+    default: Any = _MISSING,
+    *,
+    doc: str,
+    default_factory: Any = _MISSING,
+    secret: bool = False,
+    minimum: float | None = None,
+    pattern: str | None = None,
+    expected: str | None = None,
+    nonempty: bool = False,
+    exactly_one: str | None = None,
+) -> Any:
+    """Declare a module argument with its documentation (used for schema, docs and help) and
+    its rules, which the schema, the docs, `validate` and the conversion before `plan` all
+    enforce (engine/argschema.py): `minimum` for a number; `pattern` (a regex the whole string
+    must match, described by `expected`) for a string; `nonempty` for a string or a list;
+    `exactly_one`, a group name: of the arguments in that group exactly one is given (not null).
+    None values (an optional argument not given) are never checked against the rules."""
+    meta: dict[str, Any] = {"doc": doc, "secret": secret}
+    rules = {"minimum": minimum, "pattern": pattern, "expected": expected, "nonempty": nonempty or None}
+    rules["exactly_one"] = exactly_one
+    meta.update({k: v for k, v in rules.items() if v is not None})
     if default_factory is not _MISSING:
         return field(default_factory=default_factory, metadata=meta)
     if default is _MISSING:
@@ -190,6 +209,11 @@ class Module(Protocol):
     def plan(self, ctx: PlanContext, args: Any) -> Plan: ...
 
     def apply(self, ctx: ApplyContext, plan: Plan) -> StepResult | Mapping[str, Any] | None: ...
+
+    # Optional: `check_args(self, args, vars) -> None`, what can be known wrong about rendered
+    # arguments without a host (a local directory that does not exist), raising a PlaybookError
+    # whose `path` is the argument's name. `validate`, `plan` and `run` call it before any host
+    # is contacted (engine/execute/argcheck.py), with the step's template context as `vars`.
 
 
 _REGISTRY: dict[str, Module] = {}

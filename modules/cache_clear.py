@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from engine.argschema import enforce
 from engine.errors import ArgError, ModuleError
 from engine.model.results import UNKNOWN, Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
@@ -45,11 +46,13 @@ class HttpPurge:
 class CacheClearArgs:
     command: tuple[str, ...] | None = arg(
         None,
-        doc="Command run on the host as the connection user, as a list of arguments (no shell), e.g. `[wp, cache, flush, --allow-root]`. Give `command` or `http`.",
+        doc="Command run on the host as the connection user, as a list of arguments (no shell), e.g. `[wp, cache, flush, --allow-root]`.",
+        exactly_one="action",
+        nonempty=True,
     )
     chdir: str | None = arg(None, doc="Directory to run `command` in (e.g. `{{ steps.sync.release }}`).")
     http: HttpPurge | None = arg(
-        None, doc="An HTTP purge request sent from the controller for each host. Give `command` or `http`."
+        None, doc="An HTTP purge request sent from the controller for each host.", exactly_one="action"
     )
     only_if_changed: tuple[str, ...] = arg(
         (),
@@ -146,10 +149,7 @@ class CacheClear:
 
     def plan(self, ctx: PlanContext, args: CacheClearArgs) -> Plan:
         where = f"{ctx.step}.args"
-        if (args.command is None) == (args.http is None):
-            raise ArgError("give exactly one of 'command' and 'http'", path=where)
-        if args.command is not None and not args.command:
-            raise ArgError("'command' must not be empty", path=where)
+        enforce(args, path=where)  # the rules declared with the arguments
         if args.http is not None:
             scheme = urllib.parse.urlsplit(args.http.url).scheme
             if scheme not in ("http", "https"):

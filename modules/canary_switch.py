@@ -72,7 +72,7 @@ class CanaryArgs:
     deployment: str = arg("{colour}-deployment", doc="Deployment name; `{colour}` is replaced by the colour.")
     colours: tuple[str, ...] = arg(("blue", "green"), doc="The two colours.")
     wait: bool = arg(True, doc="`set_image`/`revert`: wait for the rollout to complete.")
-    timeout_seconds: int = arg(300, doc="How long a rollout may take before it counts as failed.")
+    timeout_seconds: int = arg(300, minimum=1, doc="How long a rollout may take before it counts as failed.")
     revert_on_failure: bool = arg(
         True,
         doc="Restore the previous image (and the selector, if this run switched it) when the rollout fails or times out.",

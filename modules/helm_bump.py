@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from engine.argschema import enforce
 from engine.errors import ArgError, ModuleError
 from engine.model.results import UNKNOWN, Diff, Plan, Status, StepResult
 from engine.module import ApplyContext, PlanContext, arg, register
@@ -106,9 +107,9 @@ class HelmBumpArgs:
     committer_name: str | None = arg(None, doc="Committer name (default: the author's).")
     committer_email: str | None = arg(None, doc="Committer email (default: the author's).")
     push_retries: int = arg(
-        5, doc="How many times a push rejected because the remote moved is retried on the new head."
+        5, minimum=0, doc="How many times a push rejected because the remote moved is retried on the new head."
     )
-    depth: int = arg(1, doc="Clone depth (shallow clone).")
+    depth: int = arg(1, minimum=1, doc="Clone depth (shallow clone).")
     known_hosts: str | None = arg(
         None, doc="ssh: known_hosts file for strict host-key checking (default `~/.ssh/known_hosts`)."
     )
@@ -194,8 +195,7 @@ def _resolve(args: HelmBumpArgs, where: str) -> _Wanted:
         raise ArgError(f"'policy' must be 'namespace:name' (got {args.policy!r})", path=where)
     if args.digest and not _DIGEST.fullmatch(args.digest):
         raise ArgError(f"'digest' must be sha256:<64 hex> (got {args.digest!r})", path=where)
-    if args.push_retries < 0 or args.depth < 1:
-        raise ArgError("'push_retries' must be >= 0 and 'depth' >= 1", path=where)
+    enforce(args, path=where)  # the rules declared with the arguments (push_retries, depth)
     for name in ("author_name", "author_email"):
         if not str(getattr(args, name)).strip():
             raise ArgError(f"'{name}' must not be empty", path=where)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from engine.errors import ModuleError
 from engine.model.results import Plan
@@ -20,6 +21,11 @@ class LocalTreeArgs:
     sha256: str | None = arg(
         None, doc="Pin the tree's digest (`sha256:<hex>` as `playbook plan` prints it); a different tree is an error."
     )
+
+
+def _abspath(args: LocalTreeArgs, vars: Mapping[str, Any] | None) -> str:
+    base = str((vars or {}).get("playbook_dir", "."))
+    return os.path.normpath(os.path.join(base, os.path.expanduser(args.path)))
 
 
 @register
@@ -45,9 +51,14 @@ sources:
     path: ../build/app
 """
 
+    def check_args(self, args: LocalTreeArgs, vars: Mapping[str, Any]) -> None:
+        """The directory must exist when the playbook is checked, not only once a run starts."""
+        path = _abspath(args, vars)
+        if not os.path.isdir(path):
+            raise ModuleError(f"source directory '{path}' does not exist", path="path")
+
     def plan(self, ctx: PlanContext, args: LocalTreeArgs) -> Plan:
-        base = str(ctx.vars.get("playbook_dir", "."))
-        path = os.path.normpath(os.path.join(base, os.path.expanduser(args.path)))
+        path = _abspath(args, ctx.vars)
         if not os.path.isdir(path):
             raise ModuleError(f"source directory '{path}' does not exist", path=ctx.step)
         manifest = cached_manifest(path, ctx.state_dir, ctx.run_id)

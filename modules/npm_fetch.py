@@ -51,6 +51,8 @@ class NpmFetchArgs:
     version: str = arg(
         "latest",
         doc="An exact version (`1.0.0`) or a dist-tag (`latest`, `next`). Ranges are not accepted: a deploy names what it ships.",
+        pattern=r"[^ <>=^~*|/]+",
+        expected="an exact version or a dist-tag, not a range",
     )
     registry: str | None = arg(
         None,

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from engine.argschema import enforce
 from engine.errors import ArgError, ModuleError
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, output, register
@@ -79,6 +80,7 @@ class RsyncArgs:
     )
     keep: int = arg(
         5,
+        minimum=1,
         doc="With `releases`: how many releases to keep. The one `current` points to and the previous one are never removed.",
     )
     shared: tuple[str, ...] = arg(
@@ -163,14 +165,13 @@ def clear_manifest_cache() -> None:
 
 def _validate(ctx: PlanContext, args: RsyncArgs) -> tuple[str, ExcludeRules, ChmodRules, tuple[str, ...]]:
     where = f"{ctx.step}.args"
+    enforce(args, path=where)  # the rules declared with the arguments (keep >= 1)
     base = str(ctx.vars.get("playbook_dir", ".")) if ctx.vars else "."
     src = os.path.normpath(os.path.join(base, os.path.expanduser(args.src)))
     if not os.path.isdir(src):
         raise ModuleError(f"'src' must be an existing directory on the controller (got '{src}')", path=ctx.step)
     if not args.dest.startswith("/") or posixpath.normpath(args.dest) == "/":
         raise ArgError(f"'dest' must be an absolute path other than / (got {args.dest!r})", path=where)
-    if args.keep < 1:
-        raise ArgError(f"'keep' must be at least 1 (got {args.keep})", path=where)
     if args.chown and not _CHOWN.match(args.chown):
         raise ArgError(f"'chown' must be user, user:group or :group (got {args.chown!r})", path=where)
     try:

@@ -286,7 +286,7 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
         raise PlaybookError("plan -o saves the whole plan: drop --shard, and apply it with `apply PLAN --shard I/N`")
     pool = None if shard else api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
     try:
-        api.check(loaded, extra, ns.limit)
+        api.check(loaded, extra, ns.limit, release_id=ns.release_id)
         opts = RunOptions(
             mode=mode,
             forks=ns.forks,

@@ -17,7 +17,7 @@ import jinja2
 from jinja2 import nodes
 
 from engine import templating
-from engine.argschema import field_errors
+from engine.argschema import build, field_errors, group_errors
 from engine.errors import ArgError, PlaybookError, TemplateError, suggest
 from engine.execute.placeholders import dotted, step_location, walk_templates
 from engine.model.config import Step
@@ -74,8 +74,20 @@ class StepCheck:
             rendered = templating.render_value(ready, ctx)
         except (templating.UnknownReference, PlaybookError):
             return
-        for name, wrong in field_errors(self.module.Args, rendered, path=f"steps.{self.step.id}.args"):
+        wrong_fields = field_errors(self.module.Args, rendered, path=dotted(self.step.id, ("args",)))
+        for name, wrong in wrong_fields:
             self._note(("args", name), ArgError(wrong.message, path=wrong.path), host)
+        unknown = [k for k in self.step.args if k not in ready]
+        for wrong in group_errors(self.module.Args, rendered, "", unknown=unknown):
+            self._note(("args",), ArgError(wrong.message, path=dotted(self.step.id, ("args",))), host)
+        offline = getattr(self.module, "check_args", None)
+        if offline is None or wrong_fields or len(ready) < len(self.step.args):
+            return
+        try:
+            offline(build(self.module.Args, rendered, path=dotted(self.step.id, ("args",))), ctx)
+        except PlaybookError as exc:  # the module's own check: path is the argument's name
+            where: tuple = ("args", exc.path) if exc.path in self.step.args else ("args",)
+            self._note(where, type(exc)(exc.message, path=dotted(self.step.id, where)), host)
 
     def errors(self) -> list[PlaybookError]:
         out: list[PlaybookError] = []

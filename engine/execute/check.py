@@ -7,6 +7,7 @@ its step's fleet, its arguments converted as the module will (engine/execute/arg
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,10 +16,11 @@ from engine.errors import PlaybookError, ValidationErrors
 from engine.execute.argcheck import StepCheck
 from engine.execute.context import HostContexts
 from engine.execute.graph import build_graph
-from engine.execute.options import RunOptions, resolve_fleets
+from engine.execute.options import RunOptions, check_release_id, resolve_fleets
 from engine.execute.placeholders import output_errors, output_namespaces
 from engine.execute.selection import empty_selections
 from engine.model.config import CONTROLLER, Loaded
+from engine.model.hostvars import merged_vars
 
 __all__ = ["check", "SECRET_PLACEHOLDER"]
 
@@ -32,11 +34,15 @@ def check(
     limit: str | None = None,
     *,
     recorded: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None,
+    release_id: str | None = None,
 ) -> None:
     """Raise ValidationErrors listing every problem found without a host (see the module doc).
     Declared secrets missing from `extra_vars` (`validate` has no values) render as
-    SECRET_PLACEHOLDER; `recorded` are the outputs a rollback's target release recorded."""
+    SECRET_PLACEHOLDER; `recorded` are the outputs a rollback's target release recorded;
+    `release_id` is a `--release-id` given."""
     pb, inv = loaded.playbook, loaded.inventory
+    if release_id is not None:
+        check_release_id(release_id)
     extra = {name: SECRET_PLACEHOLDER for name in pb.secrets}
     extra.update(extra_vars or {})
     fleet_hosts = resolve_fleets(pb, inv, limit)
@@ -50,10 +56,11 @@ def check(
         try:
             contexts_ok[h] = contexts.host(h)
         except PlaybookError as exc:
-            if exc.message not in reported:  # a playbook var's mistake is every host's: once
-                reported.add(exc.message)
-                where = f"host {h}: " if h else ""
-                errors.append(type(exc)(exc.message, location=exc.location, path=f"{where}{exc.path}".rstrip(": ")))
+            located = _var_error(exc, loaded, h, extra)
+            key = f"{located.location} {located}"
+            if key not in reported:  # a playbook var's mistake is every host's: once
+                reported.add(key)
+                errors.append(located)
     missing, bad = output_errors(pb, recorded)
     errors.extend(missing)
     steps_ns, sources_ns = output_namespaces(pb, recorded)
@@ -65,6 +72,32 @@ def check(
                 found.host(h, {**contexts_ok[h], "steps": steps_ns, "sources": sources_ns})
         errors.extend(found.errors())
     _raise(errors)
+
+
+def _var_error(exc: PlaybookError, loaded: Loaded, host: str | None, extra: Mapping[str, Any]) -> PlaybookError:
+    """A mistake in vars (a cycle, an undefined name) located where its first var is written."""
+    pb, inv = loaded.playbook, loaded.inventory
+    m = re.search(r"cycle: ([^ ]+) ->", exc.message) or re.fullmatch(r"vars\.([^.\[]+).*", exc.path)
+    if not m:
+        return type(exc)(exc.message, location=exc.location, path=f"host {host}: {exc.path}" if host else exc.path)
+    name = m.group(1)
+    if host is None:
+        origin = "extra vars (-e)" if name in extra else "playbook vars"
+    else:
+        origin = merged_vars(inv, host, playbook_vars=pb.vars, extra_vars=extra)[1].get(name, "")
+    location, path = None, f"vars.{name}"
+    if origin == "playbook vars":
+        location = pb.vars_locations.get(name, pb.location)
+    elif origin == "extra vars (-e)":
+        path = f"-e {name}"
+    elif origin.startswith("host "):
+        location, path = inv.hosts[host].location if host else None, f"hosts.{host}.vars.{name}"
+    elif origin.startswith("group ") and origin != "group all":
+        group = origin[len("group ") :]
+        location, path = inv.groups[group].location, f"groups.{group}.vars.{name}"
+    else:
+        path = f"{inv.path}: vars.{name}"
+    return type(exc)(exc.message, location=location, path=path)
 
 
 def _raise(errors: list[PlaybookError]) -> None:

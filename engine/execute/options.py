@@ -6,16 +6,19 @@ executor (and the graph library under it) is even imported.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import PlaybookError
+from engine.errors import PlaybookError, ValidationError
 from engine.execute.shard import Shard
 from engine.model.config import Inventory, Playbook
 from engine.model.patterns import select_hosts
 
-__all__ = ["RunOptions", "resolve_fleets"]
+__all__ = ["RunOptions", "resolve_fleets", "check_release_id"]
+
+_RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 @dataclass
@@ -59,3 +62,14 @@ def resolve_fleets(
             raise type(exc)(exc.message, location=fleet.location, path=exc.path) from None
         result[name] = [h for h in hosts if (allowed is None or h in allowed) and (only is None or h in only)]
     return result
+
+
+def check_release_id(value: str) -> None:
+    """A release id names a directory (`releases/<id>`) and a record: a plain name of letters,
+    digits, `.`, `_`, `+` and `-`, starting with a letter or digit, without `..`."""
+    if not _RELEASE_ID.fullmatch(value) or ".." in value:
+        raise ValidationError(
+            "must be a plain name: letters, digits, '.', '_', '+' and '-', starting with a letter or digit, "
+            f"no '..', at most 128 characters (got {value!r})",
+            path="--release-id",
+        )

@@ -102,7 +102,12 @@ def step_location(step: Step, path: tuple) -> Any:
 
 
 def dotted(step_id: str, path: tuple) -> str:
-    out = f"steps.{step_id}"
+    """`steps.deploy.args.argv[1]`; a source's arguments are its own keys: `sources.site.path`."""
+    if step_id.startswith("sources.") and path[:1] == ("args",):
+        path = path[1:]
+        out = step_id
+    else:
+        out = f"steps.{step_id}"
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
     return out

@@ -142,6 +142,7 @@ class Playbook:
     inventory: str | None = None  # default inventory path, relative to the playbook
     location: Location | None = None
     notify: tuple[Mapping[str, Any], ...] = ()  # webhooks told about its runs (engine/report/notify.py)
+    vars_locations: Mapping[str, Location] = field(default_factory=dict)  # where each of `vars` is written
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:
