@@ -30,7 +30,9 @@ The run document (`summary_to_dict`, written by `JsonReporter`), format_version 
       "extra": {…}                         # RunFinished.extra, e.g. the saved plan path
     }
 
-`results` keep completion order. Everything is scrubbed of registered secrets. New keys may be added within
+`results` are in a stable order, whatever order the steps finished in: controller results
+first, then each host in the run's host order; within each, steps in playbook order (see
+`ordered_results`). Everything is scrubbed of registered secrets. New keys may be added within
 a format version; none is removed or changes meaning.
 
 A command that stops before a run (the playbook does not load, a lock is held) prints, in
@@ -78,6 +80,7 @@ __all__ = [
     "result_to_dict",
     "plan_to_dict",
     "summary_to_dict",
+    "ordered_results",
     "event_to_dict",
     "error_document",
     "error_event",
@@ -150,11 +153,25 @@ def summary_to_dict(
         "failed_hosts": summary.failed_hosts,
         "steps": list(summary.steps),
         "hosts": summary.by_host(),
-        "results": [_result_dict(r) for r in summary.results],
+        "results": [_result_dict(r) for r in ordered_results(summary)],
         "messages": [_message_dict(m) for m in messages or ()],
         "extra": json_safe(dict(extra or {})),
     }
     return scrubber.scrub_obj(json_safe(doc))
+
+
+def ordered_results(summary: RunSummary) -> list[StepResult]:
+    """The results in a stable order: controller first, then hosts in the run's host order; within
+    each, steps in playbook order (a step run more than once keeps its runs' order)."""
+    hosts = {h: i for i, h in enumerate(summary.hosts)}
+    steps = {s: i for i, s in enumerate(summary.steps)}
+
+    def key(item: tuple[int, StepResult]) -> tuple[int, int, int]:
+        n, r = item
+        where = -1 if r.host is None else hosts.get(r.host, len(hosts))
+        return (where, steps.get(r.step, len(steps)), n)
+
+    return [r for _, r in sorted(enumerate(summary.results), key=key)]
 
 
 def _error_dicts(exc: BaseException) -> list[dict[str, Any]]:

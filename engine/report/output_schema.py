@@ -85,7 +85,12 @@ def _defs() -> dict[str, Any]:
             "failed_hosts": {"type": "array", "items": _STR},
             "steps": {"type": "array", "items": _STR},
             "hosts": {"type": "object", "additionalProperties": {"$ref": "#/$defs/counts"}},
-            "results": {"type": "array", "items": {"$ref": "#/$defs/result"}},
+            "results": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/result"},
+                "description": "controller results first, then each host in fleet order; "
+                "within each, steps in playbook order",
+            },
             "messages": {"type": "array", "items": {"$ref": "#/$defs/message"}},
             "extra": {"type": "object"},
         }

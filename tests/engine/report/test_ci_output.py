@@ -71,6 +71,19 @@ def test_piped_output_is_not_wrapped_and_history_shows_whole_run_ids(project: Pa
     assert runs[0]["release_id"] in row, text.stdout
 
 
+def test_json_results_are_in_host_then_step_order(project: Path):
+    proc = cli(project, "run", "pb.yml", "--state-dir", "state", "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    schema("run.schema.json").validate(doc)
+    assert [(r["host"], r["step"]) for r in doc["results"]] == [
+        ("first", "one"),
+        ("first", "two"),
+        (LONG_HOST, "one"),
+        (LONG_HOST, "two"),
+    ]
+
+
 def test_jsonl_events_validate_against_the_schema(project: Path):
     proc = cli(project, "plan", "pb.yml", "--state-dir", "state", "--format", "jsonl")
     assert proc.returncode == 2, proc.stdout + proc.stderr
