@@ -12,15 +12,14 @@ __all__ = ["cmd_validate", "cmd_graph", "cmd_history", "cmd_lock", "cmd_modules"
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from engine import api
     from engine.errors import ValidationErrors
     from engine.load.inventory import load_inventory
     from engine.load.playbook import load_playbook
+    from engine.report.terminal import console
 
-    err = Console(stderr=True, highlight=False)
-    out = Console(highlight=False)
+    err = console(stderr=True)
+    out = console()
     extra = api.parse_extra_vars(ns.extra_vars)
     bad = 0
     for path in ns.files:
@@ -75,10 +74,10 @@ def cmd_history(ns: argparse.Namespace) -> int:
     import datetime
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
     from engine.record.history import History
+    from engine.report.terminal import console
 
     if not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
         raise PlaybookError(f"no history in {ns.state_dir}/ yet (runs are recorded there; see --state-dir)")
@@ -107,7 +106,7 @@ def cmd_history(ns: argparse.Namespace) -> int:
                 table.add_column(col)
             for res in results:
                 table.add_row(res["step"], res["host"] or "controller", res["status"], (res["message"] or "")[:80])
-            Console().print(table)
+            console().print(table)
             return 0
         runs = hist.runs(ns.playbook, mode=None if ns.all_modes else "run", limit=ns.n)
         if ns.format == "json":
@@ -115,11 +114,11 @@ def cmd_history(ns: argparse.Namespace) -> int:
             return 0
         table = Table()
         for col in ("run", "when (UTC)", "playbook", "user", "release", "status", "exit"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col in ("run", "release"))  # ids are copied whole, never split
         for r in runs:
             when = datetime.datetime.fromtimestamp(r.started, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
             table.add_row(r.run_id, when, r.name, r.user, r.release_id or "", r.status, str(r.exit_code))
-        Console().print(table)
+        console().print(table)
         return 0
     finally:
         hist.close()
@@ -128,7 +127,6 @@ def cmd_history(ns: argparse.Namespace) -> int:
 def cmd_lock(ns: argparse.Namespace) -> int:
     import socket
 
-    from rich.console import Console
     from rich.table import Table
 
     from engine import api
@@ -168,7 +166,9 @@ def cmd_lock(ns: argparse.Namespace) -> int:
                 except ConnectionFailed as exc:
                     refused += 1
                     table.add_row(name, host, f"unreachable: {exc}")
-    Console(highlight=False).print(table)
+    from engine.report.terminal import console
+
+    console().print(table)
     return 1 if refused else 0
 
 

@@ -455,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlaybookError as exc:
         from engine.secrets import SCRUBBER
 
+        _print_error_json(exc, getattr(ns, "format", "text"))
         sys.stderr.write(f"error: {SCRUBBER.scrub(str(exc))}\n")
         return 1
     except KeyboardInterrupt:
@@ -468,6 +469,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (run with -vvv for a traceback)\n")
         return 1
     return 1
+
+
+def _print_error_json(exc: PlaybookError, fmt: str) -> None:
+    """With `--format json`/`jsonl`, an error that ends the command is JSON on stdout too
+    (schemas/run.schema.json, schemas/events.schema.json), for the CI job that parses it."""
+    if fmt not in ("json", "jsonl"):
+        return
+    import json
+
+    from engine.report.jsondoc import error_document, error_event
+
+    if fmt == "json":
+        sys.stdout.write(json.dumps(error_document(exc), indent=2) + "\n")
+    else:
+        sys.stdout.write(json.dumps(error_event(exc), separators=(",", ":")) + "\n")
 
 
 def entry() -> None:

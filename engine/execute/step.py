@@ -29,6 +29,7 @@ from engine.model.events import EventBus, Message, StepStarted
 from engine.model.results import UNKNOWN, Change, Plan, Status, StepResult
 from engine.module import ApplyContext, PlanContext, get_module, planning
 from engine.record.savedplan import node_drift
+from engine.template_budget import RenderInterrupted
 
 __all__ = ["StepRunner", "upstream_results", "internal_error", "unknown_outputs", "with_changed"]
 
@@ -137,10 +138,11 @@ class StepRunner:
                     step.when if templating.is_template(step.when) else "{{ " + step.when + " }}",
                     ctx_vars,
                     what=f"{step.id}.when",
+                    stop=self._stop,
                 )
                 if not cond or (isinstance(cond, str) and cond.strip().lower() in ("", "false", "no", "0", "none")):
                     return StepResult(step.id, host, Status.SKIPPED, "condition 'when' is false")
-            rendered = templating.render_value(dict(step.args), ctx_vars, what=f"{step.id}.args")
+            rendered = templating.render_value(dict(step.args), ctx_vars, what=f"{step.id}.args", stop=self._stop)
             from engine.argschema import build
 
             args = build(module.Args, rendered, path=f"steps.{step.id}.args")
@@ -153,6 +155,8 @@ class StepRunner:
                 plan=Plan.unknown("arguments not known yet"),
                 outputs=unknown_outputs(step),
             )
+        except RenderInterrupted:  # SIGINT/SIGTERM: nothing was done, as for a step not started
+            return StepResult(step.id, host, Status.SKIPPED, "interrupted while rendering its arguments")
         except PlaybookError as exc:
             where = f"{step.location} " if step.location else ""
             return StepResult(step.id, host, Status.FAILED, f"{where}{exc}")

@@ -469,14 +469,17 @@ def _dump(schema: dict[str, Any]) -> str:
 
 def rendered_schemas() -> dict[str, str]:
     """File name -> text of each schema file, as `write_schemas` writes them."""
+    from engine.report.output_schema import output_schemas
+
     return {
         "playbook.schema.json": _dump(playbook_schema()),
         "inventory.schema.json": _dump(inventory_schema()),
+        **{name: _dump(schema) for name, schema in output_schemas().items()},
     }
 
 
 def write_schemas(dir: str = "schemas") -> list[str]:
-    """Write both schema files into `dir`; returns the paths written."""
+    """Write every schema file into `dir`; returns the paths written."""
     os.makedirs(dir, exist_ok=True)
     written = []
     for name, text in rendered_schemas().items():
