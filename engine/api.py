@@ -3,7 +3,8 @@
 `execute` is one plan or run. What the `playbook` command does around it is here too, so any
 Python caller gets it: `run` records a run in the history and the artifact records,
 `prepare_resume` continues an interrupted run, `save_plan` / `prepare_apply` write a plan and
-apply exactly it, `prepare_rollback` goes back to a recorded release. The CLI (`engine.cli`)
+apply exactly it, `prepare_rollback` goes back to a recorded release, `drift` compares the hosts with what was
+deployed there. The CLI (`engine.cli`)
 parses, calls these, and prints.
 """
 
@@ -28,6 +29,8 @@ from engine.record.savedplan import file_hash
 if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait for the graph library
     from engine.connection.pool import ConnectionPool
     from engine.execute.scheduler import Executor
+    from engine.execute.shard import Shard
+    from engine.record.drift import DriftReport
     from engine.record.live import RollbackReport
     from engine.record.plansign import PlanKey
     from engine.record.rollback import RollbackPlan
@@ -46,6 +49,7 @@ __all__ = [
     "resolve_secrets",
     "run",
     "prepare_resume",
+    "prepare_part",
     "plan_key",
     "CONFIGURED_KEY",
     "save_plan",
@@ -54,6 +58,7 @@ __all__ = [
     "Rollback",
     "prepare_rollback",
     "rollback_report",
+    "drift",
 ]
 
 
@@ -66,12 +71,12 @@ def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
     return Loaded(pb, inv)
 
 
-def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None) -> None:
+def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None, **kw: Any) -> None:
     """Everything that can be known wrong without touching a host (engine/execute/check.py);
     raises ValidationErrors listing every problem."""
     from engine.execute.check import check as check_loaded  # jinja2 and networkx: not for `load`
 
-    check_loaded(loaded, extra_vars, limit)
+    check_loaded(loaded, extra_vars, limit, **kw)
 
 
 def new_run_id() -> str:
@@ -173,7 +178,9 @@ def _acquire_locks(
     """Take every locked fleet's deploy lock on all its hosts before any step starts; a lock
     held by another run fails the whole run at once, naming the holder (nothing has run)."""
     taken: list[tuple[str, list[str], Any]] = []
-    info = LockInfo.create(run_id=options.run_id, playbook=playbook.path)
+    # the shards of one run share its locks (hosts may share one lock directory, as in tests)
+    owner = options.run_id.rsplit(".", 1)[0] if options.shard is not None else options.run_id
+    info = LockInfo.create(run_id=owner, playbook=playbook.path)
     try:
         for name, fleet in playbook.fleets.items():
             hosts = [
@@ -225,7 +232,8 @@ def run(
         from engine.secrets import SCRUBBER
 
         history = History(options.state_dir)
-        options.run_id = new_run_id()
+        if options.shard is None:  # a part of a sharded run keeps the run's id (engine/execute/sharded.py)
+            options.run_id = new_run_id()
         options.release_id = options.release_id or _unused_release_id(history)
         subs.insert(
             0,
@@ -340,6 +348,17 @@ def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> bool:
     return True
 
 
+def prepare_part(loaded: Loaded, options: RunOptions, shard: Shard, run_id: str, *, resume: bool = False) -> Loaded:
+    """Make `options` one part of a sharded run (`--shard`, engine/execute/sharded.py) and
+    return the playbook that part runs: shard I/N's hosts and steps, or the coordinator's
+    steps that run once, after every shard of run `run_id` finished."""
+    from engine.execute.sharded import prepare_coordinator, prepare_shard
+
+    if shard.coordinator:
+        return prepare_coordinator(loaded, options, run_id)
+    return prepare_shard(loaded, options, shard, run_id, resume=resume)
+
+
 def _plan_sources(loaded: Loaded, options: RunOptions, names: set[str]) -> dict[str, Any]:
     """A read-only plan of the named sources alone, on the controller: their results by name."""
     from engine.errors import ConnectionFailed
@@ -425,14 +444,21 @@ class SavedApply:
 
 
 def prepare_apply(
-    plan_file: str, *, secrets: Sequence[str] = (), forks: int = 50, state_dir: str = ".playbook", verbose: int = 0
+    plan_file: str,
+    *,
+    secrets: Sequence[str] = (),
+    forks: int = 50,
+    state_dir: str = ".playbook",
+    verbose: int = 0,
+    shard: Shard | None = None,
 ) -> SavedApply:
     """Load a saved plan and check it still holds (`playbook apply`). Refused, with nothing
     changed anywhere, when the file does not verify (`UntrustedPlan`: altered, unsigned while a
     key is configured, signed with another key; engine/record/savedplan.py), and (`StalePlan`)
     when its playbook or inventory changed, the secret vars differ from the plan's, or a fresh
     read-only plan from the same inputs differs from it on any node (change, diffs or
-    fingerprint), naming each host and step."""
+    fingerprint), naming each host and step. With `shard`, only that part of the plan is checked
+    and applied (engine/execute/sharded.py), as part of the run named by the plan's run id."""
     from engine.errors import StalePlan
     from engine.record.savedplan import check_files, drift, load_plan
 
@@ -451,6 +477,15 @@ def prepare_apply(
         raise StalePlan(f"refusing to apply {plan_file}: {why}", [])
     extra.update(found)
     check(loaded, extra, saved.limit)
+    scope = RunOptions(mode="run", limit=saved.limit, release_id=saved.release_id, state_dir=state_dir)
+    if shard is not None:
+        from engine.execute.sharded import prepare_coordinator, prepare_shard, shard_nodes
+
+        if shard.coordinator:
+            loaded = prepare_coordinator(loaded, scope, saved.run_id)
+        else:
+            loaded = prepare_shard(loaded, scope, shard, saved.run_id)
+        saved = dataclasses.replace(saved, nodes=shard_nodes(saved.nodes, loaded, scope))
     verify = RunOptions(
         mode="plan",
         forks=forks,
@@ -459,6 +494,9 @@ def prepare_apply(
         release_id=saved.release_id,
         state_dir=state_dir,
         verbose=verbose,
+        shard=scope.shard,
+        only_hosts=scope.only_hosts,
+        recorded=scope.recorded,
     )
     fresh = execute(loaded, verify)
     drifted = drift(saved, fresh)
@@ -479,6 +517,10 @@ def prepare_apply(
         state_dir=state_dir,
         verbose=verbose,
         expected=saved.nodes,
+        run_id=scope.run_id if shard is not None else "",
+        shard=scope.shard,
+        only_hosts=scope.only_hosts,
+        recorded=scope.recorded,
     )
     return SavedApply(loaded, options, saved.plan_hash, frozenset(found))
 
@@ -543,7 +585,7 @@ def prepare_rollback(
             hist.close()
         assert plan.playbook is not None
         every_host = Loaded(without_budget(plan.playbook), inv)
-        check(every_host, options.extra_vars, options.limit)
+        check(every_host, options.extra_vars, options.limit, recorded=plan.recorded)
         ready = dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded)
         if options.mode != "run":  # `rollback --plan` is this plan, shown as it is made
             return Rollback(plan, every_host, ready)
@@ -577,3 +619,33 @@ def rollback_report(rollback: Rollback, summary: RunSummary) -> RollbackReport:
 
     switches = {s.id for s in rollback.loaded.playbook.steps if s.module in SWITCH_MODULES}
     return report(rollback.plan.target, rollback.plan.live, switches, summary, rollback.preview)
+
+
+def drift(loaded: Loaded, options: RunOptions, *, connect: Callable[[str], Any] | None = None) -> DriftReport:
+    """How every host differs from what the history says was deployed there
+    (engine/record/drift.py): for rsync steps the release `current` points at and the files of
+    the live tree against the recorded tree, one read-only probe per host and step, all hosts at
+    once (`options.forks`, `options.limit`); for canary Deployments the recorded image and
+    active colour, for `helm_bump` the recorded image fields (engine/record/drift_pinned.py).
+    Nothing is written on any host, cluster or repository, nor in the history.
+    `report.exit_code` is 0 (no drift), 2 (drift) or 1 (a host could not be read). `connect`
+    replaces the SSH pool (tests)."""
+    from engine.record.drift import DriftReport, drift_playbook, drift_report, recorded_deploys
+    from engine.record.drift_pinned import recorded_pins
+    from engine.record.history import History
+
+    pb = loaded.playbook
+    hist = History(options.state_dir)
+    try:
+        recorded = recorded_deploys(hist, pb.name, [s for s in pb.steps if s.module == "rsync"])
+        pins = recorded_pins(hist, pb.name, pb)
+    finally:
+        hist.close()
+    reads = drift_playbook(pb, recorded, pins)
+    if reads.playbook is None:
+        return DriftReport(pb.name, ())
+    reading = Loaded(reads.playbook, loaded.inventory)
+    check(reading, options.extra_vars, options.limit)
+    planning = dataclasses.replace(options, mode="plan", run_id="", release_id="", expected=None, done=None)
+    summary = execute(reading, planning, connect=connect)
+    return drift_report(pb.name, summary, recorded, reads.pinned)

@@ -26,7 +26,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,6 +36,8 @@ from engine.module import ApplyContext, PlanContext, arg, register
 from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, sri_to_digest
+from modules._support.http import HttpReader
+from modules._support.transfer_progress import metered
 
 __all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart"]
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*\Z")
@@ -136,9 +138,6 @@ class _AuthOnlyToRegistry(urllib.request.HTTPRedirectHandler):
         return new
 
 
-_OPENER = urllib.request.build_opener(_AuthOnlyToRegistry())
-
-
 # -- the module ----------------------------------------------------------------------------------
 
 
@@ -151,9 +150,11 @@ class _Resolved:
 
 
 class _Registry:
-    """HTTP access to one registry with an optional token (a `Bearer` header, never in a URL)."""
+    """HTTP access to one registry with an optional token (a `Bearer` header, never in a URL):
+    GETs only, through an `HttpReader`, in `plan` and in `apply` alike."""
 
-    def __init__(self, url: str, token: str | None, timeout: float, what: str) -> None:
+    def __init__(self, ctx: PlanContext | ApplyContext, url: str, token: str | None, timeout: float, what: str) -> None:
+        self.http = HttpReader(ctx, _AuthOnlyToRegistry())
         self.url = url if url.endswith("/") else url + "/"
         self.token = token
         self.timeout = timeout
@@ -166,7 +167,7 @@ class _Registry:
         req = urllib.request.Request(url, headers=headers)
         shown = SCRUBBER.scrub(url)
         try:
-            return _OPENER.open(req, timeout=self.timeout)
+            return self.http.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code in (401, 403):
@@ -227,8 +228,13 @@ class _Registry:
         assert isinstance(version, str)  # meta was found under it, and JSON object keys are strings
         return _Resolved(name, version, tarball, integrity)
 
-    def chunks(self, url: str) -> Iterator[bytes]:
+    def chunks(self, url: str, progress: Callable[..., None] = lambda *_: None) -> Iterator[bytes]:
+        """The tarball's bytes, telling `progress(done, total)` (Content-Length) as they come."""
         resp = self._open(url, "application/octet-stream, */*")
+        length = resp.headers.get("Content-Length")
+        yield from metered(self._read(resp, url), progress, int(length) if length and length.isdigit() else None)
+
+    def _read(self, resp: Any, url: str) -> Iterator[bytes]:
         try:
             while True:
                 try:
@@ -321,6 +327,15 @@ class NpmFetch:
         "tarball": "the tarball URL it was downloaded from",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  templates:
+    type: npm
+    package: "@seed/templates"
+    version: 2.3.1
+    registry: https://npm.example.com/
+    token_env: NPM_TOKEN
+"""
 
     def plan(self, ctx: PlanContext, args: NpmFetchArgs) -> Plan:
         where = f"{ctx.step}.args"
@@ -335,7 +350,7 @@ class NpmFetch:
             raise ArgError(f"'max_unpacked_mib' must be >= 1 (got {args.max_unpacked_mib})", path=where)
         registry, token = _settings(ctx, args, where)
         what = f"npm {args.package}@{args.version}"
-        reg = _Registry(registry, token, args.timeout, what)
+        reg = _Registry(ctx, registry, token, args.timeout, what)
         res = reg.resolve(args.package, args.version)
         what = f"npm {res.name}@{res.version}"
         reg.what = what
@@ -370,7 +385,7 @@ class NpmFetch:
             ctx.emit(f"fetching {what} from {SCRUBBER.scrub(res.tarball)}")
             source_of = "the pinned integrity is" if pin else "the registry's dist.integrity is"
             cache.store(
-                reg.chunks(res.tarball),
+                reg.chunks(res.tarball, ctx.progress),
                 algo=expected.algo,
                 expected=expected,
                 artifact=f"{what} ({SCRUBBER.scrub(res.tarball)})",
@@ -418,9 +433,9 @@ class NpmFetch:
         # the cache was cleared or damaged since the plan: fetch exactly what was planned
         if not cache.verify(digest, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             _, token = _settings(ctx, args, f"{ctx.step}.args")
-            reg = _Registry(plan.data["registry"], token, args.timeout, what)
+            reg = _Registry(ctx, plan.data["registry"], token, args.timeout, what)
             cache.store(
-                reg.chunks(plan.data["tarball"]),
+                reg.chunks(plan.data["tarball"], ctx.progress),
                 algo=digest.algo,
                 expected=digest,
                 artifact=f"{what} ({SCRUBBER.scrub(plan.data['tarball'])})",

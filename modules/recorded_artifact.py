@@ -74,6 +74,13 @@ class RecordedArtifact:
         "error": "why not, when they were not",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  code:
+    type: recorded
+    digest: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    release: 20261124T051500Z
+"""
 
     def plan(self, ctx: PlanContext, args: RecordedArtifactArgs) -> Plan:
         release = f" (release {args.release})" if args.release else ""

@@ -12,7 +12,8 @@ Planning reads only: HeadObject, and - because the cache is keyed by the verifie
 host is touched - a download into the cache when the bytes are not cached yet, so later steps
 (rsync) can plan a real per-file diff against the extracted tree. The plan compares the digest
 with the one this playbook last deployed from this source (`<state_dir>/artifacts/`): the same
-digest is no-change, another one will-change `sha256:old → sha256:new`.
+digest is no-change, another one will-change `sha256:old → sha256:new`. The S3 client is a
+reader in plan and apply alike: a botocore hook refuses any request but GET and HEAD.
 
 Credentials come from boto3's standard chain (`profile`, environment, shared files, SSO,
 container or instance role); the secret parts are registered with the scrubber. No botocore
@@ -29,13 +30,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from engine.errors import ArgError, ModuleError
+from engine.errors import ArgError, ModuleError, ReadOnlyViolation
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest
 from modules._support.extract import kind_from_name
+from modules._support.transfer_progress import metered
 
 __all__ = ["S3Fetch", "S3FetchArgs", "parse_sha256"]
 
@@ -151,11 +153,21 @@ def _client(args: S3FetchArgs, what: str) -> Any:
             )
         except TypeError:  # older botocore: no flexible checksums at all
             config = Config(**opts)
-        return session.client("s3", endpoint_url=args.endpoint_url or None, region_name=region, config=config)
+        client = session.client("s3", endpoint_url=args.endpoint_url or None, region_name=region, config=config)
+        client.meta.events.register("before-send.s3", _reads_only)
+        return client
     except botocore.exceptions.ProfileNotFound:
         raise ModuleError(f"{what}: AWS profile '{args.profile}' is not configured") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise ModuleError(f"{what}: cannot set up the S3 client: {_text(exc)}") from None
+
+
+def _reads_only(request: Any, **_kw: Any) -> None:
+    """botocore's last hook before a request leaves: this module only reads S3 (in plan and
+    apply alike), so its client is a reader; anything but GET or HEAD is refused here."""
+    if str(request.method).upper() not in ("GET", "HEAD"):
+        path = str(request.url).split("?")[0]
+        raise ReadOnlyViolation(f"the S3 client refused {request.method} {path}: s3_fetch only reads")
 
 
 def _text(exc: BaseException) -> str:
@@ -225,6 +237,14 @@ class S3Fetch:
         "uri": "`s3://bucket/key`",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  widgets:
+    type: s3
+    bucket: artifacts
+    key: "widgets/widgets-{{ widgets_version }}.tar.gz"
+    region: eu-central-1
+"""
 
     def plan(self, ctx: PlanContext, args: S3FetchArgs) -> Plan:
         where = f"{ctx.step}.args"
@@ -281,6 +301,7 @@ class S3Fetch:
                 expected_from,
                 version_id=args.version_id or version,
                 etag=head.get("ETag"),
+                progress=ctx.progress,
             )
         path = self._materialise(cache, digest, args, what, ctx.warn)
         outputs = {"path": path, "digest": str(digest), "version": version, "uri": f"s3://{args.bucket}/{args.key}"}
@@ -315,7 +336,15 @@ class S3Fetch:
             client = _client(args, what)
             version = plan.data.get("version")
             self._download(
-                client, args, what, cache, digest, "the plan recorded", version_id=args.version_id or version, etag=None
+                client,
+                args,
+                what,
+                cache,
+                digest,
+                "the plan recorded",
+                version_id=args.version_id or version,
+                etag=None,
+                progress=ctx.progress,
             )
         path = self._materialise(cache, digest, args, what, ctx.warn)
         return {
@@ -359,6 +388,7 @@ class S3Fetch:
         *,
         version_id: str | None,
         etag: str | None,
+        progress: Callable[..., None] = lambda *_: None,
     ) -> Digest:
         import botocore.exceptions as be
 
@@ -384,7 +414,13 @@ class S3Fetch:
                 body.close()
 
         label = what + (f" (version {version_id})" if version_id and not args.version_id else "")
-        digest, _ = cache.store(chunks(), algo="sha256", expected=expected, artifact=label, expected_from=expected_from)
+        digest, _ = cache.store(
+            metered(chunks(), progress, resp.get("ContentLength")),
+            algo="sha256",
+            expected=expected,
+            artifact=label,
+            expected_from=expected_from,
+        )
         return digest
 
     @staticmethod
