@@ -210,7 +210,7 @@ class ArtifactCache:
             problem = _tree_problem(dest, self.entry(digest) / f"{name}.manifest.json", self.root)
             if problem is None:
                 return dest
-            if on_damage is not None:
+            if on_damage is not None and problem:  # "": no manifest (an older cache), just extract again
                 on_damage(
                     f"{label or digest}: the cached extracted tree {dest} {problem}; "
                     "extracting it again from the verified archive"
@@ -288,10 +288,13 @@ def _digests(tree: Path, cache_root: Path) -> DigestCache:
 
 
 def _tree_problem(tree: Path, record: Path, cache_root: Path) -> str | None:
-    """None when `tree` is what `record` says was extracted, else what differs, in words."""
+    """None when `tree` is what `record` says was extracted, else what differs, in words ("" when
+    there is no record: a tree cached before records were kept, extracted again unannounced)."""
     try:
         with open(record, encoding="utf-8") as fh:
             want = json.load(fh)
+    except FileNotFoundError:
+        return ""
     except (OSError, ValueError):
         return "has no readable manifest of its extraction"
     if not isinstance(want, dict):
