@@ -210,7 +210,7 @@ class ArtifactCache:
             problem = _tree_problem(dest, self.entry(digest) / f"{name}.manifest.json", self.root)
             if problem is None:
                 return dest
-            if on_damage is not None:
+            if on_damage is not None and problem:  # "": no manifest (an older cache), just extract again
                 on_damage(
                     f"{label or digest}: the cached extracted tree {dest} {problem}; "
                     "extracting it again from the verified archive"
@@ -229,7 +229,18 @@ class ArtifactCache:
                 **({"max_bytes": max_bytes} if max_bytes is not None else {}),
             )
             try:
-                _write_json(self.entry(digest) / f"{name}.manifest.json", _listing(local_manifest(str(staging))))
+                seen = DigestCache(None)
+                _write_json(
+                    self.entry(digest) / f"{name}.manifest.json",
+                    _listing(local_manifest(str(staging), digest_cache=seen)),
+                )
+                # the files keep their inode and ctime through the rename: their digests hold for
+                # `dest` too, so the first check after extraction reads nothing again
+                digests = _digests(dest, self.root)
+                prefix = os.path.abspath(staging)
+                digests.entries = {os.path.abspath(dest) + k[len(prefix) :]: v for k, v in seen.entries.items()}
+                digests.dirty = True
+                digests.save()
             except OSError as exc:
                 raise self._write_error(exc, label or str(digest)) from None
             try:
@@ -268,19 +279,27 @@ def _listing(manifest: dict[str, Entry]) -> dict[str, list[object]]:
     return {rel: [e.kind, e.mode, e.size, e.mtime, e.sha256, e.target] for rel, e in manifest.items()}
 
 
+def _digests(tree: Path, cache_root: Path) -> DigestCache:
+    """The file digests of `tree`, reused by (size, mtime, ctime, inode) - the same file as the
+    rsync module's manifest of that tree uses: any write to a file changes its ctime, so a
+    changed file is read again."""
+    key = hashlib.sha256(os.path.abspath(tree).encode()).hexdigest()[:24]
+    return DigestCache(str(cache_root / f"digests-{key}.json"))
+
+
 def _tree_problem(tree: Path, record: Path, cache_root: Path) -> str | None:
-    """None when `tree` is what `record` says was extracted, else what differs, in words."""
+    """None when `tree` is what `record` says was extracted, else what differs, in words ("" when
+    there is no record: a tree cached before records were kept, extracted again unannounced)."""
     try:
         with open(record, encoding="utf-8") as fh:
             want = json.load(fh)
+    except FileNotFoundError:
+        return ""
     except (OSError, ValueError):
         return "has no readable manifest of its extraction"
     if not isinstance(want, dict):
         return "has no readable manifest of its extraction"
-    # file digests are reused by (size, mtime, ctime, inode), as the rsync module's manifest
-    # does (the same file): any write to a file changes its ctime, so it is read again
-    key = hashlib.sha256(os.path.abspath(tree).encode()).hexdigest()[:24]
-    digests = DigestCache(str(cache_root / f"digests-{key}.json"))
+    digests = _digests(tree, cache_root)
     have = _listing(local_manifest(str(tree), digest_cache=digests))
     try:
         digests.save()

@@ -134,3 +134,14 @@ def test_rollback_source_reverifies_the_cached_tree(s3, tmp_path):
     assert plan.outputs["available"] is True and Path(plan.outputs["path"]) == tree
     assert os.stat(tree / "index.html").st_mode & 0o777 == 0o644
     assert any("changed: index.html" in w for w in c.warnings)
+
+
+def test_a_tree_cached_without_a_manifest_is_extracted_again_quietly(s3, tmp_path):
+    _, bucket, endpoint = s3
+    data, tree = deployed_widgets(s3, tmp_path)
+    (tree.parent / "tree.manifest.json").unlink()  # as a cache from before manifests were kept
+    (tree / "js/app.js").write_bytes(b"steal()")
+    c = ctx(tmp_path)
+    plan = S3Fetch().plan(c, args(bucket, endpoint))
+    assert (Path(plan.outputs["path"]) / "js/app.js").read_bytes() == b"app()"
+    assert c.warnings == [] and (tree.parent / "tree.manifest.json").is_file()
