@@ -153,16 +153,23 @@ def execute(
 
         release = getattr(pool, "release", None)
     taken: list[tuple[str, list[str], Any]] = []
+    shared: list[Any] = []
     try:
         executor = Executor(
             loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release, prewarm=not warming
         )
         if on_executor:
             on_executor(executor)
-        if options.mode == "run" and options.locks:
+        if options.mode == "run" and options.locks and options.state:
+            from engine.execute.sharded import shared_locks
+
+            shared = shared_locks(loaded.playbook, executor.fleet_hosts, options)  # instead of the hosts' locks
+        elif options.mode == "run" and options.locks:
             taken = _acquire_locks(loaded.playbook, executor, connect, options)
         return executor.execute()
     finally:
+        for lock in shared:
+            lock.release()
         for path, hosts, info in taken:
             release_all({h: functools.partial(connect, h) for h in hosts}, path, info.run_id, workers=options.forks)
         if pool is not None:
@@ -225,10 +232,11 @@ def run(
     notifier = None
     if options.mode == "run":
         from engine.record.deployed import ArtifactRecorder
-        from engine.record.history import History, HistoryRecorder
+        from engine.record.history import HistoryRecorder
+        from engine.record.state import open_history
         from engine.secrets import SCRUBBER
 
-        history = History(options.state_dir)
+        history = open_history(options.state, options.state_dir)
         if options.shard is None:  # a part of a sharded run keeps the run's id (engine/execute/sharded.py)
             options.run_id = new_run_id()
         options.release_id = options.release_id or _unused_release_id(history)
@@ -301,9 +309,9 @@ def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> bool:
     resuming would put two trees under one release. The sources are planned again, read-only,
     on the controller to know; no host is contacted."""
     from engine.errors import ResumeRefused
-    from engine.record.history import History
+    from engine.record.state import open_history
 
-    hist = History(options.state_dir)
+    hist = open_history(options.state, options.state_dir)
     try:
         rec = hist.run(run_id)
         if rec is None or rec.mode != "run":
@@ -448,6 +456,7 @@ def prepare_apply(
     state_dir: str = ".playbook",
     verbose: int = 0,
     shard: Shard | None = None,
+    state: str = "",
 ) -> SavedApply:
     """Load a saved plan and check it still holds (`playbook apply`). Refused, with nothing
     changed anywhere, when the file does not verify (`UntrustedPlan`: altered, unsigned while a
@@ -474,7 +483,7 @@ def prepare_apply(
         raise StalePlan(f"refusing to apply {plan_file}: {why}", [])
     extra.update(found)
     check(loaded, extra, saved.limit)
-    scope = RunOptions(mode="run", limit=saved.limit, release_id=saved.release_id, state_dir=state_dir)
+    scope = RunOptions(mode="run", limit=saved.limit, release_id=saved.release_id, state_dir=state_dir, state=state)
     if shard is not None:
         from engine.execute.sharded import prepare_coordinator, prepare_shard, shard_nodes
 
@@ -494,6 +503,7 @@ def prepare_apply(
         shard=scope.shard,
         only_hosts=scope.only_hosts,
         recorded=scope.recorded,
+        state=state,
     )
     fresh = execute(loaded, verify)
     drifted = drift(saved, fresh)
@@ -518,6 +528,8 @@ def prepare_apply(
         shard=scope.shard,
         only_hosts=scope.only_hosts,
         recorded=scope.recorded,
+        state=state,
+        budget=scope.budget,
     )
     return SavedApply(loaded, options, saved.plan_hash, frozenset(found))
 

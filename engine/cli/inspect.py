@@ -78,11 +78,11 @@ def cmd_history(ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from engine.record.history import History
+    from engine.record.state import open_history
 
-    if not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
+    if not getattr(ns, "state", "") and not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
         raise PlaybookError(f"no history in {ns.state_dir}/ yet (runs are recorded there; see --state-dir)")
-    hist = History(ns.state_dir)
+    hist = open_history(getattr(ns, "state", ""), ns.state_dir)
     try:
         if getattr(ns, "html", None):
             from engine.report.html import write_report
@@ -138,6 +138,12 @@ def cmd_lock(ns: argparse.Namespace) -> int:
     from engine.execute.options import resolve_fleets
 
     loaded = api.load(ns.playbook, ns.inventory)
+    if getattr(ns, "state", ""):  # the locks are in the shared backend
+        from engine.cli.statelock import cmd_shared_lock
+
+        return cmd_shared_lock(ns, loaded)
+    if ns.action == "break":
+        ns.action, ns.force = "release", True
     fleets = resolve_fleets(loaded.playbook, loaded.inventory, ns.limit)
     table = Table()
     for col in ("fleet", "host", "lock"):

@@ -60,8 +60,22 @@ def _env() -> dict[str, str]:
     return env
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """A failed test leaves no playbook process behind."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def cli(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -69,6 +83,8 @@ def cli(*argv: str) -> subprocess.Popen:
         env=_env(),
         cwd=str(ROOT),
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, dict, str]:
@@ -76,7 +92,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, dict, str]:
     return proc.returncode, (json.loads(out) if out.strip() else {}), err
 
 
-def setup_run(fleet, tmp_path: Path, name: str):
+def setup_run(fleet, tmp_path: Path, name: str, playbook: str = PLAYBOOK):
     tree = tmp_path / "tree"
     if not tree.exists():
         (tree / "app").mkdir(parents=True)
@@ -84,7 +100,7 @@ def setup_run(fleet, tmp_path: Path, name: str):
             (tree / "app" / f"f{i:02d}.php").write_text(f"<?php // {i}\n")
     remote = GitRemote(tmp_path / f"git-{name}", {"values.yaml": "image:\n  tag: old  # bumped by playbook\n"})
     pb = tmp_path / "pb.yml"
-    pb.write_text(PLAYBOOK)
+    pb.write_text(playbook)
     inv = fleet.write_inventory(tmp_path / f"inv-{name}.yml")
     base = [
         "-i",
