@@ -483,6 +483,8 @@ def prepare_apply(
         raise StalePlan(f"refusing to apply {plan_file}: {why}", [])
     extra.update(found)
     check(loaded, extra, saved.limit)
+    state = state or loaded.playbook.state or loaded.inventory.state
+    state = "" if state == "local" else state
     scope = RunOptions(mode="run", limit=saved.limit, release_id=saved.release_id, state_dir=state_dir, state=state)
     if shard is not None:
         from engine.execute.sharded import prepare_coordinator, prepare_shard, shard_nodes
@@ -570,9 +572,9 @@ def prepare_rollback(
     from engine.connection.pool import ConnectionPool
     from engine.errors import RollbackRefused
     from engine.model.config import CONTROLLER
-    from engine.record.history import History
     from engine.record.live import live_from, live_state_playbook
     from engine.record.rollback import plan_rollback, releases_steps, without_budget
+    from engine.record.state import open_history
 
     inv = loaded.inventory
     pool = ConnectionPool()  # opened only if used; one connection per host for every read
@@ -587,7 +589,7 @@ def prepare_rollback(
         if reader is not None:
             check(Loaded(reader, inv), options.extra_vars, options.limit)
             live = live_from(execute(Loaded(reader, inv), planning, connect=reach))
-        hist = History(options.state_dir)
+        hist = open_history(options.state, options.state_dir)
         try:
             plan = plan_rollback(loaded.playbook, hist, to=to, with_migrations=with_migrations, live=live)
         finally:

@@ -138,7 +138,10 @@ def cmd_lock(ns: argparse.Namespace) -> int:
     from engine.execute.options import resolve_fleets
 
     loaded = api.load(ns.playbook, ns.inventory)
-    if getattr(ns, "state", ""):  # the locks are in the shared backend
+    ns.state = getattr(ns, "state", "") or loaded.playbook.state or loaded.inventory.state
+    if ns.state == "local":
+        ns.state = ""
+    if ns.state:  # the locks are in the shared backend
         from engine.cli.statelock import cmd_shared_lock
 
         return cmd_shared_lock(ns, loaded)

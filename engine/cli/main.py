@@ -292,7 +292,7 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
             release_id=ns.release_id or "",
             state_dir=ns.state_dir,
             verbose=ns.verbose,
-            state=ns.state,
+            state=_state_of(ns, loaded),
         )
         resume = getattr(ns, "resume", None)
         if shard is not None:
@@ -316,6 +316,12 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
             f"plan saved to {save_to} ({digest[:19]}…, {signed}); apply it with: playbook apply {save_to}\n"
         )
     return summary.exit_code()
+
+
+def _state_of(ns: argparse.Namespace, loaded: Any) -> str:
+    """`--state` / `$PLAYBOOK_STATE`, else the playbook's `state:`, else the inventory's; "" = local."""
+    state = ns.state or loaded.playbook.state or loaded.inventory.state
+    return "" if state == "local" else state
 
 
 def _shard(ns: argparse.Namespace) -> Any:
@@ -389,6 +395,7 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
         extra_vars=extra,
         state_dir=ns.state_dir,
         verbose=ns.verbose,
+        state=_state_of(ns, loaded),
     )
     rb = api.prepare_rollback(loaded, opts, to=ns.to, with_migrations=ns.with_migrations)
     plan = rb.plan

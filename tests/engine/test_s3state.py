@@ -149,3 +149,22 @@ def test_one_budget_for_every_shard(store):
     for t in threads:
         t.join()
     assert shards[0].failed() == {"web": (8, 10)}
+
+
+def test_state_is_a_playbook_and_inventory_setting(tmp_path):
+    from engine.errors import PlaybookError
+    from engine.load.inventory import load_inventory
+    from engine.load.playbook import load_playbook
+
+    steps = "steps:\n  - {id: s, module: command, fleet: controller, args: {argv: ['true']}}\n"
+    good = tmp_path / "pb.yml"
+    good.write_text("state: s3://acme-deploy-state/smartweb\n" + steps)
+    assert load_playbook(str(good)).state == "s3://acme-deploy-state/smartweb"
+    inv = tmp_path / "inv.yml"
+    inv.write_text("state: local\nhosts: {}\n")
+    assert load_inventory(str(inv)).state == "local"
+    bad = tmp_path / "bad.yml"
+    bad.write_text("state: /var/lib/playbook\n" + steps)
+    with pytest.raises(PlaybookError) as exc:
+        load_playbook(str(bad))
+    assert "bad.yml:1" in str(exc.value) and "state" in str(exc.value)
