@@ -168,3 +168,32 @@ def test_state_is_a_playbook_and_inventory_setting(tmp_path):
     with pytest.raises(PlaybookError) as exc:
         load_playbook(str(bad))
     assert "bad.yml:1" in str(exc.value) and "state" in str(exc.value)
+
+
+def test_a_budget_spent_in_one_shard_stops_the_others(store):
+    from engine.execute.scheduler import Executor, RunOptions
+    from engine.execute.shard import assign
+    from tests.engine.execute.test_scheduler import Fleet_, cmd, inventory, playbook
+
+    inv = inventory(8)
+    shard_of = assign(inv.hosts, 2)
+    first = sorted(h for h, s in shard_of.items() if s == 1)
+    second = sorted(h for h, s in shard_of.items() if s == 2)
+    pb = playbook([cmd("a", argv=["deploy"])], serial=1, max_fail_percentage=20)  # 2 of 8 hosts: spent
+
+    def shard(hosts, failing):
+        fleet = Fleet_(inv, fail={"deploy": set(failing)})
+        opts = RunOptions(
+            mode="run", forks=1, run_id="r1", only_hosts=frozenset(hosts), budget=SharedBudget(store, "r1", {"web": 8})
+        )
+        summary = Executor(pb, inv, opts, connect=fleet.connect).execute()
+        ran = [h for h, c in fleet.conns.items() if any(cmd[0] == "deploy" for cmd in c.commands)]
+        return summary, ran
+
+    one, _ = shard(first, first[:1])  # 1 of 8 failed: within the budget
+    assert one.aborted is None
+    two, ran = shard(second, second[:1])  # its own first failure makes 2 of 8, for the whole fleet
+    assert two.aborted and "2 of 8 hosts failed" in two.aborted
+    assert ran == second[:1]  # no new batch started after it
+    again, ran = shard(first, [])  # a shard starting now starts nothing
+    assert again.aborted and ran == []

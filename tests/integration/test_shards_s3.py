@@ -118,3 +118,29 @@ def test_a_killed_shard_resumes_from_the_s3_journal(fleet_factory, tmp_path, sta
     assert rc == 0, err  # ...until broken
     redone = {(r["step"], r["host"]) for r in doc["results"] if not r["message"].startswith("done in run")}
     assert ("hold", fleet.names[0]) in redone and ("sync", fleet.names[0]) not in redone
+
+
+def test_sigterm_releases_the_s3_lock(fleet_factory, tmp_path, state):
+    import signal
+
+    from engine.record.state import open_history, open_store, state_url
+    from engine.record.state.s3lock import lock_status
+
+    url, _bucket = state
+    fleet = fleet_factory(1)
+    pb, base, _remote = setup_run(fleet, tmp_path, "term")
+    base += ["--state", url]
+    held = Path(fleet[0].data_dir)
+    (held / "hold").write_text("")
+    proc = cli("run", pb, *base)
+    _wait_for(held / "held", proc, "the run in its hold step")
+    store = open_store(state_url(url))
+    holder = lock_status(store, "web")
+    assert holder is not None and holder["playbook"] == pb
+    proc.send_signal(signal.SIGTERM)  # in-flight steps finish, nothing new starts, the lock goes
+    (held / "hold").unlink()
+    rc, doc, err = finish(proc)
+    assert rc != 0 and doc["interrupted"] is True, err
+    assert lock_status(store, "web") is None
+    [rec] = open_history(url, "").runs()
+    assert rec.status == "interrupted"
