@@ -361,7 +361,32 @@ def prepare_part(loaded: Loaded, options: RunOptions, shard: Shard, run_id: str,
 
     if shard.coordinator:
         return prepare_coordinator(loaded, options, run_id)
-    return prepare_shard(loaded, options, shard, run_id, resume=resume)
+    part = prepare_shard(loaded, options, shard, run_id, resume=resume)
+    if options.mode == "run" and not resume:
+        _pin_sources(part, options, run_id)
+    return part
+
+
+def _pin_sources(loaded: Loaded, options: RunOptions, run_id: str) -> None:
+    """Every shard of a `run` deploys the sources the first shard saw (engine/record/state/pins.py):
+    fetched here, read-only, compared with the pinned digests, then given to the run as done."""
+    from engine.execute.shard import ShardError
+    from engine.record.state.pins import pin_sources
+
+    names = {s.id[len("sources.") :] for s in loaded.playbook.steps if s.id.startswith("sources.")}
+    fresh = _plan_sources(loaded, options, names)
+    ready = {n: r for n, r in fresh.items() if r.status.value in ("ok", "changed")}  # a failure fails the run
+    pinned = pin_sources(
+        options.state, options.state_dir, run_id, {n: r.outputs.get("digest") for n, r in ready.items()}
+    )
+    for name, result in sorted(ready.items()):
+        if name in pinned and pinned[name] != result.outputs.get("digest"):
+            raise ShardError(
+                f"source '{name}' is {result.outputs.get('digest')} for shard {options.shard}, but the first shard "
+                f"of run {run_id} deployed {pinned[name]}: it changed while the shards started. Restore it and "
+                f"run this shard again, or start a new run (a new run id and release) for every shard"
+            )
+    options.done = {**(options.done or {}), **{(f"sources.{n}", None): dict(r.outputs) for n, r in ready.items()}}
 
 
 def _plan_sources(loaded: Loaded, options: RunOptions, names: set[str]) -> dict[str, Any]:

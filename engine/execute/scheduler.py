@@ -262,7 +262,13 @@ class _Dispatch:
                 self.finish(
                     node,
                     StepResult(
-                        node.step, node.host, Status.OK, f"done in run {opts.resumed_from}", outputs=opts.done[key]
+                        node.step,
+                        node.host,
+                        Status.OK,
+                        f"done in run {opts.resumed_from}"
+                        if opts.resumed_from
+                        else "fetched and verified before the run",
+                        outputs=opts.done[key],
                     ),
                 )
                 continue

@@ -213,3 +213,17 @@ def test_a_saved_plan_applied_in_shards_then_finalized(fleet_factory, tmp_path):
     saved = json.loads(plan.read_text())
     for h in fleet:
         assert os.readlink(Path(h.data_dir) / "app" / "current") == f"releases/{saved['release_id']}"
+
+
+def test_a_source_that_changed_between_shards_is_refused(fleet_factory, tmp_path):
+    fleet = fleet_factory(2)
+    pb, base, _remote = setup_run(fleet, tmp_path, "moved")
+    rc, first, err = finish(cli("run", pb, *base, "--shard", "1/2", "--run-id", "r3"))
+    assert rc == 0, err
+    (tmp_path / "tree" / "app" / "f00.php").write_text("<?php // changed under the run\n")
+    rc, _, err = finish(cli("run", pb, *base, "--shard", "2/2", "--run-id", "r3"))
+    assert rc == 1 and "source 'code' is sha256:" in err and "changed while the shards started" in err, err
+    deployed = {r["host"] for r in first["results"] if r["host"]}
+    for h in fleet:  # the refused shard touched nothing
+        if h.name not in deployed:
+            assert not (Path(h.data_dir) / "app").exists()
