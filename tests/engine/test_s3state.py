@@ -197,3 +197,19 @@ def test_a_budget_spent_in_one_shard_stops_the_others(store):
     assert ran == second[:1]  # no new batch started after it
     again, ran = shard(first, [])  # a shard starting now starts nothing
     assert again.aborted and ran == []
+
+
+def test_requests_per_run_stay_few(store):
+    store.self_test()
+    before = store.requests
+    lock = S3Lock(store, "web", run_id="r1", part="run", playbook="pb.yml")
+    lock.acquire()
+    lock.release()
+    assert store.requests - before == 2  # create, delete
+    hist = open_history(f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}", "")
+    hist.store = store  # count on this store
+    before = dict(store.by_kind)
+    hist.start_run(run_id="r1", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    hist.finish_run("r1", 0, "ok")
+    hist.close()
+    assert store.by_kind["index"] - before.get("index", 0) <= 4  # read + CAS write, at start and end

@@ -12,6 +12,9 @@ failure budget for all shards).
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
 import threading
 from typing import Any
 
@@ -34,8 +37,18 @@ def state_url(text: str | None, *, what: str = "--state") -> StateUrl | None:
 def open_store(url: StateUrl) -> S3Store:
     with _LOCK:
         if url not in _STORES:
+            if not _STORES and os.environ.get("PLAYBOOK_STATE_STATS"):
+                atexit.register(_write_stats, os.environ["PLAYBOOK_STATE_STATS"])
             _STORES[url] = S3Store(url)
         return _STORES[url]
+
+
+def _write_stats(path: str) -> None:
+    """One JSON line per process: the requests its stores made (bench/shards.py reads them)."""
+    for store in _STORES.values():
+        line = {"pid": os.getpid(), "requests": store.requests, "seconds": store.seconds, "by_kind": store.by_kind}
+        with open(path, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
 
 
 def open_history(state: str | None, state_dir: str) -> Any:

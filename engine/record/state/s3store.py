@@ -13,13 +13,16 @@ roles). The endpoint is `endpoint_url=` in the state URL, else `AWS_ENDPOINT_URL
 Some S3-compatible stores accept the conditional headers and ignore them, which would make
 every lock succeed. `S3Store.self_test` (run once per store and process before the first lock
 or CAS) writes a probe key twice with `If-None-Match: *` and refuses the store unless the second
-write is answered 412. `requests` counts the requests made, for the benchmarks.
+write is answered 412. `requests`, `seconds` and `by_kind` count the requests made and the time they took, for the
+benchmarks; with `$PLAYBOOK_STATE_STATS` set to a file, each process appends them there as one
+JSON line when it exits.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +80,9 @@ class S3Store:
         from botocore.config import Config
 
         self.url = url
-        self.requests = 0
+        self.requests = 0  # requests made, the seconds they took, and per kind of object (benchmarks)
+        self.seconds = 0.0
+        self.by_kind: dict[str, int] = {}
         kw: dict[str, Any] = {"config": Config(retries={"max_attempts": 5, "mode": "standard"})}
         if url.endpoint_url:
             kw["endpoint_url"] = url.endpoint_url
@@ -92,11 +97,21 @@ class S3Store:
     def where(self, name: str) -> str:
         return f"s3://{self.url.bucket}/{self.key(name)}"
 
+    def _tally(self, name: str, started: float) -> None:
+        kind = name.split("/", 1)[0] if not name.startswith("history/runs/") else "journal"
+        if name == "history/index.json":
+            kind = "index"
+        if name.endswith((".budget.json", ".sources.json")):
+            kind = name.rsplit(".", 2)[-2]
+        with self._count:
+            self.requests += 1
+            self.seconds += time.perf_counter() - started
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+
     def _call(self, op: str, name: str, **kw: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        with self._count:
-            self.requests += 1
+        started = time.perf_counter()
         try:
             return getattr(self._s3, op)(Bucket=self.url.bucket, Key=self.key(name), **kw)
         except ClientError as exc:
@@ -112,6 +127,8 @@ class S3Store:
             ) from None
         except BotoCoreError as exc:
             raise StateError(f"state backend {self.where(name)}: {op} failed: {exc}") from None
+        finally:
+            self._tally(name, started)
 
     def get(self, name: str) -> tuple[Any, str] | None:
         """(the decoded JSON, its ETag), or None when the object does not exist."""
@@ -159,12 +176,13 @@ class S3Store:
         token: dict[str, Any] = {}
         base = self.key("")
         while True:
-            with self._count:
-                self.requests += 1
+            started = time.perf_counter()
             try:
                 resp = self._s3.list_objects_v2(Bucket=self.url.bucket, Prefix=self.key(prefix), **token)
             except (ClientError, BotoCoreError) as exc:
                 raise StateError(f"state backend {self.where(prefix)}: list failed: {exc}") from None
+            finally:
+                self._tally("list", started)
             out += [o["Key"][len(base) :] for o in resp.get("Contents", [])]
             if not resp.get("IsTruncated"):
                 return out
