@@ -10,7 +10,8 @@ A run that dies without releasing (SIGKILL, a lost runner) leaves leases that ex
 `break_lock` removes a lock whoever holds it (`playbook lock break`).
 
 A normal run costs two requests: the create and, at the end, the delete of the version it
-created (renewals add one each).
+created. A part of a sharded run costs four: a read and a conditional write to join, the same
+to leave (renewals add two each).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class S3Lock:
         self.playbook = playbook
         self.ttl = ttl if ttl is not None else float(os.environ.get("PLAYBOOK_LOCK_TTL", DEFAULT_TTL))
         self._etag: str | None = None
+        self._alone = False  # our last write held only our lease: release is one conditional delete
+        self.shared = part != "run"  # a part of a sharded run shares the lock with its siblings
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -117,10 +120,14 @@ class S3Lock:
         """Take the lock (or join this run's), or raise `LockHeld` naming the holder."""
         self.store.self_test()
         with self._mutex:
-            try:
-                self._etag = self.store.put(self.name, self._fresh(), if_absent=True)
-            except Precondition:
+            if self.shared:  # its siblings may hold it already: read first (2 requests either way)
                 self._update(self._join)
+            else:
+                try:
+                    self._etag = self.store.put(self.name, self._fresh(), if_absent=True)
+                    self._alone = True
+                except Precondition:
+                    self._update(self._join)
         self._thread = threading.Thread(target=self._renew_loop, name=f"playbook-lease-{self.fleet}", daemon=True)
         self._thread.start()
 
@@ -157,6 +164,7 @@ class S3Lock:
             new = change(rec)
             if new is _KEEP:
                 return
+            self._alone = new is not None and set(new.get("holders") or {}) == {self.part}
             try:
                 if new is None:
                     if etag is not None:
@@ -198,7 +206,7 @@ class S3Lock:
         """Drop this part's lease; the last part deletes the lock. Never removes another run's."""
         self._stop.set()
         with self._mutex:
-            if self._etag is not None:
+            if self._etag is not None and self._alone:
                 try:  # the common case: nobody touched it since our last write
                     self.store.delete(self.name, if_match=self._etag)
                     self._etag = None
