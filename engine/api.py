@@ -3,7 +3,8 @@
 `execute` is one plan or run. What the `playbook` command does around it is here too, so any
 Python caller gets it: `run` records a run in the history and the artifact records,
 `prepare_resume` continues an interrupted run, `save_plan` / `prepare_apply` write a plan and
-apply exactly it, `prepare_rollback` goes back to a recorded release. The CLI (`engine.cli`)
+apply exactly it, `prepare_rollback` goes back to a recorded release, `drift` compares the hosts with what was
+deployed there. The CLI (`engine.cli`)
 parses, calls these, and prints.
 """
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait 
     from engine.connection.pool import ConnectionPool
     from engine.execute.scheduler import Executor
     from engine.execute.shard import Shard
+    from engine.record.drift import DriftReport
     from engine.record.live import RollbackReport
     from engine.record.plansign import PlanKey
     from engine.record.rollback import RollbackPlan
@@ -56,6 +58,7 @@ __all__ = [
     "Rollback",
     "prepare_rollback",
     "rollback_report",
+    "drift",
 ]
 
 
@@ -68,12 +71,12 @@ def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
     return Loaded(pb, inv)
 
 
-def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None) -> None:
+def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None, **kw: Any) -> None:
     """Everything that can be known wrong without touching a host (engine/execute/check.py);
     raises ValidationErrors listing every problem."""
     from engine.execute.check import check as check_loaded  # jinja2 and networkx: not for `load`
 
-    check_loaded(loaded, extra_vars, limit)
+    check_loaded(loaded, extra_vars, limit, **kw)
 
 
 def new_run_id() -> str:
@@ -621,7 +624,7 @@ def prepare_rollback(
             hist.close()
         assert plan.playbook is not None
         every_host = Loaded(without_budget(plan.playbook), inv)
-        check(every_host, options.extra_vars, options.limit)
+        check(every_host, options.extra_vars, options.limit, recorded=plan.recorded)
         ready = dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded)
         if options.mode != "run":  # `rollback --plan` is this plan, shown as it is made
             return Rollback(plan, every_host, ready)
@@ -655,3 +658,33 @@ def rollback_report(rollback: Rollback, summary: RunSummary) -> RollbackReport:
 
     switches = {s.id for s in rollback.loaded.playbook.steps if s.module in SWITCH_MODULES}
     return report(rollback.plan.target, rollback.plan.live, switches, summary, rollback.preview)
+
+
+def drift(loaded: Loaded, options: RunOptions, *, connect: Callable[[str], Any] | None = None) -> DriftReport:
+    """How every host differs from what the history says was deployed there
+    (engine/record/drift.py): for rsync steps the release `current` points at and the files of
+    the live tree against the recorded tree, one read-only probe per host and step, all hosts at
+    once (`options.forks`, `options.limit`); for canary Deployments the recorded image and
+    active colour, for `helm_bump` the recorded image fields (engine/record/drift_pinned.py).
+    Nothing is written on any host, cluster or repository, nor in the history.
+    `report.exit_code` is 0 (no drift), 2 (drift) or 1 (a host could not be read). `connect`
+    replaces the SSH pool (tests)."""
+    from engine.record.drift import DriftReport, drift_playbook, drift_report, recorded_deploys
+    from engine.record.drift_pinned import recorded_pins
+    from engine.record.history import History
+
+    pb = loaded.playbook
+    hist = History(options.state_dir)
+    try:
+        recorded = recorded_deploys(hist, pb.name, [s for s in pb.steps if s.module == "rsync"])
+        pins = recorded_pins(hist, pb.name, pb)
+    finally:
+        hist.close()
+    reads = drift_playbook(pb, recorded, pins)
+    if reads.playbook is None:
+        return DriftReport(pb.name, ())
+    reading = Loaded(reads.playbook, loaded.inventory)
+    check(reading, options.extra_vars, options.limit)
+    planning = dataclasses.replace(options, mode="plan", run_id="", release_id="", expected=None, done=None)
+    summary = execute(reading, planning, connect=connect)
+    return drift_report(pb.name, summary, recorded, reads.pinned)

@@ -90,6 +90,7 @@ def module_doc(name: str) -> str:
         lines += ["", "Outputs (steps.<id>.<name>):"]
         for oname, odoc in m.outputs.items():
             lines.append(f"  {oname}: {odoc}")
+    lines += ["", "Examples:", *(f"  {line}" if line else "" for line in m.examples.rstrip("\n").split("\n"))]
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +125,7 @@ def module_json(name: str | None = None) -> dict[str, Any]:
                 "source_type": getattr(m, "source_type", None),
                 "options": options,
             },
-            "examples": getattr(m, "examples", "") or "",
+            "examples": m.examples,
             "return": dict(m.outputs),
         }
     return out
@@ -162,6 +163,7 @@ def modules_markdown() -> str:
         out.append("")
         if m.outputs:
             out += ["Outputs: " + ", ".join(f"`{k}` ({v})" for k, v in m.outputs.items()), ""]
+        out += ["Example:", "", "```yaml", m.examples.rstrip("\n"), "```", ""]
     return "\n".join(out)
 
 

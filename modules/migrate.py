@@ -55,6 +55,15 @@ class Migrate:
         "release": "the release that applied it",
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: add_orders_index
+  module: migrate
+  fleet: db
+  args:
+    name: 2026_11_add_orders_index
+    up: psql -c 'CREATE INDEX CONCURRENTLY orders_created ON orders (created)'
+    down: psql -c 'DROP INDEX CONCURRENTLY orders_created'
+"""
 
     def _ledger(self, ctx: PlanContext, args: MigrateArgs) -> dict | None:
         res = ctx.probe(["sh", "-c", _READ, "sh", args.ledger_dir or "", args.name])

@@ -8,7 +8,7 @@ import sys
 
 from engine.errors import PlaybookError
 
-__all__ = ["cmd_validate", "cmd_graph", "cmd_history", "cmd_lock", "cmd_modules"]
+__all__ = ["cmd_validate", "cmd_graph", "cmd_history", "cmd_lock", "cmd_modules", "cmd_drift"]
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:
@@ -206,3 +206,30 @@ def cmd_modules(ns: argparse.Namespace) -> int:
     else:
         sys.stdout.write(module_table())
     return 0
+
+
+def cmd_drift(ns: argparse.Namespace) -> int:
+    """`playbook drift`: 0 no drift, 2 drift, 1 a host could not be read (engine/record/drift.py)."""
+    import json
+
+    from engine import api
+    from engine.execute.options import RunOptions
+    from engine.report.drift import drift_markdown, drift_text
+
+    if ns.forks < 1:
+        raise PlaybookError(f"--forks must be at least 1 (got {ns.forks})")
+    loaded = api.load(ns.playbook, ns.inventory)
+    extra = api.parse_extra_vars(ns.extra_vars)
+    extra.update(api.resolve_secrets(loaded.playbook, ns.secret))
+    opts = RunOptions(
+        mode="plan", forks=ns.forks, limit=ns.limit, extra_vars=extra, state_dir=ns.state_dir, verbose=ns.verbose
+    )
+    report = api.drift(loaded, opts)
+    doc = report.to_dict()
+    if ns.format == "json":
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    elif ns.format == "markdown":
+        sys.stdout.write(drift_markdown(doc))
+    else:
+        sys.stdout.write(drift_text(doc, verbose=ns.verbose > 0))
+    return report.exit_code

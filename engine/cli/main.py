@@ -142,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plan", action="store_true", help="only show what the rollback would do")
 
+    p = sub.add_parser(
+        "drift", help="compare every host with what the history says was deployed there (exit 2 on drift)"
+    )
+    p.add_argument("playbook", help="playbook YAML file")
+    p.add_argument("-i", "--inventory", help="inventory YAML (default: the playbook's `inventory:`)")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS")
+    p.add_argument("-l", "--limit", help="host pattern restricting every fleet")
+    p.add_argument("-f", "--forks", type=int, default=int(os.environ.get("PLAYBOOK_FORKS", "50")))
+    p.add_argument(
+        "--format", choices=["text", "json", "markdown"], default="text", help="markdown: for an issue opened by CI"
+    )
+    p.add_argument("--secret", action="append", default=[], metavar="NAME[=@FILE]")
+    p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
+    p.add_argument("-v", "--verbose", action="count", default=0, help="list the hosts without drift too")
+
     p = sub.add_parser("validate", help="check playbooks (and their inventory) without contacting any host")
     p.add_argument("files", nargs="+", help="playbook files (an inventory file is checked on its own)")
     p.add_argument("-i", "--inventory")
@@ -226,6 +241,11 @@ EXAMPLES: dict[str, list[str]] = {
     "rollback": [
         "playbook rollback playbooks/deploy-smartweb.yml --plan   # what going back would do",
         "playbook rollback playbooks/deploy-smartweb.yml --to 20261124T051500Z",
+    ],
+    "drift": [
+        "playbook drift playbooks/deploy-smartweb.yml -i inventory/prod.yml   # exit 2: a host drifted",
+        "playbook drift playbooks/deploy-smartweb.yml --format markdown > drift.md",
+        "playbook drift playbooks/deploy-smartweb.yml --limit web1 --format json",
     ],
     "validate": ["playbook validate playbooks/*.yml", "playbook validate inventory/demo.yml"],
     "graph": [
@@ -442,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_rollback(ns)
         if ns.command == "apply":
             return _cmd_apply(ns)
+        if ns.command == "drift":
+            return inspect.cmd_drift(ns)
         if ns.command == "validate":
             return inspect.cmd_validate(ns)
         if ns.command == "graph":

@@ -36,8 +36,9 @@ be added within a format version; none is removed or changes meaning.
 The event stream (`JsonLinesReporter`) writes one object per line, each with `"event"` and
 `"time"` (epoch seconds): run_started, step_started, step_finished (the result's keys, flat),
 host_finished, message, budget_exceeded (`fleet`, `failed`, `hosts`, `max_fail_percentage`),
-progress (`host`, `step`, `what`, `done` and `total` bytes, `rate` in bytes/s, `eta` in seconds;
-at most one a second per host, during transfers and downloads), and run_finished (`"summary"`:
+progress (`host`, `step`, `what`, `done` and `total` bytes, `rate` in bytes/s, `eta` in seconds,
+`at`: seconds since the run started on the monotonic clock that spaces them; at most one a second
+per host, during transfers and downloads), and run_finished (`"summary"`:
 the document above).
 """
 
@@ -181,6 +182,7 @@ def event_to_dict(event: Event, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]
             "total": event.total,
             "rate": round(event.rate, 1) if event.rate is not None else None,
             "eta": round(event.eta, 1) if event.eta is not None else None,
+            "at": event.at,
         }
     elif isinstance(event, BudgetExceeded):
         doc = {
