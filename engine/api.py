@@ -156,16 +156,23 @@ def execute(
 
         release = getattr(pool, "release", None)
     taken: list[tuple[str, list[str], Any]] = []
+    shared: list[Any] = []
     try:
         executor = Executor(
             loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release, prewarm=not warming
         )
         if on_executor:
             on_executor(executor)
-        if options.mode == "run" and options.locks:
+        if options.mode == "run" and options.locks and options.state:
+            from engine.execute.sharded import shared_locks
+
+            shared = shared_locks(loaded.playbook, executor.fleet_hosts, options)  # instead of the hosts' locks
+        elif options.mode == "run" and options.locks:
             taken = _acquire_locks(loaded.playbook, executor, connect, options)
         return executor.execute()
     finally:
+        for lock in shared:
+            lock.release()
         for path, hosts, info in taken:
             release_all({h: functools.partial(connect, h) for h in hosts}, path, info.run_id, workers=options.forks)
         if pool is not None:
@@ -228,10 +235,11 @@ def run(
     notifier = None
     if options.mode == "run":
         from engine.record.deployed import ArtifactRecorder
-        from engine.record.history import History, HistoryRecorder
+        from engine.record.history import HistoryRecorder
+        from engine.record.state import open_history
         from engine.secrets import SCRUBBER
 
-        history = History(options.state_dir)
+        history = open_history(options.state, options.state_dir)
         if options.shard is None:  # a part of a sharded run keeps the run's id (engine/execute/sharded.py)
             options.run_id = new_run_id()
         options.release_id = options.release_id or _unused_release_id(history)
@@ -304,9 +312,9 @@ def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> bool:
     resuming would put two trees under one release. The sources are planned again, read-only,
     on the controller to know; no host is contacted."""
     from engine.errors import ResumeRefused
-    from engine.record.history import History
+    from engine.record.state import open_history
 
-    hist = History(options.state_dir)
+    hist = open_history(options.state, options.state_dir)
     try:
         rec = hist.run(run_id)
         if rec is None or rec.mode != "run":
@@ -356,7 +364,32 @@ def prepare_part(loaded: Loaded, options: RunOptions, shard: Shard, run_id: str,
 
     if shard.coordinator:
         return prepare_coordinator(loaded, options, run_id)
-    return prepare_shard(loaded, options, shard, run_id, resume=resume)
+    part = prepare_shard(loaded, options, shard, run_id, resume=resume)
+    if options.mode == "run" and not resume:
+        _pin_sources(part, options, run_id)
+    return part
+
+
+def _pin_sources(loaded: Loaded, options: RunOptions, run_id: str) -> None:
+    """Every shard of a `run` deploys the sources the first shard saw (engine/record/state/pins.py):
+    fetched here, read-only, compared with the pinned digests, then given to the run as done."""
+    from engine.execute.shard import ShardError
+    from engine.record.state.pins import pin_sources
+
+    names = {s.id[len("sources.") :] for s in loaded.playbook.steps if s.id.startswith("sources.")}
+    fresh = _plan_sources(loaded, options, names)
+    ready = {n: r for n, r in fresh.items() if r.status.value in ("ok", "changed")}  # a failure fails the run
+    pinned = pin_sources(
+        options.state, options.state_dir, run_id, {n: r.outputs.get("digest") for n, r in ready.items()}
+    )
+    for name, result in sorted(ready.items()):
+        if name in pinned and pinned[name] != result.outputs.get("digest"):
+            raise ShardError(
+                f"source '{name}' is {result.outputs.get('digest')} for shard {options.shard}, but the first shard "
+                f"of run {run_id} deployed {pinned[name]}: it changed while the shards started. Restore it and "
+                f"run this shard again, or start a new run (a new run id and release) for every shard"
+            )
+    options.done = {**(options.done or {}), **{(f"sources.{n}", None): dict(r.outputs) for n, r in ready.items()}}
 
 
 def _plan_sources(loaded: Loaded, options: RunOptions, names: set[str]) -> dict[str, Any]:
@@ -451,6 +484,7 @@ def prepare_apply(
     state_dir: str = ".playbook",
     verbose: int = 0,
     shard: Shard | None = None,
+    state: str = "",
 ) -> SavedApply:
     """Load a saved plan and check it still holds (`playbook apply`). Refused, with nothing
     changed anywhere, when the file does not verify (`UntrustedPlan`: altered, unsigned while a
@@ -477,7 +511,9 @@ def prepare_apply(
         raise StalePlan(f"refusing to apply {plan_file}: {why}", [])
     extra.update(found)
     check(loaded, extra, saved.limit)
-    scope = RunOptions(mode="run", limit=saved.limit, release_id=saved.release_id, state_dir=state_dir)
+    state = state or loaded.playbook.state or loaded.inventory.state
+    state = "" if state == "local" else state
+    scope = RunOptions(mode="run", limit=saved.limit, release_id=saved.release_id, state_dir=state_dir, state=state)
     if shard is not None:
         from engine.execute.sharded import prepare_coordinator, prepare_shard, shard_nodes
 
@@ -497,6 +533,7 @@ def prepare_apply(
         shard=scope.shard,
         only_hosts=scope.only_hosts,
         recorded=scope.recorded,
+        state=state,
     )
     fresh = execute(loaded, verify)
     drifted = drift(saved, fresh)
@@ -521,6 +558,8 @@ def prepare_apply(
         shard=scope.shard,
         only_hosts=scope.only_hosts,
         recorded=scope.recorded,
+        state=state,
+        budget=scope.budget,
     )
     return SavedApply(loaded, options, saved.plan_hash, frozenset(found))
 
@@ -561,9 +600,9 @@ def prepare_rollback(
     from engine.connection.pool import ConnectionPool
     from engine.errors import RollbackRefused
     from engine.model.config import CONTROLLER
-    from engine.record.history import History
     from engine.record.live import live_from, live_state_playbook
     from engine.record.rollback import plan_rollback, releases_steps, without_budget
+    from engine.record.state import open_history
 
     inv = loaded.inventory
     pool = ConnectionPool()  # opened only if used; one connection per host for every read
@@ -578,7 +617,7 @@ def prepare_rollback(
         if reader is not None:
             check(Loaded(reader, inv), options.extra_vars, options.limit)
             live = live_from(execute(Loaded(reader, inv), planning, connect=reach))
-        hist = History(options.state_dir)
+        hist = open_history(options.state, options.state_dir)
         try:
             plan = plan_rollback(loaded.playbook, hist, to=to, with_migrations=with_migrations, live=live)
         finally:

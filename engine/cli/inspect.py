@@ -76,12 +76,12 @@ def cmd_history(ns: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from engine.record.history import History
+    from engine.record.state import open_history
     from engine.report.terminal import console
 
-    if not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
+    if not getattr(ns, "state", "") and not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
         raise PlaybookError(f"no history in {ns.state_dir}/ yet (runs are recorded there; see --state-dir)")
-    hist = History(ns.state_dir)
+    hist = open_history(getattr(ns, "state", ""), ns.state_dir)
     try:
         if getattr(ns, "html", None):
             from engine.report.html import write_report
@@ -136,6 +136,15 @@ def cmd_lock(ns: argparse.Namespace) -> int:
     from engine.execute.options import resolve_fleets
 
     loaded = api.load(ns.playbook, ns.inventory)
+    ns.state = getattr(ns, "state", "") or loaded.playbook.state or loaded.inventory.state
+    if ns.state == "local":
+        ns.state = ""
+    if ns.state:  # the locks are in the shared backend
+        from engine.cli.statelock import cmd_shared_lock
+
+        return cmd_shared_lock(ns, loaded)
+    if ns.action == "break":
+        ns.action, ns.force = "release", True
     fleets = resolve_fleets(loaded.playbook, loaded.inventory, ns.limit)
     table = Table()
     for col in ("fleet", "host", "lock"):

@@ -60,6 +60,16 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
         help="controller state: caches, records (default ./.playbook)",
     )
     p.add_argument("-v", "--verbose", action="count", default=0)
+    _state_arg(p)
+
+
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state",
+        default=os.environ.get("PLAYBOOK_STATE", ""),
+        metavar="s3://BUCKET/PREFIX",
+        help="keep locks, history and journal in a shared S3 backend (default: local, --state-dir; docs/scale.md)",
+    )
 
 
 def _shard_args(p: argparse.ArgumentParser, *, run_id: bool = True) -> None:
@@ -120,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
     p.add_argument("-v", "--verbose", action="count", default=0)
     _shard_args(p, run_id=False)
+    _state_arg(p)
 
     p = sub.add_parser("rollback", help="return the fleet to a recorded release (default: the previous one)")
     _common_run_args(p)
@@ -163,15 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--html", metavar="DIR", help="write a static report (DIR/index.html) to open in a browser")
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
+    _state_arg(p)
 
     p = sub.add_parser("lock", help="inspect or break the deploy locks of a playbook's fleets")
-    p.add_argument("action", choices=["status", "release"])
+    p.add_argument("action", choices=["status", "release", "break"])
     p.add_argument("playbook")
     p.add_argument("-i", "--inventory")
     p.add_argument("-l", "--limit")
     p.add_argument(
         "--force", action="store_true", help="release: break locks even when their holder may still be running"
     )
+    _state_arg(p)
 
     p = sub.add_parser(
         "completion",
@@ -245,7 +258,11 @@ EXAMPLES: dict[str, list[str]] = {
         "playbook history --run 3f2a9c --format json",
         "playbook history --html report/",
     ],
-    "lock": ["playbook lock status playbooks/demo.yml", "playbook lock release playbooks/demo.yml --limit demo-web1"],
+    "lock": [
+        "playbook lock status playbooks/demo.yml",
+        "playbook lock release playbooks/demo.yml --limit demo-web1",
+        "playbook lock break playbooks/demo.yml --state s3://deploy-state/prod",
+    ],
     "modules": ["playbook modules", "playbook modules rsync", "playbook modules rsync --format json"],
 }
 
@@ -295,6 +312,7 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
             release_id=ns.release_id or "",
             state_dir=ns.state_dir,
             verbose=ns.verbose,
+            state=_state_of(ns, loaded),
         )
         resume = getattr(ns, "resume", None)
         if shard is not None:
@@ -318,6 +336,12 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
             f"plan saved to {save_to} ({digest[:19]}…, {signed}); apply it with: playbook apply {save_to}\n"
         )
     return summary.exit_code()
+
+
+def _state_of(ns: argparse.Namespace, loaded: Any) -> str:
+    """`--state` / `$PLAYBOOK_STATE`, else the playbook's `state:`, else the inventory's; "" = local."""
+    state = ns.state or loaded.playbook.state or loaded.inventory.state
+    return "" if state == "local" else state
 
 
 def _shard(ns: argparse.Namespace) -> Any:
@@ -391,6 +415,7 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
         extra_vars=extra,
         state_dir=ns.state_dir,
         verbose=ns.verbose,
+        state=_state_of(ns, loaded),
     )
     rb = api.prepare_rollback(loaded, opts, to=ns.to, with_migrations=ns.with_migrations)
     plan = rb.plan
@@ -410,7 +435,13 @@ def _cmd_apply(ns: argparse.Namespace) -> int:
     from engine import api
 
     ready = api.prepare_apply(
-        ns.plan_file, secrets=ns.secret, forks=ns.forks, state_dir=ns.state_dir, verbose=ns.verbose, shard=_shard(ns)
+        ns.plan_file,
+        secrets=ns.secret,
+        forks=ns.forks,
+        state_dir=ns.state_dir,
+        verbose=ns.verbose,
+        shard=_shard(ns),
+        state=ns.state,
     )
     return _run(ns, ready.loaded, ready.options, plan_hash=ready.plan_hash).exit_code()
 

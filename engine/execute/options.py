@@ -45,6 +45,10 @@ class RunOptions:
     # `--shard`: this part of a sharded run, and the hosts it works on (engine/execute/sharded.py)
     shard: Shard | None = None
     only_hosts: frozenset[str] | None = None
+    # `--state s3://bucket/prefix`: locks, history and journal in a shared backend ("" = local)
+    state: str = ""
+    # one failure budget across shards (engine/record/state/budget.py); None: this run's own
+    budget: Any = None
 
 
 def resolve_fleets(

@@ -127,6 +127,7 @@ class Executor:
         forks = max(1, self.opts.forks)
         host_pool = Workers(min(forks, len(self.hosts)) or 1, "playbook-host")
         warm = self._prewarm(forks)
+        self._check_shared_budget()  # another shard may have spent it already
         try:
             _Dispatch(self, summary, controller_pool, host_pool, forks).loop()
         finally:
@@ -172,15 +173,28 @@ class Executor:
             hosts = self.fleet_hosts.get(name, [])
             if fleet.max_fail_percentage is None or host not in hosts or not hosts:
                 continue
-            failed = sum(1 for h in hosts if h in self._host_failed)
-            if failed * 100.0 > fleet.max_fail_percentage * len(hosts):
-                if not self._aborted:
-                    self._aborted = (
-                        f"fleet '{name}' exceeded its failure budget: {failed} of {len(hosts)} hosts failed "
-                        f"(max_fail_percentage {fleet.max_fail_percentage:g}%)"
-                    )
-                    self.bus.emit(Message(self._aborted, "error"))
-                    self.bus.emit(BudgetExceeded(name, failed, len(hosts), fleet.max_fail_percentage))
+            failed, total = sum(1 for h in hosts if h in self._host_failed), len(hosts)
+            if self.opts.budget is not None:  # one budget for every shard (engine/record/state/budget.py)
+                failed, total = self.opts.budget.record_failure(name, host)
+            self._over_budget(name, failed, total)
+
+    def _over_budget(self, name: str, failed: int, total: int) -> None:
+        pct = self.playbook.fleets[name].max_fail_percentage
+        if pct is not None and total and failed * 100.0 > pct * total and not self._aborted:
+            self._aborted = (
+                f"fleet '{name}' exceeded its failure budget: {failed} of {total} hosts failed "
+                f"(max_fail_percentage {pct:g}%)"
+            )
+            self.bus.emit(Message(self._aborted, "error"))
+            self.bus.emit(BudgetExceeded(name, failed, total, pct))
+
+    def _check_shared_budget(self) -> None:
+        """Before a rolling batch: has another shard spent a budget this run shares?"""
+        if self.opts.budget is None or self._aborted:
+            return
+        for name, (failed, total) in self.opts.budget.failed().items():
+            if name in self.playbook.fleets:
+                self._over_budget(name, failed, total)
 
 
 class _Dispatch:
@@ -249,6 +263,8 @@ class _Dispatch:
                 heapq.heappush(self.queued, (prio, node))
                 continue
             if node.barrier:
+                if node.barrier == "batch":
+                    ex._check_shared_budget()
                 self.finish(node, StepResult(node.step, None, Status.OK))
                 continue
             key = (node.step, node.host)
@@ -256,7 +272,13 @@ class _Dispatch:
                 self.finish(
                     node,
                     StepResult(
-                        node.step, node.host, Status.OK, f"done in run {opts.resumed_from}", outputs=opts.done[key]
+                        node.step,
+                        node.host,
+                        Status.OK,
+                        f"done in run {opts.resumed_from}"
+                        if opts.resumed_from
+                        else "fetched and verified before the run",
+                        outputs=opts.done[key],
                     ),
                 )
                 continue

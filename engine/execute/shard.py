@@ -168,12 +168,13 @@ def coordinator_steps(playbook: Playbook, inventory: Inventory, fleet_hosts: Map
     return out
 
 
-def _only_steps(playbook: Playbook, keep: set[str]) -> Playbook:
+def _only_steps(playbook: Playbook, keep: set[str], *, all_fleets: bool = False) -> Playbook:
     steps = tuple(
         dataclasses.replace(s, needs=tuple(n for n in s.needs if n in keep)) for s in playbook.steps if s.id in keep
     )
     used = {s.fleet for s in steps}
-    return dataclasses.replace(playbook, steps=steps, fleets={k: f for k, f in playbook.fleets.items() if k in used})
+    fleets = {k: f for k, f in playbook.fleets.items() if all_fleets or k in used}
+    return dataclasses.replace(playbook, steps=steps, fleets=fleets)
 
 
 def shard_playbook(loaded: Loaded, shard: Shard, fleet_hosts: Mapping[str, list[str]]) -> tuple[Loaded, frozenset[str]]:
@@ -215,7 +216,8 @@ def coordinator_playbook(loaded: Loaded, fleet_hosts: Mapping[str, list[str]]) -
                 keep.add(need)
                 todo.append(need)
     sharded = {s.id for s in pb.steps if s.id not in once and not s.id.startswith("sources.")}
-    return Loaded(_only_steps(pb, keep), loaded.inventory), sharded
+    # every fleet stays: the coordinator holds the run's deploy locks of all of them
+    return Loaded(_only_steps(pb, keep, all_fleets=True), loaded.inventory), sharded
 
 
 def part_run_id(run_id: str, shard: Shard) -> str:

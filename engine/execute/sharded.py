@@ -23,16 +23,42 @@ from engine.execute.shard import (
     part_run_id,
     shard_playbook,
 )
-from engine.model.config import Loaded
+from engine.model.config import Loaded, Playbook
 
-__all__ = ["shared_run_id", "prepare_shard", "prepare_coordinator", "shard_nodes", "open_history"]
+__all__ = ["shared_run_id", "prepare_shard", "prepare_coordinator", "shard_nodes", "open_history", "shared_locks"]
 
 
 def open_history(options: RunOptions) -> Any:
     """The run history the options name (the local SQLite store by default)."""
-    from engine.record.history import History
+    from engine.record.state import open_history as by_state
 
-    return History(options.state_dir)
+    return by_state(options.state, options.state_dir)
+
+
+def shared_locks(playbook: Playbook, fleet_hosts: Mapping[str, list[str]], options: RunOptions) -> list[Any]:
+    """Take the deploy lock of every locked fleet with hosts in the shared backend (the parts of
+    one sharded run share them); returns them, to release at the end of the run."""
+    from engine.record.state import open_store, state_url
+    from engine.record.state.s3lock import S3Lock
+
+    url = state_url(options.state)
+    assert url is not None
+    store = open_store(url)
+    run_id, _, part = options.run_id.partition(".") if options.shard is not None else (options.run_id, "", "")
+    taken: list[Any] = []
+    try:
+        for name, fleet in playbook.fleets.items():
+            coordinator = options.shard is not None and options.shard.coordinator
+            if not fleet.lock or not (fleet_hosts.get(name) or coordinator):  # the coordinator locks them all
+                continue
+            lock = S3Lock(store, name, run_id=run_id, part=part or "run", playbook=playbook.path)
+            lock.acquire()
+            taken.append(lock)
+    except BaseException:
+        for lock in taken:
+            lock.release()
+        raise
+    return taken
 
 
 def shared_run_id(given: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -67,6 +93,15 @@ def prepare_shard(loaded: Loaded, options: RunOptions, shard: Shard, run_id: str
     fleet_hosts = resolve_fleets(loaded.playbook, loaded.inventory, options.limit)
     restricted, hosts = shard_playbook(loaded, shard, fleet_hosts)
     options.only_hosts = hosts
+    if options.mode == "run" and options.state and run_id:
+        from engine.record.state import open_store, state_url
+        from engine.record.state.budget import SharedBudget
+
+        url = state_url(options.state)
+        assert url is not None
+        options.budget = SharedBudget(
+            open_store(url), _check_run_id(run_id), {name: len(hs) for name, hs in fleet_hosts.items()}
+        )
     if options.mode == "run":
         options.run_id = part_run_id(_check_run_id(run_id), shard)
         if not options.release_id:

@@ -71,6 +71,7 @@ class _PlaybookLoader:
             else {},
             inventory=inventory if isinstance(inventory, str) else None,
             notify=_notify(self.data.get("notify")),
+            state=str(self.data.get("state") or ""),
             location=self.doc.where(()),
             vars_locations=self.var_locations(),
         )

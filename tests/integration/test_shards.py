@@ -60,8 +60,22 @@ def _env() -> dict[str, str]:
     return env
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """A failed test leaves no playbook process behind."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def cli(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -69,6 +83,8 @@ def cli(*argv: str) -> subprocess.Popen:
         env=_env(),
         cwd=str(ROOT),
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, dict, str]:
@@ -76,7 +92,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, dict, str]:
     return proc.returncode, (json.loads(out) if out.strip() else {}), err
 
 
-def setup_run(fleet, tmp_path: Path, name: str):
+def setup_run(fleet, tmp_path: Path, name: str, playbook: str = PLAYBOOK):
     tree = tmp_path / "tree"
     if not tree.exists():
         (tree / "app").mkdir(parents=True)
@@ -84,7 +100,7 @@ def setup_run(fleet, tmp_path: Path, name: str):
             (tree / "app" / f"f{i:02d}.php").write_text(f"<?php // {i}\n")
     remote = GitRemote(tmp_path / f"git-{name}", {"values.yaml": "image:\n  tag: old  # bumped by playbook\n"})
     pb = tmp_path / "pb.yml"
-    pb.write_text(PLAYBOOK)
+    pb.write_text(playbook)
     inv = fleet.write_inventory(tmp_path / f"inv-{name}.yml")
     base = [
         "-i",
@@ -197,3 +213,17 @@ def test_a_saved_plan_applied_in_shards_then_finalized(fleet_factory, tmp_path):
     saved = json.loads(plan.read_text())
     for h in fleet:
         assert os.readlink(Path(h.data_dir) / "app" / "current") == f"releases/{saved['release_id']}"
+
+
+def test_a_source_that_changed_between_shards_is_refused(fleet_factory, tmp_path):
+    fleet = fleet_factory(2)
+    pb, base, _remote = setup_run(fleet, tmp_path, "moved")
+    rc, first, err = finish(cli("run", pb, *base, "--shard", "1/2", "--run-id", "r3"))
+    assert rc == 0, err
+    (tmp_path / "tree" / "app" / "f00.php").write_text("<?php // changed under the run\n")
+    rc, _, err = finish(cli("run", pb, *base, "--shard", "2/2", "--run-id", "r3"))
+    assert rc == 1 and "source 'code' is sha256:" in err and "changed while the shards started" in err, err
+    deployed = {r["host"] for r in first["results"] if r["host"]}
+    for h in fleet:  # the refused shard touched nothing
+        if h.name not in deployed:
+            assert not (Path(h.data_dir) / "app").exists()

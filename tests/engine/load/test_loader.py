@@ -251,7 +251,15 @@ def test_playbook_schema_describes_each_module(fake_modules):
     source = schema["$defs"]["source"]
     local = next(c for c in source["allOf"] if c["if"]["properties"]["type"]["const"] == "local")
     assert "path" in local["then"]["properties"]
-    assert set(inventory_schema()["properties"]) == {"defaults", "vars", "hosts", "groups", "dynamic", "notify"}
+    assert set(inventory_schema()["properties"]) == {
+        "defaults",
+        "vars",
+        "hosts",
+        "groups",
+        "dynamic",
+        "notify",
+        "state",
+    }
 
 
 def test_schemas_accept_the_good_samples(fake_modules):
