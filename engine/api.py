@@ -29,6 +29,7 @@ from engine.record.savedplan import file_hash
 if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait for the graph library
     from engine.connection.pool import ConnectionPool
     from engine.execute.scheduler import Executor
+    from engine.execute.shard import Shard
     from engine.record.drift import DriftReport
     from engine.record.live import RollbackReport
     from engine.record.plansign import PlanKey
@@ -48,6 +49,7 @@ __all__ = [
     "resolve_secrets",
     "run",
     "prepare_resume",
+    "prepare_part",
     "plan_key",
     "CONFIGURED_KEY",
     "save_plan",
@@ -69,12 +71,12 @@ def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
     return Loaded(pb, inv)
 
 
-def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None) -> None:
+def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None, **kw: Any) -> None:
     """Everything that can be known wrong without touching a host (engine/execute/check.py);
     raises ValidationErrors listing every problem."""
     from engine.execute.check import check as check_loaded  # jinja2 and networkx: not for `load`
 
-    check_loaded(loaded, extra_vars, limit)
+    check_loaded(loaded, extra_vars, limit, **kw)
 
 
 def new_run_id() -> str:
@@ -176,7 +178,9 @@ def _acquire_locks(
     """Take every locked fleet's deploy lock on all its hosts before any step starts; a lock
     held by another run fails the whole run at once, naming the holder (nothing has run)."""
     taken: list[tuple[str, list[str], Any]] = []
-    info = LockInfo.create(run_id=options.run_id, playbook=playbook.path)
+    # the shards of one run share its locks (hosts may share one lock directory, as in tests)
+    owner = options.run_id.rsplit(".", 1)[0] if options.shard is not None else options.run_id
+    info = LockInfo.create(run_id=owner, playbook=playbook.path)
     try:
         for name, fleet in playbook.fleets.items():
             hosts = [
@@ -228,7 +232,8 @@ def run(
         from engine.secrets import SCRUBBER
 
         history = History(options.state_dir)
-        options.run_id = new_run_id()
+        if options.shard is None:  # a part of a sharded run keeps the run's id (engine/execute/sharded.py)
+            options.run_id = new_run_id()
         options.release_id = options.release_id or _unused_release_id(history)
         subs.insert(
             0,
@@ -343,6 +348,17 @@ def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> bool:
     return True
 
 
+def prepare_part(loaded: Loaded, options: RunOptions, shard: Shard, run_id: str, *, resume: bool = False) -> Loaded:
+    """Make `options` one part of a sharded run (`--shard`, engine/execute/sharded.py) and
+    return the playbook that part runs: shard I/N's hosts and steps, or the coordinator's
+    steps that run once, after every shard of run `run_id` finished."""
+    from engine.execute.sharded import prepare_coordinator, prepare_shard
+
+    if shard.coordinator:
+        return prepare_coordinator(loaded, options, run_id)
+    return prepare_shard(loaded, options, shard, run_id, resume=resume)
+
+
 def _plan_sources(loaded: Loaded, options: RunOptions, names: set[str]) -> dict[str, Any]:
     """A read-only plan of the named sources alone, on the controller: their results by name."""
     from engine.errors import ConnectionFailed
@@ -428,14 +444,21 @@ class SavedApply:
 
 
 def prepare_apply(
-    plan_file: str, *, secrets: Sequence[str] = (), forks: int = 50, state_dir: str = ".playbook", verbose: int = 0
+    plan_file: str,
+    *,
+    secrets: Sequence[str] = (),
+    forks: int = 50,
+    state_dir: str = ".playbook",
+    verbose: int = 0,
+    shard: Shard | None = None,
 ) -> SavedApply:
     """Load a saved plan and check it still holds (`playbook apply`). Refused, with nothing
     changed anywhere, when the file does not verify (`UntrustedPlan`: altered, unsigned while a
     key is configured, signed with another key; engine/record/savedplan.py), and (`StalePlan`)
     when its playbook or inventory changed, the secret vars differ from the plan's, or a fresh
     read-only plan from the same inputs differs from it on any node (change, diffs or
-    fingerprint), naming each host and step."""
+    fingerprint), naming each host and step. With `shard`, only that part of the plan is checked
+    and applied (engine/execute/sharded.py), as part of the run named by the plan's run id."""
     from engine.errors import StalePlan
     from engine.record.savedplan import check_files, drift, load_plan
 
@@ -454,6 +477,15 @@ def prepare_apply(
         raise StalePlan(f"refusing to apply {plan_file}: {why}", [])
     extra.update(found)
     check(loaded, extra, saved.limit)
+    scope = RunOptions(mode="run", limit=saved.limit, release_id=saved.release_id, state_dir=state_dir)
+    if shard is not None:
+        from engine.execute.sharded import prepare_coordinator, prepare_shard, shard_nodes
+
+        if shard.coordinator:
+            loaded = prepare_coordinator(loaded, scope, saved.run_id)
+        else:
+            loaded = prepare_shard(loaded, scope, shard, saved.run_id)
+        saved = dataclasses.replace(saved, nodes=shard_nodes(saved.nodes, loaded, scope))
     verify = RunOptions(
         mode="plan",
         forks=forks,
@@ -462,6 +494,9 @@ def prepare_apply(
         release_id=saved.release_id,
         state_dir=state_dir,
         verbose=verbose,
+        shard=scope.shard,
+        only_hosts=scope.only_hosts,
+        recorded=scope.recorded,
     )
     fresh = execute(loaded, verify)
     drifted = drift(saved, fresh)
@@ -482,6 +517,10 @@ def prepare_apply(
         state_dir=state_dir,
         verbose=verbose,
         expected=saved.nodes,
+        run_id=scope.run_id if shard is not None else "",
+        shard=scope.shard,
+        only_hosts=scope.only_hosts,
+        recorded=scope.recorded,
     )
     return SavedApply(loaded, options, saved.plan_hash, frozenset(found))
 
@@ -546,7 +585,7 @@ def prepare_rollback(
             hist.close()
         assert plan.playbook is not None
         every_host = Loaded(without_budget(plan.playbook), inv)
-        check(every_host, options.extra_vars, options.limit)
+        check(every_host, options.extra_vars, options.limit, recorded=plan.recorded)
         ready = dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded)
         if options.mode != "run":  # `rollback --plan` is this plan, shown as it is made
             return Rollback(plan, every_host, ready)

@@ -10,6 +10,7 @@ expected and what was found otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import types
@@ -19,7 +20,15 @@ from typing import Any, Literal, Union, cast
 
 from engine.errors import ArgError, suggest
 
-__all__ = ["TEMPLATE_SCHEMA", "schema_for", "type_schema", "build", "expected_name", "describe_value"]
+__all__ = [
+    "TEMPLATE_SCHEMA",
+    "schema_for",
+    "type_schema",
+    "build",
+    "field_errors",
+    "expected_name",
+    "describe_value",
+]
 
 TEMPLATE_SCHEMA: dict[str, Any] = {"type": "string", "pattern": r"\{\{|\{%"}
 """A string that is a Jinja2 template, accepted where a non-string is expected before rendering."""
@@ -29,7 +38,10 @@ _SEQ_ORIGINS = (list, tuple, Sequence, typing.Sequence)
 _MAP_ORIGINS = (dict, Mapping, typing.Mapping)
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    """A class's resolved annotations, once per class: resolving them costs more than the rest of
+    building one step's arguments (`typing.get_type_hints` evaluates every string annotation)."""
     return typing.get_type_hints(cls)
 
 
@@ -332,3 +344,22 @@ def build(cls: type, data: Any, *, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise ArgError(f"arguments must be a mapping (got {describe_value(data)})", path=path)
     return _build(cls, data, path, False)
+
+
+def field_errors(cls: type, data: Mapping[str, Any], *, path: str) -> list[tuple[str, ArgError]]:
+    """(field name, error) for each given field of `cls` that `build` would refuse, every one
+    of them rather than the first (fields not in `data` and unknown keys are the schema's
+    business). `check` calls it with the arguments it could render."""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    out: list[tuple[str, ArgError]] = []
+    for name, value in data.items():
+        f = fields.get(name)
+        if f is None:
+            continue
+        conv = _Converter(bool(f.metadata.get("secret")))
+        try:
+            conv.convert(hints[name], value, name, f"{path}.{name}" if path else name)
+        except ArgError as exc:
+            out.append((name, exc))
+    return out

@@ -2,7 +2,11 @@
 
 A module plans; only the engine applies. `plan` gets a `PlanContext` whose connection is a
 read-only view (probes and reads, no `put`), so a dry run cannot mutate a host by construction;
-`apply` is only ever called by the executor in run mode, with the plan it made.
+`apply` is only ever called by the executor in run mode, with the plan it made. The other
+clients follow the same rule (modules/_support/kube.py, git.py, http.py): `plan` can build only
+their readers, whose classes have no write methods and whose transports refuse a mutating
+request; a writer must be handed an `ApplyContext`, and `require_apply` refuses it (and every
+write through it) while the engine is inside a `plan` call on this thread (`planning`).
 
 Arguments are one frozen dataclass per module (`Args`). The JSON Schema in `schemas/`, the
 loader's validation and `playbook modules NAME` are all generated from it: declare a field once,
@@ -15,19 +19,26 @@ import dataclasses
 import importlib
 import pkgutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 from engine.connection.base import CommandResult, Connection, ReadOnly
-from engine.errors import CommandTimeout, ModuleError, PlaybookError
+from engine.errors import CommandTimeout, ModuleError, PlaybookError, ReadOnlyViolation
 from engine.model.results import Plan, StepResult
 
 __all__ = [
     "arg",
+    "output",
+    "Output",
+    "CHANGED_OUTPUT",
     "Module",
     "PlanContext",
     "ApplyContext",
+    "planning",
+    "is_planning",
+    "require_apply",
     "register",
     "get_module",
     "all_modules",
@@ -38,6 +49,9 @@ __all__ = [
 
 _MISSING = dataclasses.MISSING
 
+CHANGED_OUTPUT = "changed"
+"""The output the engine gives every step (engine/execute/step.py): whether it changed something."""
+
 
 def arg(default: Any = _MISSING, *, doc: str, default_factory: Any = _MISSING, secret: bool = False) -> Any:
     """Declare a module argument with its documentation (used for schema, docs and help)."""
@@ -47,6 +61,21 @@ def arg(default: Any = _MISSING, *, doc: str, default_factory: Any = _MISSING, s
     if default is _MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
+
+
+class Output(str):
+    """An output's description that also carries the output's type (`type`, a type hint):
+    `validate` renders templates reading the output with a placeholder of that type."""
+
+    type: Any = Any
+
+
+def output(doc: str, type: Any = Any) -> Output:  # noqa: A002 - reads as a declaration
+    """Declare a module output with its description and type: `output("exit code", int)`.
+    A plain string in `outputs` is an output of unknown type."""
+    out = Output(doc)
+    out.type = type
+    return out
 
 
 @dataclass
@@ -62,6 +91,8 @@ class _Context:
     timeout: float | None = None
     deadline: float | None = None
     emit: Callable[[str], None] = lambda _msg: None  # progress lines for the reporter
+    # a line the user must see without -v (an unverified artifact, a damaged cache entry)
+    warn: Callable[[str], None] = lambda _msg: None
     # bytes done of a long transfer (done, total or None, what): a meter that rate-limits itself
     progress: Callable[..., None] = lambda _done, _total=None, _what="transfer": None
     target: Any = None  # the inventory Host (engine.model.config.Host) for host steps; None on the controller
@@ -80,7 +111,8 @@ class _Context:
 
 @dataclass
 class PlanContext(_Context):
-    """Context for `Module.plan`: `conn` is read-only (`probe`, `get`)."""
+    """Context for `Module.plan`: `conn` is read-only (`probe`, `get`), and the module's other
+    clients are the readers built from it (`KubeReader`, `GitReader`, `HttpReader`)."""
 
     conn: ReadOnly | None = None
 
@@ -93,11 +125,13 @@ class PlanContext(_Context):
 
 @dataclass
 class ApplyContext(_Context):
-    """Context for `Module.apply`: `conn` is the host's full connection."""
+    """Context for `Module.apply`: `conn` is the host's full connection, and the writers
+    (`Kube`, `Git`, `Http`) can be built from it."""
 
     conn: Connection | None = None
 
     def run(self, argv: Any, **kw: Any) -> CommandResult:
+        require_apply(self, "running a command with the full connection")
         if self.conn is None:
             raise ModuleError("this step has no connection", path=self.step)
         kw.setdefault("timeout", self.remaining())
@@ -105,6 +139,39 @@ class ApplyContext(_Context):
 
     def probe(self, argv: Any, **kw: Any) -> CommandResult:
         return self.run(argv, **kw)
+
+
+_PLANNING = threading.local()
+
+
+@contextmanager
+def planning() -> Iterator[None]:
+    """Mark this thread as inside `Module.plan` (the executor wraps every plan call): writers
+    refuse to be built or used until it ends."""
+    depth = getattr(_PLANNING, "depth", 0)
+    _PLANNING.depth = depth + 1
+    try:
+        yield
+    finally:
+        _PLANNING.depth = depth
+
+
+def is_planning() -> bool:
+    """Whether this thread is inside a `Module.plan` call the engine made."""
+    return getattr(_PLANNING, "depth", 0) > 0
+
+
+def require_apply(ctx: object, what: str) -> None:
+    """Refuse `what` (building a writing client, or one write through it) unless `ctx` is an
+    `ApplyContext` and no plan is running on this thread: `ReadOnlyViolation` otherwise."""
+    step = str(getattr(ctx, "step", "") or "")
+    if not isinstance(ctx, ApplyContext):
+        raise ReadOnlyViolation(
+            f"{what} needs the step's ApplyContext (got {type(ctx).__name__}): plan gets read-only clients only",
+            path=step,
+        )
+    if is_planning():
+        raise ReadOnlyViolation(f"{what} while planning: a dry run cannot write", path=step)
 
 
 @runtime_checkable
@@ -141,6 +208,10 @@ def register(cls: type) -> type:
     if not dataclasses.is_dataclass(module.Args):
         raise TypeError(f"module {module.name}: Args must be a dataclass")
     module.outputs = dict(getattr(cls, "outputs", {}))
+    module.outputs.setdefault(
+        CHANGED_OUTPUT,
+        output("whether the step changed something on this host (in a plan: would change); every step has it", bool),
+    )
     module.controller_only = bool(getattr(cls, "controller_only", False))
     _REGISTRY[module.name] = module()
     source_type = getattr(cls, "source_type", None)

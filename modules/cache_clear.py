@@ -2,7 +2,8 @@
 
 Clearing a cache has no state to compare, so the step plans a change every time it is reached
 (the dry run shows the command or the request line) - unless `only_if_changed` names steps that
-changed nothing on this host. Put it after the sync step with `needs:`.
+changed nothing on this host. Put it after the sync step with `needs:`. The purge is sent by an
+`Http` client, which only `apply` can build (modules/_support/http.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from engine.errors import ArgError, ModuleError
 from engine.model.results import UNKNOWN, Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.secrets import MASK, Secret
+from modules._support.http import Http
 
 __all__ = ["CacheClear", "CacheClearArgs", "HttpPurge"]
 
@@ -51,7 +53,7 @@ class CacheClearArgs:
     )
     only_if_changed: tuple[str, ...] = arg(
         (),
-        doc="Step ids (that this step `needs`): clear only when one of them changed something on this host (an `rsync` step's `changed_files`).",
+        doc="Step ids (that this step `needs`): clear only when one of them changed something on this host (an `rsync` step's `changed_files`, else the `changed` output every step has).",
     )
 
 
@@ -196,7 +198,7 @@ def _purge(ctx: ApplyContext, h: HttpPurge) -> dict[str, Any]:
     if left is not None:
         timeout = min(timeout, left)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with Http(ctx).send(req, timeout=timeout) as resp:
             status = resp.status
             body = resp.read(4096)
     except urllib.error.HTTPError as exc:

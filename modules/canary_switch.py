@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Literal
 from engine.errors import ArgError, ModuleError
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
-from modules._support.kube import Conflict, Kube
+from modules._support.kube import Conflict, Kube, KubeReader
 
 __all__ = ["CanarySwitch", "CanaryArgs", "rollout_state", "HEALTHY_ANNOTATION", "SWITCH_ANNOTATION"]
 
@@ -93,7 +93,7 @@ class _State:
         return str(self.env.get("selector", ""))
 
 
-def _read_state(kube: Kube, args: CanaryArgs) -> _State:
+def _read_state(kube: KubeReader, args: CanaryArgs) -> _State:
     cm = kube.read("configmap", args.configmap)
     raw = (cm.data or {}).get(args.configmap_key)
     if raw is None:
@@ -225,7 +225,7 @@ class CanarySwitch:
             raise ArgError(f"'timeout_seconds' must be at least 1 (got {args.timeout_seconds})", path=where)
         if args.image == "":
             args = dataclasses.replace(args, image=None)  # an unset playbook var renders as ""
-        kube = Kube(ctx.target, ctx.step)
+        kube = KubeReader(ctx)  # plan reads only: a reader has no patch, its transport sends GET only
         try:
             state = _read_state(kube, args)
             if args.action == "switch":
@@ -234,7 +234,7 @@ class CanarySwitch:
         finally:
             kube.close()
 
-    def _plan_switch(self, kube: Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
+    def _plan_switch(self, kube: KubeReader, args: CanaryArgs, state: _State, where: str) -> Plan:
         current = state.selector
         to = args.to or next(c for c in args.colours if c != current)
         if to not in args.colours:
@@ -276,7 +276,7 @@ class CanarySwitch:
             reason, diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data={"args": args, "from": current, "to": to}
         )
 
-    def _plan_image(self, kube: Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
+    def _plan_image(self, kube: KubeReader, args: CanaryArgs, state: _State, where: str) -> Plan:
         colour = args.colour or state.selector
         if colour not in args.colours:
             raise ArgError(f"'colour' must be one of {', '.join(args.colours)} (got {colour!r})", path=where)
@@ -376,7 +376,7 @@ class CanarySwitch:
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
         d = plan.data
         args: CanaryArgs = d["args"]
-        kube = Kube(ctx.target, ctx.step)
+        kube = Kube(ctx)
         try:
             if args.action == "switch":
                 self._switch(kube, args, d["to"], ctx.run_id)

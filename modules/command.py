@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from engine.errors import ArgError, ModuleError
 from engine.model.results import Diff, Plan
-from engine.module import ApplyContext, PlanContext, arg, register
+from engine.module import ApplyContext, PlanContext, arg, output, register
 
 __all__ = ["Command", "CommandArgs"]
 
@@ -49,7 +49,11 @@ class Command:
     name: ClassVar[str] = "command"
     Args: ClassVar[type] = CommandArgs
     summary: ClassVar[str] = "run a command (argv or shell), guarded by creates/removes/unless"
-    outputs: ClassVar[dict[str, str]] = {"rc": "exit code", "stdout": "standard output", "stderr": "standard error"}
+    outputs: ClassVar[dict[str, str]] = {
+        "rc": output("exit code", int),
+        "stdout": output("standard output", str),
+        "stderr": output("standard error", str),
+    }
     controller_only: ClassVar[bool] = False
     examples: ClassVar[str] = """\
 - id: reload_php

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from engine.errors import ModuleError
 from engine.model.results import Plan
-from engine.module import ApplyContext, PlanContext, arg, register
+from engine.module import ApplyContext, PlanContext, arg, output, register
 from modules._support.manifest import cached_manifest, tree_digest
 
 __all__ = ["LocalTree", "LocalTreeArgs"]
@@ -33,9 +33,9 @@ class LocalTree:
     Args: ClassVar[type] = LocalTreeArgs
     summary: ClassVar[str] = "a directory on the controller as a source (path, digest)"
     outputs: ClassVar[dict[str, str]] = {
-        "path": "absolute path of the tree",
-        "digest": "sha256 over names, modes and contents",
-        "files": "number of files",
+        "path": output("absolute path of the tree", str),
+        "digest": output("sha256 over names, modes and contents", str),
+        "files": output("number of files", int),
     }
     controller_only: ClassVar[bool] = True
     examples: ClassVar[str] = """\

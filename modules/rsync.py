@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from engine.errors import ArgError, ModuleError
 from engine.model.results import Diff, Plan
-from engine.module import ApplyContext, PlanContext, arg, register
+from engine.module import ApplyContext, PlanContext, arg, output, register
 from modules._support import releases as rel
 from modules._support.manifest import (
     ChmodRules,
@@ -198,11 +198,14 @@ class Rsync:
     Args: ClassVar[type] = RsyncArgs
     summary: ClassVar[str] = "sync a tree to hosts with rsync over SSH; atomic releases optional"
     outputs: ClassVar[dict[str, str]] = {
-        "release": "the directory holding the deployed tree (`dest`, or `dest/releases/<id>`)",
-        "release_name": "the release directory name (empty without releases)",
-        "changed_files": "how many paths were (or would be) created, updated or deleted",
-        "source_digest": "sha256 over the synced source's names, modes and contents",
-        "tree_digest": "the recorded tree a host has once synced (`<state dir>/trees/<digest>.listing`; what `playbook drift` compares with)",
+        "release": output("the directory holding the deployed tree (`dest`, or `dest/releases/<id>`)", str),
+        "release_name": output("the release directory name (empty without releases)", str),
+        "changed_files": output("how many paths were (or would be) created, updated or deleted", int),
+        "source_digest": output("sha256 over the synced source's names, modes and contents", str),
+        "tree_digest": output(
+            "the recorded tree a host has once synced (`<state dir>/trees/<digest>.listing`; what `playbook drift` compares with)",
+            str,
+        ),
     }
     controller_only: ClassVar[bool] = False
     examples: ClassVar[str] = """\

@@ -62,6 +62,19 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
+def _shard_args(p: argparse.ArgumentParser, *, run_id: bool = True) -> None:
+    p.add_argument(
+        "--shard",
+        metavar="I/N|auto|coordinator",
+        help="work on shard I of N of the hosts (auto: from CI_NODE_INDEX/CI_NODE_TOTAL or "
+        "JOB_COMPLETION_INDEX/PLAYBOOK_SHARD_TOTAL); coordinator: the steps that run once (docs/scale.md)",
+    )
+    if run_id:  # `apply` uses the saved plan's run id
+        p.add_argument(
+            "--run-id", help="the run id all parts of a sharded run share (default $PLAYBOOK_RUN_ID, ci$CI_PIPELINE_ID)"
+        )
+
+
 class _Version(argparse.Action):
     """`--version`: the installed package's version, read only when asked (importlib.metadata
     costs a few milliseconds that no other command should pay)."""
@@ -93,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="RUN_ID", help="redo only the host/steps that did not finish in that run (same release id)"
     )
+    _shard_args(p)
     p = sub.add_parser("plan", help="dry run: show what would change (exit 2 when something would)")
     _common_run_args(p)
     p.add_argument("-o", "--out", metavar="PLAN.json", help="save the plan for `playbook apply`")
+    _shard_args(p)
 
     p = sub.add_parser("apply", help="apply exactly a saved plan; refuses if anything drifted since")
     p.add_argument("plan_file", metavar="PLAN.json")
@@ -104,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret", action="append", default=[], metavar="NAME[=@FILE]")
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
     p.add_argument("-v", "--verbose", action="count", default=0)
+    _shard_args(p, run_id=False)
 
     p = sub.add_parser("rollback", help="return the fleet to a recorded release (default: the previous one)")
     _common_run_args(p)
@@ -265,7 +281,10 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     extra.update(secrets)
     save_to = getattr(ns, "out", None) if mode == "plan" else None
     key = api.plan_key() if save_to else None  # a bad key setting fails before any host is contacted
-    pool = api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
+    shard = _shard(ns)
+    if shard is not None and save_to:
+        raise PlaybookError("plan -o saves the whole plan: drop --shard, and apply it with `apply PLAN --shard I/N`")
+    pool = None if shard else api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
     try:
         api.check(loaded, extra, ns.limit)
         opts = RunOptions(
@@ -277,7 +296,13 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
             state_dir=ns.state_dir,
             verbose=ns.verbose,
         )
-        if getattr(ns, "resume", None) and not api.prepare_resume(loaded, opts, ns.resume):
+        resume = getattr(ns, "resume", None)
+        if shard is not None:
+            if resume and shard.coordinator:
+                raise PlaybookError("--resume with --shard coordinator: run the coordinator again instead")
+            loaded = api.prepare_part(loaded, opts, shard, resume or _shared_run_id(ns), resume=bool(resume))
+            resume = opts.run_id if resume else None
+        if resume and not api.prepare_resume(loaded, opts, resume):
             sys.stderr.write(
                 f"run {opts.resumed_from} already finished (release {opts.release_id}): nothing to resume\n"
             )
@@ -293,6 +318,18 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
             f"plan saved to {save_to} ({digest[:19]}…, {signed}); apply it with: playbook apply {save_to}\n"
         )
     return summary.exit_code()
+
+
+def _shard(ns: argparse.Namespace) -> Any:
+    from engine.execute.shard import parse_shard
+
+    return parse_shard(ns.shard) if getattr(ns, "shard", None) else None
+
+
+def _shared_run_id(ns: argparse.Namespace) -> str:
+    from engine.execute.sharded import shared_run_id
+
+    return shared_run_id(ns.run_id)
 
 
 def _warn(text: str) -> None:
@@ -373,7 +410,7 @@ def _cmd_apply(ns: argparse.Namespace) -> int:
     from engine import api
 
     ready = api.prepare_apply(
-        ns.plan_file, secrets=ns.secret, forks=ns.forks, state_dir=ns.state_dir, verbose=ns.verbose
+        ns.plan_file, secrets=ns.secret, forks=ns.forks, state_dir=ns.state_dir, verbose=ns.verbose, shard=_shard(ns)
     )
     return _run(ns, ready.loaded, ready.options, plan_hash=ready.plan_hash).exit_code()
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import PlaybookError
+from engine.execute.shard import Shard
 from engine.model.config import Inventory, Playbook
 from engine.model.patterns import select_hosts
 
@@ -38,10 +39,15 @@ class RunOptions:
     # Templates see them for steps that do not run (`steps.sync.release_name`); a step that does
     # run (a source, as `recorded_artifact`) gives its own outputs over them.
     recorded: Mapping[tuple[str, str | None], Mapping[str, Any]] | None = None
+    # `--shard`: this part of a sharded run, and the hosts it works on (engine/execute/sharded.py)
+    shard: Shard | None = None
+    only_hosts: frozenset[str] | None = None
 
 
-def resolve_fleets(playbook: Playbook, inventory: Inventory, limit: str | None) -> dict[str, list[str]]:
-    """Host names per fleet after `--limit`."""
+def resolve_fleets(
+    playbook: Playbook, inventory: Inventory, limit: str | None, only: frozenset[str] | None = None
+) -> dict[str, list[str]]:
+    """Host names per fleet after `--limit` (and within `only`, a shard's hosts)."""
     allowed: set[str] | None = None
     if limit:
         allowed = set(select_hosts(inventory, limit, what="--limit"))
@@ -51,5 +57,5 @@ def resolve_fleets(playbook: Playbook, inventory: Inventory, limit: str | None) 
             hosts = select_hosts(inventory, fleet.hosts, what=f"fleets.{name}.hosts")
         except PlaybookError as exc:
             raise type(exc)(exc.message, location=fleet.location, path=exc.path) from None
-        result[name] = [h for h in hosts if allowed is None or h in allowed]
+        result[name] = [h for h in hosts if (allowed is None or h in allowed) and (only is None or h in only)]
     return result

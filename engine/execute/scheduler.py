@@ -68,7 +68,7 @@ class Executor:
         self.inventory = inventory
         self.opts = options
         self.bus = bus or EventBus()
-        self.fleet_hosts = resolve_fleets(playbook, inventory, options.limit)
+        self.fleet_hosts = resolve_fleets(playbook, inventory, options.limit, options.only_hosts)
         self.graph: ExecGraph = build_graph(playbook, self.fleet_hosts)
         self.steps: dict[str, Step] = {s.id: s for s in playbook.steps}
         self.order = step_order(playbook)
@@ -206,17 +206,18 @@ class _Dispatch:
         self.running_hosts = 0
         self.running_by_fleet: dict[str, int] = {}
         self.in_flight = 0
-        self.deferred: list[tuple[tuple, Node]] = []
+        self.deferred: list[tuple[tuple, Node]] = []  # held back by their fleet's `forks`
+        self.queued: list[tuple[tuple, Node]] = []  # a heap: host nodes waiting for one of the run's forks
         self.host_remaining: dict[str, int] = {}
         for n in g.nodes:
             if n.host is not None:
                 self.host_remaining[n.host] = self.host_remaining.get(n.host, 0) + 1
 
     def loop(self) -> None:
-        while self.ready or self.in_flight or self.deferred:
+        while self.ready or self.in_flight or self.deferred or self.queued:
             self.dispatch()
             if not self.in_flight:
-                if self.deferred:  # nothing running yet capacity was full: cannot happen, but never spin
+                if self.deferred or self.queued:  # nothing running yet capacity was full: cannot happen, but never spin
                     self.requeue_deferred()
                     continue
                 break
@@ -234,10 +235,19 @@ class _Dispatch:
         self.deferred.clear()
 
     def dispatch(self) -> None:
-        """Start everything that may start now; finish at once what is skipped or already done."""
+        """Start everything that may start now; finish at once what is skipped or already done.
+
+        A host node met while every fork is busy waits in `queued` and is looked at again only
+        when a fork frees, in priority order with the nodes that became ready meanwhile: each
+        completion costs one heap move, not a pass over everything waiting."""
         ex, opts = self.ex, self.ex.opts
-        while self.ready:
+        while self.ready or (self.queued and self.running_hosts < self.forks):
+            if self.queued and self.running_hosts < self.forks and (not self.ready or self.queued[0] < self.ready[0]):
+                heapq.heappush(self.ready, heapq.heappop(self.queued))
             prio, node = heapq.heappop(self.ready)
+            if node.host is not None and self.running_hosts >= self.forks:
+                heapq.heappush(self.queued, (prio, node))
+                continue
             if node.barrier:
                 self.finish(node, StepResult(node.step, None, Status.OK))
                 continue
@@ -263,7 +273,7 @@ class _Dispatch:
                 continue
             fleet = ex.steps[node.step].fleet
             cap = ex.playbook.fleets[fleet].forks
-            if self.running_hosts >= self.forks or (cap and self.running_by_fleet.get(fleet, 0) >= cap):
+            if cap and self.running_by_fleet.get(fleet, 0) >= cap:
                 self.deferred.append((prio, node))
                 continue
             self.running_hosts += 1

@@ -10,8 +10,8 @@ import subprocess
 import threading
 from typing import Any
 
-from engine.connection.openssh import refused_host_key, ssh_command
-from engine.errors import CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
+from engine.connection.openssh import host_key_refusal, refused_host_key, ssh_command
+from engine.errors import CommandTimeout, ConnectionFailed, ModuleError
 from engine.module import ApplyContext
 from modules._support.transfer_progress import RsyncProgress
 
@@ -187,9 +187,7 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
     if proc.returncode == 0:
         return
     if refused_host_key(err):
-        raise HostKeyError(
-            f"rsync refused the host key (unknown or changed in known_hosts): {_tail(err, 400)}", host=ctx.host or ""
-        )
+        raise host_key_refusal(ctx.target, err, who="rsync's ssh", host=ctx.host or "")
     if proc.returncode == 255 and not relay:
         raise ConnectionFailed(f"rsync could not reach the host over ssh: {_tail(err, 400)}", host=ctx.host or "")
     raise ModuleError(f"rsync exited {proc.returncode}: {_tail(err)}", path=ctx.host or "")
