@@ -224,10 +224,10 @@ _lock = threading.Lock()
 
 def register(cls: type) -> type:
     """Class decorator: register a module by its `name` (and its `source_type`, if any)."""
-    for attr in ("name", "Args", "summary", "examples"):
+    for attr in ("name", "Args", "summary"):
         if not hasattr(cls, attr):
             raise TypeError(f"module {cls.__name__} lacks '{attr}'")
-    # checked above; `outputs` and `controller_only` get their defaults here
+    # checked above; `outputs`, `controller_only` and `examples` get their defaults here
     module = cast("type[Module]", cls)
     if not dataclasses.is_dataclass(module.Args):
         raise TypeError(f"module {module.name}: Args must be a dataclass")
@@ -237,6 +237,7 @@ def register(cls: type) -> type:
         output("whether the step changed something on this host (in a plan: would change); every step has it", bool),
     )
     module.controller_only = bool(getattr(cls, "controller_only", False))
+    module.examples = str(getattr(cls, "examples", ""))  # every module of modules/ has them (a test)
     _REGISTRY[module.name] = module()
     source_type = getattr(cls, "source_type", None)
     if source_type:

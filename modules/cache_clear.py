@@ -135,7 +135,7 @@ class CacheClear:
   needs: [sync]
   args:
     command: [wp, cache, flush]
-    chdir: "{{ steps.sync.release }}"
+    chdir: /var/www/app/current
     only_if_changed: [sync]
 - id: purge_varnish
   module: cache_clear

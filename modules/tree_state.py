@@ -87,6 +87,8 @@ class TreeState:
         if state.current_blocked:
             raise ModuleError(f"'{dest}/current' exists and is not a symlink", path=ctx.host or "")
         outputs.update(recorded="found", current=state.current_release or "", target=state.current_target or "")
+        if tree is not None and not state.extra.get("delta"):  # the host answered nothing: as recorded
+            return Plan.no_change("as recorded", outputs=outputs, fingerprint={"counts": outputs["counts"]})
         shared = tuple(p.strip("/") for p in args.shared)
         if tree is not None and shared:  # as rsync plans: directories only holding a shared link are layout
             holders = {"/".join(p.split("/")[:n]) for p in shared for n in range(1, p.count("/") + 1)}

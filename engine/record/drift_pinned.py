@@ -24,7 +24,7 @@ __all__ = ["Pin", "recorded_pins", "pinned_steps", "differences", "CANARY_NAMING
 #: the `canary_switch` arguments that say where its objects are (kept in the pinned steps)
 CANARY_NAMING = ("configmap", "configmap_key", "service", "selector_label", "deployment", "colours")
 _IMAGE_ACTIONS = ("set_image", "revert")
-_POLICY_ARGS = ("tags", "tag_pattern", "tag_order", "semver_range", "policy")
+_POLICY_ARGS = ("tags", "tag_pattern", "tag_order", "semver_range")  # `policy` names the fields
 
 
 @dataclass(frozen=True)

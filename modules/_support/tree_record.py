@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 
 from modules._support.manifest import Entry
 from modules._support.releases import parse_canonical
@@ -45,11 +46,29 @@ def save_listing(state_dir: str | None, digest: str, payload: bytes) -> None:
         pass
 
 
+_loaded: dict[tuple[str, str], tuple[dict[str, Entry], dict[bytes, str], bytes]] = {}
+_loaded_lock = threading.Lock()
+
+
 def load_listing(state_dir: str, digest: str) -> tuple[dict[str, Entry], dict[bytes, str], bytes] | None:
     """The recorded tree named `digest`: (tree, canonical line -> path, the listing as sent to a
-    host). None when it is missing or its content does not hash to its name (altered)."""
+    host). None when it is missing or its content does not hash to its name (altered). Read
+    and verified once per process however many hosts ask (the last few are kept)."""
     if not _DIGEST.match(digest):
         return None
+    key = (os.path.abspath(state_dir), digest)
+    with _loaded_lock:
+        hit = _loaded.get(key)
+        if hit is None:
+            hit = _read(state_dir, digest)
+            if hit is not None:
+                _loaded[key] = hit
+                while len(_loaded) > 8:
+                    _loaded.pop(next(iter(_loaded)))
+        return hit
+
+
+def _read(state_dir: str, digest: str) -> tuple[dict[str, Entry], dict[bytes, str], bytes] | None:
     try:
         with open(listing_path(state_dir, digest), "rb") as fh:
             payload = fh.read()

@@ -47,6 +47,7 @@ def _stand_in(step_id: str) -> dict:
 @pytest.mark.parametrize("name", NAMES)
 def test_examples_load_and_validate(name, tmp_path):
     m = all_modules()[name]
+    assert m.examples.strip(), f"module '{name}' declares no examples"
     data = yaml.safe_load(m.examples)
     source_type = getattr(m, "source_type", None)
     if source_type:

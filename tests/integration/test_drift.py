@@ -162,3 +162,13 @@ def test_a_playbook_without_rsync_steps_has_nothing_to_drift(tmp_path, capsys):
     inv.write_text(yaml.safe_dump({"hosts": {"h1": {"connection": "local"}}}))
     code, out, _ = cli(capsys, "drift", str(pb), "-i", str(inv), "--state-dir", str(tmp_path / "s"))
     assert code == 0 and "no drift: 0 host(s)" in out
+
+
+def test_an_altered_recorded_tree_is_not_trusted(setup, capsys, tmp_path):
+    fleet, tree, pb, base, _inv = setup
+    assert cli(capsys, "run", str(pb), *base, "--release-id", R1)[0] == 0
+    (listing,) = (tmp_path / "state" / "trees").glob("*.listing")
+    listing.write_bytes(listing.read_bytes().replace(b"lib/f03.php", b"lib/f04.php", 1))
+    code, out, _ = cli(capsys, "drift", str(pb), *base)
+    assert code == 2, out
+    assert "is missing or altered in the state dir" in out and "3 of 3 host(s) drifted" in out
