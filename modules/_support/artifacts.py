@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from engine.connection import children
 from engine.errors import ModuleError
 
 __all__ = [
@@ -138,6 +139,7 @@ class ArtifactCache:
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
+                    children.check_abort()  # a second Ctrl-C stops a download at once
                     h.update(chunk)
                     out.write(chunk)
                 out.flush()

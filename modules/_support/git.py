@@ -11,6 +11,7 @@ import shlex
 import subprocess
 from typing import Any
 
+from engine.connection import children
 from engine.connection.openssh import git_ssh_command, refused_host_key
 from engine.errors import CommandTimeout, HostKeyError, ModuleError
 from engine.secrets import SCRUBBER, Secret
@@ -50,15 +51,7 @@ class Git:
 
     def run(self, *argv: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         try:
-            proc = subprocess.run(
-                ["git", *argv],
-                cwd=cwd,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                stdin=subprocess.DEVNULL,
-            )
+            proc = children.run(["git", *argv], cwd=cwd, env=self.env, text=True, timeout=self.timeout)
         except subprocess.TimeoutExpired:
             raise CommandTimeout(f"git {argv[0]} timed out after {self.timeout:g}s", path=self.step) from None
         except FileNotFoundError:
@@ -83,12 +76,11 @@ def display_url(url: str) -> str:
 
 def commit(git: Git, repo: str, message: str) -> None:
     try:
-        proc = subprocess.run(
+        proc = children.run(
             ["git", "commit", "--quiet", "--no-verify", "-F", "-"],
             cwd=repo,
             env=git.env,
             input=message,
-            capture_output=True,
             text=True,
             timeout=git.timeout,
         )

@@ -10,6 +10,7 @@ import subprocess
 import threading
 from typing import Any
 
+from engine.connection import children
 from engine.connection.openssh import refused_host_key, ssh_command
 from engine.errors import CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
 from engine.module import ApplyContext
@@ -149,7 +150,7 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
         argv = list(argv)
         argv[argv.index("-e") + 1] = relay.rsh
     try:
-        proc = subprocess.Popen(
+        proc = children.popen(  # its own session: a terminal's Ctrl-C is for playbook alone
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -165,12 +166,16 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
     try:
         _, err_bytes = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        children.kill_group(proc)
         raise CommandTimeout(f"rsync timed out after {timeout:g}s", path=ctx.host or "") from None
+    except BaseException:
+        children.kill_group(proc)
+        raise
     finally:
+        children.forget(proc)
         if relay:
             relay.finish(ctx.remaining())
+    children.check_abort()
     err = err_bytes.decode("utf-8", "replace")
     if relay:
         if relay.error is not None:
