@@ -125,14 +125,13 @@ def cmd_history(ns: argparse.Namespace) -> int:
 
 
 def cmd_lock(ns: argparse.Namespace) -> int:
-    import socket
 
     from rich.table import Table
 
     from engine import api
     from engine.connection.pool import ConnectionPool
     from engine.errors import ConnectionFailed
-    from engine.execute.locks import break_lock, default_lock_path, status
+    from engine.execute.locks import break_lock, default_lock_path, holder_alive, status
     from engine.execute.options import resolve_fleets
 
     loaded = api.load(ns.playbook, ns.inventory)
@@ -165,7 +164,7 @@ def cmd_lock(ns: argparse.Namespace) -> int:
                     if ns.action == "status":
                         table.add_row(name, host, f"held by {holder.describe()}")
                         continue
-                    alive = holder.host == socket.gethostname() and _pid_alive(holder.pid)
+                    alive = holder_alive(holder) is True
                     if alive and not ns.force:
                         refused += 1
                         table.add_row(name, host, f"kept: {holder.describe()} is still running (use --force)")
@@ -179,18 +178,6 @@ def cmd_lock(ns: argparse.Namespace) -> int:
 
     console().print(table)
     return 1 if refused else 0
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmd_modules(ns: argparse.Namespace) -> int:

@@ -372,19 +372,35 @@ def _run(
     ns: argparse.Namespace, loaded: Any, opts: Any, *, plan_hash: str = "", pool: Any = None, rollback: bool = False
 ) -> Any:
     """`api.run` with the chosen reporter, and SIGINT/SIGTERM asking the run to stop: in-flight
-    steps finish, nothing new starts; a second Ctrl-C aborts."""
+    steps finish, nothing new starts; a second Ctrl-C aborts (children killed, in-flight steps
+    reported unknown, the run recorded as interrupted); a third, or a second before the run
+    started, raises KeyboardInterrupt."""
     from engine import api
+    from engine.connection import children
+
+    children.reset_abort()
 
     reporter = _reporter(ns.format, opts.mode, ns.verbose, loaded.playbook)
     executors: list[Any] = []
     interrupts = {"n": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
+        # os.write, not sys.stderr: the main thread may be inside a write to it (not reentrant)
         interrupts["n"] += 1
-        if interrupts["n"] > 1 and signum == signal.SIGINT:
+        if interrupts["n"] == 1 or signum != signal.SIGINT:
+            for ex in executors:
+                ex.request_stop()
+            if interrupts["n"] == 1:
+                os.write(
+                    2,
+                    b"\ninterrupt: letting the steps in flight finish, starting nothing new (Ctrl-C again to abort)\n",
+                )
+            return
+        os.write(2, b"\ninterrupt: aborting, stopping the steps in flight\n")
+        woken = [ex.abort() for ex in executors]
+        if interrupts["n"] > 2 or not any(woken):
+            children.abort()
             raise KeyboardInterrupt
-        for ex in executors:
-            ex.request_stop()
 
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)

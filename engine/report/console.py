@@ -421,7 +421,7 @@ class ConsoleReporter:
         self._print(self._verdict(summary))
 
     def _render_abort(self, summary: RunSummary) -> None:
-        if summary.interrupted:
+        if summary.interrupted and not summary.aborted:
             self._print(Text("Interrupted: work in progress was finished, nothing new was started.", style="bold red"))
         if summary.aborted:
             self._print(Text(f"Aborted: {self._s(summary.aborted)}", style="bold red"))

@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from engine.connection import children
 from engine.errors import ModuleError
 from modules._support.manifest import DigestCache, Entry, local_manifest
 
@@ -151,6 +152,7 @@ class ArtifactCache:
             try:
                 with os.fdopen(fd, "wb") as out:
                     for chunk in chunks:
+                        children.check_abort()  # a second Ctrl-C stops a download at once
                         h.update(chunk)
                         out.write(chunk)
                     out.flush()

@@ -16,6 +16,7 @@ import shlex
 import subprocess
 from typing import Any
 
+from engine.connection import children
 from engine.connection.openssh import git_ssh_command, refused_host_key
 from engine.errors import CommandTimeout, HostKeyError, ModuleError, ReadOnlyViolation
 from engine.module import ApplyContext, PlanContext, require_apply
@@ -86,15 +87,7 @@ class GitReader:
         self, argv: tuple[str, ...], *, cwd: str | None, check: bool, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         try:
-            proc = subprocess.run(
-                ["git", *argv],
-                cwd=cwd,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}),
-            )
+            proc = children.run(["git", *argv], cwd=cwd, env=self.env, text=True, timeout=self.timeout, input=stdin)
         except subprocess.TimeoutExpired:
             raise CommandTimeout(f"git {argv[0]} timed out after {self.timeout:g}s", path=self.step) from None
         except FileNotFoundError:

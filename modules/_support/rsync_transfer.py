@@ -10,6 +10,7 @@ import subprocess
 import threading
 from typing import Any
 
+from engine.connection import children
 from engine.connection.openssh import host_key_refusal, refused_host_key, ssh_command
 from engine.errors import CommandTimeout, ConnectionFailed, ModuleError
 from engine.module import ApplyContext
@@ -151,7 +152,7 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
         argv[argv.index("-e") + 1] = relay.rsh
     meter = RsyncProgress(ctx.progress, nbytes)  # bytes done, from rsync's own --info=progress2
     try:
-        proc = subprocess.Popen(
+        proc = children.popen(  # its own session: a terminal's Ctrl-C is for playbook alone
             meter.argv(argv),
             stdin=subprocess.PIPE,
             stdout=meter.stdout,
@@ -169,13 +170,17 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
     try:
         _, err_bytes = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        children.kill_group(proc)
         raise CommandTimeout(f"rsync timed out after {timeout:g}s", path=ctx.host or "") from None
+    except BaseException:
+        children.kill_group(proc)
+        raise
     finally:
         meter.finish()
+        children.forget(proc)
         if relay:
             relay.finish(ctx.remaining())
+    children.check_abort()
     err = err_bytes.decode("utf-8", "replace")
     if relay:
         if relay.error is not None:

@@ -140,14 +140,6 @@ def release_state(world: World) -> tuple[dict, dict]:
     return base(world, [step]), {"live": Status.OK}
 
 
-def tree_state(world: World) -> tuple[dict, dict]:
-    deployed_twice(world)  # each host serves r2; compared with r1's recorded tree: every file differs
-    listings = sorted((world.tmp / "state" / "trees").glob("*.listing"), key=lambda p: p.stat().st_mtime_ns)
-    expect = {h.name: listings[0].stem for h in world.fleet}
-    args = {"dest": dest(world, "app"), "releases": True, "expect": expect}
-    return base(world, [{"id": "drift", "module": "tree_state", "fleet": "web", "args": args}]), {"drift": Status.OK}
-
-
 def release_switch(world: World) -> tuple[dict, dict]:
     deployed_twice(world)
     args = {"dest": dest(world, "app"), "release": "20260101T000001Z"}
