@@ -194,3 +194,14 @@ def test_after_a_rollback_the_release_gone_back_to_is_what_was_deployed(setup, c
     first.write_text("<?php // edited after the rollback\n")  # R1's recorded tree is what it is compared with
     code, out, _ = cli(capsys, "drift", str(pb), *base)
     assert code == 2 and "~ lib/f00.php  size" in out, out
+
+
+def test_a_secret_value_is_masked_in_every_drift_output(setup, capsys, monkeypatch):
+    fleet, tree, pb, base, _inv = setup
+    assert cli(capsys, "run", str(pb), *base, "--release-id", R1)[0] == 0
+    secret = "hunter2-Zq8Vx3Lw9Ks"
+    (Path(fleet[0].data_dir) / "app" / "current" / "lib" / f"{secret}.php").write_text("<?php\n")
+    monkeypatch.setenv("DRIFT_TOKEN", secret)
+    for fmt in ("text", "json", "markdown"):
+        code, out, err = cli(capsys, "drift", str(pb), *base, "--secret", "DRIFT_TOKEN", "--format", fmt)
+        assert code == 2 and secret not in out + err and "lib/" in out, out
