@@ -674,9 +674,12 @@ def drift(loaded: Loaded, options: RunOptions, *, connect: Callable[[str], Any] 
     from engine.record.history import History
 
     pb = loaded.playbook
+    rsyncs = [s for s in pb.steps if s.module == "rsync"]
+    hosts = resolve_fleets(pb, loaded.inventory, options.limit)
+    wanted = {(s.id, h) for s in rsyncs for h in hosts.get(s.fleet, [])}
     hist = History(options.state_dir)
     try:
-        recorded = recorded_deploys(hist, pb.name, [s for s in pb.steps if s.module == "rsync"])
+        recorded = recorded_deploys(hist, pb.name, rsyncs, wanted)
         pins = recorded_pins(hist, pb.name, pb)
     finally:
         hist.close()

@@ -211,8 +211,10 @@ def cmd_drift(ns: argparse.Namespace) -> int:
     opts = RunOptions(
         mode="plan", forks=ns.forks, limit=ns.limit, extra_vars=extra, state_dir=ns.state_dir, verbose=ns.verbose
     )
+    from engine.secrets import SCRUBBER
+
     report = api.drift(loaded, opts)
-    doc = report.to_dict()
+    doc = SCRUBBER.scrub_obj(report.to_dict())  # a message or a path may carry a secret's value
     if ns.format == "json":
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     elif ns.format == "markdown":

@@ -113,15 +113,21 @@ class DriftReport:
         }
 
 
-def recorded_deploys(history: History, name: str, steps: Iterable[Step]) -> dict[tuple[str, str], Deployed]:
+def recorded_deploys(
+    history: History, name: str, steps: Iterable[Step], wanted: set[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], Deployed]:
     """(rsync step id, host) -> the newest successful deploy of that step there, a rollback's
     switch (`rollback_<id>`) included: it went back to a release, whose tree is the one that
-    release's run recorded on the host."""
+    release's run recorded on the host. Older runs are not read once every (step, host) of
+    `wanted` is known (and each rollback's tree)."""
     ids = {s.id for s in steps}
     found: dict[tuple[str, str], Deployed] = {}
     trees: dict[tuple[str, str, str], str] = {}  # (step, host, release) -> tree digest, newest first
     switched: dict[tuple[str, str], tuple[str, str, float]] = {}  # rollbacks newer than any deploy
     for run in history.runs(name, limit=10_000):
+        if wanted is not None and wanted <= found.keys() | switched.keys():
+            if all((*key, rel) in trees for key, (rel, _r, _w) in switched.items()):
+                break
         for res in history.results(run.run_id):
             host, step, outs = res["host"], res["step"], res["outputs"]
             if host is None or res["status"] not in _OK:

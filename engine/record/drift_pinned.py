@@ -62,6 +62,8 @@ def recorded_pins(history: History, name: str, playbook: Playbook) -> list[Pin]:
     helm_bump step of `playbook`."""
     canary = {s.id: s for s in playbook.steps if s.module == "canary_switch"}
     helm = {s.id: s for s in playbook.steps if s.module == "helm_bump"}
+    if not canary and not helm:
+        return []
     found: dict[tuple, Pin] = {}
     # every result records the colour active after it; the step that sets it names the finding
     switches = [s.id for s in canary.values() if str(s.args.get("action", "")) == "switch"]

@@ -172,3 +172,36 @@ def test_an_altered_recorded_tree_is_not_trusted(setup, capsys, tmp_path):
     code, out, _ = cli(capsys, "drift", str(pb), *base)
     assert code == 2, out
     assert "is missing or altered in the state dir" in out and "3 of 3 host(s) drifted" in out
+
+
+def test_after_a_rollback_the_release_gone_back_to_is_what_was_deployed(setup, capsys):
+    fleet, tree, pb, base, _inv = setup
+    make_tree(tree, 1)
+    assert cli(capsys, "run", str(pb), *base, "--release-id", R1)[0] == 0
+    make_tree(tree, 2)
+    assert cli(capsys, "run", str(pb), *base, "--release-id", R2)[0] == 0
+    code, _, err = cli(capsys, "rollback", str(pb), *base)
+    assert code == 0, err
+    assert {os.readlink(Path(h.data_dir) / "app" / "current") for h in fleet} == {f"releases/{R1}"}
+
+    code, out, _ = cli(capsys, "drift", str(pb), *base, "--format", "json")
+    doc = json.loads(out)
+    assert code == 0, doc
+    assert {(h["recorded"]["release"], h["recorded"]["by"], h["live_release"]) for h in doc["hosts"]} == {
+        (R1, "rollback", R1)
+    }
+    first = Path(fleet[0].data_dir) / "app" / "current" / "lib" / "f00.php"
+    first.write_text("<?php // edited after the rollback\n")  # R1's recorded tree is what it is compared with
+    code, out, _ = cli(capsys, "drift", str(pb), *base)
+    assert code == 2 and "~ lib/f00.php  size" in out, out
+
+
+def test_a_secret_value_is_masked_in_every_drift_output(setup, capsys, monkeypatch):
+    fleet, tree, pb, base, _inv = setup
+    assert cli(capsys, "run", str(pb), *base, "--release-id", R1)[0] == 0
+    secret = "hunter2-Zq8Vx3Lw9Ks"
+    (Path(fleet[0].data_dir) / "app" / "current" / "lib" / f"{secret}.php").write_text("<?php\n")
+    monkeypatch.setenv("DRIFT_TOKEN", secret)
+    for fmt in ("text", "json", "markdown"):
+        code, out, err = cli(capsys, "drift", str(pb), *base, "--secret", "DRIFT_TOKEN", "--format", fmt)
+        assert code == 2 and secret not in out + err and "lib/" in out, out

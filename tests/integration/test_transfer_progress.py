@@ -40,21 +40,25 @@ def assert_rate_limited(events: list[dict]) -> None:
 
 
 @pytest.mark.fleet
+@pytest.mark.parametrize(
+    "size,bwlimit",
+    [(12 << 20, 4000), (3 << 20, 1000)],
+    ids=["over OpenSSH", "over the engine's connection (relay)"],
+)
 def test_an_rsync_transfer_reports_growing_bytes_at_most_once_a_second_per_host(
-    fleet_factory, tmp_path, capsys, monkeypatch
+    fleet_factory, tmp_path, capsys, monkeypatch, size, bwlimit
 ):
     fleet = fleet_factory(2)
     src = tmp_path / "src"
     src.mkdir()
-    size = 12 << 20
     (src / "big.bin").write_bytes(os.urandom(size))
     (src / "small.txt").write_text("hello\n")
-    # the real rsync, held to 4 MB/s so that one transfer outlasts a few meter intervals
+    # the real rsync, its rate limited so that one transfer outlasts a few meter intervals
     wrapper = tmp_path / "bin"
     wrapper.mkdir()
     real = shutil.which("rsync")
     assert real
-    (wrapper / "rsync").write_text(f'#!/bin/sh\nexec {real} --bwlimit=4000 "$@"\n')
+    (wrapper / "rsync").write_text(f'#!/bin/sh\nexec {real} --bwlimit={bwlimit} "$@"\n')
     (wrapper / "rsync").chmod(0o755)
     monkeypatch.setenv("PATH", f"{wrapper}:{os.environ['PATH']}")
     inv = fleet.write_inventory(tmp_path / "inv.yml")
