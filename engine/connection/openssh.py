@@ -20,7 +20,15 @@ from typing import Any
 from engine.connection.keys import DEFAULT_KNOWN_HOSTS
 from engine.errors import HostKeyError
 
-__all__ = ["KEX", "CIPHERS", "ssh_command", "git_ssh_command", "refused_host_key", "host_key_refusal", "offered_host_key"]
+__all__ = [
+    "KEX",
+    "CIPHERS",
+    "ssh_command",
+    "git_ssh_command",
+    "refused_host_key",
+    "host_key_refusal",
+    "offered_host_key",
+]
 
 #: rsync's ssh key exchange: the engine's own first (see `ssh_command`), then OpenSSH's classic
 #: defaults; written out rather than `^...` so OpenSSH older than 8.7 accepts it too

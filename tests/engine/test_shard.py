@@ -95,3 +95,9 @@ def test_a_host_step_waiting_for_a_coordinator_step_is_refused():
     with pytest.raises(ShardError) as exc:
         shard_playbook(loaded, Shard(1, 2), {"web": ["a", "b", "c", "d"], "k8s": ["k1"]})
     assert "step 'sync' needs 'migrate', which runs once in the coordinator phase" in str(exc.value)
+
+
+def test_a_fleet_mixing_kubernetes_targets_and_hosts_is_refused():
+    loaded = _loaded([Step("sync", "rsync", "web")])
+    with pytest.raises(ShardError, match="fleet 'web' mixes Kubernetes targets with hosts"):
+        shard_playbook(loaded, Shard(1, 2), {"web": ["a", "b", "k1"], "k8s": ["k1"]})
