@@ -195,6 +195,14 @@ def shard_playbook(loaded: Loaded, shard: Shard, fleet_hosts: Mapping[str, list[
             )
     keep = {s.id for s in pb.steps if s.id not in once}
     restricted = _only_steps(pb, keep)
+    for name, fleet in restricted.fleets.items():
+        kinds = {inv.hosts[h].connection == "kubernetes" for h in fleet_hosts.get(name, [])}
+        if len(kinds) > 1:
+            where = f"{fleet.location} " if fleet.location else ""
+            raise ShardError(
+                f"{where}fleet '{name}' mixes Kubernetes targets with hosts: a sharded run splits the hosts "
+                f"and runs Kubernetes fleets once, in the coordinator; give them separate fleets"
+            )
     hosts = {
         h for name in restricted.fleets for h in fleet_hosts.get(name, []) if inv.hosts[h].connection != "kubernetes"
     }

@@ -213,3 +213,33 @@ def test_requests_per_run_stay_few(store):
     hist.finish_run("r1", 0, "ok")
     hist.close()
     assert store.by_kind["index"] - before.get("index", 0) <= 4  # read + CAS write, at start and end
+
+
+def test_a_lease_is_renewed_and_a_broken_lock_is_not_retaken(store):
+    lock = S3Lock(store, "web", run_id="r1", part="run", playbook="pb.yml", ttl=600)
+    lock.acquire()
+    first = lock_status(store, "web")["holders"]["run"]["expires"]
+    lock.renew()
+    assert lock_status(store, "web")["holders"]["run"]["expires"] > first
+    break_lock(store, "web")
+    lock.renew()  # the operator broke it: the run does not take it back
+    assert lock_status(store, "web") is None
+    lock.release()
+
+
+def test_lock_status_and_break_from_the_command_line(store, tmp_path, capsys):
+    from engine.cli import main
+
+    (tmp_path / "inv.yml").write_text("hosts: {web1: {connection: local}}\ngroups: {web: {hosts: [web1]}}\n")
+    (tmp_path / "pb.yml").write_text(
+        "fleets: {web: {hosts: web}}\nsteps:\n  - {id: s, module: command, fleet: web, args: {argv: ['true']}}\n"
+    )
+    url = f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}"
+    argv = [str(tmp_path / "pb.yml"), "-i", str(tmp_path / "inv.yml"), "--state", url]
+    S3Lock(store, "web", run_id="r7", part="run", playbook="pb.yml").acquire()
+    assert main(["lock", "status", *argv]) == 0
+    assert "web: held by" in capsys.readouterr().out
+    assert main(["lock", "release", *argv]) == 1  # a live lease is kept without break
+    assert "still renewing its lease" in capsys.readouterr().out
+    assert main(["lock", "break", *argv]) == 0
+    assert "web: broken (was " in capsys.readouterr().out and lock_status(store, "web") is None

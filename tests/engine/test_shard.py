@@ -95,3 +95,35 @@ def test_a_host_step_waiting_for_a_coordinator_step_is_refused():
     with pytest.raises(ShardError) as exc:
         shard_playbook(loaded, Shard(1, 2), {"web": ["a", "b", "c", "d"], "k8s": ["k1"]})
     assert "step 'sync' needs 'migrate', which runs once in the coordinator phase" in str(exc.value)
+
+
+def test_a_fleet_mixing_kubernetes_targets_and_hosts_is_refused():
+    loaded = _loaded([Step("sync", "rsync", "web")])
+    with pytest.raises(ShardError, match="fleet 'web' mixes Kubernetes targets with hosts"):
+        shard_playbook(loaded, Shard(1, 2), {"web": ["a", "b", "k1"], "k8s": ["k1"]})
+
+
+def test_plan_of_one_shard_shows_only_its_hosts(tmp_path, capsys, monkeypatch):
+    import json
+
+    for name in ("PLAYBOOK_RUN_ID", "CI_PIPELINE_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+    from engine.cli import main
+
+    names = [f"web{i}" for i in range(1, 6)]
+    (tmp_path / "inv.yml").write_text(
+        "hosts: {" + ", ".join(f"{n}: {{connection: local}}" for n in names) + "}\n"
+        "groups: {web: {hosts: [" + ", ".join(names) + "]}}\n"
+    )
+    (tmp_path / "pb.yml").write_text(
+        "fleets: {web: {hosts: web}}\nsteps:\n  - {id: s, module: command, fleet: web, args: {argv: ['true']}}\n"
+    )
+    base = [str(tmp_path / "pb.yml"), "-i", str(tmp_path / "inv.yml"), "--state-dir", str(tmp_path / "st")]
+    assert main(["plan", *base, "--shard", "2/2", "--format", "json"]) == 2
+    shown = {r["host"] for r in json.loads(capsys.readouterr().out)["results"] if r["host"]}
+    assert shown == {h for h, s in assign(names, 2).items() if s == 2}
+    assert main(["plan", *base, "--shard", "2/2", "-o", str(tmp_path / "p.json")]) == 1
+    assert "plan -o saves the whole plan" in capsys.readouterr().err
+    assert main(["run", *base, "--shard", "1/2"]) == 1  # no shared run id
+    assert "a sharded run needs one run id for all its parts" in capsys.readouterr().err
