@@ -62,6 +62,14 @@ class _CodeGen(CodeGenerator):
                 loop.iter = nodes.Call(ticked, [loop.iter], [], None, None, lineno=loop.lineno)
         super().visit_Template(node, frame)
 
+    def _output_child_to_const(self, node: nodes.Expr, frame: Frame, finalize: Any) -> str:
+        # Jinja evaluates `{{ … }}` at compile time when it can, even unoptimized, and so would
+        # run filters outside the render budget (`{{ '%10000000000s'|format(1) }}`): only
+        # literal text is constant here
+        if not isinstance(node, nodes.TemplateData):
+            raise nodes.Impossible()
+        return super()._output_child_to_const(node, frame, finalize)
+
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         if frame.eval_ctx.volatile or frame.eval_ctx.autoescape:
             return super().visit_Concat(node, frame)

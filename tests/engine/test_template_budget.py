@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,22 @@ from engine.templating import render
 ADDRESS_SPACE = 256 * 1024 * 1024
 ROOT = Path(__file__).parents[2]
 LOOP = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+
+
+@pytest.fixture(autouse=True)
+def bounded_memory():
+    """A regression here must fail with MemoryError, not take the shared machine's memory."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as fh:
+        vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+    limit = vm + 1024 * 1024 * 1024
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @pytest.fixture
@@ -46,6 +63,9 @@ def test_a_long_loop_stops_at_the_time_budget(short_budget):
         "{{ '%10000000000s'|format(1) }}",
         "{{ '{:>10000000000}'.format(1) }}",
         "{{ 'ab'.replace('a', 'x' * 1000000) * 2 }}",
+        "{{ 'a-b'|replace('-', 'x' * 1000000) }}",
+        "{{ ['a', 'b']|join('x' * 1000000) }}",
+        "a{{ 'x'|center(10**10) }}b",
         "{{ 2 ** 100000000 }}",
         "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
         "{{ range(100000)|map('string')|map('center', 100000)|join }}",
@@ -56,6 +76,15 @@ def test_big_values_are_refused_before_they_are_built(template):
     with pytest.raises(TemplateError, match="over the limit of 1048576") as err:
         render(template, {}, what="s.args.x")
     assert str(err.value).startswith("s.args.x: ")
+
+
+def test_filters_run_only_while_rendering_never_while_compiling():
+    from engine import templating
+
+    # Jinja folds `{{ 'ab'|upper }}` to 'AB' at compile time, outside any budget: a 10 GB
+    # `format` ran there, where a MemoryError is silently retried at render time
+    source = templating._ENV.compile("{{ 'ab'|upper }}", raw=True)
+    assert "'AB'" not in source and "upper" in source
 
 
 def test_the_size_limit_is_configurable(monkeypatch):
