@@ -11,6 +11,7 @@ from typing import Any
 
 from engine import templating
 from engine.errors import PlaybookError, TemplateError, ValidationErrors, suggest
+from engine.execute.argv_secrets import secrets_in_argv
 from engine.execute.context import HostContexts
 from engine.execute.graph import build_graph
 from engine.execute.options import RunOptions, resolve_fleets
@@ -77,6 +78,7 @@ def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: st
                             path=_dotted(step.id, path),
                         )
                     )
+    errors += secrets_in_argv(pb, extra, locate=_loc, dotted=_dotted)
     if errors:
         raise ValidationErrors(errors) if len(errors) > 1 else errors[0]
 
