@@ -21,6 +21,7 @@ from engine.errors import ArgError, ModuleError
 from engine.model.results import UNKNOWN, Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.secrets import MASK, Secret
+from modules._support.env_stdin import with_env
 from modules._support.http import Http
 
 __all__ = ["CacheClear", "CacheClearArgs", "HttpPurge"]
@@ -51,6 +52,11 @@ class CacheClearArgs:
         nonempty=True,
     )
     chdir: str | None = arg(None, doc="Directory to run `command` in (e.g. `{{ steps.sync.release }}`).")
+    env: dict[str, str] | None = arg(
+        None,
+        doc="Environment variables for `command`. The values travel on its standard input (read by a shell prologue on the host), never in any process's arguments: the way to hand it a secret.",
+    )
+    stdin: str | None = arg(None, doc="Text fed to `command`'s standard input (never in its arguments).")
     http: HttpPurge | None = arg(
         None, doc="An HTTP purge request sent from the controller for each host.", exactly_one="action"
     )
@@ -176,7 +182,9 @@ class CacheClear:
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
         args: CacheClearArgs = plan.data["args"]
         if args.command is not None:
-            res = ctx.run(list(args.command), cwd=args.chdir)
+            stdin = args.stdin.encode() if args.stdin is not None else None
+            argv, stdin = with_env(list(args.command), args.env, stdin, where=f"{ctx.step}.args")
+            res = ctx.run(argv, stdin=stdin, cwd=args.chdir)
             if res.rc != 0:
                 tail = (res.err.strip() or res.out.strip())[-1500:]
                 raise ModuleError(

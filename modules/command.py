@@ -10,6 +10,7 @@ from engine.argschema import enforce
 from engine.errors import ModuleError
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, output, register
+from modules._support.env_stdin import with_env
 
 __all__ = ["Command", "CommandArgs"]
 
@@ -28,9 +29,9 @@ class CommandArgs:
     chdir: str | None = arg(None, doc="Directory to run the command in.")
     env: dict[str, str] | None = arg(
         None,
-        doc="Extra environment variables. Values are visible in the remote process list: pass secrets with `stdin`.",
+        doc="Extra environment variables. The values travel on the command's standard input (read by a shell prologue on the host), never in any process's arguments: the way to hand a command a secret (`TOKEN: '{{ api_token }}'`).",
     )
-    stdin: str | None = arg(None, doc="Text fed to the command's standard input.")
+    stdin: str | None = arg(None, doc="Text fed to the command's standard input (never in its arguments).")
     ok_rc: tuple[int, ...] = arg((0,), doc="Exit codes that count as success.")
 
 
@@ -104,10 +105,14 @@ class Command:
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, object]:
         args: CommandArgs = plan.data["args"]
         stdin = args.stdin.encode() if args.stdin is not None else None
-        if args.shell is not None:
-            res = ctx.run(args.shell, shell=True, stdin=stdin, env=args.env, cwd=args.chdir)
+        if args.env:  # values on stdin, never in argv (modules/_support/env_stdin.py)
+            argv = ["/bin/sh", "-c", args.shell, "sh"] if args.shell is not None else list(args.argv or ())
+            argv, stdin = with_env(argv, args.env, stdin, where=f"{ctx.step}.args")
+            res = ctx.run(argv, stdin=stdin, cwd=args.chdir)
+        elif args.shell is not None:
+            res = ctx.run(args.shell, shell=True, stdin=stdin, cwd=args.chdir)
         else:
-            res = ctx.run(list(args.argv or ()), stdin=stdin, env=args.env, cwd=args.chdir)
+            res = ctx.run(list(args.argv or ()), stdin=stdin, cwd=args.chdir)
         if res.rc not in args.ok_rc:
             tail = (res.err.strip() or res.out.strip())[-2000:]
             raise ModuleError(f"command exited {res.rc}: {_describe(args)}" + (f"\n{tail}" if tail else ""))

@@ -10,7 +10,8 @@ port-aware like OpenSSH (`[addr]:port` unless the port is 22) and also try the i
 
 Commands go through the remote user's login shell, which must be POSIX: each argv part is quoted
 with `shlex.quote`. Environment variables are passed as an `env K=V ...` prefix, so their
-values are visible in the remote process list - secrets must travel on stdin, never in `env`.
+values are visible in the remote process list - secrets must travel on stdin (modules do it with
+modules/_support/env_stdin.py), never in this `env`.
 
 No paramiko or socket exception leaves this module: they become `ConnectionFailed`
 (`HostKeyError` for host keys), `CommandTimeout` or `ModuleError`.

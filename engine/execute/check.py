@@ -14,10 +14,11 @@ from typing import Any
 
 from engine.errors import PlaybookError, ValidationErrors
 from engine.execute.argcheck import StepCheck
+from engine.execute.argv_secrets import secrets_in_argv
 from engine.execute.context import HostContexts
 from engine.execute.graph import build_graph
 from engine.execute.options import RunOptions, check_release_id, resolve_fleets
-from engine.execute.placeholders import output_errors, output_namespaces
+from engine.execute.placeholders import dotted, output_errors, output_namespaces, step_location
 from engine.execute.selection import empty_selections
 from engine.model.config import CONTROLLER, Loaded
 from engine.model.hostvars import merged_vars
@@ -71,6 +72,7 @@ def check(
             if h in contexts_ok:
                 found.host(h, {**contexts_ok[h], "steps": steps_ns, "sources": sources_ns})
         errors.extend(found.errors())
+    errors += secrets_in_argv(pb, extra, locate=step_location, dotted=dotted)
     _raise(errors)
 
 

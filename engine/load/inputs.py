@@ -60,6 +60,10 @@ def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+#: The shortest secret accepted (engine/secrets.py masks shorter values nowhere: "yes", "1")
+MIN_SECRET_CHARS = 8
+
+
 def resolve_secrets(playbook: Playbook, cli: Sequence[str] = ()) -> dict[str, str]:
     """Secret vars: the playbook's `secrets:` (env or file) and `--secret NAME` (the value of env
     var NAME) / `--secret NAME=@FILE`. Every value is registered with the scrubber before it is
@@ -95,6 +99,12 @@ def resolve_secrets(playbook: Playbook, cli: Sequence[str] = ()) -> dict[str, st
                 f"{name}=@FILE; a value on the command line would be visible to every user of the machine"
             )
         found[name] = read_file(name, rest[1:]) if sep else read_env(name, name)
+    for name, value in found.items():
+        if len(value) < MIN_SECRET_CHARS:
+            raise LoadError(
+                f"secret '{name}': the value is {len(value)} characters long; secrets must have at least "
+                f"{MIN_SECRET_CHARS} (a shorter value cannot be masked in output without hiding ordinary text)"
+            )
     for value in found.values():
         SCRUBBER.add(value)
     return found

@@ -137,7 +137,8 @@ def test_a_secret_never_appears_in_any_output(setup, tmp_path, capsys, monkeypat
     fleet: web
     needs: [flush_cache]
     args:
-      shell: 'cat > "$0" && echo "token is {{ purge_token }}" && exit 3'
+      shell: 'cat > "$TOKEN_FILE" && echo "token is $PURGE" && exit 3'
+      env: {PURGE: "{{ purge_token }}", TOKEN_FILE: "{{ token_file }}"}
       stdin: "{{ purge_token }}"
       chdir: "{{ app_root }}"
 """

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,32 +114,49 @@ def test_deploy_rerun_and_one_percent_change(sshd_fleet, smartweb, tmp_path, cap
 
 
 def test_second_run_refused_by_lock_and_sigint_releases_it(sshd_fleet, smartweb, tmp_path, capsys):
+    """Synchronised on events, not on a flush that takes long enough: each host's cache flush
+    announces itself and then blocks on a FIFO until the test has tried the second run and
+    interrupted the first (so batch 1 is certainly in flight when the SIGINT lands)."""
     tree, names, base = smartweb
-    slow = [a if not a.startswith("{") else json.dumps({"cache_flush_command": ["sleep", "3"]}) for a in base]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run", str(PLAYBOOK), *slow, "--format", "jsonl"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+
+    def flag(h, what: str) -> Path:  # beside the host's app_root
+        return Path(f"{app_root(h, tmp_path)}.flush.{what}")
+
+    for h in sshd_fleet:
+        os.mkfifo(flag(h, "go"))
+    held = json.dumps(
+        {"cache_flush_command": ["sh", "-c", 'touch "$1.started"; read _ < "$1.go"', "sh", "{{ app_root }}.flush"]}
     )
+    slow = [a if not a.startswith("{") else held for a in base]
+    err_path = tmp_path / "first.stderr"
+    with open(err_path, "w") as err_file:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", str(PLAYBOOK), *slow, "--format", "jsonl"],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            text=True,
+        )
+    batch1 = list(sshd_fleet)[:2]  # serial 50%: host01, host02
     try:
-        for line in first.stdout:
-            event = json.loads(line)
-            if event["event"] == "step_started" and event.get("step") == "flush_cache":
-                break
+        wait_for(lambda: all(flag(h, "started").exists() for h in batch1), first, err_path)
         second = subprocess.run(
             [sys.executable, "-m", "engine.cli", "run", str(PLAYBOOK), *base],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
         )
         assert second.returncode == 1
         assert "lock" in second.stderr and "held" in second.stderr
         assert str(PLAYBOOK) in second.stderr  # names the holder's playbook
+        assert "is still running" in second.stderr  # and says its holder is alive
         assert "Traceback" not in second.stderr
         first.send_signal(signal.SIGINT)
-        first.communicate(timeout=60)
-        assert first.returncode == 130
+        wait_for(lambda: "interrupt: letting the steps in flight finish" in err_path.read_text(), first, err_path)
+        for h in batch1:  # now the flushes may finish
+            with open(flag(h, "go"), "w") as fh:
+                fh.write("go\n")
+        first.wait(timeout=120)
+        assert first.returncode == 130, err_path.read_text()
     finally:
         if first.poll() is None:
             first.kill()
@@ -152,3 +170,15 @@ def test_second_run_refused_by_lock_and_sigint_releases_it(sshd_fleet, smartweb,
         assert (app_root(h, tmp_path) / "current" / "index.php").exists()
     assert not (app_root(sshd_fleet[2], tmp_path) / "current").exists()
     assert not (app_root(sshd_fleet[2], tmp_path) / "releases").exists()
+
+
+def wait_for(cond, proc: subprocess.Popen, err_path: Path, timeout: float = 120.0) -> None:
+    """Poll `cond` (an event: a file, a line) until true; fail loudly if `proc` exits first or
+    after `timeout` (a harness bound, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"the first run exited ({proc.returncode}) early: {err_path.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s: {err_path.read_text()}")
+        time.sleep(0.02)

@@ -110,8 +110,8 @@ def test_nonzero_rc_and_stderr_are_returned(conn):
 def test_timeout_raises_and_connection_stays_usable(conn):
     t0 = time.monotonic()
     with pytest.raises(CommandTimeout, match="timed out after 0.5s"):
-        conn.run(["sleep", "10"], timeout=0.5)
-    assert time.monotonic() - t0 < 3
+        conn.run(["sleep", "120"], timeout=0.5)
+    assert time.monotonic() - t0 < 60  # cut off, not waited for (generous: a loaded machine)
     assert conn.run(["echo", "still here"]).out == "still here\n"
 
 
@@ -252,10 +252,18 @@ def test_connection_lost_during_a_command(fleet_factory):
     fleet = fleet_factory(1)
     c = _fresh(fleet.model_hosts()[0], fleet.known_hosts)
     c.open()
-    killer = threading.Timer(0.5, fleet.stop_host, args=(0,))
+    started = fleet[0].data_dir / "lost-started"
+
+    def kill_once_running() -> None:  # the command is certainly running when the host dies
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fleet.stop_host(0)
+
+    killer = threading.Thread(target=kill_once_running)
     killer.start()
     with pytest.raises(ConnectionFailed, match="lost|closed"):
-        c.run(["sleep", "10"], timeout=8)
+        c.run(["sh", "-c", 'touch "$1"; exec sleep 120', "sh", str(started)], timeout=100)
     killer.join()
     c.close()
 
@@ -286,8 +294,8 @@ def test_unreachable_port_times_out_or_refuses_quickly(sshd_fleet, hosts):
     closed = dataclasses.replace(hosts[0], port=1)
     t0 = time.monotonic()
     with pytest.raises(ConnectionFailed, match="refused"):
-        _fresh(closed, sshd_fleet.known_hosts, connect_timeout=2).open()
-    assert time.monotonic() - t0 < 2
+        _fresh(closed, sshd_fleet.known_hosts, connect_timeout=30).open()
+    assert time.monotonic() - t0 < 30  # refused at once, not after the connect timeout
 
 
 def _connections(fleet) -> dict[str, set[int]]:

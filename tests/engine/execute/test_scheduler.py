@@ -39,10 +39,13 @@ class Fleet_:
         fail: dict[str, set[str]] | None = None,
         down: set[str] = frozenset(),
         delay: float = 0.0,
+        gather: int = 0,
     ) -> None:
         self.fail = fail or {}
         self.delay = delay
+        self.gather = gather  # the first calls wait until this many run at once (an event, not a delay)
         self.lock = threading.Lock()
+        self.gathered = threading.Condition(self.lock)
         self.running = 0
         self.max_running = 0
         self.conns = {h: FakeConnection(h, handler=self.handler, reachable=h not in down) for h in inv.hosts}
@@ -51,6 +54,9 @@ class Fleet_:
         with self.lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
+            self.gathered.notify_all()
+            if not self.gathered.wait_for(lambda: self.max_running >= self.gather, timeout=120):
+                raise AssertionError(f"never {self.gather} calls at once (at most {self.max_running})")
         try:
             if self.delay:
                 time.sleep(self.delay)
@@ -193,7 +199,7 @@ def test_serial_batches_finish_before_the_next_starts():
 
 def test_forks_caps_concurrency():
     inv = inventory(8)
-    fleet = Fleet_(inv, delay=0.05)
+    fleet = Fleet_(inv, gather=3)
     pb = playbook([cmd("a", argv=["echo"])])
     execute(pb, inv, fleet, "run", forks=3)
     assert fleet.max_running == 3
