@@ -154,7 +154,7 @@ def argv(*args: str) -> list[str]:
     "template, message",
     [("{{ 'x' * 10**10 }}", "over the limit of"), (LOOP, "took longer than its budget of 1 s")],
 )
-def test_a_run_fails_the_step_naming_the_template(tmp_path: Path, template: str, message: str):
+def test_a_run_refuses_the_template_naming_its_place(tmp_path: Path, template: str, message: str):
     pb = playbook(tmp_path, template)
     proc = subprocess.run(
         argv("run", str(pb), "--state-dir", str(tmp_path / "state")),
@@ -166,12 +166,21 @@ def test_a_run_fails_the_step_naming_the_template(tmp_path: Path, template: str,
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out and "internal error" not in out, out
-    assert f"{pb}:6:5" in out and "render.args.argv[1]" in out and message in out, out
+    # validate renders every template, so the run stops before any host, at the argument
+    assert f"{pb}:11:20" in out and "render.args.argv[1]" in out and message in out, out
     assert not (tmp_path / "locks" / "web.lock").exists()
 
 
+# 10^10 iterations only once `first` has run: validate renders it with the placeholder "" (no loop)
+LATE_LOOP = "{% for i in range(steps.first.stdout | int) %}{% for j in range(steps.first.stdout | int) %}{% endfor %}{% endfor %}"
+
+
 def test_sigterm_during_a_render_ends_the_run_and_releases_the_lock(tmp_path: Path):
-    pb = playbook(tmp_path, LOOP)
+    pb = playbook(tmp_path, LATE_LOOP)
+    text = pb.read_text().replace(
+        "steps:\n", "steps:\n  - {id: first, module: command, fleet: web, args: {argv: [echo, '99999']}}\n", 1
+    )
+    pb.write_text(text.replace("    timeout: 30\n", "    timeout: 30\n    needs: [first]\n", 1))
     state = tmp_path / "state"
     proc = subprocess.Popen(
         argv("run", str(pb), "--state-dir", str(state), "--format", "jsonl"),

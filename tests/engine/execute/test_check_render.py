@@ -134,7 +134,7 @@ def test_declared_secrets_validate_without_their_values(tmp_path, inventory, cap
     pb = _playbook(
         tmp_path,
         tmp_path / "t",
-        'argv: [echo, "{{ token }}"]',
+        'argv: [printenv, TOKEN]\nenv: {TOKEN: "{{ token }}"}',  # in argv it would be an error of its own
         extra="secrets:\n  token: {env: VAL_TEST_TOKEN}",
     )
     code, err = _validate(pb, inventory, capsys)
