@@ -220,13 +220,23 @@ class _Dispatch:
                     self.requeue_deferred()
                     continue
                 break
-            node, result = self.done.get()
+            node, result = self._next_done()
             self.in_flight -= 1
             if node.host is not None:
                 self.running_hosts -= 1
                 self.running_by_fleet[self.ex.steps[node.step].fleet] -= 1
             self.finish(node, result)
             self.requeue_deferred()
+
+    def _next_done(self) -> tuple[Node, StepResult]:
+        # A blocking get without a timeout does not always wake for a signal that arrives while
+        # a worker holds the GIL (seen with a template rendering): the SIGTERM handler then never
+        # ran. Waking up now and then lets the interpreter run pending signal handlers.
+        while True:
+            try:
+                return self.done.get(timeout=0.2)
+            except queue.Empty:
+                continue
 
     def requeue_deferred(self) -> None:
         for item in self.deferred:
