@@ -274,7 +274,7 @@ class _Dispatch:
                     self.requeue_deferred()
                     continue
                 break
-            item = self.done.get()
+            item = self._next_done()
             if item is _ABORT or self.ex._aborting.is_set():
                 self.abandon()
                 continue
@@ -316,6 +316,16 @@ class _Dispatch:
             )
             ex._aborted = f"a second interrupt stopped the run at once; steps cut off part-way: {where}{hint}"
             ex.bus.emit(Message(ex._aborted, "error"))
+
+    def _next_done(self) -> object:
+        # A blocking get without a timeout does not always wake for a signal that arrives while
+        # a worker holds the GIL (seen with a template rendering): the SIGTERM handler then never
+        # ran. Waking up now and then lets the interpreter run pending signal handlers.
+        while True:
+            try:
+                return self.done.get(timeout=0.2)
+            except queue.Empty:
+                continue
 
     def requeue_deferred(self) -> None:
         for item in self.deferred:

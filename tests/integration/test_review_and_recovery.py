@@ -229,7 +229,8 @@ def test_rollback_rebuilds_a_removed_release_only_from_the_same_local_tree(setup
     # rollback, planned on the whole fleet first, is refused before any host is touched
     assert main(["rollback", str(pb), *base, "--to", first, "--format", "json"]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "3 host(s) cannot be rolled back, so nothing was changed on any host" in err, err
+    assert "3 host(s) cannot be rolled back, so nothing was changed on any host" in err, err
+    assert json.loads(out)["errors"][0]["message"] in err  # --format json: the error as JSON too
     assert "cannot be rebuilt" in err and "local source now gives" in err
     for h in fleet:
         assert f"  {h.name}  rollback_sync: failed" in err

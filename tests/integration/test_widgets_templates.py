@@ -46,7 +46,10 @@ def artifact_recorder(monkeypatch):
 def cli(capsys, *args: str) -> tuple[int, dict]:
     code = main(list(args))
     out, err = capsys.readouterr()
-    return code, json.loads(out) if out.strip().startswith("{") else {"stderr": err, "stdout": out}
+    doc = json.loads(out) if out.strip().startswith("{") else {"stdout": out}
+    if "results" not in doc:  # not a run: the error (also an error document on stdout) in words
+        doc["stderr"] = err
+    return code, doc
 
 
 def result(doc: dict, step: str, host: str | None = None) -> dict:
