@@ -77,7 +77,11 @@ def test_examples_load_and_validate(name, tmp_path):
     }
     if sources:
         playbook["sources"] = sources
-    pb = tmp_path / "pb.yml"
+    pb = tmp_path / "playbooks" / "pb.yml"
+    pb.parent.mkdir()
+    for spec in sources.values():  # validate checks that a local source's directory exists
+        if spec.get("type") == "local" and not _templated(spec.get("path")):
+            (pb.parent / spec["path"]).mkdir(parents=True, exist_ok=True)
     pb.write_text(yaml.safe_dump(playbook, sort_keys=False))
     inv = tmp_path / "inv.yml"
     inv.write_text(yaml.safe_dump({"hosts": {"web1": {"connection": "local"}}}))

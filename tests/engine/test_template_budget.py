@@ -85,9 +85,14 @@ def test_a_stop_request_ends_a_render_at_once():
 # -- the real CLI ---------------------------------------------------------------------------------
 
 
-def playbook(tmp_path: Path, template: str) -> Path:
+def playbook(tmp_path: Path, template: str, *, first: bool = False) -> Path:
+    """A step rendering `template` (its argument at line 11, col 20). With `first`, a step before
+    it whose output the template reads first: `validate` cannot render that (an output of no
+    declared type), so the render happens when the step runs."""
     (tmp_path / "inv.yml").write_text("hosts:\n  a: {connection: local}\ngroups:\n  web: {hosts: [a]}\n")
     pb = tmp_path / "pb.yml"
+    if first:
+        template = "{{ steps.first.output }}" + template
     pb.write_text(
         "name: slow\n"
         "inventory: inv.yml\n"
@@ -100,6 +105,7 @@ def playbook(tmp_path: Path, template: str) -> Path:
         "    timeout: 30\n"
         "    args:\n"
         f"      argv: [echo, {json.dumps(template)}]\n"
+        + ("  - {id: first, module: cache_clear, fleet: web, args: {command: ['true']}}\n" if first else "")
     )
     return pb
 
@@ -126,6 +132,8 @@ def argv(*args: str) -> list[str]:
     [("{{ 'x' * 10**10 }}", "over the limit of"), (LOOP, "took longer than its budget of 1 s")],
 )
 def test_a_run_fails_the_step_naming_the_template(tmp_path: Path, template: str, message: str):
+    """Found by the check before the run (engine/execute/check.py renders every template), at
+    the argument; no lock was taken."""
     pb = playbook(tmp_path, template)
     proc = subprocess.run(
         argv("run", str(pb), "--state-dir", str(tmp_path / "state")),
@@ -137,12 +145,12 @@ def test_a_run_fails_the_step_naming_the_template(tmp_path: Path, template: str,
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out and "internal error" not in out, out
-    assert f"{pb}:6:5" in out and "render.args.argv[1]" in out and message in out, out
+    assert f"{pb}:11:20" in out and "render.args.argv[1]" in out and message in out, out
     assert not (tmp_path / "locks" / "web.lock").exists()
 
 
 def test_sigterm_during_a_render_ends_the_run_and_releases_the_lock(tmp_path: Path):
-    pb = playbook(tmp_path, LOOP)
+    pb = playbook(tmp_path, LOOP, first=True)
     state = tmp_path / "state"
     proc = subprocess.Popen(
         argv("run", str(pb), "--state-dir", str(state), "--format", "jsonl"),
