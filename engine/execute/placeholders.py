@@ -91,6 +91,8 @@ def walk_templates(step: Step) -> Iterator[tuple[tuple, str]]:
 
 def step_location(step: Step, path: tuple) -> Any:
     """Where the value at `path` ("args", ...) of a step is written; the step's own place else."""
+    if path == ("when",) and step.when_location is not None:
+        return step.when_location
     locs = step.args_locations or {}
     if path and path[0] == "args":
         inner = path[1:]

@@ -258,6 +258,7 @@ class _PlaybookLoader:
                 else 0,
                 retry_delay=float(retry_delay) if is_number(retry_delay) else 1.0,
                 when=when,
+                when_location=self.doc.where(at + ("when",)) if when is not None else None,
                 description=description if isinstance(description, str) else "",
                 location=self.doc.where(at),
                 args_locations=locations(self.doc, at + ("args",), args),

@@ -127,6 +127,7 @@ class Step:
     description: str = ""
     location: Location | None = None
     args_locations: Mapping[tuple, Location] = field(default_factory=dict)
+    when_location: Location | None = None
 
 
 @dataclass(frozen=True)

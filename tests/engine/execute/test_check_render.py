@@ -157,6 +157,17 @@ def test_a_referenced_output_must_exist_for_that_module(tmp_path, inventory, cap
     assert re.search(r"step 'first' \(module command\) has no output 'stdot' \(did you mean 'stdout'\?\)", err), err
 
 
+def test_a_mistake_in_when_is_located_at_the_when(tmp_path, inventory, capsys):
+    pb = _playbook(tmp_path, tmp_path / "t", 'argv: [echo, "{{ steps.first.rc }}"]').read_text()
+    pb = pb.replace("    fleet: web\n    args:\n", "    fleet: web\n    when: steps.first.chnaged\n    args:\n")
+    (tmp_path / "pb.yml").write_text(pb)
+    code, err = _validate(tmp_path / "pb.yml", inventory, capsys)
+    assert code == 1
+    assert (
+        f"{tmp_path / 'pb.yml'}:12:11 steps.second.when: step 'first' (module command) has no output 'chnaged'" in err
+    )
+
+
 def test_changed_is_an_output_of_every_step_for_validate(tmp_path, inventory, capsys):
     pb = _playbook(tmp_path, tmp_path / "t", 'argv: [echo, "{{ steps.first.changed }}"]')
     code, err = _validate(pb, inventory, capsys)
