@@ -227,6 +227,24 @@ def _generated_by(meta: dict) -> str:
     )
 
 
+def _shards(out_dir: Path | None) -> list[str]:
+    """The sharded-run numbers `bench/shards.py` wrote into docs/scale.md, shown here too."""
+    scale = Path(out_dir or "docs") / "scale.md"
+    try:
+        text = scale.read_text()
+        block = text.split("<!-- bench:shards -->", 1)[1].split("<!-- /bench:shards -->", 1)[0].strip()
+    except (OSError, IndexError):
+        return []
+    return [
+        "## Sharded runs with the S3 state backend",
+        "",
+        "From [scale.md](scale.md#numbers) (what each request is for is explained there):",
+        "",
+        block,
+        "",
+    ]
+
+
 def render(results: dict, ns, machine: dict[str, str], *, plot=None, out_dir: Path | None = None) -> str:
     """docs/benchmarks.md: machine, one table per fleet size and job, the scaling plot, the targets."""
     t = results["_tree"]
@@ -283,6 +301,7 @@ def render(results: dict, ns, machine: dict[str, str], *, plot=None, out_dir: Pa
             out.append("")
     out += _scaling(plot, out_dir)
     out += _targets(results, ns)
+    out += _shards(out_dir)
     notes = results.get("_notes", {})
     out += [
         "## How each tool is run",
