@@ -5,62 +5,63 @@ holds `{"selector": "blue"|"green", "image": ...}`; a Service selects the active
 by label; each colour has a Deployment (`blue-deployment`, `green-deployment`).
 
 Actions:
+- `deploy`: roll a colour's Deployment to an image pinned by digest, wait for the rollout, then
+  make that colour active (ConfigMap and Service). One plan shows every change; any failure puts
+  back everything the step changed (image, ConfigMap, selector) and fails the step.
 - `switch`: point the Service selector and the ConfigMap at the other colour (or `to`).
 - `set_image`: strategic-merge patch of one named container of a colour's Deployment to an image
-  pinned by digest (other containers, ports and env untouched), then wait for the rollout. When
-  the rollout fails or times out, the previous image is restored, and so is the selector if this
-  run switched it.
-- `wait`: wait for a rollout (observedGeneration >= generation, updated == available ==
-  replicas); on failure, revert to the last healthy image (and the selector, as above).
+  pinned by digest (other containers, ports and env untouched), then wait for the rollout. On
+  any failure the previous image is restored, and so is the selector if this run switched it.
+- `wait`: wait for a rollout; on failure, revert to the last healthy image (and the selector).
 - `revert`: set the image back to a healthy digest (`image`, or the last one recorded).
 
-Healthy images are recorded in the cluster (annotation `playbook.dev/healthy-images` on the
-ConfigMap, per Deployment and container) when a rollout completes, so any controller can revert. Every write carries the resourceVersion it was
-computed from; a 409 conflict is retried after a fresh read. All kubernetes client errors are
-translated at the client boundary (modules/_support/kube.py); none escapes.
-
-Over 400 lines as one idea: the runbook's actions share one read of the cluster state and one revert
-path; the client boundary is modules/_support/kube.py.
+The state is read by modules/_support/canary_state.py and written by canary_ops.py; the client
+boundary, where every kubernetes error is translated, is modules/_support/kube.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from engine.errors import ArgError, ModuleError
+from engine.errors import ArgError, ModuleError, PlaybookError
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
-from modules._support.kube import Conflict, Kube
+from modules._support import canary_ops as ops
+from modules._support.canary_state import (
+    HEALTHY_ANNOTATION,
+    SWITCH_ANNOTATION,
+    State,
+    container,
+    env_text,
+    fingerprint,
+    healthy,
+    read_state,
+    require_digest,
+    rollout_state,
+    switch_mark,
+)
+from modules._support.kube import Forbidden, Kube
 
 __all__ = ["CanarySwitch", "CanaryArgs", "rollout_state", "HEALTHY_ANNOTATION", "SWITCH_ANNOTATION"]
 
-HEALTHY_ANNOTATION = "playbook.dev/healthy-images"
-SWITCH_ANNOTATION = "playbook.dev/last-switch"
-KEEP_HEALTHY = 10
-_DIGEST_REF = re.compile(r"[^\s@]+@sha256:[0-9a-f]{64}")
-_CONFLICT_RETRIES = 5
-_SMP = "application/strategic-merge-patch+json"
-_MERGE = "application/merge-patch+json"
+Action = Literal["deploy", "switch", "set_image", "wait", "revert"]
 
 
 @dataclass(frozen=True)
 class CanaryArgs:
-    action: Literal["switch", "set_image", "wait", "revert"] = arg(
-        doc="`switch` the active colour, `set_image` on a colour's Deployment, `wait` for its rollout, or `revert` it to a healthy digest."
+    action: Action = arg(
+        doc="`deploy` a colour (image, rollout, then switch), `switch` the active colour, `set_image` on a colour's Deployment, `wait` for its rollout, or `revert` it to a healthy digest."
     )
     to: str | None = arg(None, doc="`switch`: the colour to make active (default: the other one).")
     colour: str | None = arg(
-        None, doc="`set_image`/`wait`/`revert`: whose Deployment (default: the active colour in the ConfigMap)."
+        None,
+        doc="`deploy`: the colour to roll and make active (default: the idle one). `set_image`/`wait`/`revert`: whose Deployment (default: the active colour in the ConfigMap).",
     )
     image: str | None = arg(
         None,
-        doc="`set_image`: the image by digest, `repo@sha256:<hex>`. `revert`: the healthy image to go back to (unset or empty: the last one recorded healthy that is not the current one).",
+        doc="`deploy`/`set_image`: the image by digest, `repo@sha256:<hex>`. `revert`: the healthy image to go back to (unset or empty: the last one recorded healthy that is not the current one).",
     )
     container: str = arg("web", doc="The container whose image is set; other containers are left alone.")
     configmap: str = arg("canary-env", doc="Name of the ConfigMap holding the canary state.")
@@ -72,124 +73,61 @@ class CanaryArgs:
     deployment: str = arg("{colour}-deployment", doc="Deployment name; `{colour}` is replaced by the colour.")
     colours: tuple[str, ...] = arg(("blue", "green"), doc="The two colours.")
     wait: bool = arg(True, doc="`set_image`/`revert`: wait for the rollout to complete.")
-    timeout_seconds: int = arg(300, doc="How long a rollout may take before it counts as failed.")
+    timeout_seconds: int = arg(
+        300,
+        doc="How long a rollout may take before it counts as failed (a Deployment reporting ProgressDeadlineExceeded fails at once).",
+    )
     revert_on_failure: bool = arg(
         True,
         doc="Restore the previous image (and the selector, if this run switched it) when the rollout fails or times out.",
     )
 
 
-# -- reading the canary ----------------------------------------------------------------------------
+def _other(args: CanaryArgs, colour: str) -> str:
+    return next(c for c in args.colours if c != colour)
 
 
-@dataclass
-class _State:
-    cm: Any
-    env: dict[str, Any]
-    svc: Any
-
-    @property
-    def selector(self) -> str:
-        return str(self.env.get("selector", ""))
+def _need(kube: Kube, verbs: list[tuple[str, str, str]]) -> None:
+    """Refuse before anything changes when these credentials lack a write the step will make."""
+    missing = [f"{verb} {kind} '{name}'" for verb, kind, name in verbs if not kube.allowed(verb, kind, name)]
+    if missing:
+        raise Forbidden(f"not allowed to {', '.join(missing)} in namespace '{kube.namespace}'", path=kube.host)
 
 
-def _read_state(kube: Kube, args: CanaryArgs) -> _State:
-    cm = kube.read("configmap", args.configmap)
-    raw = (cm.data or {}).get(args.configmap_key)
-    if raw is None:
-        raise ModuleError(f"configmap '{args.configmap}' has no key '{args.configmap_key}'", path=kube.host)
-    try:
-        env = json.loads(raw)
-    except ValueError as exc:
-        raise ModuleError(
-            f"configmap '{args.configmap}' key '{args.configmap_key}' must be JSON (got {raw[:80]!r}: {exc})",
-            path=kube.host,
-        ) from None
-    if not isinstance(env, dict) or env.get("selector") not in args.colours:
-        raise ModuleError(
-            f"configmap '{args.configmap}' '{args.configmap_key}'.selector must be one of "
-            f"{', '.join(args.colours)} (got {raw[:120]!r})",
-            path=kube.host,
-        )
-    svc = kube.read("service", args.service)
-    return _State(cm, env, svc)
-
-
-def _env_text(env: dict[str, Any]) -> str:
-    return json.dumps(env, separators=(",", ":"))
-
-
-def _container(dep: Any, name: str, host: str) -> Any:
-    for c in dep.spec.template.spec.containers:
-        if c.name == name:
-            return c
-    names = ", ".join(c.name for c in dep.spec.template.spec.containers)
-    raise ModuleError(f"deployment '{dep.metadata.name}' has no container '{name}' (has: {names})", path=host)
-
-
-def _healthy_record(cm: Any) -> dict[str, Any]:
-    try:
-        record = json.loads((cm.metadata.annotations or {}).get(HEALTHY_ANNOTATION, "{}"))
-    except (ValueError, AttributeError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _healthy(cm: Any, deployment: str, container: str) -> list[str]:
-    """Images recorded healthy for `deployment`'s `container`, oldest first."""
-    images = (_healthy_record(cm).get(deployment) or {}).get(container) or []
-    return [str(i) for i in images] if isinstance(images, list) else []
-
-
-def _healthy_annotation(
-    cm: Any, deployment: str, container: str, add: str | None = None, drop: str | None = None
-) -> str:
-    record = _healthy_record(cm)
-    recorded = record.get(deployment)
-    per_dep = recorded if isinstance(recorded, dict) else {}
-    images = [i for i in _healthy(cm, deployment, container) if i not in (add, drop)]
-    if add:
-        images.append(add)
-    record[deployment] = {**per_dep, container: images[-KEEP_HEALTHY:]}
-    return json.dumps(record, separators=(",", ":"), sort_keys=True)
-
-
-def rollout_state(dep: Any) -> tuple[bool, str]:
-    """(complete, description) of a Deployment's rollout, as `kubectl rollout status` judges it."""
-    s, want = dep.status, dep.spec.replicas if dep.spec.replicas is not None else 1
-    gen, seen = dep.metadata.generation or 0, (s.observed_generation or 0) if s else 0
-    updated, available, total = (
-        (s.updated_replicas or 0, s.available_replicas or 0, s.replicas or 0) if s else (0, 0, 0)
+def _image_diff(kube: Kube, dep: Any, name: str, before: str, after: str) -> Diff:
+    return Diff(
+        header=f"deployment/{dep.metadata.name} container {name} ({kube.namespace})",
+        before=f"image: {before}\n",
+        after=f"image: {after}\n",
     )
-    text = f"generation {seen}/{gen}, {updated} updated, {available} available, {total} total of {want}"
-    for cond in (s.conditions or []) if s else []:
-        if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
-            return False, text + " (progress deadline exceeded)"
-    return seen >= gen and updated == available == total == want, text
 
 
-def _fingerprint(state: _State | None, dep: Any = None) -> dict[str, str]:
-    fp: dict[str, str] = {}
-    if state is not None:
-        fp["configmap"] = state.cm.metadata.resource_version
-        fp["service"] = state.svc.metadata.resource_version
-    if dep is not None:
-        fp["deployment"] = dep.metadata.resource_version
-    return fp
+def _env_diff(kube: Kube, args: CanaryArgs, state: State, after: dict[str, Any]) -> Diff:
+    return Diff(
+        header=f"configmap/{args.configmap} data.{args.configmap_key} ({kube.namespace})",
+        before=env_text(state.env) + "\n",
+        after=env_text(after) + "\n",
+    )
 
 
-# -- the module ------------------------------------------------------------------------------------
+def _selector_diff(kube: Kube, name: str, selector: dict[str, str], label: str, to: str) -> Diff:
+    return Diff(
+        header=f"service/{name} spec.selector ({kube.namespace})",
+        before="".join(f"{k}: {v}\n" for k, v in selector.items()),
+        after="".join(f"{k}: {v}\n" for k, v in {**selector, label: to}.items()),
+    )
 
 
 @register
 class CanarySwitch:
-    """Blue/green canary on a Kubernetes target: switch the active colour, set a colour's image by
-    digest, wait for the rollout and revert image and selector when it fails, or revert to a
-    recorded healthy digest. The dry run shows the ConfigMap, Service and Deployment changes."""
+    """Blue/green canary on a Kubernetes target: deploy a colour (image by digest, rollout,
+    switch) with everything put back when any part fails, switch the active colour, set a
+    colour's image, wait for the rollout, or revert to a recorded healthy digest. The dry run
+    shows the ConfigMap, Service and Deployment changes."""
 
     name: ClassVar[str] = "canary_switch"
     Args: ClassVar[type] = CanaryArgs
-    summary: ClassVar[str] = "blue/green canary on Kubernetes: switch selector, set image by digest, wait, revert"
+    summary: ClassVar[str] = "blue/green canary on Kubernetes: deploy, switch selector, set image by digest, revert"
     outputs: ClassVar[dict[str, str]] = {
         "selector": "the active colour after the step",
         "colour": "the colour whose Deployment the step acts on",
@@ -211,403 +149,249 @@ class CanarySwitch:
             args = dataclasses.replace(args, image=None)  # an unset playbook var renders as ""
         kube = Kube(ctx.target, ctx.step)
         try:
-            state = _read_state(kube, args)
-            if args.action == "switch":
-                return self._plan_switch(kube, args, state, where)
-            return self._plan_image(kube, args, state, where)
+            state = read_state(kube, args)
+            try:
+                if args.action in ("deploy", "set_image"):
+                    require_digest(args.image, where)
+                if args.action == "switch":
+                    return self._plan_switch(kube, args, state, where)
+                if args.action == "deploy":
+                    return self._plan_deploy(kube, args, state, where)
+                return self._plan_image(kube, args, state, where)
+            except PlaybookError as exc:
+                if ctx.mode == "run" and exc.certain and args.action == "set_image":
+                    return self._plan_undo_switch(kube, args, state, ctx.run_id, exc)
+                raise
         finally:
             kube.close()
 
-    def _plan_switch(self, kube: Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
+    def _colour(self, args: CanaryArgs, colour: str | None, where: str, name: str = "colour") -> str:
+        if colour not in args.colours:
+            raise ArgError(f"'{name}' must be one of {', '.join(args.colours)} (got {colour!r})", path=where)
+        return colour
+
+    def _plan_switch(self, kube: Kube, args: CanaryArgs, state: State, where: str) -> Plan:
         current = state.selector
-        to = args.to or next(c for c in args.colours if c != current)
-        if to not in args.colours:
-            raise ArgError(f"'to' must be one of {', '.join(args.colours)} (got {to!r})", path=where)
+        to = self._colour(args, args.to or _other(args, current), where, "to")
         dep = kube.read("deployment", args.deployment.format(colour=to))  # never switch to nothing
         svc_sel = dict(state.svc.spec.selector or {})
-        outputs = {
-            "selector": to,
-            "colour": to,
-            "deployment": dep.metadata.name,
-            "image": state.env.get("image", ""),
-            "previous_image": state.env.get("image", ""),
-        }
-        fp = _fingerprint(state)
+        image = state.env.get("image", "")
+        outputs = {"selector": to, "colour": to, "deployment": dep.metadata.name, "image": image}
+        outputs["previous_image"] = image
+        fp = fingerprint(state)
         if current == to and svc_sel.get(args.selector_label) == to:
             return Plan.no_change(f"'{to}' is already active", outputs=outputs, fingerprint=fp)
+        _need(kube, [("patch", "configmap", args.configmap), ("patch", "service", args.service)])
         diffs = []
         if current != to:
-            diffs.append(
-                Diff(
-                    header=f"configmap/{args.configmap} data.{args.configmap_key} ({kube.namespace})",
-                    before=_env_text(state.env) + "\n",
-                    after=_env_text({**state.env, "selector": to}) + "\n",
-                )
-            )
+            diffs.append(_env_diff(kube, args, state, {**state.env, "selector": to}))
         if svc_sel.get(args.selector_label) != to:
-            diffs.append(
-                Diff(
-                    header=f"service/{args.service} spec.selector ({kube.namespace})",
-                    before="".join(f"{k}: {v}\n" for k, v in svc_sel.items()),
-                    after="".join(f"{k}: {v}\n" for k, v in {**svc_sel, args.selector_label: to}.items()),
-                )
-            )
+            diffs.append(_selector_diff(kube, args.service, svc_sel, args.selector_label, to))
         complete, text = rollout_state(dep)
         reason = f"switch {current} -> {to}" + (
             "" if complete else f" (warning: {dep.metadata.name} is not rolled out: {text})"
         )
-        return Plan.will_change(
-            reason, diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data={"args": args, "from": current, "to": to}
-        )
+        data = {"args": args, "from": current, "to": to}
+        return Plan.will_change(reason, diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data=data)
 
-    def _plan_image(self, kube: Kube, args: CanaryArgs, state: _State, where: str) -> Plan:
-        colour = args.colour or state.selector
-        if colour not in args.colours:
-            raise ArgError(f"'colour' must be one of {', '.join(args.colours)} (got {colour!r})", path=where)
-        dep = kube.read("deployment", args.deployment.format(colour=colour))
-        current = _container(dep, args.container, kube.host).image
+    def _plan_deploy(self, kube: Kube, args: CanaryArgs, state: State, where: str) -> Plan:
+        to = self._colour(args, args.colour or _other(args, state.selector), where)
+        image = str(args.image)
+        dep = kube.read("deployment", args.deployment.format(colour=to))
+        current = container(dep, args.container, where).image
+        svc_sel = dict(state.svc.spec.selector or {})
+        env_after = {**state.env, "selector": to, "image": image}
+        outputs = {"selector": to, "colour": to, "deployment": dep.metadata.name, "image": image}
+        outputs["previous_image"] = current
+        fp = fingerprint(state, dep)
         complete, text = rollout_state(dep)
-        fp = _fingerprint(state, dep)
-        base = {
-            "selector": state.selector,
-            "colour": colour,
-            "deployment": dep.metadata.name,
-            "previous_image": current,
-        }
+        diffs, writes = [], []
+        if current != image:
+            diffs.append(_image_diff(kube, dep, args.container, current, image))
+            writes.append(("patch", "deployment", dep.metadata.name))
+        if env_after != state.env:
+            diffs.append(_env_diff(kube, args, state, env_after))
+            writes.append(("patch", "configmap", args.configmap))
+        if svc_sel.get(args.selector_label) != to:
+            diffs.append(_selector_diff(kube, args.service, svc_sel, args.selector_label, to))
+            writes.append(("patch", "service", args.service))
+        if not diffs and complete:
+            return Plan.no_change(f"'{to}' is active and runs {image}", outputs=outputs, fingerprint=fp)
+        _need(kube, writes)
+        steps = [f"roll {dep.metadata.name} to {image}"] if current != image else [f"wait for {dep.metadata.name}"]
+        if state.selector != to or svc_sel.get(args.selector_label) != to:
+            steps.append(f"switch {state.selector} -> {to}")
+        data = {"args": args, "to": to, "deployment": dep.metadata.name, "image": image, "previous": current}
+        data["was_complete"] = complete is True
+        return Plan.will_change(", then ".join(steps), diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data=data)
+
+    def _plan_image(self, kube: Kube, args: CanaryArgs, state: State, where: str) -> Plan:
+        colour = self._colour(args, args.colour or state.selector, where)
+        dep = kube.read("deployment", args.deployment.format(colour=colour))
+        current = container(dep, args.container, where).image
+        complete, text = rollout_state(dep)
+        fp = fingerprint(state, dep)
+        base = {"selector": state.selector, "colour": colour, "deployment": dep.metadata.name}
+        base["previous_image"] = current
+        data: dict[str, Any] = {"args": args, "colour": colour, "deployment": dep.metadata.name}
         if args.action == "wait":
             outputs = {**base, "image": current}
             if complete:
                 return Plan.no_change(f"{dep.metadata.name} is rolled out ({text})", outputs=outputs, fingerprint=fp)
-            return Plan.will_change(
-                f"wait for {dep.metadata.name} to roll out ({text})",
-                outputs=outputs,
-                fingerprint=fp,
-                data={
-                    "args": args,
-                    "colour": colour,
-                    "deployment": dep.metadata.name,
-                    "image": current,
-                    "previous": None,
-                },
-            )
+            data.update(image=current, previous=None)
+            why = f"wait for {dep.metadata.name} to roll out ({text})"
+            return Plan.will_change(why, outputs=outputs, fingerprint=fp, data=data)
         if args.action == "set_image":
-            if not args.image or not _DIGEST_REF.fullmatch(args.image):
-                raise ArgError(
-                    f"'image' must be pinned by digest, repo@sha256:<64 hex> (got {args.image!r})", path=where
-                )
-            image = args.image
+            image = str(args.image)
             why = f"set {dep.metadata.name} container '{args.container}' to {image}"
         else:  # revert
             if args.image:
-                if not _DIGEST_REF.fullmatch(args.image):
-                    raise ArgError(
-                        f"'image' must be pinned by digest, repo@sha256:<64 hex> (got {args.image!r})", path=where
-                    )
-                image = args.image
+                image = require_digest(args.image, where)
             else:
-                healthy = [i for i in _healthy(state.cm, dep.metadata.name, args.container) if i != current]
-                if not healthy:
+                older = [i for i in healthy(state.cm, dep.metadata.name, args.container) if i != current]
+                if not older:
                     raise ModuleError(
                         f"no healthy image recorded for {dep.metadata.name} container '{args.container}' "
                         "other than the current one: give 'image'",
                         path=kube.host,
                     )
-                image = healthy[-1]
+                image = older[-1]
             why = f"revert {dep.metadata.name} container '{args.container}' to healthy {image}"
         outputs = {**base, "image": image}
-        active = colour == state.selector
-        cm_stale = active and state.env.get("image") != image
+        cm_stale = colour == state.selector and state.env.get("image") != image
         if current == image and not cm_stale:
-            return Plan.no_change(
-                f"{dep.metadata.name} container '{args.container}' already runs {image}",
-                outputs=outputs,
-                fingerprint=fp,
-            )
-        diffs = []
+            why = f"{dep.metadata.name} container '{args.container}' already runs {image}"
+            return Plan.no_change(why, outputs=outputs, fingerprint=fp)
+        diffs, writes = [], []
         if current != image:
-            diffs.append(
-                Diff(
-                    header=f"deployment/{dep.metadata.name} container {args.container} ({kube.namespace})",
-                    before=f"image: {current}\n",
-                    after=f"image: {image}\n",
-                )
-            )
+            diffs.append(_image_diff(kube, dep, args.container, current, image))
+            writes.append(("patch", "deployment", dep.metadata.name))
         if cm_stale:
-            diffs.append(
-                Diff(
-                    header=f"configmap/{args.configmap} data.{args.configmap_key} ({kube.namespace})",
-                    before=_env_text(state.env) + "\n",
-                    after=_env_text({**state.env, "image": image}) + "\n",
-                )
-            )
-        return Plan.will_change(
-            why,
-            diffs=tuple(diffs),
-            outputs=outputs,
-            fingerprint=fp,
-            data={
-                "args": args,
-                "colour": colour,
-                "deployment": dep.metadata.name,
-                "image": image,
-                "previous": current,
-                "was_complete": complete,
-            },
+            diffs.append(_env_diff(kube, args, state, {**state.env, "image": image}))
+            writes.append(("patch", "configmap", args.configmap))
+        _need(kube, writes)
+        data.update(image=image, previous=current, was_complete=complete is True)
+        return Plan.will_change(why, diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data=data)
+
+    def _plan_undo_switch(self, kube: Kube, args: CanaryArgs, state: State, run_id: str, exc: PlaybookError) -> Plan:
+        """This run switched the selector and now `set_image` cannot go on: the step's apply puts
+        the switch back, then fails with `exc`."""
+        mark = switch_mark(state.cm)
+        if mark.get("run") != run_id or state.selector != mark.get("to") or mark.get("from") not in args.colours:
+            raise exc
+        back = str(mark["from"])
+        env_after = {**state.env, "selector": back, "image": mark.get("image")}
+        svc_sel = dict(state.svc.spec.selector or {})
+        diffs = (
+            _env_diff(kube, args, state, env_after),
+            _selector_diff(kube, args.service, svc_sel, args.selector_label, back),
         )
+        data = {"args": args, "undo_switch": back, "error": str(exc)}
+        return Plan.will_change(f"switch back to {back}: {exc}", diffs=diffs, fingerprint=fingerprint(state), data=data)
 
     # -- applying --------------------------------------------------------------------------------
 
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
-        d = plan.data
+        d = dict(plan.data)
         args: CanaryArgs = d["args"]
         kube = Kube(ctx.target, ctx.step)
         try:
+            if "undo_switch" in d:
+                back = ops.revert_switch(kube, args, _active(kube, args), ctx.run_id)
+                done = f"selector back to {back}" if back else "nothing (the switch was changed since)"
+                raise ModuleError(f"{d['error']}; reverted: {done}", path=kube.host)
             if args.action == "switch":
-                self._switch(kube, args, d["to"], ctx.run_id)
+                ops.switch(kube, args, d["to"], ctx.run_id)
                 ctx.emit(f"canary: switched {d['from']} -> {d['to']}")
                 return {"selector": d["to"]}
+            if args.action == "deploy":
+                return self._deploy(ctx, kube, args, d)
             if args.action == "wait":
-                self._wait_or_revert(ctx, kube, args, d["colour"], d["deployment"], previous=None)
+                self._wait_or_revert(ctx, kube, args, d, ops.Undo(kube, args, ctx.run_id))
                 return {}
-            self._set_image(
-                kube,
-                args,
-                d["deployment"],
-                d["colour"],
-                d["image"],
-                record_current=bool(d.get("was_complete")) and args.action == "set_image",
-                drop_current=args.action == "revert",
-            )
-            ctx.emit(f"canary: {d['deployment']} container '{args.container}' -> {d['image']}")
-            if args.wait:
-                self._wait_or_revert(ctx, kube, args, d["colour"], d["deployment"], previous=d["previous"])
-            return {"image": d["image"]}
+            return self._set_image(ctx, kube, args, d)
         finally:
             kube.close()
 
-    def _retrying(self, kube: Kube, fn: Callable[[], None]) -> None:
-        for attempt in range(_CONFLICT_RETRIES):
-            try:
-                fn()
-                return
-            except Conflict:
-                if attempt == _CONFLICT_RETRIES - 1:
-                    raise ModuleError(
-                        f"still conflicting after {_CONFLICT_RETRIES} fresh reads: someone else keeps "
-                        "changing the canary",
-                        path=kube.host,
-                    ) from None
-                time.sleep(0.1 * (attempt + 1))
-
-    def _switch(self, kube: Kube, args: CanaryArgs, to: str, run_id: str, image: str | None = None) -> None:
-        """Point the ConfigMap and the Service at `to` (restoring the ConfigMap's `image` too when
-        given: switching back after a failed rollout)."""
-
-        def configmap() -> None:
-            state = _read_state(kube, args)
-            if state.selector == to and (image is None or state.env.get("image") == image):
-                return
-            env = {**state.env, "selector": to, **({"image": image} if image is not None else {})}
-            mark = json.dumps(
-                {"from": state.selector, "to": to, "run": run_id, "image": state.env.get("image")},
-                separators=(",", ":"),
-            )
-            kube.patch(
-                "configmap",
-                args.configmap,
-                {
-                    "metadata": {
-                        "resourceVersion": state.cm.metadata.resource_version,
-                        "annotations": {SWITCH_ANNOTATION: mark},
-                    },
-                    "data": {args.configmap_key: _env_text(env)},
-                },
-                _MERGE,
-            )
-
-        def service() -> None:
-            svc = kube.read("service", args.service)
-            if (svc.spec.selector or {}).get(args.selector_label) == to:
-                return
-            kube.patch(
-                "service",
-                args.service,
-                {
-                    "metadata": {"resourceVersion": svc.metadata.resource_version},
-                    "spec": {"selector": {args.selector_label: to}},
-                },
-                _SMP,
-            )
-
-        self._retrying(kube, configmap)
-        self._retrying(kube, service)
-
-    def _set_image(
-        self,
-        kube: Kube,
-        args: CanaryArgs,
-        name: str,
-        colour: str,
-        image: str,
-        *,
-        record_current: bool = False,
-        drop_current: bool = False,
-    ) -> None:
-        """Patch the container's image, then bring the ConfigMap along: its `image` when `colour`
-        is active, and the healthy record (the replaced image added if it was rolled out, or
-        dropped when reverting away from it)."""
-        replaced: list[tuple[str, bool]] = []
-
-        def deployment() -> None:
-            dep = kube.read("deployment", name)
-            current = _container(dep, args.container, kube.host).image
-            if current == image:
-                return
-            kube.patch(
-                "deployment",
-                name,
-                {
-                    "metadata": {"resourceVersion": dep.metadata.resource_version},
-                    "spec": {"template": {"spec": {"containers": [{"name": args.container, "image": image}]}}},
-                },
-                _SMP,
-            )
-            replaced.append((current, rollout_state(dep)[0]))
-
-        def configmap() -> None:
-            state = _read_state(kube, args)
-            body: dict[str, Any] = {"metadata": {"resourceVersion": state.cm.metadata.resource_version}}
-            if state.selector == colour and state.env.get("image") != image:
-                body["data"] = {args.configmap_key: _env_text({**state.env, "image": image})}
+    def _deploy(self, ctx: ApplyContext, kube: Kube, args: CanaryArgs, d: dict[str, Any]) -> dict[str, Any]:
+        """Image, rollout, switch; any failure undoes what this step did, in reverse."""
+        undo = ops.Undo(kube, args, ctx.run_id)
+        name, to = d["deployment"], d["to"]
+        try:
+            replaced = ops.set_image(kube, args, name, to, d["image"], record_current=d["was_complete"])
             if replaced:
-                old, was_complete = replaced[0]
-                if record_current and was_complete:
-                    body["metadata"]["annotations"] = {
-                        HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, add=old)
-                    }
-                elif drop_current:
-                    body["metadata"]["annotations"] = {
-                        HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, drop=old)
-                    }
-            if len(body) > 1 or "annotations" in body["metadata"]:
-                kube.patch("configmap", args.configmap, body, _MERGE)
+                undo.image(name, to, replaced)
+                ctx.emit(f"canary: {name} container '{args.container}' -> {d['image']}")
+            self._wait_or_revert(ctx, kube, args, d, undo)
+            state = read_state(kube, args)
+            if state.selector != to or (state.svc.spec.selector or {}).get(args.selector_label) != to:
+                undo.switched(state.selector, state.env.get("image"))
+                ops.switch(kube, args, to, ctx.run_id, image=d["image"])
+                ctx.emit(f"canary: switched {state.selector} -> {to}")
+        except PlaybookError as exc:
+            if not undo.steps or not args.revert_on_failure:
+                raise
+            done = undo.restore()
+            raise ModuleError(f"{exc.message}; reverted: {', '.join(done)}", path=kube.host) from None
+        return {"selector": to, "image": d["image"]}
 
-        self._retrying(kube, deployment)
-        self._retrying(kube, configmap)
-
-    def _record_healthy(self, kube: Kube, args: CanaryArgs, name: str) -> None:
-        """Record the Deployment's current image as healthy, in the ConfigMap (an annotation on the
-        Deployment itself would bump its generation and look like a new rollout)."""
-        dep = kube.read("deployment", name)
-        image = _container(dep, args.container, kube.host).image
-
-        def annotate() -> None:
-            state = _read_state(kube, args)
-            if _healthy(state.cm, name, args.container)[-1:] == [image]:
-                return
-            kube.patch(
-                "configmap",
-                args.configmap,
-                {
-                    "metadata": {
-                        "resourceVersion": state.cm.metadata.resource_version,
-                        "annotations": {
-                            HEALTHY_ANNOTATION: _healthy_annotation(state.cm, name, args.container, add=image)
-                        },
-                    }
-                },
-                _MERGE,
+    def _set_image(self, ctx: ApplyContext, kube: Kube, args: CanaryArgs, d: dict[str, Any]) -> dict[str, Any]:
+        undo = ops.Undo(kube, args, ctx.run_id)
+        name, colour = d["deployment"], d["colour"]
+        try:
+            replaced = ops.set_image(
+                kube,
+                args,
+                name,
+                colour,
+                d["image"],
+                record_current=d["was_complete"] and args.action == "set_image",
+                drop_current=args.action == "revert",
             )
-
-        self._retrying(kube, annotate)
-
-    def _wait(self, ctx: ApplyContext, kube: Kube, name: str, timeout: float) -> tuple[bool, str]:
-        """Watch the Deployment until its rollout completes or `timeout` passes."""
-        from kubernetes import watch
-
-        deadline = time.monotonic() + timeout
-        dep = kube.read("deployment", name)
-        done, text = rollout_state(dep)
-        rv = dep.metadata.resource_version
-        while not done:
-            left = deadline - time.monotonic()
-            step_left = ctx.remaining()
-            if step_left is not None:
-                left = min(left, step_left)
-            if left <= 0:
-                return False, text
-            w = watch.Watch()
-            try:
-                with kube.call(f"watching deployment '{name}'"):
-                    for event in w.stream(
-                        kube.apps.list_namespaced_deployment,
-                        kube.namespace,
-                        field_selector=f"metadata.name={name}",
-                        resource_version=rv,
-                        timeout_seconds=max(1, min(int(left), 60)),
-                        _request_timeout=left + 10,
-                    ):
-                        obj = event["object"]
-                        if event["type"] == "ERROR" or not hasattr(obj, "metadata"):
-                            break  # e.g. 410 Gone: read again below
-                        rv = obj.metadata.resource_version
-                        done, text = rollout_state(obj)
-                        if done or time.monotonic() >= deadline:
-                            break
-            except ModuleError as exc:
-                if "410" not in str(exc) and "Expired" not in str(exc):
-                    raise
-            finally:
-                w.stop()
+            if replaced:
+                undo.image(name, colour, replaced)
+            ctx.emit(f"canary: {name} container '{args.container}' -> {d['image']}")
+            if args.wait:
+                self._wait_or_revert(ctx, kube, args, d, undo)
+        except PlaybookError as exc:
+            if not args.revert_on_failure:
+                raise
+            done = undo.restore()
+            back = ops.revert_switch(kube, args, colour, ctx.run_id)
+            if back:
+                done.append(f"selector back to {back}")
             if not done:
-                dep = kube.read("deployment", name)
-                done, text = rollout_state(dep)
-                rv = dep.metadata.resource_version
-        return True, text
+                raise
+            raise ModuleError(f"{exc.message}; reverted: {', '.join(done)}", path=kube.host) from None
+        return {"image": d["image"]}
 
-    def _wait_or_revert(
-        self, ctx: ApplyContext, kube: Kube, args: CanaryArgs, colour: str, name: str, previous: str | None
-    ) -> None:
+    def _wait_or_revert(self, ctx: ApplyContext, kube: Kube, args: CanaryArgs, d: dict[str, Any], undo: Any) -> None:
+        """Wait for the rollout; a failed one raises (the caller's `undo` puts things back). For
+        `wait`, which changed nothing itself, the revert goes to the last healthy image."""
+        name = d["deployment"]
         ctx.emit(f"canary: waiting up to {args.timeout_seconds}s for {name} to roll out")
-        ok, text = self._wait(ctx, kube, name, args.timeout_seconds)
+        ok, text = ops.wait_rollout(ctx, kube, name, args.timeout_seconds)
         if ok:
-            self._record_healthy(kube, args, name)
+            ops.record_healthy(kube, args, name)
             ctx.emit(f"canary: {name} rolled out ({text})")
             return
         failure = f"rollout of {name} did not complete within {args.timeout_seconds}s ({text})"
-        if not args.revert_on_failure:
-            raise ModuleError(failure, path=kube.host)
-        dep = kube.read("deployment", name)
-        current = _container(dep, args.container, kube.host).image
-        target = previous
-        if target is None:
-            healthy = [i for i in _healthy(_read_state(kube, args).cm, name, args.container) if i != current]
-            target = healthy[-1] if healthy else None
-        done: list[str] = []
-        if target and target != current:
-            self._set_image(kube, args, name, colour, target)
-            done.append(f"image back to {target}")
-        switched_back = self._revert_switch(kube, args, colour, ctx.run_id)
-        if switched_back:
-            done.append(f"selector back to {switched_back}")
-        if target and target != current:
-            ok, text = self._wait(ctx, kube, name, args.timeout_seconds)
-            done.append("rolled back" if ok else f"rollback not complete yet ({text})")
-        raise ModuleError(
-            f"{failure}; reverted: {', '.join(done) if done else 'nothing recorded to revert to'}", path=kube.host
-        )
+        if "progress deadline exceeded" in text:
+            failure = f"rollout of {name} failed: {text}"
+        if args.action == "wait" and args.revert_on_failure:
+            dep = kube.read("deployment", name)
+            current = container(dep, args.container, kube.host).image
+            older = [i for i in healthy(read_state(kube, args).cm, name, args.container) if i != current]
+            if older:
+                ops.set_image(kube, args, name, d["colour"], older[-1])
+                undo.steps.clear()
+                done = [f"image back to {older[-1]}"]
+                back = ops.revert_switch(kube, args, d["colour"], ctx.run_id)
+                done += [f"selector back to {back}"] if back else []
+                raise ModuleError(f"{failure}; reverted: {', '.join(done)}", path=kube.host)
+        raise ModuleError(failure, path=kube.host)
 
-    def _revert_switch(self, kube: Kube, args: CanaryArgs, colour: str, run_id: str) -> str | None:
-        """Switch back if this run switched to `colour`; the colour switched back to, or None."""
-        state = _read_state(kube, args)
-        try:
-            mark = json.loads((state.cm.metadata.annotations or {}).get(SWITCH_ANNOTATION, "{}"))
-        except ValueError:
-            return None
-        if mark.get("run") != run_id or mark.get("to") != colour or state.selector != colour:
-            return None
-        back = mark.get("from")
-        if back not in args.colours:
-            return None
-        self._switch(kube, args, back, run_id, image=mark.get("image"))
-        return back
+
+def _active(kube: Kube, args: CanaryArgs) -> str:
+    """The active colour in the ConfigMap now."""
+    return read_state(kube, args).selector

@@ -11,6 +11,7 @@ from typing import Any
 
 from engine import templating
 from engine.errors import PlaybookError, TemplateError, ValidationErrors, suggest
+from engine.execute.argcheck import check_choices
 from engine.execute.context import HostContexts
 from engine.execute.graph import build_graph
 from engine.execute.options import RunOptions, resolve_fleets
@@ -77,6 +78,7 @@ def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: st
                             path=_dotted(step.id, path),
                         )
                     )
+        errors += check_choices(step, hosts, contexts.host, lambda path, step=step: _loc(step, path))
     if errors:
         raise ValidationErrors(errors) if len(errors) > 1 else errors[0]
 

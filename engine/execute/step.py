@@ -178,7 +178,7 @@ class StepRunner:
         except CommandTimeout as exc:
             return StepResult(step.id, host, Status.FAILED, f"timed out while planning: {exc}")
         except PlaybookError as exc:
-            if mode == "plan" and changing:
+            if mode == "plan" and changing and not exc.certain:
                 return StepResult(
                     step.id,
                     host,

@@ -13,7 +13,7 @@ from typing import Any
 from engine.errors import ConnectionFailed, ModuleError
 from engine.secrets import SCRUBBER
 
-__all__ = ["Kube", "Conflict", "api_message", "register_kubeconfig_secrets"]
+__all__ = ["Kube", "Conflict", "Forbidden", "api_message", "register_kubeconfig_secrets"]
 
 
 def api_message(exc: Any) -> str:
@@ -74,7 +74,7 @@ class Kube:
             if exc.status == 409:
                 raise Conflict(f"{what}: {msg}") from None
             if exc.status in (401, 403):
-                raise ModuleError(f"{what}: not allowed ({exc.status}): {msg}", path=self.host) from None
+                raise Forbidden(f"{what}: not allowed ({exc.status}): {msg}", path=self.host) from None
             raise ModuleError(f"{what}: API error {exc.status}: {msg}", path=self.host) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ConnectionFailed(
@@ -90,6 +90,20 @@ class Kube:
         with self.call(f"{kind} '{name}'"):
             return fn(name, self.namespace, _request_timeout=30)
 
+    def allowed(self, verb: str, kind: str, name: str | None = None) -> bool:
+        """Whether these credentials may `verb` the `kind` in the namespace (a
+        SelfSubjectAccessReview, which every authenticated user may ask; it changes nothing)."""
+        from kubernetes import client
+
+        group, resource = _RESOURCES[kind]
+        attrs = {"namespace": self.namespace, "verb": verb, "group": group, "resource": resource}
+        if name:
+            attrs["name"] = name
+        review: Any = {"spec": {"resourceAttributes": attrs}}
+        with self.call(f"asking whether {verb} {resource} is allowed"):
+            answer = client.AuthorizationV1Api(self.api).create_self_subject_access_review(review, _request_timeout=30)
+        return bool(answer.status and answer.status.allowed)
+
     def patch(self, kind: str, name: str, body: dict, content_type: str) -> Any:
         fn = {
             "configmap": self.core.patch_namespaced_config_map,
@@ -100,8 +114,17 @@ class Kube:
             return fn(name, self.namespace, body, _content_type=content_type, _request_timeout=30)
 
 
+_RESOURCES = {"configmap": ("", "configmaps"), "service": ("", "services"), "deployment": ("apps", "deployments")}
+
+
 class Conflict(ModuleError):
     """409: the object changed since it was read."""
+
+
+class Forbidden(ModuleError):
+    """401/403, or a permission these credentials lack: certain, whatever runs before the step."""
+
+    certain = True
 
 
 def register_kubeconfig_secrets(path: str | None, context: str | None) -> None:
