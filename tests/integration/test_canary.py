@@ -1,5 +1,6 @@
 """The blue/green canary runbook (playbooks/canary.yml) through the CLI against a real
-kube-apiserver + controller-manager (tests/harness/kube.py): switch, set image by digest, wait,
+kube-apiserver + controller-manager (tests/harness/kube.py): deploy (image by digest, rollout,
+switch),
 automatic revert of a rollout that never becomes ready, revert to a healthy digest."""
 
 from __future__ import annotations
