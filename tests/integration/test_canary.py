@@ -1,7 +1,6 @@
 """The blue/green canary runbook (playbooks/canary.yml) through the CLI against a real
 kube-apiserver + controller-manager (tests/harness/kube.py): deploy (image by digest, rollout,
-switch),
-automatic revert of a rollout that never becomes ready, revert to a healthy digest."""
+switch), automatic revert of a rollout that never becomes ready, revert to a healthy digest."""
 
 from __future__ import annotations
 
