@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from engine.module import arg
 from engine.secrets import SCRUBBER
 
-__all__ = ["HttpCheck", "PrometheusCheck", "Analysis", "measure_http", "measure_prometheus", "run_analysis"]
+__all__ = ["HttpCheck", "PrometheusCheck", "Analysis", "measure", "measure_http", "measure_prometheus", "run_analysis"]
 
 
 @dataclass(frozen=True)
