@@ -28,8 +28,10 @@ from typing import Any, ClassVar, Literal
 from engine.errors import ArgError, ModuleError, PlaybookError
 from engine.model.results import Plan
 from engine.module import ApplyContext, PlanContext, arg, register
+from modules._support import canary_bluegreen as bluegreen
 from modules._support import canary_ops as ops
 from modules._support import canary_plan as planning
+from modules._support.canary_analysis import Analysis
 from modules._support.canary_state import (
     HEALTHY_ANNOTATION,
     SWITCH_ANNOTATION,
@@ -43,13 +45,13 @@ from modules._support.kube import Kube
 
 __all__ = ["CanarySwitch", "CanaryArgs", "rollout_state", "HEALTHY_ANNOTATION", "SWITCH_ANNOTATION"]
 
-Action = Literal["deploy", "switch", "set_image", "wait", "revert"]
+Action = Literal["deploy", "pause", "promote", "abort", "switch", "set_image", "wait", "revert"]
 
 
 @dataclass(frozen=True)
 class CanaryArgs:
     action: Action = arg(
-        doc="`deploy` a colour (image, rollout, then switch), `switch` the active colour, `set_image` on a colour's Deployment, `wait` for its rollout, or `revert` it to a healthy digest."
+        doc="`deploy` a colour (image, rollout, checks, then switch), `pause` after the preview is ready, `promote` the previewed colour, `abort` it, `switch` the active colour, `set_image` on a colour's Deployment, `wait` for its rollout, or `revert` it to a healthy digest."
     )
     to: str | None = arg(None, doc="`switch`: the colour to make active (default: the other one).")
     colour: str | None = arg(
@@ -73,6 +75,18 @@ class CanaryArgs:
     timeout_seconds: int = arg(
         300,
         doc="How long a rollout may take before it counts as failed (a Deployment reporting ProgressDeadlineExceeded fails at once).",
+    )
+    preview_service: str | None = arg(
+        None,
+        doc="The preview Service (Argo's `previewService`): `deploy`/`pause` point it at the idle colour once rolled out, before promotion; created with `service`'s ports when missing.",
+    )
+    analysis: Analysis | None = arg(
+        None,
+        doc="Checks before promotion (`prePromotionAnalysis`) and, for `watch_seconds`, after it (`postPromotionAnalysis`): an `http` check and/or a `prometheus` query, `count` times every `interval` seconds.",
+    )
+    watch_seconds: int = arg(
+        0,
+        doc="After promotion, run `analysis` every `interval` for this long; a failed check switches the selector back at once (the old colour was never scaled down).",
     )
     revert_on_failure: bool = arg(
         True,
@@ -115,6 +129,8 @@ class CanarySwitch:
             try:
                 if args.action in ("deploy", "set_image"):
                     require_digest(args.image, where)
+                if bluegreen.uses_bluegreen(args):
+                    return bluegreen.plan_bluegreen(kube, args, state, where)
                 if args.action == "switch":
                     return planning.plan_switch(kube, args, state, where)
                 if args.action == "deploy":
@@ -138,6 +154,8 @@ class CanarySwitch:
                 back = ops.revert_switch(kube, args, _active(kube, args), ctx.run_id)
                 done = f"selector back to {back}" if back else "nothing (the switch was changed since)"
                 raise ModuleError(f"{d['error']}; reverted: {done}", path=kube.host)
+            if d.get("bluegreen"):
+                return bluegreen.apply_bluegreen(ctx, kube, args, d)
             if args.action == "switch":
                 ops.switch(kube, args, d["to"], ctx.run_id)
                 ctx.emit(f"canary: switched {d['from']} -> {d['to']}")

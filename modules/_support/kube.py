@@ -90,6 +90,24 @@ class Kube:
         with self.call(f"{kind} '{name}'"):
             return fn(name, self.namespace, _request_timeout=30)
 
+    def find(self, kind: str, name: str) -> Any:
+        """Like `read`, but None when the object does not exist."""
+        from kubernetes.client.exceptions import ApiException
+
+        fn = {"service": self.core.read_namespaced_service, "deployment": self.apps.read_namespaced_deployment}[kind]
+        with self.call(f"{kind} '{name}'"):
+            try:
+                return fn(name, self.namespace, _request_timeout=30)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def create(self, kind: str, body: Any) -> Any:
+        fn = {"service": self.core.create_namespaced_service}[kind]
+        with self.call(f"creating {kind} '{body['metadata']['name']}'"):
+            return fn(self.namespace, body, _request_timeout=30)
+
     def allowed(self, verb: str, kind: str, name: str | None = None) -> bool:
         """Whether these credentials may `verb` the `kind` in the namespace (a
         SelfSubjectAccessReview, which every authenticated user may ask; it changes nothing)."""

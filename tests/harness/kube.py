@@ -395,6 +395,7 @@ class KubeCluster:
                             "resources": ["deployments"],
                             "verbs": ["get", "list", "watch", "patch", "update"],
                         },
+                        {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},  # a preview
                         {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
                         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
                     ],

@@ -136,3 +136,29 @@ def ctxs(kube_cluster, ns: str, run_id: str = "r1", context: str = "test"):
         host="wp-prod", step="canary", vars={}, run_id=run_id, release_id="rel", state_dir="/tmp", target=target
     )
     return PlanContext(**common), ApplyContext(mode="run", **common)
+
+
+@pytest.fixture(scope="session")
+def metrics(tmp_path_factory):
+    """A loopback HTTP server (`/healthz`, `/metrics` with `canary_error_ratio`) and a real
+    Prometheus scraping it; yields (loopback, prometheus) with the ratio at 0.01 and the API
+    already answering it."""
+    import os
+
+    from tests.harness.prometheus import Loopback, Prometheus, missing_prometheus
+
+    missing = missing_prometheus()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} missing: .ci/test installs it")
+        pytest.skip(f"{missing} missing")
+    loop = Loopback().start()
+    loop.gauges["canary_error_ratio"] = 0.01
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), loop.url.split("//", 1)[1])
+    try:
+        prom.start()
+        prom.wait_for_value("canary_error_ratio", 0.01)
+        yield loop, prom
+    finally:
+        prom.stop()
+        loop.stop()
