@@ -88,6 +88,10 @@ class CanaryArgs:
         0,
         doc="After promotion, run `analysis` every `interval` for this long; a failed check switches the selector back at once (the old colour was never scaled down).",
     )
+    scale_down_delay: int | None = arg(
+        None,
+        doc="After a promotion (and its watch) passed, keep the old colour running this many seconds more (Argo's `scaleDownDelaySeconds`), then scale its Deployment to 0; its replicas are recorded on the ConfigMap and restored when that colour is next deployed. Unset: never scaled down.",
+    )
     revert_on_failure: bool = arg(
         True,
         doc="Restore the previous image (and the selector, if this run switched it) when the rollout fails or times out.",

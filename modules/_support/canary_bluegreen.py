@@ -26,6 +26,7 @@ from modules._support.canary_state import (
     read_state,
     require_digest,
     rollout_state,
+    scaled_down,
 )
 from modules._support.kube import Kube
 
@@ -71,7 +72,13 @@ def plan_bluegreen(kube: Kube, args: Any, state: State, where: str) -> Plan:
     writes: list[tuple[str, str, str]] = []
     steps: list[str] = []
     pause = args.action in ("deploy", "pause")
+    scale_up = scaled_down(state.cm).get(dep.metadata.name) if dep.spec.replicas == 0 else None
     if pause:
+        if scale_up:
+            header = f"deployment/{dep.metadata.name} replicas ({kube.namespace})"
+            diffs.append(Diff(header=header, before="replicas: 0\n", after=f"replicas: {scale_up}\n"))
+            writes.append(("patch", "deployment", dep.metadata.name))
+            steps.append(f"scale {dep.metadata.name} back to {scale_up}")
         if current != image:
             diffs.append(image_diff(kube, dep, args.container, current, image))
             writes.append(("patch", "deployment", dep.metadata.name))
@@ -107,6 +114,8 @@ def plan_bluegreen(kube: Kube, args: Any, state: State, where: str) -> Plan:
         steps.append(f"switch {active} -> {target}")
         if args.analysis is not None and args.watch_seconds:
             steps.append(f"watch {args.watch_seconds}s")
+        if args.scale_down_delay is not None:
+            steps.append(f"scale {active} down after {args.scale_down_delay}s more")
     if not diffs and complete is True:
         why = f"preview {args.preview_service} selects '{target}', rolled out on {image}"
         return Plan.no_change(why, outputs=outputs, fingerprint=fp)
@@ -114,7 +123,7 @@ def plan_bluegreen(kube: Kube, args: Any, state: State, where: str) -> Plan:
     data = {"args": args, "bluegreen": True, "target": target, "active": active, "deployment": dep.metadata.name}
     data.update(image=image, previous=current, was_complete=complete is True, pause=pause)
     data.update(create_preview=preview is None and bool(args.preview_service))
-    data.update(preview_from=on_preview, promote=args.action != "pause")
+    data.update(preview_from=on_preview, promote=args.action != "pause", scale_up=scale_up)
     return Plan.will_change(", then ".join(steps), diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data=data)
 
 
@@ -171,6 +180,9 @@ def apply_bluegreen(ctx: Any, kube: Kube, args: Any, d: dict[str, Any]) -> dict[
             replaced = ops.set_image(kube, args, name, target, d["image"], record_current=d["was_complete"])
             if replaced:
                 undo.image(name, target, replaced)
+            if d["scale_up"]:  # after the image: the one it had when scaled down is recorded healthy
+                ops.scale(kube, args, name, d["scale_up"])
+                undo.steps.append(("replicas back to 0", lambda: ops.scale(kube, args, name, 0, d["scale_up"])))
             ok, text = ops.wait_rollout(ctx, kube, name, args.timeout_seconds)
             if not ok:
                 raise ModuleError(f"rollout of {name} did not complete ({text})", path=kube.host)
@@ -200,7 +212,29 @@ def apply_bluegreen(ctx: Any, kube: Kube, args: Any, d: dict[str, Any]) -> dict[
             done = switched.restore()
             raise ModuleError(f"post-promotion check failed: {failed}; reverted: {', '.join(done)}", path=kube.host)
     ops.record_healthy(kube, args, name)
+    if args.scale_down_delay is not None:
+        _scale_down_later(ctx, kube, args, active, target)
     return {"selector": target, "image": d["image"]}
+
+
+def _scale_down_later(ctx: Any, kube: Kube, args: Any, old: str, target: str) -> None:
+    """Keep the old colour warm for `scale_down_delay` (Argo's scaleDownDelaySeconds), then scale
+    it to 0, recording its replicas so the next deploy of that colour restores them."""
+    name = args.deployment.format(colour=old)
+    left = ctx.remaining()
+    delay = float(args.scale_down_delay)
+    if left is not None and left < delay + 30:
+        ctx.emit(f"canary: {name} kept running: the step's timeout comes before scale_down_delay ends")
+        return
+    ctx.emit(f"canary: keeping {name} warm for {args.scale_down_delay}s")
+    time.sleep(delay)
+    if read_state(kube, args).selector != target:
+        ctx.emit(f"canary: {name} kept running: the active colour changed meanwhile")
+        return
+    replicas = kube.read("deployment", name).spec.replicas
+    if replicas:
+        ops.scale(kube, args, name, 0, record=replicas)
+        ctx.emit(f"canary: scaled {name} down (it had {replicas} replicas)")
 
 
 def _watch(ctx: Any, args: Any) -> str | None:

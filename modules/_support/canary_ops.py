@@ -15,12 +15,14 @@ from typing import Any
 from engine.errors import ModuleError, PlaybookError
 from modules._support.canary_state import (
     HEALTHY_ANNOTATION,
+    SCALED_ANNOTATION,
     SWITCH_ANNOTATION,
     container,
     env_text,
     healthy_annotation,
     read_state,
     rollout_state,
+    scaled_down,
     switch_mark,
 )
 from modules._support.kube import Conflict
@@ -29,6 +31,7 @@ __all__ = [
     "retrying",
     "switch",
     "point_service",
+    "scale",
     "set_image",
     "record_healthy",
     "wait_rollout",
@@ -86,6 +89,31 @@ def point_service(kube: Any, name: str, label: str, to: str) -> None:
         kube.patch("service", name, body, SMP)
 
     retrying(kube, patch)
+
+
+def scale(kube: Any, args: Any, name: str, replicas: int, record: int | None = None) -> None:
+    """Set the Deployment's replicas; the ConfigMap records `record` (the replicas it had) when
+    scaling down, and forgets the Deployment when scaling it back up."""
+
+    def deployment() -> None:
+        dep = kube.read("deployment", name)
+        if dep.spec.replicas == replicas:
+            return
+        body = {"metadata": {"resourceVersion": dep.metadata.resource_version}, "spec": {"replicas": replicas}}
+        kube.patch("deployment", name, body, SMP)
+
+    def configmap() -> None:
+        state = read_state(kube, args)
+        was = scaled_down(state.cm)
+        now = {**was, name: record} if record else {k: v for k, v in was.items() if k != name}
+        if now == was:
+            return
+        text = json.dumps(now, separators=(",", ":"), sort_keys=True)
+        meta = {"resourceVersion": state.cm.metadata.resource_version, "annotations": {SCALED_ANNOTATION: text}}
+        kube.patch("configmap", args.configmap, {"metadata": meta}, MERGE)
+
+    retrying(kube, deployment)
+    retrying(kube, configmap)
 
 
 def set_image(

@@ -78,6 +78,8 @@ def plan_switch(kube: Kube, args: Any, state: State, where: str) -> Plan:
     current = state.selector
     to = colour_arg(args, args.to or other(args, current), where, "to")
     dep = kube.read("deployment", args.deployment.format(colour=to))  # never switch to nothing
+    if dep.spec.replicas == 0 and current != to:
+        raise ModuleError(f"{dep.metadata.name} is scaled down to 0: deploy (or pause) it first", path=kube.host)
     svc_sel = dict(state.svc.spec.selector or {})
     image = state.env.get("image", "")
     outputs = {"selector": to, "colour": to, "deployment": dep.metadata.name, "image": image}

@@ -14,6 +14,8 @@ from engine.errors import ArgError, ModuleError
 __all__ = [
     "HEALTHY_ANNOTATION",
     "SWITCH_ANNOTATION",
+    "SCALED_ANNOTATION",
+    "scaled_down",
     "KEEP_HEALTHY",
     "DIGEST_REF",
     "CanaryConfig",
@@ -31,6 +33,7 @@ __all__ = [
 
 HEALTHY_ANNOTATION = "playbook.dev/healthy-images"
 SWITCH_ANNOTATION = "playbook.dev/last-switch"
+SCALED_ANNOTATION = "playbook.dev/scaled-down"
 KEEP_HEALTHY = 10
 DIGEST_REF = re.compile(r"[^\s@]+@sha256:[0-9a-f]{64}")
 
@@ -137,6 +140,17 @@ def switch_mark(cm: Any) -> dict[str, Any]:
     except (ValueError, AttributeError):
         return {}
     return mark if isinstance(mark, dict) else {}
+
+
+def scaled_down(cm: Any) -> dict[str, int]:
+    """Deployments this module scaled to 0 after a promotion, with the replicas they had."""
+    try:
+        record = json.loads((cm.metadata.annotations or {}).get(SCALED_ANNOTATION, "{}"))
+    except (ValueError, AttributeError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {str(k): v for k, v in record.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
 
 
 def rollout_state(dep: Any) -> tuple[bool | None, str]:

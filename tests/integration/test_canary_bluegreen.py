@@ -28,6 +28,7 @@ def checks(metrics, **extra: str) -> list[str]:
         "checks": "2",
         "check_interval": "0.2",
         "watch_seconds": "0",
+        "scale_down_delay": "0",
         "rollout_timeout": "120",
         **extra,
     }
@@ -67,7 +68,10 @@ def test_pause_promote_abort_are_idempotent_and_planned(canary, metrics, capsys)
     code, doc = cli(capsys, "plan", str(PLAYBOOK), *promote)
     assert code == 2, doc
     plan = results(doc)["canary"]["plan"]
-    assert plan["reason"] == "2 pre-promotion checks every 0.2s, then switch blue -> green"
+    assert (
+        plan["reason"]
+        == "2 pre-promotion checks every 0.2s, then switch blue -> green, then scale blue down after 0s more"
+    )
     assert [d["header"] for d in plan["diffs"]] == [
         f"configmap/canary-env data.canaryEnv ({ns})",
         f"service/canary spec.selector ({ns})",
@@ -80,12 +84,18 @@ def test_pause_promote_abort_are_idempotent_and_planned(canary, metrics, capsys)
     assert env == {"selector": "green", "image": B} and selector == {"app": "green"}
     code, doc = cli(capsys, "run", str(PLAYBOOK), *promote)
     assert code == 0 and results(doc)["canary"]["status"] == "ok", doc
+    _, _, blue = live(core, apps, ns, "blue")
+    assert blue["dep"].spec.replicas == 0  # scale_down_delay 0: scaled down once promoted
 
-    # blue is now idle: preview a release there, then abort it
-    code, doc = cli(
-        capsys, "run", str(PLAYBOOK), *base, *checks(metrics), "-e", "canary_action=pause", "-e", f"canary_image={B}"
-    )
+    # blue is now idle: preview a release there (scaled back up first), then abort it
+    pause_blue = [*base, *checks(metrics), "-e", "canary_action=pause", "-e", f"canary_image={B}"]
+    code, doc = cli(capsys, "plan", str(PLAYBOOK), *pause_blue)
+    diffs = {d["header"]: (d["before"], d["after"]) for d in results(doc)["canary"]["plan"]["diffs"]}
+    assert diffs[f"deployment/blue-deployment replicas ({ns})"] == ("replicas: 0\n", "replicas: 2\n"), doc
+    code, doc = cli(capsys, "run", str(PLAYBOOK), *pause_blue)
     assert code == 0 and preview_colour(core, ns) == "blue", doc
+    _, _, blue = live(core, apps, ns, "blue")
+    assert blue["dep"].spec.replicas == 2 and blue["dep"].status.ready_replicas == 2
     abort = [*base, *checks(metrics), "-e", "canary_action=abort"]
     code, doc = cli(capsys, "plan", str(PLAYBOOK), *abort)
     assert code == 2 and len(results(doc)["canary"]["plan"]["diffs"]) == 2, doc
