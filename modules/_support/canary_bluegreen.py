@@ -48,6 +48,11 @@ def plan_bluegreen(kube: Kube, args: Any, state: State, where: str) -> Plan:
         return _plan_abort(kube, args, state, preview, on_preview)
     active = state.selector
     if args.action == "promote":
+        if not args.colour and on_preview not in args.colours:
+            shown = "does not exist" if preview is None else f"selects {on_preview!r}"
+            raise ArgError(
+                f"nothing to promote: preview '{args.preview_service}' {shown}: `pause` (or `deploy`) first", path=where
+            )
         target = colour_arg(args, args.colour or on_preview, where)
     else:
         target = colour_arg(args, args.colour or other(args, active), where)
@@ -85,7 +90,9 @@ def plan_bluegreen(kube: Kube, args: Any, state: State, where: str) -> Plan:
             steps.append(f"roll {dep.metadata.name} to {image}")
         elif complete is not True:
             steps.append(f"wait for {dep.metadata.name}")
-        if preview is None:
+        if not args.preview_service:
+            pass  # `deploy` with checks but no preview: the checks name what they look at
+        elif preview is None:
             header = f"service/{args.preview_service} (created from service/{args.service}) ({kube.namespace})"
             diffs.append(Diff(header=header, before="", after=f"{args.selector_label}: {target}\n"))
             writes.append(("create", "service", ""))
@@ -102,6 +109,8 @@ def plan_bluegreen(kube: Kube, args: Any, state: State, where: str) -> Plan:
         )
     elif current != image:
         raise ArgError(f"{dep.metadata.name} runs {current}, not {image}: `pause` (or `deploy`) it first", path=where)
+    elif complete is not True:
+        raise ModuleError(f"{dep.metadata.name} is not rolled out ({text}): `pause` again first", path=kube.host)
     if args.action != "pause":
         env_after = {**state.env, "selector": target, "image": image}
         diffs.append(env_diff(kube, args, state, env_after))

@@ -48,6 +48,14 @@ def preview_colour(core, ns: str) -> str:
 def test_pause_promote_abort_are_idempotent_and_planned(canary, metrics, capsys):
     ns, core, apps, base = canary
     set_ratio(metrics, 0.01)
+    promote = [*base, *checks(metrics), "-e", "canary_action=promote"]
+    code, doc = cli(capsys, "plan", str(PLAYBOOK), *promote)  # nothing previewed yet: a certain error
+    r = results(doc)["canary"]
+    assert (
+        code == 1
+        and r["status"] == "failed"
+        and "nothing to promote: preview 'canary-preview' does not exist" in r["message"]
+    )
     pause = [*base, *checks(metrics), "-e", "canary_action=pause", "-e", f"canary_image={B}"]
     code, doc = cli(capsys, "plan", str(PLAYBOOK), *pause)
     assert code == 2, doc
@@ -64,7 +72,6 @@ def test_pause_promote_abort_are_idempotent_and_planned(canary, metrics, capsys)
     code, doc = cli(capsys, "run", str(PLAYBOOK), *pause)
     assert code == 0 and results(doc)["canary"]["status"] == "ok", doc  # idempotent
 
-    promote = [*base, *checks(metrics), "-e", "canary_action=promote"]
     code, doc = cli(capsys, "plan", str(PLAYBOOK), *promote)
     assert code == 2, doc
     plan = results(doc)["canary"]["plan"]
