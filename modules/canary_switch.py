@@ -31,7 +31,7 @@ from engine.module import ApplyContext, PlanContext, arg, register
 from modules._support import canary_bluegreen as bluegreen
 from modules._support import canary_ops as ops
 from modules._support import canary_plan as planning
-from modules._support.canary_analysis import Analysis
+from modules._support.canary_analysis import Analysis, check_analysis
 from modules._support.canary_state import (
     HEALTHY_ANNOTATION,
     SWITCH_ANNOTATION,
@@ -125,6 +125,9 @@ class CanarySwitch:
             raise ArgError(f"'colours' must be two different names (got {list(args.colours)})", path=where)
         if args.timeout_seconds < 1:
             raise ArgError(f"'timeout_seconds' must be at least 1 (got {args.timeout_seconds})", path=where)
+        if args.watch_seconds < 0 or (args.scale_down_delay or 0) < 0:
+            raise ArgError("'watch_seconds' and 'scale_down_delay' must not be negative", path=where)
+        check_analysis(args.analysis, where)
         if args.image == "":
             args = dataclasses.replace(args, image=None)  # an unset playbook var renders as ""
         kube = Kube(ctx.target, ctx.step)

@@ -15,10 +15,20 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.errors import ArgError
 from engine.module import arg
 from engine.secrets import SCRUBBER
 
-__all__ = ["HttpCheck", "PrometheusCheck", "Analysis", "measure", "measure_http", "measure_prometheus", "run_analysis"]
+__all__ = [
+    "check_analysis",
+    "HttpCheck",
+    "PrometheusCheck",
+    "Analysis",
+    "measure",
+    "measure_http",
+    "measure_prometheus",
+    "run_analysis",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,29 @@ class Analysis:
     prometheus: PrometheusCheck | None = arg(None, doc="A Prometheus instant query with a threshold.")
     count: int = arg(3, doc="How many measurements of each check; every one must pass.")
     interval: float = arg(5.0, doc="Seconds between measurements (and, while watching, between checks).")
+
+
+def check_analysis(analysis: Analysis | None, where: str) -> None:
+    """The rules the checks' arguments must follow, as ArgErrors (certain: bad whatever runs first)."""
+    if analysis is None:
+        return
+    if analysis.http is None and analysis.prometheus is None:
+        raise ArgError("'analysis' needs 'http' or 'prometheus' (or both)", path=where)
+    if analysis.count < 1:
+        raise ArgError(f"'analysis.count' must be at least 1 (got {analysis.count})", path=where)
+    if analysis.interval <= 0:
+        raise ArgError(f"'analysis.interval' must be more than 0 (got {analysis.interval:g})", path=where)
+    for check in (analysis.http, analysis.prometheus):
+        if check is not None and urllib.parse.urlsplit(check.url).scheme not in ("http", "https"):
+            raise ArgError(f"'{check.url}' must be an http(s) URL", path=where)
+    prom = analysis.prometheus
+    if prom is not None and prom.at_most is None and prom.at_least is None:
+        raise ArgError("'analysis.prometheus' needs 'at_most' or 'at_least'", path=where)
+    if analysis.http is not None and analysis.http.body is not None:
+        try:
+            re.compile(analysis.http.body)
+        except re.error as exc:
+            raise ArgError(f"'analysis.http.body' must be a regular expression ({exc})", path=where) from None
 
 
 def _get(url: str, timeout: float) -> tuple[int, bytes]:
@@ -73,9 +106,14 @@ def measure_prometheus(check: PrometheusCheck) -> tuple[float | None, str | None
     url = check.url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": check.query})
     try:
         status, raw = _get(url, check.timeout)
-        doc = json.loads(raw)
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         return None, f"prometheus {check.url}: {SCRUBBER.scrub(str(getattr(exc, 'reason', exc)))[:200]}"
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return None, f"prometheus {check.url}: status {status}, not a Prometheus API answer"
     if status != 200 or doc.get("status") != "success":
         return None, f"prometheus query {check.query!r}: {doc.get('error') or f'status {status}'}"
     data = doc.get("data") or {}
