@@ -59,7 +59,16 @@ class Loopback:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                # a scrape cut short (Prometheus's timeout under load) must not print a traceback
+                # into whichever test's output is being captured at that moment
+                import sys
+
+                owner.errors.append(repr(sys.exc_info()[1])[:200])
+
+        self.errors: list[str] = []
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="loopback-http", daemon=True)
 

@@ -138,7 +138,7 @@ def ctxs(kube_cluster, ns: str, run_id: str = "r1", context: str = "test"):
     return PlanContext(**common), ApplyContext(mode="run", **common)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def metrics(tmp_path_factory):
     """A loopback HTTP server (`/healthz`, `/metrics` with `canary_error_ratio`) and a real
     Prometheus scraping it; yields (loopback, prometheus) with the ratio at 0.01 and the API
