@@ -51,7 +51,8 @@ def check_choices(
             if value not in choices:
                 errors.append(
                     ArgError(
-                        f"'{name}' must be {expected_name(hints[name])} (got {describe_value(value)})",
+                        f"'{name}' must be {expected_name(hints[name])} (got {describe_value(value)})"
+                        + (f" for host {h}" if h else ""),
                         location=location(("args", name)),
                         path=f"steps.{step.id}.args.{name}",
                     )
