@@ -3,7 +3,8 @@
 `execute` is one plan or run. What the `playbook` command does around it is here too, so any
 Python caller gets it: `run` records a run in the history and the artifact records,
 `prepare_resume` continues an interrupted run, `save_plan` / `prepare_apply` write a plan and
-apply exactly it, `prepare_rollback` goes back to a recorded release. The CLI (`engine.cli`)
+apply exactly it, `prepare_rollback` goes back to a recorded release, `drift` compares the hosts with what was
+deployed there. The CLI (`engine.cli`)
 parses, calls these, and prints.
 """
 
@@ -28,6 +29,8 @@ from engine.record.savedplan import file_hash
 if TYPE_CHECKING:  # imported where used: `load` and `open_early` must not wait for the graph library
     from engine.connection.pool import ConnectionPool
     from engine.execute.scheduler import Executor
+    from engine.execute.shard import Shard
+    from engine.record.drift import DriftReport
     from engine.record.live import RollbackReport
     from engine.record.plansign import PlanKey
     from engine.record.rollback import RollbackPlan
@@ -46,6 +49,7 @@ __all__ = [
     "resolve_secrets",
     "run",
     "prepare_resume",
+    "prepare_part",
     "plan_key",
     "CONFIGURED_KEY",
     "save_plan",
@@ -54,6 +58,7 @@ __all__ = [
     "Rollback",
     "prepare_rollback",
     "rollback_report",
+    "drift",
 ]
 
 
@@ -66,12 +71,12 @@ def load(playbook_path: str, inventory_path: str | None = None) -> Loaded:
     return Loaded(pb, inv)
 
 
-def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None) -> None:
+def check(loaded: Loaded, extra_vars: Mapping[str, Any] | None = None, limit: str | None = None, **kw: Any) -> None:
     """Everything that can be known wrong without touching a host (engine/execute/check.py);
     raises ValidationErrors listing every problem."""
     from engine.execute.check import check as check_loaded  # jinja2 and networkx: not for `load`
 
-    check_loaded(loaded, extra_vars, limit)
+    check_loaded(loaded, extra_vars, limit, **kw)
 
 
 def new_run_id() -> str:
@@ -151,16 +156,23 @@ def execute(
 
         release = getattr(pool, "release", None)
     taken: list[tuple[str, list[str], Any]] = []
+    shared: list[Any] = []
     try:
         executor = Executor(
             loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release, prewarm=not warming
         )
         if on_executor:
             on_executor(executor)
-        if options.mode == "run" and options.locks:
+        if options.mode == "run" and options.locks and options.state:
+            from engine.execute.sharded import shared_locks
+
+            shared = shared_locks(loaded.playbook, executor.fleet_hosts, options)  # instead of the hosts' locks
+        elif options.mode == "run" and options.locks:
             taken = _acquire_locks(loaded.playbook, executor, connect, options)
         return executor.execute()
     finally:
+        for lock in shared:
+            lock.release()
         for path, hosts, info in taken:
             release_all({h: functools.partial(connect, h) for h in hosts}, path, info.run_id, workers=options.forks)
         if pool is not None:
@@ -173,7 +185,9 @@ def _acquire_locks(
     """Take every locked fleet's deploy lock on all its hosts before any step starts; a lock
     held by another run fails the whole run at once, naming the holder (nothing has run)."""
     taken: list[tuple[str, list[str], Any]] = []
-    info = LockInfo.create(run_id=options.run_id, playbook=playbook.path)
+    # the shards of one run share its locks (hosts may share one lock directory, as in tests)
+    owner = options.run_id.rsplit(".", 1)[0] if options.shard is not None else options.run_id
+    info = LockInfo.create(run_id=owner, playbook=playbook.path)
     try:
         for name, fleet in playbook.fleets.items():
             hosts = [
@@ -221,11 +235,13 @@ def run(
     notifier = None
     if options.mode == "run":
         from engine.record.deployed import ArtifactRecorder
-        from engine.record.history import History, HistoryRecorder
+        from engine.record.history import HistoryRecorder
+        from engine.record.state import open_history
         from engine.secrets import SCRUBBER
 
-        history = History(options.state_dir)
-        options.run_id = new_run_id()
+        history = open_history(options.state, options.state_dir)
+        if options.shard is None:  # a part of a sharded run keeps the run's id (engine/execute/sharded.py)
+            options.run_id = new_run_id()
         options.release_id = options.release_id or _unused_release_id(history)
         subs.insert(
             0,
@@ -296,9 +312,9 @@ def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> bool:
     resuming would put two trees under one release. The sources are planned again, read-only,
     on the controller to know; no host is contacted."""
     from engine.errors import ResumeRefused
-    from engine.record.history import History
+    from engine.record.state import open_history
 
-    hist = History(options.state_dir)
+    hist = open_history(options.state, options.state_dir)
     try:
         rec = hist.run(run_id)
         if rec is None or rec.mode != "run":
@@ -338,6 +354,42 @@ def prepare_resume(loaded: Loaded, options: RunOptions, run_id: str) -> bool:
     options.resumed_from = rec.run_id
     options.done = done
     return True
+
+
+def prepare_part(loaded: Loaded, options: RunOptions, shard: Shard, run_id: str, *, resume: bool = False) -> Loaded:
+    """Make `options` one part of a sharded run (`--shard`, engine/execute/sharded.py) and
+    return the playbook that part runs: shard I/N's hosts and steps, or the coordinator's
+    steps that run once, after every shard of run `run_id` finished."""
+    from engine.execute.sharded import prepare_coordinator, prepare_shard
+
+    if shard.coordinator:
+        return prepare_coordinator(loaded, options, run_id)
+    part = prepare_shard(loaded, options, shard, run_id, resume=resume)
+    if options.mode == "run" and not resume:
+        _pin_sources(part, options, run_id)
+    return part
+
+
+def _pin_sources(loaded: Loaded, options: RunOptions, run_id: str) -> None:
+    """Every shard of a `run` deploys the sources the first shard saw (engine/record/state/pins.py):
+    fetched here, read-only, compared with the pinned digests, then given to the run as done."""
+    from engine.execute.shard import ShardError
+    from engine.record.state.pins import pin_sources
+
+    names = {s.id[len("sources.") :] for s in loaded.playbook.steps if s.id.startswith("sources.")}
+    fresh = _plan_sources(loaded, options, names)
+    ready = {n: r for n, r in fresh.items() if r.status.value in ("ok", "changed")}  # a failure fails the run
+    pinned = pin_sources(
+        options.state, options.state_dir, run_id, {n: r.outputs.get("digest") for n, r in ready.items()}
+    )
+    for name, result in sorted(ready.items()):
+        if name in pinned and pinned[name] != result.outputs.get("digest"):
+            raise ShardError(
+                f"source '{name}' is {result.outputs.get('digest')} for shard {options.shard}, but the first shard "
+                f"of run {run_id} deployed {pinned[name]}: it changed while the shards started. Restore it and "
+                f"run this shard again, or start a new run (a new run id and release) for every shard"
+            )
+    options.done = {**(options.done or {}), **{(f"sources.{n}", None): dict(r.outputs) for n, r in ready.items()}}
 
 
 def _plan_sources(loaded: Loaded, options: RunOptions, names: set[str]) -> dict[str, Any]:
@@ -425,14 +477,22 @@ class SavedApply:
 
 
 def prepare_apply(
-    plan_file: str, *, secrets: Sequence[str] = (), forks: int = 50, state_dir: str = ".playbook", verbose: int = 0
+    plan_file: str,
+    *,
+    secrets: Sequence[str] = (),
+    forks: int = 50,
+    state_dir: str = ".playbook",
+    verbose: int = 0,
+    shard: Shard | None = None,
+    state: str = "",
 ) -> SavedApply:
     """Load a saved plan and check it still holds (`playbook apply`). Refused, with nothing
     changed anywhere, when the file does not verify (`UntrustedPlan`: altered, unsigned while a
     key is configured, signed with another key; engine/record/savedplan.py), and (`StalePlan`)
     when its playbook or inventory changed, the secret vars differ from the plan's, or a fresh
     read-only plan from the same inputs differs from it on any node (change, diffs or
-    fingerprint), naming each host and step."""
+    fingerprint), naming each host and step. With `shard`, only that part of the plan is checked
+    and applied (engine/execute/sharded.py), as part of the run named by the plan's run id."""
     from engine.errors import StalePlan
     from engine.record.savedplan import check_files, drift, load_plan
 
@@ -451,6 +511,17 @@ def prepare_apply(
         raise StalePlan(f"refusing to apply {plan_file}: {why}", [])
     extra.update(found)
     check(loaded, extra, saved.limit)
+    state = state or loaded.playbook.state or loaded.inventory.state
+    state = "" if state == "local" else state
+    scope = RunOptions(mode="run", limit=saved.limit, release_id=saved.release_id, state_dir=state_dir, state=state)
+    if shard is not None:
+        from engine.execute.sharded import prepare_coordinator, prepare_shard, shard_nodes
+
+        if shard.coordinator:
+            loaded = prepare_coordinator(loaded, scope, saved.run_id)
+        else:
+            loaded = prepare_shard(loaded, scope, shard, saved.run_id)
+        saved = dataclasses.replace(saved, nodes=shard_nodes(saved.nodes, loaded, scope))
     verify = RunOptions(
         mode="plan",
         forks=forks,
@@ -459,6 +530,10 @@ def prepare_apply(
         release_id=saved.release_id,
         state_dir=state_dir,
         verbose=verbose,
+        shard=scope.shard,
+        only_hosts=scope.only_hosts,
+        recorded=scope.recorded,
+        state=state,
     )
     fresh = execute(loaded, verify)
     drifted = drift(saved, fresh)
@@ -479,6 +554,12 @@ def prepare_apply(
         state_dir=state_dir,
         verbose=verbose,
         expected=saved.nodes,
+        run_id=scope.run_id if shard is not None else "",
+        shard=scope.shard,
+        only_hosts=scope.only_hosts,
+        recorded=scope.recorded,
+        state=state,
+        budget=scope.budget,
     )
     return SavedApply(loaded, options, saved.plan_hash, frozenset(found))
 
@@ -519,9 +600,9 @@ def prepare_rollback(
     from engine.connection.pool import ConnectionPool
     from engine.errors import RollbackRefused
     from engine.model.config import CONTROLLER
-    from engine.record.history import History
     from engine.record.live import live_from, live_state_playbook
     from engine.record.rollback import plan_rollback, releases_steps, without_budget
+    from engine.record.state import open_history
 
     inv = loaded.inventory
     pool = ConnectionPool()  # opened only if used; one connection per host for every read
@@ -536,14 +617,14 @@ def prepare_rollback(
         if reader is not None:
             check(Loaded(reader, inv), options.extra_vars, options.limit)
             live = live_from(execute(Loaded(reader, inv), planning, connect=reach))
-        hist = History(options.state_dir)
+        hist = open_history(options.state, options.state_dir)
         try:
             plan = plan_rollback(loaded.playbook, hist, to=to, with_migrations=with_migrations, live=live)
         finally:
             hist.close()
         assert plan.playbook is not None
         every_host = Loaded(without_budget(plan.playbook), inv)
-        check(every_host, options.extra_vars, options.limit)
+        check(every_host, options.extra_vars, options.limit, recorded=plan.recorded)
         ready = dataclasses.replace(options, release_id=plan.target, recorded=plan.recorded)
         if options.mode != "run":  # `rollback --plan` is this plan, shown as it is made
             return Rollback(plan, every_host, ready)
@@ -577,3 +658,33 @@ def rollback_report(rollback: Rollback, summary: RunSummary) -> RollbackReport:
 
     switches = {s.id for s in rollback.loaded.playbook.steps if s.module in SWITCH_MODULES}
     return report(rollback.plan.target, rollback.plan.live, switches, summary, rollback.preview)
+
+
+def drift(loaded: Loaded, options: RunOptions, *, connect: Callable[[str], Any] | None = None) -> DriftReport:
+    """How every host differs from what the history says was deployed there
+    (engine/record/drift.py): for rsync steps the release `current` points at and the files of
+    the live tree against the recorded tree, one read-only probe per host and step, all hosts at
+    once (`options.forks`, `options.limit`); for canary Deployments the recorded image and
+    active colour, for `helm_bump` the recorded image fields (engine/record/drift_pinned.py).
+    Nothing is written on any host, cluster or repository, nor in the history.
+    `report.exit_code` is 0 (no drift), 2 (drift) or 1 (a host could not be read). `connect`
+    replaces the SSH pool (tests)."""
+    from engine.record.drift import DriftReport, drift_playbook, drift_report, recorded_deploys
+    from engine.record.drift_pinned import recorded_pins
+    from engine.record.history import History
+
+    pb = loaded.playbook
+    hist = History(options.state_dir)
+    try:
+        recorded = recorded_deploys(hist, pb.name, [s for s in pb.steps if s.module == "rsync"])
+        pins = recorded_pins(hist, pb.name, pb)
+    finally:
+        hist.close()
+    reads = drift_playbook(pb, recorded, pins)
+    if reads.playbook is None:
+        return DriftReport(pb.name, ())
+    reading = Loaded(reads.playbook, loaded.inventory)
+    check(reading, options.extra_vars, options.limit)
+    planning = dataclasses.replace(options, mode="plan", run_id="", release_id="", expected=None, done=None)
+    summary = execute(reading, planning, connect=connect)
+    return drift_report(pb.name, summary, recorded, reads.pinned)

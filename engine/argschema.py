@@ -10,6 +10,7 @@ expected and what was found otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import types
@@ -19,7 +20,19 @@ from typing import Any, Literal, Union, cast
 
 from engine.errors import ArgError, suggest
 
-__all__ = ["TEMPLATE_SCHEMA", "schema_for", "type_schema", "build", "expected_name", "describe_value"]
+__all__ = [
+    "TEMPLATE_SCHEMA",
+    "schema_for",
+    "type_schema",
+    "build",
+    "field_errors",
+    "group_errors",
+    "rule_errors",
+    "rule_text",
+    "enforce",
+    "expected_name",
+    "describe_value",
+]
 
 TEMPLATE_SCHEMA: dict[str, Any] = {"type": "string", "pattern": r"\{\{|\{%"}
 """A string that is a Jinja2 template, accepted where a non-string is expected before rendering."""
@@ -29,7 +42,10 @@ _SEQ_ORIGINS = (list, tuple, Sequence, typing.Sequence)
 _MAP_ORIGINS = (dict, Mapping, typing.Mapping)
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    """A class's resolved annotations, once per class: resolving them costs more than the rest of
+    building one step's arguments (`typing.get_type_hints` evaluates every string annotation)."""
     return typing.get_type_hints(cls)
 
 
@@ -125,8 +141,8 @@ def schema_for(cls: type, *, templated: bool) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        prop = dict(type_schema(hints[f.name], templated=templated))
-        doc = f.metadata.get("doc")
+        prop = _with_rules(dict(type_schema(hints[f.name], templated=templated)), f.metadata, templated)
+        doc = " ".join(t for t in (f.metadata.get("doc"), rule_text(cls, f.name)) if t)
         if doc:
             prop["description"] = doc
         if f.default is not dataclasses.MISSING:
@@ -145,10 +161,113 @@ def schema_for(cls: type, *, templated: bool) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = required
+    groups = list(_groups(cls).values())
+    if len(groups) == 1:
+        schema["oneOf"] = [{"required": [name]} for name in groups[0]]
+    elif groups:
+        schema["allOf"] = [{"oneOf": [{"required": [name]} for name in g]} for g in groups]
     doc = (cls.__doc__ or "").strip()
     if doc and not doc.startswith(cls.__name__ + "("):  # not the dataclass-generated signature
         schema["description"] = doc
     return schema
+
+
+# --- rules declared with the argument (engine.module.arg) --------------------------------
+
+
+def _groups(cls: type) -> dict[str, list[str]]:
+    """`exactly_one` groups: group name -> its arguments, in declaration order."""
+    out: dict[str, list[str]] = {}
+    for f in dataclasses.fields(cls):
+        group = f.metadata.get("exactly_one")
+        if group:
+            out.setdefault(group, []).append(f.name)
+    return out
+
+
+def _and(names: Sequence[str]) -> str:
+    quoted = [f"'{n}'" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def rule_text(cls: type, name: str) -> str:
+    """The rules of one argument as a sentence for its documentation ('' when it has none)."""
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    parts = []
+    if meta.get("minimum") is not None:
+        parts.append(f"At least {meta['minimum']:g}.")
+    if meta.get("pattern"):
+        parts.append(f"Must be {meta.get('expected') or 'a string matching ' + meta['pattern']}.")
+    if meta.get("nonempty"):
+        parts.append("Must not be empty.")
+    group = meta.get("exactly_one")
+    if group:
+        parts.append(f"Give exactly one of {_and(_groups(cls)[group])}.")
+    return " ".join(parts)
+
+
+def _with_rules(schema: dict[str, Any], meta: Mapping[str, Any], templated: bool) -> dict[str, Any]:
+    """`schema` with the argument's rules added to the branches they are about."""
+    branches = schema["anyOf"] if set(schema) == {"anyOf"} else [schema]
+    out = []
+    for b in branches:
+        b = dict(b)
+        kind = b.get("type")
+        if meta.get("minimum") is not None and kind in ("integer", "number"):
+            b["minimum"] = meta["minimum"]
+        if meta.get("pattern") and kind == "string" and "pattern" not in b:
+            b["pattern"] = meta["pattern"]
+            if meta.get("expected"):
+                b["x-expected"] = meta["expected"]
+        if meta.get("nonempty") and kind == "array":
+            b["minItems"] = 1
+        if meta.get("nonempty") and kind == "string" and "pattern" not in b:
+            b["minLength"] = 1
+        out.append(b)
+    if templated and meta.get("pattern") and TEMPLATE_SCHEMA not in out:
+        out.append(dict(TEMPLATE_SCHEMA))  # a template renders first, then must match
+    return out[0] if len(out) == 1 else {"anyOf": out}
+
+
+def rule_errors(cls: type, name: str, value: Any, path: str) -> ArgError | None:
+    """The error for a converted value that breaks its argument's declared rules, if any."""
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    if value is None:
+        return None
+    low = meta.get("minimum")
+    if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+        return ArgError(f"'{name}' must be at least {low:g} (got {value})", path=path)
+    pattern = meta.get("pattern")
+    if pattern and isinstance(value, str) and not re.fullmatch(pattern, value):
+        what = meta.get("expected") or f"a string matching {pattern}"
+        shown = describe_value(value, secret=bool(meta.get("secret")))
+        return ArgError(f"'{name}' must be {what} (got {shown})", path=path)
+    if meta.get("nonempty") and isinstance(value, (str, list, tuple)) and not value:
+        return ArgError(f"'{name}' must not be empty", path=path)
+    return None
+
+
+def group_errors(cls: type, data: Mapping[str, Any], path: str, *, unknown: Sequence[str] = ()) -> list[ArgError]:
+    """'give exactly one of ...' for each `exactly_one` group that `data` breaks; a group with
+    a member in `unknown` (not rendered yet) is only checked for two or more given."""
+    out = []
+    for names in _groups(cls).values():
+        given = [n for n in names if data.get(n) is not None]
+        if len(given) > 1 or (not given and not any(n in unknown for n in names)):
+            out.append(ArgError(f"give exactly one of {_and(names)}", path=path))
+    return out
+
+
+def enforce(args: Any, *, path: str) -> None:
+    """Raise the first declared rule an arguments instance breaks: what `build` checks, for a
+    module's `plan` to call on arguments that may not have come through `build`."""
+    cls = type(args)
+    for f in dataclasses.fields(cls):
+        broken = rule_errors(cls, f.name, getattr(args, f.name), f"{path}.{f.name}")
+        if broken is not None:
+            raise broken
+    for broken in group_errors(cls, {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}, path):
+        raise broken
 
 
 # --- conversion ---------------------------------------------------------------------------
@@ -316,6 +435,11 @@ def _build(cls: type, data: Mapping[str, Any], path: str, secret: bool) -> Any:
         conv = _Converter(secret or bool(f.metadata.get("secret")))
         sub = f"{path}.{name}" if path else name
         values[name] = conv.convert(hints[name], data[name], name, sub)
+        broken = rule_errors(cls, name, values[name], sub)
+        if broken is not None:
+            raise broken
+    for broken in group_errors(cls, values, path):
+        raise broken
     return cls(**values)
 
 
@@ -332,3 +456,26 @@ def build(cls: type, data: Any, *, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise ArgError(f"arguments must be a mapping (got {describe_value(data)})", path=path)
     return _build(cls, data, path, False)
+
+
+def field_errors(cls: type, data: Mapping[str, Any], *, path: str) -> list[tuple[str, ArgError]]:
+    """(field name, error) for each given field of `cls` that `build` would refuse (its type or
+    its declared rules), every one of them rather than the first (fields not in `data` and
+    unknown keys are the schema's business). `check` calls it with the arguments it could
+    render; the `exactly_one` groups are `group_errors`'."""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    out: list[tuple[str, ArgError]] = []
+    for name, value in data.items():
+        f = fields.get(name)
+        if f is None:
+            continue
+        conv = _Converter(bool(f.metadata.get("secret")))
+        sub = f"{path}.{name}" if path else name
+        try:
+            broken = rule_errors(cls, name, conv.convert(hints[name], value, name, sub), sub)
+        except ArgError as exc:
+            broken = exc
+        if broken is not None:
+            out.append((name, broken))
+    return out

@@ -12,6 +12,7 @@ import types
 import typing
 from typing import Any
 
+from engine.argschema import rule_text
 from engine.errors import PlaybookError, suggest
 from engine.module import all_modules
 
@@ -58,7 +59,8 @@ def _fields(cls: type) -> list[tuple[str, str, str, str]]:
             default = repr(f.default_factory())
         else:
             default = "required"
-        rows.append((f.name, type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+        doc = " ".join(t for t in (f.metadata.get("doc", ""), rule_text(cls, f.name)) if t)
+        rows.append((f.name, type_name(hints[f.name]), default, doc))
     return rows
 
 
@@ -90,6 +92,7 @@ def module_doc(name: str) -> str:
         lines += ["", "Outputs (steps.<id>.<name>):"]
         for oname, odoc in m.outputs.items():
             lines.append(f"  {oname}: {odoc}")
+    lines += ["", "Examples:", *(f"  {line}" if line else "" for line in m.examples.rstrip("\n").split("\n"))]
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +127,7 @@ def module_json(name: str | None = None) -> dict[str, Any]:
                 "source_type": getattr(m, "source_type", None),
                 "options": options,
             },
-            "examples": getattr(m, "examples", "") or "",
+            "examples": m.examples,
             "return": dict(m.outputs),
         }
     return out
@@ -162,6 +165,7 @@ def modules_markdown() -> str:
         out.append("")
         if m.outputs:
             out += ["Outputs: " + ", ".join(f"`{k}` ({v})" for k, v in m.outputs.items()), ""]
+        out += ["Example:", "", "```yaml", m.examples.rstrip("\n"), "```", ""]
     return "\n".join(out)
 
 

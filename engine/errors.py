@@ -18,6 +18,7 @@ at the boundary of the layer that calls them; none escapes a connection or a mod
     ├── ConnectionFailed (ConnectionError)   a host could not be reached: `unreachable`
     │   └── HostKeyError                     unknown or changed host key
     ├── CommandTimeout (TimeoutError)        a command outlived its step's timeout
+    ├── ReadOnlyViolation (RuntimeError)     a write through a read-only client (planning)
     ├── ModuleError (RuntimeError)           a module could not plan or apply
     │   ├── YamlEditError                    engine/yamlio/scalars.py
     │   ├── DigestMismatch                   modules/_support/artifacts.py
@@ -54,6 +55,7 @@ __all__ = [
     "HostKeyError",
     "CommandTimeout",
     "ModuleError",
+    "ReadOnlyViolation",
     "ArgError",
     "LockHeld",
     "InventoryEditError",
@@ -147,6 +149,13 @@ class CommandTimeout(PlaybookError, TimeoutError):
 
 class ModuleError(PlaybookError, RuntimeError):
     """A module could not plan or apply; the message says what on which host."""
+
+
+class ReadOnlyViolation(PlaybookError, RuntimeError):
+    """A write was attempted where only reads are allowed: a module's `plan` (a dry run, or the
+    plan half of a run) tried to build a writing client or send a mutating request. A bug in the
+    module, never retried or reported as unknown; nothing was written. (Not an OSError: the
+    network handlers that turn OSError into "unreachable" must not swallow it.)"""
 
 
 class ArgError(PlaybookError, ValueError):

@@ -2,7 +2,11 @@
 
 A module plans; only the engine applies. `plan` gets a `PlanContext` whose connection is a
 read-only view (probes and reads, no `put`), so a dry run cannot mutate a host by construction;
-`apply` is only ever called by the executor in run mode, with the plan it made.
+`apply` is only ever called by the executor in run mode, with the plan it made. The other
+clients follow the same rule (modules/_support/kube.py, git.py, http.py): `plan` can build only
+their readers, whose classes have no write methods and whose transports refuse a mutating
+request; a writer must be handed an `ApplyContext`, and `require_apply` refuses it (and every
+write through it) while the engine is inside a `plan` call on this thread (`planning`).
 
 Arguments are one frozen dataclass per module (`Args`). The JSON Schema in `schemas/`, the
 loader's validation and `playbook modules NAME` are all generated from it: declare a field once,
@@ -15,19 +19,26 @@ import dataclasses
 import importlib
 import pkgutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 from engine.connection.base import CommandResult, Connection, ReadOnly
-from engine.errors import CommandTimeout, ModuleError, PlaybookError
+from engine.errors import CommandTimeout, ModuleError, PlaybookError, ReadOnlyViolation
 from engine.model.results import Plan, StepResult
 
 __all__ = [
     "arg",
+    "output",
+    "Output",
+    "CHANGED_OUTPUT",
     "Module",
     "PlanContext",
     "ApplyContext",
+    "planning",
+    "is_planning",
+    "require_apply",
     "register",
     "get_module",
     "all_modules",
@@ -38,15 +49,52 @@ __all__ = [
 
 _MISSING = dataclasses.MISSING
 
+CHANGED_OUTPUT = "changed"
+"""The output the engine gives every step (engine/execute/step.py): whether it changed something."""
 
-def arg(default: Any = _MISSING, *, doc: str, default_factory: Any = _MISSING, secret: bool = False) -> Any:
-    """Declare a module argument with its documentation (used for schema, docs and help)."""
-    meta = {"doc": doc, "secret": secret}
+
+def arg(
+    default: Any = _MISSING,
+    *,
+    doc: str,
+    default_factory: Any = _MISSING,
+    secret: bool = False,
+    minimum: float | None = None,
+    pattern: str | None = None,
+    expected: str | None = None,
+    nonempty: bool = False,
+    exactly_one: str | None = None,
+) -> Any:
+    """Declare a module argument with its documentation (used for schema, docs and help) and
+    its rules, which the schema, the docs, `validate` and the conversion before `plan` all
+    enforce (engine/argschema.py): `minimum` for a number; `pattern` (a regex the whole string
+    must match, described by `expected`) for a string; `nonempty` for a string or a list;
+    `exactly_one`, a group name: of the arguments in that group exactly one is given (not null).
+    None values (an optional argument not given) are never checked against the rules."""
+    meta: dict[str, Any] = {"doc": doc, "secret": secret}
+    rules = {"minimum": minimum, "pattern": pattern, "expected": expected, "nonempty": nonempty or None}
+    rules["exactly_one"] = exactly_one
+    meta.update({k: v for k, v in rules.items() if v is not None})
     if default_factory is not _MISSING:
         return field(default_factory=default_factory, metadata=meta)
     if default is _MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
+
+
+class Output(str):
+    """An output's description that also carries the output's type (`type`, a type hint):
+    `validate` renders templates reading the output with a placeholder of that type."""
+
+    type: Any = Any
+
+
+def output(doc: str, type: Any = Any) -> Output:  # noqa: A002 - reads as a declaration
+    """Declare a module output with its description and type: `output("exit code", int)`.
+    A plain string in `outputs` is an output of unknown type."""
+    out = Output(doc)
+    out.type = type
+    return out
 
 
 @dataclass
@@ -62,6 +110,8 @@ class _Context:
     timeout: float | None = None
     deadline: float | None = None
     emit: Callable[[str], None] = lambda _msg: None  # progress lines for the reporter
+    # a line the user must see without -v (an unverified artifact, a damaged cache entry)
+    warn: Callable[[str], None] = lambda _msg: None
     # bytes done of a long transfer (done, total or None, what): a meter that rate-limits itself
     progress: Callable[..., None] = lambda _done, _total=None, _what="transfer": None
     target: Any = None  # the inventory Host (engine.model.config.Host) for host steps; None on the controller
@@ -80,7 +130,8 @@ class _Context:
 
 @dataclass
 class PlanContext(_Context):
-    """Context for `Module.plan`: `conn` is read-only (`probe`, `get`)."""
+    """Context for `Module.plan`: `conn` is read-only (`probe`, `get`), and the module's other
+    clients are the readers built from it (`KubeReader`, `GitReader`, `HttpReader`)."""
 
     conn: ReadOnly | None = None
 
@@ -93,11 +144,13 @@ class PlanContext(_Context):
 
 @dataclass
 class ApplyContext(_Context):
-    """Context for `Module.apply`: `conn` is the host's full connection."""
+    """Context for `Module.apply`: `conn` is the host's full connection, and the writers
+    (`Kube`, `Git`, `Http`) can be built from it."""
 
     conn: Connection | None = None
 
     def run(self, argv: Any, **kw: Any) -> CommandResult:
+        require_apply(self, "running a command with the full connection")
         if self.conn is None:
             raise ModuleError("this step has no connection", path=self.step)
         kw.setdefault("timeout", self.remaining())
@@ -105,6 +158,39 @@ class ApplyContext(_Context):
 
     def probe(self, argv: Any, **kw: Any) -> CommandResult:
         return self.run(argv, **kw)
+
+
+_PLANNING = threading.local()
+
+
+@contextmanager
+def planning() -> Iterator[None]:
+    """Mark this thread as inside `Module.plan` (the executor wraps every plan call): writers
+    refuse to be built or used until it ends."""
+    depth = getattr(_PLANNING, "depth", 0)
+    _PLANNING.depth = depth + 1
+    try:
+        yield
+    finally:
+        _PLANNING.depth = depth
+
+
+def is_planning() -> bool:
+    """Whether this thread is inside a `Module.plan` call the engine made."""
+    return getattr(_PLANNING, "depth", 0) > 0
+
+
+def require_apply(ctx: object, what: str) -> None:
+    """Refuse `what` (building a writing client, or one write through it) unless `ctx` is an
+    `ApplyContext` and no plan is running on this thread: `ReadOnlyViolation` otherwise."""
+    step = str(getattr(ctx, "step", "") or "")
+    if not isinstance(ctx, ApplyContext):
+        raise ReadOnlyViolation(
+            f"{what} needs the step's ApplyContext (got {type(ctx).__name__}): plan gets read-only clients only",
+            path=step,
+        )
+    if is_planning():
+        raise ReadOnlyViolation(f"{what} while planning: a dry run cannot write", path=step)
 
 
 @runtime_checkable
@@ -116,10 +202,18 @@ class Module(Protocol):
     summary: ClassVar[str]
     outputs: ClassVar[Mapping[str, str]]  # output name -> description
     controller_only: ClassVar[bool]
+    # valid YAML: a list of steps using the module, or a `sources:` mapping for a source module
+    # (`playbook modules NAME`, docs/modules.md; tests/engine/test_module_examples.py loads each)
+    examples: ClassVar[str]
 
     def plan(self, ctx: PlanContext, args: Any) -> Plan: ...
 
     def apply(self, ctx: ApplyContext, plan: Plan) -> StepResult | Mapping[str, Any] | None: ...
+
+    # Optional: `check_args(self, args, vars) -> None`, what can be known wrong about rendered
+    # arguments without a host (a local directory that does not exist), raising a PlaybookError
+    # whose `path` is the argument's name. `validate`, `plan` and `run` call it before any host
+    # is contacted (engine/execute/argcheck.py), with the step's template context as `vars`.
 
 
 _REGISTRY: dict[str, Module] = {}
@@ -133,12 +227,17 @@ def register(cls: type) -> type:
     for attr in ("name", "Args", "summary"):
         if not hasattr(cls, attr):
             raise TypeError(f"module {cls.__name__} lacks '{attr}'")
-    # checked above; `outputs` and `controller_only` get their defaults here
+    # checked above; `outputs`, `controller_only` and `examples` get their defaults here
     module = cast("type[Module]", cls)
     if not dataclasses.is_dataclass(module.Args):
         raise TypeError(f"module {module.name}: Args must be a dataclass")
     module.outputs = dict(getattr(cls, "outputs", {}))
+    module.outputs.setdefault(
+        CHANGED_OUTPUT,
+        output("whether the step changed something on this host (in a plan: would change); every step has it", bool),
+    )
     module.controller_only = bool(getattr(cls, "controller_only", False))
+    module.examples = str(getattr(cls, "examples", ""))  # every module of modules/ has them (a test)
     _REGISTRY[module.name] = module()
     source_type = getattr(cls, "source_type", None)
     if source_type:

@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import posixpath
 import shlex
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import jinja2
+from jinja2 import filters as jinja_filters
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine import template_budget
 from engine.errors import TemplateError
 from engine.model.results import UnknownValue
 
@@ -48,8 +52,47 @@ class _Undefined(jinja2.StrictUndefined):
     pass
 
 
+class _CodeGen(CodeGenerator):
+    def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
+        # `for x in xs` iterates `ticked(xs)`, which checks the render budget before each item; a
+        # recursive loop is checked at each `loop(...)` call instead
+        for loop in node.find_all(nodes.For):
+            if not loop.recursive:
+                ticked = nodes.ImportedName("engine.template_budget.ticked", lineno=loop.lineno)
+                loop.iter = nodes.Call(ticked, [loop.iter], [], None, None, lineno=loop.lineno)
+        super().visit_Template(node, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        if frame.eval_ctx.volatile or frame.eval_ctx.autoescape:
+            return super().visit_Concat(node, frame)
+        self.write("environment.bounded_join((")  # `~` checks its size as it joins
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+        return None
+
+
 class _Env(ImmutableSandboxedEnvironment):
+    """The sandbox, with the size checks of engine/template_budget.py on the operators, method
+    calls and `~` that can build a big value in one C call."""
+
+    code_generator_class = _CodeGen
+    intercepted_binops = frozenset({"*", "+", "**", "%"})
+    bounded_join = staticmethod(template_budget.bounded_join)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        template_budget.check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's signature)
+        template_budget.check_call(__obj, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
+        template_budget.tick()
+        if isinstance(obj, str) and attribute in ("format", "format_map"):  # jinja wraps these: no `call` hook
+            template_budget.check_binop("%", obj, None)
         if isinstance(obj, UnknownValue):
             raise UnknownReference(attribute)
         value = super().getattr(obj, attribute)
@@ -58,6 +101,7 @@ class _Env(ImmutableSandboxedEnvironment):
         return value
 
     def getitem(self, obj: Any, argument: Any) -> Any:
+        template_budget.tick()
         if isinstance(obj, UnknownValue):
             raise UnknownReference(str(argument))
         value = super().getitem(obj, argument)
@@ -66,13 +110,51 @@ class _Env(ImmutableSandboxedEnvironment):
         return value
 
 
+def _bounded_filters() -> dict[str, Any]:
+    """Jinja's filters that can build a big string in one call, checked against the size limit first."""
+
+    def size(n: int, what: str = "a string") -> None:
+        b = template_budget.current()
+        if b is not None:
+            b.size(n, what)
+
+    def center(value: Any, width: int = 80) -> str:
+        size(int(width) if isinstance(width, int) else 0, "a padded string")
+        return jinja_filters.do_center(value, width)
+
+    def indent(s: Any, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+        text = str(s)
+        pad = width if isinstance(width, int) else len(str(width))
+        size(len(text) + (text.count("\n") + 1) * pad)
+        return jinja_filters.do_indent(s, width, first, blank)
+
+    def fmt(value: str, *args: Any, **kwargs: Any) -> str:
+        template_budget.check_binop("%", str(value), args)
+        return jinja_filters.do_format(value, *args, **kwargs)
+
+    @jinja2.pass_eval_context
+    def replace(eval_ctx: Any, s: Any, old: str, new: str, count: int | None = None) -> str:
+        text = str(s)
+        size(len(text) + (text.count(str(old)) + 1) * len(str(new)))
+        return jinja_filters.do_replace(eval_ctx, s, old, new, count)
+
+    @jinja2.pass_eval_context
+    def join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+        if attribute is None and not eval_ctx.autoescape:
+            return template_budget.bounded_join(value, str(d))
+        return jinja_filters.do_join(eval_ctx, value, d, attribute)
+
+    return {"center": center, "indent": indent, "format": fmt, "replace": replace, "join": join}
+
+
 def _finalize(value: Any) -> Any:
     if isinstance(value, UnknownValue):
         raise UnknownReference("value")
     return value
 
 
-_ENV = _Env(undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize)
+# not optimized: constant folding would run filters at compile time, outside the render budget
+_ENV = _Env(undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize, optimized=False)
 _ENV.filters.update(
     {
         "quote": lambda v: shlex.quote(str(v)),
@@ -81,6 +163,7 @@ _ENV.filters.update(
         "to_json": lambda v: json.dumps(v, sort_keys=True),
     }
 )
+_ENV.filters.update(_bounded_filters())
 _cache: dict[str, jinja2.Template] = {}
 _expressions: dict[str, Any] = {}  # a single `{{ expr }}` compiled as an expression (keeps its type)
 
@@ -142,9 +225,12 @@ def undeclared(source: str) -> set[str]:
     return set(meta.find_undeclared_variables(_parse(source)))
 
 
-def render(source: str, context: Mapping[str, Any], *, what: str = "") -> Any:
+def render(source: str, context: Mapping[str, Any], *, what: str = "", stop: threading.Event | None = None) -> Any:
     """Render one template string. A string that is exactly one `{{ expr }}` keeps the type of
-    the expression's value (a list stays a list); anything else renders to a string."""
+    the expression's value (a list stays a list); anything else renders to a string.
+
+    The render has a time and size budget (engine/template_budget.py); `stop` (the run's stop
+    event) ends it early with `RenderInterrupted`."""
     tpl = _cache.get(source)
     if tpl is None:
         try:
@@ -154,26 +240,33 @@ def render(source: str, context: Mapping[str, Any], *, what: str = "") -> Any:
         _cache[source] = tpl
     single = _single_expression(source)
     try:
-        if single is not None:
-            expr = _expressions.get(single)
-            if expr is None:  # compiled once per process, not once per host
-                expr = _expressions[single] = _ENV.compile_expression(single, undefined_to_none=False)
-            value = expr(**context)
-            if isinstance(value, jinja2.Undefined):
-                str(value)  # raises UndefinedError with jinja's message
-            if isinstance(value, UnknownValue):
-                raise UnknownReference(single)
-            return value
-        return tpl.render(**context)
+        with template_budget.budget(stop) as limits:
+            if single is not None:
+                expr = _expressions.get(single)
+                if expr is None:  # compiled once per process, not once per host
+                    expr = _expressions[single] = _ENV.compile_expression(single, undefined_to_none=False)
+                value = expr(**context)
+                if isinstance(value, jinja2.Undefined):
+                    str(value)  # raises UndefinedError with jinja's message
+                if isinstance(value, UnknownValue):
+                    raise UnknownReference(single)
+                if isinstance(value, (str, list)):
+                    limits.size(len(value), "a value")
+                return value
+            return template_budget.bounded_output(tpl.root_render_func(tpl.new_context(dict(context))))
     except UnknownReference:
         raise
+    except TemplateError as exc:  # a budget: the same error, naming the value
+        raise type(exc)(exc.message, path=what) from None
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"undefined variable: {_undefined_name(exc)}", path=what) from None
     except jinja2.exceptions.SecurityError as exc:
         raise TemplateError(f"template not allowed by the sandbox: {exc}", path=what) from None
     except jinja2.TemplateError as exc:
         raise TemplateError(f"template error: {exc}", path=what) from None
-    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+    except (MemoryError, RecursionError):
+        raise TemplateError("template ran out of memory or recursed too deeply", path=what) from None
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as exc:
         raise TemplateError(f"template error: {exc}", path=what) from None
 
 
@@ -190,14 +283,16 @@ def _single_expression(source: str) -> str | None:
     return None
 
 
-def render_value(value: Any, context: Mapping[str, Any], *, what: str = "") -> Any:
+def render_value(value: Any, context: Mapping[str, Any], *, what: str = "", stop: threading.Event | None = None) -> Any:
     """Render every template string inside a nested structure of dicts and lists."""
     if isinstance(value, str):
-        return render(value, context, what=what) if is_template(value) else value
+        return render(value, context, what=what, stop=stop) if is_template(value) else value
     if isinstance(value, Mapping):
-        return {k: render_value(v, context, what=f"{what}.{k}" if what else str(k)) for k, v in value.items()}
+        return {
+            k: render_value(v, context, what=f"{what}.{k}" if what else str(k), stop=stop) for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [render_value(v, context, what=f"{what}[{i}]") for i, v in enumerate(value)]
+        return [render_value(v, context, what=f"{what}[{i}]", stop=stop) for i, v in enumerate(value)]
     return value
 
 

@@ -2,7 +2,8 @@
 
 Clearing a cache has no state to compare, so the step plans a change every time it is reached
 (the dry run shows the command or the request line) - unless `only_if_changed` names steps that
-changed nothing on this host. Put it after the sync step with `needs:`.
+changed nothing on this host. Put it after the sync step with `needs:`. The purge is sent by an
+`Http` client, which only `apply` can build (modules/_support/http.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from engine.argschema import enforce
 from engine.errors import ArgError, ModuleError
 from engine.model.results import UNKNOWN, Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.secrets import MASK, Secret
+from modules._support.http import Http
 
 __all__ = ["CacheClear", "CacheClearArgs", "HttpPurge"]
 
@@ -43,15 +46,17 @@ class HttpPurge:
 class CacheClearArgs:
     command: tuple[str, ...] | None = arg(
         None,
-        doc="Command run on the host as the connection user, as a list of arguments (no shell), e.g. `[wp, cache, flush, --allow-root]`. Give `command` or `http`.",
+        doc="Command run on the host as the connection user, as a list of arguments (no shell), e.g. `[wp, cache, flush, --allow-root]`.",
+        exactly_one="action",
+        nonempty=True,
     )
     chdir: str | None = arg(None, doc="Directory to run `command` in (e.g. `{{ steps.sync.release }}`).")
     http: HttpPurge | None = arg(
-        None, doc="An HTTP purge request sent from the controller for each host. Give `command` or `http`."
+        None, doc="An HTTP purge request sent from the controller for each host.", exactly_one="action"
     )
     only_if_changed: tuple[str, ...] = arg(
         (),
-        doc="Step ids (that this step `needs`): clear only when one of them changed something on this host (an `rsync` step's `changed_files`).",
+        doc="Step ids (that this step `needs`): clear only when one of them changed something on this host (an `rsync` step's `changed_files`, else the `changed` output every step has).",
     )
 
 
@@ -123,13 +128,28 @@ class CacheClear:
         "output": "the command's output or the response body (first 4 KiB)",
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: flush_cache
+  module: cache_clear
+  fleet: web
+  needs: [sync]
+  args:
+    command: [wp, cache, flush]
+    chdir: /var/www/app/current
+    only_if_changed: [sync]
+- id: purge_varnish
+  module: cache_clear
+  fleet: web
+  args:
+    http:
+      url: "http://{{ host.address }}/"
+      method: PURGE
+      expect: [200, 204]
+"""
 
     def plan(self, ctx: PlanContext, args: CacheClearArgs) -> Plan:
         where = f"{ctx.step}.args"
-        if (args.command is None) == (args.http is None):
-            raise ArgError("give exactly one of 'command' and 'http'", path=where)
-        if args.command is not None and not args.command:
-            raise ArgError("'command' must not be empty", path=where)
+        enforce(args, path=where)  # the rules declared with the arguments
         if args.http is not None:
             scheme = urllib.parse.urlsplit(args.http.url).scheme
             if scheme not in ("http", "https"):
@@ -178,7 +198,7 @@ def _purge(ctx: ApplyContext, h: HttpPurge) -> dict[str, Any]:
     if left is not None:
         timeout = min(timeout, left)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with Http(ctx).send(req, timeout=timeout) as resp:
             status = resp.status
             body = resp.read(4096)
     except urllib.error.HTTPError as exc:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from engine.errors import ArgError, ModuleError, PlaybookError
 from engine.model.results import Plan
-from engine.module import ApplyContext, PlanContext, arg, register
+from engine.module import ApplyContext, PlanContext, arg, output, register
 from modules._support import canary_bluegreen as bluegreen
 from modules._support import canary_ops as ops
 from modules._support import canary_plan as planning
@@ -41,7 +41,7 @@ from modules._support.canary_state import (
     require_digest,
     rollout_state,
 )
-from modules._support.kube import Kube
+from modules._support.kube import Kube, KubeReader
 
 __all__ = ["CanarySwitch", "CanaryArgs", "rollout_state", "HEALTHY_ANNOTATION", "SWITCH_ANNOTATION"]
 
@@ -74,6 +74,7 @@ class CanaryArgs:
     wait: bool = arg(True, doc="`set_image`/`revert`: wait for the rollout to complete.")
     timeout_seconds: int = arg(
         300,
+        minimum=1,
         doc="How long a rollout may take before it counts as failed (a Deployment reporting ProgressDeadlineExceeded fails at once).",
     )
     preview_service: str | None = arg(
@@ -109,13 +110,37 @@ class CanarySwitch:
     Args: ClassVar[type] = CanaryArgs
     summary: ClassVar[str] = "blue/green canary on Kubernetes: deploy, switch selector, set image by digest, revert"
     outputs: ClassVar[dict[str, str]] = {
-        "selector": "the active colour after the step",
-        "colour": "the colour whose Deployment the step acts on",
-        "deployment": "that Deployment's name",
-        "image": "the container's image after the step",
-        "previous_image": "the container's image before the step",
+        "selector": output("the active colour after the step", str),
+        "colour": output("the colour whose Deployment the step acts on", str),
+        "deployment": output("that Deployment's name", str),
+        "image": output("the container's image after the step", str),
+        "previous_image": output("the container's image before the step", str),
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: deploy_green
+  module: canary_switch
+  fleet: shop
+  args:
+    action: deploy
+    colour: green
+    image: registry.example.com/shop/web@sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945
+    preview_service: canary-preview
+- id: green_image
+  module: canary_switch
+  fleet: shop
+  args:
+    action: set_image
+    colour: green
+    image: registry.example.com/shop/web@sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945
+- id: go_green
+  module: canary_switch
+  fleet: shop
+  needs: [green_image]
+  args:
+    action: switch
+    to: green
+"""
 
     # -- planning --------------------------------------------------------------------------------
 
@@ -130,7 +155,7 @@ class CanarySwitch:
         check_analysis(args.analysis, where)
         if args.image == "":
             args = dataclasses.replace(args, image=None)  # an unset playbook var renders as ""
-        kube = Kube(ctx.target, ctx.step)
+        kube = KubeReader(ctx)  # plan reads only (and asks `can_i`): a reader has no write method
         try:
             state = read_state(kube, args)
             try:
@@ -155,7 +180,7 @@ class CanarySwitch:
     def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
         d = dict(plan.data)
         args: CanaryArgs = d["args"]
-        kube = Kube(ctx.target, ctx.step)
+        kube = Kube(ctx)
         try:
             if "undo_switch" in d:
                 back = ops.revert_switch(kube, args, _active(kube, args), ctx.run_id)

@@ -6,9 +6,10 @@ import shlex
 from dataclasses import dataclass
 from typing import ClassVar
 
-from engine.errors import ArgError, ModuleError
+from engine.argschema import enforce
+from engine.errors import ModuleError
 from engine.model.results import Diff, Plan
-from engine.module import ApplyContext, PlanContext, arg, register
+from engine.module import ApplyContext, PlanContext, arg, output, register
 
 __all__ = ["Command", "CommandArgs"]
 
@@ -16,9 +17,9 @@ __all__ = ["Command", "CommandArgs"]
 @dataclass(frozen=True)
 class CommandArgs:
     argv: tuple[str, ...] | None = arg(
-        None, doc="The command as a list of arguments (no shell). Give `argv` or `shell`."
+        None, doc="The command as a list of arguments (no shell).", exactly_one="command", nonempty=True
     )
-    shell: str | None = arg(None, doc="A command line run by `/bin/sh -c`. Give `argv` or `shell`.")
+    shell: str | None = arg(None, doc="A command line run by `/bin/sh -c`.", exactly_one="command")
     creates: str | None = arg(None, doc="Do nothing when this path exists on the host.")
     removes: str | None = arg(None, doc="Do nothing when this path does not exist on the host.")
     unless: str | None = arg(
@@ -49,14 +50,28 @@ class Command:
     name: ClassVar[str] = "command"
     Args: ClassVar[type] = CommandArgs
     summary: ClassVar[str] = "run a command (argv or shell), guarded by creates/removes/unless"
-    outputs: ClassVar[dict[str, str]] = {"rc": "exit code", "stdout": "standard output", "stderr": "standard error"}
+    outputs: ClassVar[dict[str, str]] = {
+        "rc": output("exit code", int),
+        "stdout": output("standard output", str),
+        "stderr": output("standard error", str),
+    }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: reload_php
+  module: command
+  fleet: web
+  args:
+    argv: [sudo, systemctl, reload, php8.2-fpm]
+- id: warm_up
+  module: command
+  fleet: web
+  args:
+    shell: curl -fsS http://localhost/ > /dev/null
+    unless: test -f /var/www/app/.warm
+"""
 
     def plan(self, ctx: PlanContext, args: CommandArgs) -> Plan:
-        if (args.argv is None) == (args.shell is None):
-            raise ArgError("give exactly one of 'argv' and 'shell'", path=f"{ctx.step}.args")
-        if args.argv is not None and not args.argv:
-            raise ArgError("'argv' must not be empty", path=f"{ctx.step}.args")
+        enforce(args, path=f"{ctx.step}.args")  # the rules declared with the arguments
         fingerprint: dict[str, object] = {}
         if args.creates:
             exists = ctx.probe(["test", "-e", args.creates]).ok

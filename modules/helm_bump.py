@@ -1,10 +1,11 @@
 """`helm_bump`: set an image tag or digest in a Helm release YAML in a GitOps repository,
 commit and push — what Flux's image automation does, as a reviewable step.
 
-Planning clones the branch shallowly into a temp directory, finds the field (a key path such as
-`spec.values.image.tag`, or Flux's `# {"$imagepolicy": "ns:name[:tag|:name|:digest]"}` markers),
-and computes the edit with engine/yamlio/scalars.py, which changes only the value's characters (every
-comment, quote and blank line stays). The plan shows the YAML diff and the commit message, and
+Planning clones the branch shallowly into a temp directory with a `GitReader` (it cannot commit
+or push), finds the field (a key path such as `spec.values.image.tag`, or Flux's
+`# {"$imagepolicy": "ns:name[:tag|:name|:digest]"}` markers), and computes the edit with
+engine/yamlio/scalars.py, which changes only the value's characters (every comment, quote and
+blank line stays). The plan shows the YAML diff and the commit message, and
 records the remote head it saw. Applying clones again, re-applies the same edit on whatever the
 head is now, commits with the configured identity and pushes; a push rejected because the remote
 moved is retried on the new head (fetch, reset, re-apply), at most `push_retries` times.
@@ -27,12 +28,13 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from engine.argschema import enforce
 from engine.errors import ArgError, ModuleError
-from engine.model.results import UNKNOWN, Diff, Plan
+from engine.model.results import UNKNOWN, Diff, Plan, Status, StepResult
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.secrets import SCRUBBER
 from engine.yamlio.scalars import Target, YamlEditError, find_key_path, find_markers, set_scalars
-from modules._support.git import Git, commit, display_url, git_environment, repo_url
+from modules._support.git import Git, GitReader, commit, display_url, git_environment, repo_url
 from modules._support.tagpolicy import ORDERS, TagPolicy, select_tag
 
 __all__ = ["HelmBump", "HelmBumpArgs", "parse_image", "git_env"]
@@ -105,9 +107,9 @@ class HelmBumpArgs:
     committer_name: str | None = arg(None, doc="Committer name (default: the author's).")
     committer_email: str | None = arg(None, doc="Committer email (default: the author's).")
     push_retries: int = arg(
-        5, doc="How many times a push rejected because the remote moved is retried on the new head."
+        5, minimum=0, doc="How many times a push rejected because the remote moved is retried on the new head."
     )
-    depth: int = arg(1, doc="Clone depth (shallow clone).")
+    depth: int = arg(1, minimum=1, doc="Clone depth (shallow clone).")
     known_hosts: str | None = arg(
         None, doc="ssh: known_hosts file for strict host-key checking (default `~/.ssh/known_hosts`)."
     )
@@ -193,8 +195,7 @@ def _resolve(args: HelmBumpArgs, where: str) -> _Wanted:
         raise ArgError(f"'policy' must be 'namespace:name' (got {args.policy!r})", path=where)
     if args.digest and not _DIGEST.fullmatch(args.digest):
         raise ArgError(f"'digest' must be sha256:<64 hex> (got {args.digest!r})", path=where)
-    if args.push_retries < 0 or args.depth < 1:
-        raise ArgError("'push_retries' must be >= 0 and 'depth' >= 1", path=where)
+    enforce(args, path=where)  # the rules declared with the arguments (push_retries, depth)
     for name in ("author_name", "author_email"):
         if not str(getattr(args, name)).strip():
             raise ArgError(f"'{name}' must not be empty", path=where)
@@ -286,7 +287,7 @@ def _edit_file(path: str, args: HelmBumpArgs, want: _Wanted, where: str) -> tupl
     return before, after, changes
 
 
-def _clone(git: Git, url: str, args: HelmBumpArgs, into: str) -> str:
+def _clone(git: GitReader, url: str, args: HelmBumpArgs, into: str) -> str:
     git.run(
         "clone",
         "--quiet",
@@ -327,12 +328,25 @@ class HelmBump:
         "remote_head": "the remote branch head seen while planning",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+- id: bump_chart
+  module: helm_bump
+  fleet: controller
+  args:
+    repo: git@gitlab.example.com:ops/gitops.git
+    file: apps/shop/values.yaml
+    key_path: image.tag
+    tags: [1.4.0, 1.4.1, 1.4.2]
+    tag_order: semver
+    author_name: Deploy Bot
+    author_email: deploy@example.com
+"""
 
     def plan(self, ctx: PlanContext, args: HelmBumpArgs) -> Plan:
         where = f"{ctx.step}.args"
         want = _resolve(args, where)
         url = repo_url(args.repo, str(ctx.vars.get("playbook_dir", ".")) if ctx.vars else ".")
-        git = Git(git_env(args), ctx.step, ctx.remaining())
+        git = GitReader(ctx, git_env(args), timeout=ctx.remaining())  # clone and read: no commit, no push
         work = _workdir(ctx)
         try:
             head = _clone(git, url, args, os.path.join(work, "repo"))
@@ -367,11 +381,11 @@ class HelmBump:
             reason, diffs=diffs, data=data, outputs={**outputs, "commit": UNKNOWN}, fingerprint=fingerprint
         )
 
-    def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any]:
+    def apply(self, ctx: ApplyContext, plan: Plan) -> dict[str, Any] | StepResult:
         d = plan.data
         args: HelmBumpArgs = d["args"]
         want: _Wanted = d["want"]
-        git = Git(git_env(args), ctx.step, ctx.remaining())
+        git = Git(ctx, git_env(args), timeout=ctx.remaining())
         committer = (args.committer_name or args.author_name, args.committer_email or args.author_email)
         ident = {
             "GIT_AUTHOR_NAME": args.author_name,
@@ -379,16 +393,24 @@ class HelmBump:
             "GIT_COMMITTER_NAME": committer[0],
             "GIT_COMMITTER_EMAIL": committer[1],
         }
-        commit_git = Git({**git.env, **ident}, ctx.step, git.timeout)
+        commit_git = git.with_env(ident)
         work = _workdir(ctx)
         repo = os.path.join(work, "repo")
         try:
             head = _clone(git, d["url"], args, repo)
             for attempt in range(args.push_retries + 1):
                 _, after, changes = _edit_file(os.path.join(repo, args.file), args, want, ctx.step)
-                if not changes:
-                    ctx.emit(f"helm_bump: {args.file} already up to date at {head[:12]}")
-                    return {"commit": head, "tag": want.tag or "", "pushed": False}
+                if not changes:  # a commit that landed since the plan set the same value
+                    what = want.tag or want.digest or want.repo
+                    return StepResult(
+                        ctx.step,
+                        ctx.host,
+                        Status.OK,
+                        f"no change: {args.file} already has {what} at {head[:12]}, set by a commit that "
+                        "landed after the plan; nothing was pushed",
+                        plan=plan,
+                        outputs={**plan.outputs, "commit": head, "tag": want.tag or "", "pushed": False},
+                    )
                 with open(os.path.join(repo, args.file), "w", encoding="utf-8", newline="") as fh:
                     fh.write(after)
                 commit_git.run("add", "--", args.file, cwd=repo)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from engine.errors import ModuleError
 from engine.model.results import Plan
-from engine.module import ApplyContext, PlanContext, arg, register
+from engine.module import ApplyContext, PlanContext, arg, output, register
 from modules._support.manifest import cached_manifest, tree_digest
 
 __all__ = ["LocalTree", "LocalTreeArgs"]
@@ -22,6 +23,11 @@ class LocalTreeArgs:
     )
 
 
+def _abspath(args: LocalTreeArgs, vars: Mapping[str, Any] | None) -> str:
+    base = str((vars or {}).get("playbook_dir", "."))
+    return os.path.normpath(os.path.join(base, os.path.expanduser(args.path)))
+
+
 @register
 class LocalTree:
     """Reads a local directory and exposes its absolute path and content digest. Reading
@@ -33,15 +39,26 @@ class LocalTree:
     Args: ClassVar[type] = LocalTreeArgs
     summary: ClassVar[str] = "a directory on the controller as a source (path, digest)"
     outputs: ClassVar[dict[str, str]] = {
-        "path": "absolute path of the tree",
-        "digest": "sha256 over names, modes and contents",
-        "files": "number of files",
+        "path": output("absolute path of the tree", str),
+        "digest": output("sha256 over names, modes and contents", str),
+        "files": output("number of files", int),
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  code:
+    type: local
+    path: ../build/app
+"""
+
+    def check_args(self, args: LocalTreeArgs, vars: Mapping[str, Any]) -> None:
+        """The directory must exist when the playbook is checked, not only once a run starts."""
+        path = _abspath(args, vars)
+        if not os.path.isdir(path):
+            raise ModuleError(f"source directory '{path}' does not exist", path="path")
 
     def plan(self, ctx: PlanContext, args: LocalTreeArgs) -> Plan:
-        base = str(ctx.vars.get("playbook_dir", "."))
-        path = os.path.normpath(os.path.join(base, os.path.expanduser(args.path)))
+        path = _abspath(args, ctx.vars)
         if not os.path.isdir(path):
             raise ModuleError(f"source directory '{path}' does not exist", path=ctx.step)
         manifest = cached_manifest(path, ctx.state_dir, ctx.run_id)

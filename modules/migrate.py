@@ -8,18 +8,17 @@ plan reads the truth from the host and a rollback knows what to revert.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from engine.errors import ArgError, ModuleError
+from engine.argschema import enforce
+from engine.errors import ModuleError
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 
 __all__ = ["Migrate", "MigrateArgs"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # $1 ledger dir ('' = default), $2 name; prints the ledger entry or exits 3
 _READ = r'''d="${1:-$HOME/.playbook-migrations}"; [ -f "$d/$2.json" ] || exit 3; cat -- "$d/$2.json"'''
 _WRITE = r'''d="${1:-$HOME/.playbook-migrations}"; mkdir -p -- "$d" && cat > "$d/.$2.tmp" && mv -f -- "$d/.$2.tmp" "$d/$2.json"'''
@@ -28,7 +27,11 @@ _REMOVE = r'''d="${1:-$HOME/.playbook-migrations}"; rm -f -- "$d/$2.json"'''
 
 @dataclass(frozen=True)
 class MigrateArgs:
-    name: str = arg(doc="Migration id, unique per playbook (letters, digits, `_.-`), e.g. `2026_11_add_orders_index`.")
+    name: str = arg(
+        doc="Migration id, unique per playbook, e.g. `2026_11_add_orders_index`.",
+        pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+        expected="letters, digits and _.-",
+    )
     up: str = arg(doc="Shell command that applies the migration.")
     down: str = arg(doc="Shell command that reverts it; run by `playbook rollback --with-migrations`.")
     chdir: str | None = arg(None, doc="Directory to run the commands in (e.g. `{{ steps.sync.release }}`).")
@@ -55,6 +58,15 @@ class Migrate:
         "release": "the release that applied it",
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: add_orders_index
+  module: migrate
+  fleet: db
+  args:
+    name: 2026_11_add_orders_index
+    up: psql -c 'CREATE INDEX CONCURRENTLY orders_created ON orders (created)'
+    down: psql -c 'DROP INDEX CONCURRENTLY orders_created'
+"""
 
     def _ledger(self, ctx: PlanContext, args: MigrateArgs) -> dict | None:
         res = ctx.probe(["sh", "-c", _READ, "sh", args.ledger_dir or "", args.name])
@@ -68,8 +80,7 @@ class Migrate:
             return {"release": "unknown"}
 
     def plan(self, ctx: PlanContext, args: MigrateArgs) -> Plan:
-        if not _NAME.match(args.name):
-            raise ArgError(f"'name' must be letters, digits and _.- (got {args.name!r})", path=f"{ctx.step}.args.name")
+        enforce(args, path=f"{ctx.step}.args")  # the rules declared with the arguments ('name')
         entry = self._ledger(ctx, args)
         outputs = {"migration": args.name, "action": args.action, "down": args.down, "release": ctx.release_id}
         fingerprint = {"applied": entry is not None}

@@ -26,7 +26,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,6 +36,8 @@ from engine.module import ApplyContext, PlanContext, arg, register
 from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest, digest_to_sri, sri_to_digest
+from modules._support.http import HttpReader
+from modules._support.transfer_progress import metered
 
 __all__ = ["NpmFetch", "NpmFetchArgs", "parse_npmrc", "token_for", "nerf_dart"]
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]*\Z")
@@ -49,6 +51,8 @@ class NpmFetchArgs:
     version: str = arg(
         "latest",
         doc="An exact version (`1.0.0`) or a dist-tag (`latest`, `next`). Ranges are not accepted: a deploy names what it ships.",
+        pattern=r"[^ <>=^~*|/]+",
+        expected="an exact version or a dist-tag, not a range",
     )
     registry: str | None = arg(
         None,
@@ -67,6 +71,10 @@ class NpmFetchArgs:
         doc="Pin the tarball's integrity (`sha512-<base64>`, as `dist.integrity` and the plan show it). Any other bytes - including a republished version - fail the step.",
     )
     timeout: float = arg(60.0, doc="Seconds to wait for each registry response.")
+    max_unpacked_mib: int | None = arg(
+        None,
+        doc="Extraction budget: the most MiB the archive may expand to. Unset: 200 times the archive's size, at least 256 MiB, at most 4 GiB; a larger archive is refused as a bomb.",
+    )
 
 
 # -- .npmrc and tokens ---------------------------------------------------------------------------
@@ -116,6 +124,11 @@ def _host(url: str) -> tuple[str, int | None]:
     return (p.hostname or "", p.port or {"http": 80, "https": 443}.get(p.scheme))
 
 
+def _origin(url: str) -> str:
+    p = urllib.parse.urlsplit(url)
+    return f"{p.scheme}://{p.hostname}" + (f":{p.port}" if p.port else "")
+
+
 class _AuthOnlyToRegistry(urllib.request.HTTPRedirectHandler):
     """Follows redirects but drops the token when one leads to another host (urllib keeps it)."""
 
@@ -125,9 +138,6 @@ class _AuthOnlyToRegistry(urllib.request.HTTPRedirectHandler):
             new.headers.pop("Authorization", None)
             new.unredirected_hdrs.pop("Authorization", None)
         return new
-
-
-_OPENER = urllib.request.build_opener(_AuthOnlyToRegistry())
 
 
 # -- the module ----------------------------------------------------------------------------------
@@ -142,9 +152,11 @@ class _Resolved:
 
 
 class _Registry:
-    """HTTP access to one registry with an optional token (a `Bearer` header, never in a URL)."""
+    """HTTP access to one registry with an optional token (a `Bearer` header, never in a URL):
+    GETs only, through an `HttpReader`, in `plan` and in `apply` alike."""
 
-    def __init__(self, url: str, token: str | None, timeout: float, what: str) -> None:
+    def __init__(self, ctx: PlanContext | ApplyContext, url: str, token: str | None, timeout: float, what: str) -> None:
+        self.http = HttpReader(ctx, _AuthOnlyToRegistry())
         self.url = url if url.endswith("/") else url + "/"
         self.token = token
         self.timeout = timeout
@@ -157,14 +169,11 @@ class _Registry:
         req = urllib.request.Request(url, headers=headers)
         shown = SCRUBBER.scrub(url)
         try:
-            return _OPENER.open(req, timeout=self.timeout)
+            return self.http.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code in (401, 403):
-                how = (
-                    "the token was refused" if self.token else "no token was given (token_env or an .npmrc _authToken)"
-                )
-                raise ModuleError(f"{self.what}: registry refused access to {shown} (HTTP {exc.code}): {how}") from None
+                raise ModuleError(f"{self.what}: {self._refusal(url, exc)}") from None
             if exc.code == 404:
                 raise ModuleError(f"{self.what}: not found in the registry ({shown}, HTTP 404)") from None
             raise ModuleError(f"{self.what}: GET {shown} failed: HTTP {exc.code} {exc.reason}") from None
@@ -173,6 +182,23 @@ class _Registry:
             raise ModuleError(
                 f"{self.what}: cannot reach the registry at {shown}: {SCRUBBER.scrub(str(reason))}"
             ) from None
+
+    def _refusal(self, url: str, exc: urllib.error.HTTPError) -> str:
+        """Why a 401/403 came: no token, a refused token, or a host the token is never sent to
+        (a tarball URL or a redirect to another host: only the registry's host gets it)."""
+        answered = exc.geturl() or url
+        shown = SCRUBBER.scrub(answered)
+        if not self.token:
+            how = "no token was given (token_env or an .npmrc _authToken)"
+        elif _host(answered) != _host(self.url):
+            via = f", reached by a redirect from {SCRUBBER.scrub(url)}" if answered != url else ""
+            how = (
+                f"the token was never sent there: it goes only to the registry's host "
+                f"({_origin(self.url)}), and this answer came from {_origin(answered)}{via}"
+            )
+        else:
+            how = "the token was refused"
+        return f"{'registry' if _host(answered) == _host(self.url) else 'host'} refused access to {shown} (HTTP {exc.code}): {how}"
 
     def resolve(self, name: str, spec: str) -> _Resolved:
         url = self.url + name.replace("/", "%2f")
@@ -204,8 +230,13 @@ class _Registry:
         assert isinstance(version, str)  # meta was found under it, and JSON object keys are strings
         return _Resolved(name, version, tarball, integrity)
 
-    def chunks(self, url: str) -> Iterator[bytes]:
+    def chunks(self, url: str, progress: Callable[..., None] = lambda *_: None) -> Iterator[bytes]:
+        """The tarball's bytes, telling `progress(done, total)` (Content-Length) as they come."""
         resp = self._open(url, "application/octet-stream, */*")
+        length = resp.headers.get("Content-Length")
+        yield from metered(self._read(resp, url), progress, int(length) if length and length.isdigit() else None)
+
+    def _read(self, resp: Any, url: str) -> Iterator[bytes]:
         try:
             while True:
                 try:
@@ -217,6 +248,10 @@ class _Registry:
                 yield chunk
         finally:
             resp.close()
+
+
+def _budget(args: NpmFetchArgs) -> int | None:
+    return args.max_unpacked_mib * 2**20 if args.max_unpacked_mib else None
 
 
 def _parse_integrity(value: str, where: str) -> Digest:
@@ -294,6 +329,15 @@ class NpmFetch:
         "tarball": "the tarball URL it was downloaded from",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  templates:
+    type: npm
+    package: "@seed/templates"
+    version: 2.3.1
+    registry: https://npm.example.com/
+    token_env: NPM_TOKEN
+"""
 
     def plan(self, ctx: PlanContext, args: NpmFetchArgs) -> Plan:
         where = f"{ctx.step}.args"
@@ -304,9 +348,11 @@ class NpmFetch:
         if not args.version or any(c in args.version for c in " <>=^~*|/"):
             raise ArgError(f"'version' must be an exact version or a dist-tag (got {args.version!r})", path=where)
         pin = _parse_integrity(args.integrity, where) if args.integrity else None
+        if args.max_unpacked_mib is not None and args.max_unpacked_mib < 1:
+            raise ArgError(f"'max_unpacked_mib' must be >= 1 (got {args.max_unpacked_mib})", path=where)
         registry, token = _settings(ctx, args, where)
         what = f"npm {args.package}@{args.version}"
-        reg = _Registry(registry, token, args.timeout, what)
+        reg = _Registry(ctx, registry, token, args.timeout, what)
         res = reg.resolve(args.package, args.version)
         what = f"npm {res.name}@{res.version}"
         reg.what = what
@@ -337,17 +383,17 @@ class NpmFetch:
                 "pin 'integrity' (sha512) to deploy it"
             )
         cache = ArtifactCache(ctx.state_dir)
-        if cache.blob(expected) is None:
+        if not cache.verify(expected, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             ctx.emit(f"fetching {what} from {SCRUBBER.scrub(res.tarball)}")
             source_of = "the pinned integrity is" if pin else "the registry's dist.integrity is"
             cache.store(
-                reg.chunks(res.tarball),
+                reg.chunks(res.tarball, ctx.progress),
                 algo=expected.algo,
                 expected=expected,
                 artifact=f"{what} ({SCRUBBER.scrub(res.tarball)})",
                 expected_from=source_of,
             )
-        path = str(cache.tree(expected, strip_components=1, label=what))
+        path = str(cache.tree(expected, strip_components=1, label=what, max_bytes=_budget(args), on_damage=ctx.warn))
         integrity = expected.sri()
         outputs = {
             "path": path,
@@ -386,15 +432,16 @@ class NpmFetch:
         digest = sri_to_digest(plan.data["integrity"])
         what = f"npm {args.package}@{plan.data['version']}"
         cache = ArtifactCache(ctx.state_dir)
-        if cache.blob(digest) is None:  # the cache was cleared since the plan: fetch exactly what was planned
+        # the cache was cleared or damaged since the plan: fetch exactly what was planned
+        if not cache.verify(digest, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             _, token = _settings(ctx, args, f"{ctx.step}.args")
-            reg = _Registry(plan.data["registry"], token, args.timeout, what)
+            reg = _Registry(ctx, plan.data["registry"], token, args.timeout, what)
             cache.store(
-                reg.chunks(plan.data["tarball"]),
+                reg.chunks(plan.data["tarball"], ctx.progress),
                 algo=digest.algo,
                 expected=digest,
                 artifact=f"{what} ({SCRUBBER.scrub(plan.data['tarball'])})",
                 expected_from="the plan recorded",
             )
-        path = str(cache.tree(digest, strip_components=1, label=what))
+        path = str(cache.tree(digest, strip_components=1, label=what, max_bytes=_budget(args), on_damage=ctx.warn))
         return {**plan.outputs, "path": path}

@@ -16,6 +16,7 @@ artifact that cannot be had is not an error here: the plan says so (`available: 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -73,6 +74,13 @@ class RecordedArtifact:
         "error": "why not, when they were not",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  code:
+    type: recorded
+    digest: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    release: 20261124T051500Z
+"""
 
     def plan(self, ctx: PlanContext, args: RecordedArtifactArgs) -> Plan:
         release = f" (release {args.release})" if args.release else ""
@@ -80,8 +88,9 @@ class RecordedArtifact:
         outputs: dict[str, Any] = {"digest": args.digest, "available": True, "error": ""}
         key = parse_digest(args.digest)
         cache = ArtifactCache(ctx.state_dir)
-        if key is not None and cache.verify(key):
-            path = _materialise(cache, key, args.path)
+        if key is not None and cache.verify(key, on_damage=lambda text: ctx.warn(f"{args.digest}{release}: {text}")):
+            budget = (args.fetch or {}).get("max_unpacked_mib")
+            path = _materialise(cache, key, args.path, ctx.warn, budget if isinstance(budget, int) else None)
             return Plan.no_change(
                 f"{args.digest}{release} from the controller's cache",
                 outputs={**outputs, "path": path},
@@ -114,7 +123,9 @@ def _known(outputs: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: outputs[n] for n in names if outputs.get(n) is not None}
 
 
-def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None) -> str:
+def _materialise(
+    cache: ArtifactCache, key: Digest, recorded: str | None, warn: Callable[[str], None], budget_mib: int | None
+) -> str:
     layout = os.path.basename(recorded.rstrip("/")) if recorded else "tree"
     if layout == "blob":
         return str(cache.blob(key))
@@ -123,7 +134,8 @@ def _materialise(cache: ArtifactCache, key: Digest, recorded: str | None) -> str
         if layout.startswith("tree-strip") and layout[len("tree-strip") :].isdigit()
         else 0
     )
-    return str(cache.tree(key, strip_components=strip, label=str(key)))
+    budget = budget_mib * 2**20 if budget_mib else None
+    return str(cache.tree(key, strip_components=strip, label=str(key), max_bytes=budget, on_damage=warn))
 
 
 def _fetch(ctx: PlanContext, args: RecordedArtifactArgs) -> dict[str, Any]:

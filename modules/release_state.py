@@ -37,6 +37,13 @@ class ReleaseState:
         "releases": "the complete releases under `releases/`, sorted by name",
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: live_sync
+  module: release_state
+  fleet: web
+  args:
+    dest: /var/www/app
+"""
 
     def plan(self, ctx: PlanContext, args: ReleaseStateArgs) -> Plan:
         state = read_releases(ctx.conn, args.dest, timeout=ctx.remaining())

@@ -59,6 +59,14 @@ class ReleaseSwitch:
         "changed": "whether `current` moved on this host (what `cache_clear`'s `only_if_changed` reads)",
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: back_to_monday
+  module: release_switch
+  fleet: web
+  args:
+    dest: /var/www/app
+    release: 20261124T051500Z
+"""
 
     def plan(self, ctx: PlanContext, args: ReleaseSwitchArgs) -> Plan:
         state = read_state(ctx.conn, args.dest, releases=True)

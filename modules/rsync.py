@@ -29,9 +29,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from engine.argschema import enforce
 from engine.errors import ArgError, ModuleError
 from engine.model.results import Diff, Plan
-from engine.module import ApplyContext, PlanContext, arg, register
+from engine.module import ApplyContext, PlanContext, arg, output, register
 from modules._support import releases as rel
 from modules._support.manifest import (
     ChmodRules,
@@ -43,6 +44,7 @@ from modules._support.manifest import (
     tree_digest,
 )
 from modules._support.rsync_transfer import rsync_argv, transfer_and_delete
+from modules._support.tree_record import save_listing
 
 __all__ = ["Rsync", "RsyncArgs", "source_manifest", "clear_manifest_cache", "expected_digest"]
 
@@ -78,6 +80,7 @@ class RsyncArgs:
     )
     keep: int = arg(
         5,
+        minimum=1,
         doc="With `releases`: how many releases to keep. The one `current` points to and the previous one are never removed.",
     )
     shared: tuple[str, ...] = arg(
@@ -162,14 +165,13 @@ def clear_manifest_cache() -> None:
 
 def _validate(ctx: PlanContext, args: RsyncArgs) -> tuple[str, ExcludeRules, ChmodRules, tuple[str, ...]]:
     where = f"{ctx.step}.args"
+    enforce(args, path=where)  # the rules declared with the arguments (keep >= 1)
     base = str(ctx.vars.get("playbook_dir", ".")) if ctx.vars else "."
     src = os.path.normpath(os.path.join(base, os.path.expanduser(args.src)))
     if not os.path.isdir(src):
         raise ModuleError(f"'src' must be an existing directory on the controller (got '{src}')", path=ctx.step)
     if not args.dest.startswith("/") or posixpath.normpath(args.dest) == "/":
         raise ArgError(f"'dest' must be an absolute path other than / (got {args.dest!r})", path=where)
-    if args.keep < 1:
-        raise ArgError(f"'keep' must be at least 1 (got {args.keep})", path=where)
     if args.chown and not _CHOWN.match(args.chown):
         raise ArgError(f"'chown' must be user, user:group or :group (got {args.chown!r})", path=where)
     try:
@@ -197,20 +199,44 @@ class Rsync:
     Args: ClassVar[type] = RsyncArgs
     summary: ClassVar[str] = "sync a tree to hosts with rsync over SSH; atomic releases optional"
     outputs: ClassVar[dict[str, str]] = {
-        "release": "the directory holding the deployed tree (`dest`, or `dest/releases/<id>`)",
-        "release_name": "the release directory name (empty without releases)",
-        "changed_files": "how many paths were (or would be) created, updated or deleted",
-        "source_digest": "sha256 over the synced source's names, modes and contents",
+        "release": output("the directory holding the deployed tree (`dest`, or `dest/releases/<id>`)", str),
+        "release_name": output("the release directory name (empty without releases)", str),
+        "changed_files": output("how many paths were (or would be) created, updated or deleted", int),
+        "source_digest": output("sha256 over the synced source's names, modes and contents", str),
+        "tree_digest": output(
+            "the recorded tree a host has once synced (`<state dir>/trees/<digest>.listing`; what `playbook drift` compares with)",
+            str,
+        ),
     }
     controller_only: ClassVar[bool] = False
+    examples: ClassVar[str] = """\
+- id: sync
+  module: rsync
+  fleet: web
+  args:
+    src: "{{ sources.code.path }}"
+    dest: /var/www/app
+    releases: true
+    keep: 5
+    shared: [wp-content/uploads]
+    exclude: [/.git/, "*.log"]
+- id: static
+  module: rsync
+  fleet: web
+  args:
+    src: public/
+    dest: /srv/static
+    chmod: D755,F644
+"""
 
     def plan(self, ctx: PlanContext, args: RsyncArgs) -> Plan:
         src, excludes, chmod, shared = _validate(ctx, args)
         dest = posixpath.normpath(args.dest)
         local, source_digest = source_manifest(src, ctx.run_id, ctx.state_dir)
-        expected_tree = None
-        if not (args.checksum or args.chown or shared):  # the fast path compares what rsync -a keeps
-            expect, expected_tree, listing = expected_digest(local, excludes, chmod, ctx.run_id, src)
+        expect, expected, listing = expected_digest(local, excludes, chmod, ctx.run_id, src)
+        save_listing(ctx.state_dir, expect, listing[1])  # once per tree: what `playbook drift` compares with
+        # the fast path compares what rsync -a keeps
+        expected_tree = None if (args.checksum or args.chown or shared) else expected
         if expected_tree is not None:
             state, tree = rel.delta_probe(
                 ctx, dest, expected_tree, releases=args.releases, timeout=ctx.remaining(), listing=listing
@@ -224,7 +250,7 @@ class Rsync:
                     "releases": list(state.releases),
                     "source": source_digest,
                 }
-                common = {"source_digest": source_digest, "changed_files": 0}
+                common = {"source_digest": source_digest, "tree_digest": expect, "changed_files": 0}
                 if not args.releases:
                     return Plan.no_change(
                         f"in sync: {files} files",
@@ -296,7 +322,7 @@ class Rsync:
             "releases": list(state.releases),
             "source": source_digest,
         }
-        common = {"source_digest": source_digest}
+        common = {"source_digest": source_digest, "tree_digest": expect}
         if not args.releases:
             outputs = {"release": dest, "release_name": "", "changed_files": delta.changed, **common}
             if not delta.changed:

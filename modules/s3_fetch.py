@@ -12,7 +12,8 @@ Planning reads only: HeadObject, and - because the cache is keyed by the verifie
 host is touched - a download into the cache when the bytes are not cached yet, so later steps
 (rsync) can plan a real per-file diff against the extracted tree. The plan compares the digest
 with the one this playbook last deployed from this source (`<state_dir>/artifacts/`): the same
-digest is no-change, another one will-change `sha256:old → sha256:new`.
+digest is no-change, another one will-change `sha256:old → sha256:new`. The S3 client is a
+reader in plan and apply alike: a botocore hook refuses any request but GET and HEAD.
 
 Credentials come from boto3's standard chain (`profile`, environment, shared files, SSO,
 container or instance role); the secret parts are registered with the scrubber. No botocore
@@ -24,17 +25,19 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from engine.errors import ArgError, ModuleError
+from engine.errors import ArgError, ModuleError, ReadOnlyViolation
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.record.deployed import last_deployed
 from engine.secrets import SCRUBBER
 from modules._support.artifacts import ArtifactCache, Digest
 from modules._support.extract import kind_from_name
+from modules._support.transfer_progress import metered
 
 __all__ = ["S3Fetch", "S3FetchArgs", "parse_sha256"]
 
@@ -53,7 +56,9 @@ class S3FetchArgs:
         None,
         doc="Pin the object's content digest (`sha256:<hex>` or 64 hex digits). Other bytes fail the step. Unset: the object's `ChecksumSHA256` is what the bytes are verified against.",
     )
-    endpoint_url: str | None = arg(None, doc="S3 API endpoint (MinIO, Ceph, a test server). Unset: AWS.")
+    endpoint_url: str | None = arg(
+        None, doc="S3 API endpoint, an http:// or https:// URL (MinIO, Ceph, a test server). Unset: AWS."
+    )
     region: str | None = arg(None, doc="AWS region. Unset: from the profile/environment, else `us-east-1`.")
     profile: str | None = arg(
         None,
@@ -62,6 +67,14 @@ class S3FetchArgs:
     extract: ExtractMode = arg(
         "auto",
         doc="`auto`: extract `.tar.gz`/`.tgz`/`.tar`/`.tar.bz2`/`.tar.xz`/`.zip` keys (by suffix) and output the tree; `none`: output the file; or name the archive kind.",
+    )
+    max_unpacked_mib: int | None = arg(
+        None,
+        doc="Extraction budget: the most MiB the archive may expand to. Unset: 200 times the archive's size, at least 256 MiB, at most 4 GiB; a larger archive is refused as a bomb.",
+    )
+    timeout: float = arg(
+        20.0,
+        doc=f"Seconds to wait for the endpoint to accept a connection, and for each answer (or chunk of a download); {MAX_ATTEMPTS} attempts in all.",
     )
 
 
@@ -75,17 +88,42 @@ def parse_sha256(value: str, *, where: str) -> Digest:
     return Digest("sha256", text)
 
 
-def _checksum_digest(head: dict[str, Any]) -> Digest | None:
-    """The object's full-content sha256 from HeadObject, or None (absent, or a composite
-    multipart checksum like `xxx-3`, which is a checksum of part checksums)."""
+def _checksum_digest(head: dict[str, Any], checksum_type: str | None) -> Digest | None:
+    """The object's full-content sha256 from HeadObject, or None: absent, or a composite
+    multipart checksum (a checksum of the parts' checksums, not of the content), known by
+    `checksum_type` COMPOSITE or by a `-N` suffix."""
     value = head.get("ChecksumSHA256")
-    if not value or head.get("ChecksumType") == "COMPOSITE" or "-" in value:
+    if not value or checksum_type == "COMPOSITE" or "-" in value:
         return None
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return None
     return Digest("sha256", raw.hex()) if len(raw) == 32 else None
+
+
+def _checksum_type(client: Any, head: dict[str, Any], args: S3FetchArgs) -> str | None:
+    """COMPOSITE or FULL_OBJECT for an object with a ChecksumSHA256. HeadObject says so in
+    `ChecksumType`; servers that leave it out (older S3-compatible ones, moto) are asked with
+    GetObjectAttributes. If that is refused too, a multipart ETag (`…-N`) means COMPOSITE: S3
+    keeps no full-object SHA-256 of a multipart upload."""
+    import botocore.exceptions as be
+
+    if not head.get("ChecksumSHA256"):
+        return None
+    if head.get("ChecksumType"):
+        return str(head["ChecksumType"])
+    kw: dict[str, Any] = {"Bucket": args.bucket, "Key": args.key, "ObjectAttributes": ["Checksum"]}
+    if args.version_id:
+        kw["VersionId"] = args.version_id
+    try:
+        attrs = client.get_object_attributes(**kw)
+        found = (attrs.get("Checksum") or {}).get("ChecksumType")
+        if found:
+            return str(found)
+    except (be.BotoCoreError, be.ClientError):
+        pass
+    return "COMPOSITE" if re.search(r"-\d+\"?$", str(head.get("ETag") or "")) else "FULL_OBJECT"
 
 
 def _client(args: S3FetchArgs, what: str) -> Any:
@@ -103,7 +141,9 @@ def _client(args: S3FetchArgs, what: str) -> Any:
                     SCRUBBER.add(value)
         region = args.region or session.region_name or "us-east-1"
         opts: dict[str, Any] = dict(
-            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"}, connect_timeout=15, read_timeout=60
+            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+            connect_timeout=args.timeout,
+            read_timeout=args.timeout,
         )
         try:
             # botocore >= 1.36 validates response checksums itself; this module verifies every
@@ -113,21 +153,42 @@ def _client(args: S3FetchArgs, what: str) -> Any:
             )
         except TypeError:  # older botocore: no flexible checksums at all
             config = Config(**opts)
-        return session.client("s3", endpoint_url=args.endpoint_url or None, region_name=region, config=config)
+        client = session.client("s3", endpoint_url=args.endpoint_url or None, region_name=region, config=config)
+        client.meta.events.register("before-send.s3", _reads_only)
+        return client
     except botocore.exceptions.ProfileNotFound:
         raise ModuleError(f"{what}: AWS profile '{args.profile}' is not configured") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise ModuleError(f"{what}: cannot set up the S3 client: {_text(exc)}") from None
 
 
+def _reads_only(request: Any, **_kw: Any) -> None:
+    """botocore's last hook before a request leaves: this module only reads S3 (in plan and
+    apply alike), so its client is a reader; anything but GET or HEAD is refused here."""
+    if str(request.method).upper() not in ("GET", "HEAD"):
+        path = str(request.url).split("?")[0]
+        raise ReadOnlyViolation(f"the S3 client refused {request.method} {path}: s3_fetch only reads")
+
+
 def _text(exc: BaseException) -> str:
     return SCRUBBER.scrub(str(exc))
 
 
-def _translate(exc: BaseException, what: str, action: str) -> ModuleError:
+def _translate(exc: BaseException, what: str, action: str, args: S3FetchArgs | None = None) -> ModuleError:
     """A botocore exception as a `ModuleError` naming the object; nothing of botocore escapes."""
     import botocore.exceptions as be
 
+    endpoint = (args.endpoint_url if args else None) or "AWS"
+    if isinstance(exc, be.ReadTimeoutError) and args is not None:
+        return ModuleError(
+            f"{what}: the S3 endpoint {endpoint} did not answer within {args.timeout:g} s "
+            f"({action}, {MAX_ATTEMPTS} attempts); raise 'timeout' if it is only slow"
+        )
+    if isinstance(exc, be.ConnectTimeoutError) and args is not None:
+        return ModuleError(
+            f"{what}: cannot reach the S3 endpoint {endpoint}: no connection within {args.timeout:g} s "
+            f"({MAX_ATTEMPTS} attempts)"
+        )
     if isinstance(exc, be.ClientError):
         err = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
         code = str(err.get("Code", ""))
@@ -137,7 +198,7 @@ def _translate(exc: BaseException, what: str, action: str) -> ModuleError:
         if code in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
             return ModuleError(f"{what}: no such object (or version)")
         if code == "NoSuchBucket":
-            return ModuleError(f"{what}: no such bucket")
+            return ModuleError(f"{what}: no such bucket" + (f" '{args.bucket}'" if args else ""))
         if code in ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
             return ModuleError(f"{what}: access denied ({code}); check the credentials and the bucket policy")
         if code in ("412", "PreconditionFailed"):
@@ -176,17 +237,38 @@ class S3Fetch:
         "uri": "`s3://bucket/key`",
     }
     controller_only: ClassVar[bool] = True
+    examples: ClassVar[str] = """\
+sources:
+  widgets:
+    type: s3
+    bucket: artifacts
+    key: "widgets/widgets-{{ widgets_version }}.tar.gz"
+    region: eu-central-1
+"""
 
     def plan(self, ctx: PlanContext, args: S3FetchArgs) -> Plan:
         where = f"{ctx.step}.args"
         if not args.bucket or not args.key:
             raise ArgError("'bucket' and 'key' must not be empty", path=where)
+        if args.endpoint_url:
+            url = urllib.parse.urlsplit(args.endpoint_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ArgError(
+                    "'endpoint_url' must be an http:// or https:// URL, e.g. 'https://minio.example.com:9000' "
+                    f"(got {args.endpoint_url!r})",
+                    path=where,
+                )
+        if args.timeout <= 0:
+            raise ArgError(f"'timeout' must be > 0 seconds (got {args.timeout:g})", path=where)
         pin = parse_sha256(args.sha256, where=where) if args.sha256 else None
+        if args.max_unpacked_mib is not None and args.max_unpacked_mib < 1:
+            raise ArgError(f"'max_unpacked_mib' must be >= 1 (got {args.max_unpacked_mib})", path=where)
         what = _where(args)
         client = _client(args, what)
         head = self._head(client, args, what)
         version = head.get("VersionId") if head.get("VersionId") not in (None, "", "null") else None
-        claimed = _checksum_digest(head)
+        checksum_type = _checksum_type(client, head, args)
+        claimed = _checksum_digest(head, checksum_type)
         if pin is not None and claimed is not None and pin != claimed:
             raise ModuleError(
                 f"{what}: the playbook pins {pin}, but the object's ChecksumSHA256 is {claimed}; "
@@ -195,13 +277,18 @@ class S3Fetch:
         expected = pin or claimed
         expected_from = "the pinned sha256 is" if pin else "the object's ChecksumSHA256 is"
         cache = ArtifactCache(ctx.state_dir)
-        if expected is not None and cache.blob(expected) is not None:
+        if expected is not None and cache.verify(expected, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             digest = expected
         else:
             if expected is None:
-                ctx.emit(
-                    f"{what}: no sha256 pinned and the object has no ChecksumSHA256; "
-                    "its digest is computed from the downloaded bytes"
+                has = (
+                    "only a composite multipart ChecksumSHA256 (of its parts, not of its content)"
+                    if checksum_type == "COMPOSITE"
+                    else "no ChecksumSHA256"
+                )
+                ctx.warn(
+                    f"{what}: unverified: no sha256 pinned and the object has {has}; its digest is "
+                    "computed from the downloaded bytes (pin 'sha256' to verify them)"
                 )
             size = head.get("ContentLength")
             ctx.emit(f"fetching {what}" + (f" ({size} bytes)" if size is not None else ""))
@@ -214,8 +301,9 @@ class S3Fetch:
                 expected_from,
                 version_id=args.version_id or version,
                 etag=head.get("ETag"),
+                progress=ctx.progress,
             )
-        path = self._materialise(cache, digest, args, what)
+        path = self._materialise(cache, digest, args, what, ctx.warn)
         outputs = {"path": path, "digest": str(digest), "version": version, "uri": f"s3://{args.bucket}/{args.key}"}
         data = {"args": args, "digest": str(digest), "version": version}
         fingerprint = {"digest": str(digest), "version": version}
@@ -243,13 +331,22 @@ class S3Fetch:
         digest = Digest("sha256", plan.data["digest"].split(":", 1)[1])
         what = _where(args)
         cache = ArtifactCache(ctx.state_dir)
-        if cache.blob(digest) is None:  # cache cleared since the plan (or a saved plan applied elsewhere)
+        # cache cleared or damaged since the plan (or a saved plan applied elsewhere): fetch again
+        if not cache.verify(digest, on_damage=lambda text: ctx.warn(f"{what}: {text}")):
             client = _client(args, what)
             version = plan.data.get("version")
             self._download(
-                client, args, what, cache, digest, "the plan recorded", version_id=args.version_id or version, etag=None
+                client,
+                args,
+                what,
+                cache,
+                digest,
+                "the plan recorded",
+                version_id=args.version_id or version,
+                etag=None,
+                progress=ctx.progress,
             )
-        path = self._materialise(cache, digest, args, what)
+        path = self._materialise(cache, digest, args, what, ctx.warn)
         return {
             "path": path,
             "digest": str(digest),
@@ -269,7 +366,16 @@ class S3Fetch:
         try:
             return client.head_object(**kw)
         except (be.BotoCoreError, be.ClientError) as exc:
-            raise _translate(exc, what, "HeadObject") from None
+            error = _translate(exc, what, "HeadObject", args)
+        if "no such object" in error.message:  # a HEAD answer has no body to tell a missing bucket
+            try:
+                client.head_bucket(Bucket=args.bucket)
+            except be.ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
+                    error = ModuleError(f"{what}: no such bucket '{args.bucket}'")
+            except be.BotoCoreError:
+                pass
+        raise error
 
     @staticmethod
     def _download(
@@ -282,6 +388,7 @@ class S3Fetch:
         *,
         version_id: str | None,
         etag: str | None,
+        progress: Callable[..., None] = lambda *_: None,
     ) -> Digest:
         import botocore.exceptions as be
 
@@ -293,25 +400,33 @@ class S3Fetch:
         try:
             resp = client.get_object(**kw)
         except (be.BotoCoreError, be.ClientError) as exc:
-            raise _translate(exc, what, "GetObject") from None
+            raise _translate(exc, what, "GetObject", args) from None
         body = resp["Body"]
 
         def chunks() -> Iterator[bytes]:
             try:
                 yield from body.iter_chunks(_CHUNK)
             except (be.BotoCoreError, be.ClientError) as exc:
-                raise _translate(exc, what, "download") from None
+                raise _translate(exc, what, "download", args) from None
             except OSError as exc:
                 raise ModuleError(f"{what}: download failed: {exc}") from None
             finally:
                 body.close()
 
         label = what + (f" (version {version_id})" if version_id and not args.version_id else "")
-        digest, _ = cache.store(chunks(), algo="sha256", expected=expected, artifact=label, expected_from=expected_from)
+        digest, _ = cache.store(
+            metered(chunks(), progress, resp.get("ContentLength")),
+            algo="sha256",
+            expected=expected,
+            artifact=label,
+            expected_from=expected_from,
+        )
         return digest
 
     @staticmethod
-    def _materialise(cache: ArtifactCache, digest: Digest, args: S3FetchArgs, what: str) -> str:
+    def _materialise(
+        cache: ArtifactCache, digest: Digest, args: S3FetchArgs, what: str, warn: Callable[[str], None]
+    ) -> str:
         if args.extract == "none":
             return str(cache.blob(digest))
         if args.extract == "auto":
@@ -320,4 +435,5 @@ class S3Fetch:
             kind = None  # by the bytes' magic number: the suffix only says "this is an archive"
         else:
             kind = args.extract
-        return str(cache.tree(digest, kind=kind, label=what))
+        budget = args.max_unpacked_mib * 2**20 if args.max_unpacked_mib else None
+        return str(cache.tree(digest, kind=kind, label=what, max_bytes=budget, on_damage=warn))

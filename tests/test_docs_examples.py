@@ -78,7 +78,7 @@ def _parse(command: str) -> None:
         raise AssertionError(f"the documented command does not parse: {command}") from exc
 
 
-_FRAGMENT_KEYS = {"sources", "fleets", "secrets", "notify", "vars", "inventory", "name"}
+_FRAGMENT_KEYS = {"sources", "fleets", "secrets", "notify", "vars", "inventory", "name", "state"}
 
 
 def _load_yaml(tmp_path: Path, body: str) -> None:

@@ -8,19 +8,18 @@ import sys
 
 from engine.errors import PlaybookError
 
-__all__ = ["cmd_validate", "cmd_graph", "cmd_history", "cmd_lock", "cmd_modules"]
+__all__ = ["cmd_validate", "cmd_graph", "cmd_history", "cmd_lock", "cmd_modules", "cmd_drift"]
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from engine import api
     from engine.errors import ValidationErrors
     from engine.load.inventory import load_inventory
     from engine.load.playbook import load_playbook
+    from engine.report.terminal import console
 
-    err = Console(stderr=True, highlight=False)
-    out = Console(highlight=False)
+    err = console(stderr=True)
+    out = console()
     extra = api.parse_extra_vars(ns.extra_vars)
     bad = 0
     for path in ns.files:
@@ -75,14 +74,14 @@ def cmd_history(ns: argparse.Namespace) -> int:
     import datetime
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
-    from engine.record.history import History
+    from engine.record.state import open_history
+    from engine.report.terminal import console
 
-    if not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
+    if not getattr(ns, "state", "") and not os.path.exists(os.path.join(ns.state_dir, "history.sqlite")):
         raise PlaybookError(f"no history in {ns.state_dir}/ yet (runs are recorded there; see --state-dir)")
-    hist = History(ns.state_dir)
+    hist = open_history(getattr(ns, "state", ""), ns.state_dir)
     try:
         if getattr(ns, "html", None):
             from engine.report.html import write_report
@@ -107,7 +106,7 @@ def cmd_history(ns: argparse.Namespace) -> int:
                 table.add_column(col)
             for res in results:
                 table.add_row(res["step"], res["host"] or "controller", res["status"], (res["message"] or "")[:80])
-            Console().print(table)
+            console().print(table)
             return 0
         runs = hist.runs(ns.playbook, mode=None if ns.all_modes else "run", limit=ns.n)
         if ns.format == "json":
@@ -115,29 +114,36 @@ def cmd_history(ns: argparse.Namespace) -> int:
             return 0
         table = Table()
         for col in ("run", "when (UTC)", "playbook", "user", "release", "status", "exit"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col in ("run", "release"))  # ids are copied whole, never split
         for r in runs:
             when = datetime.datetime.fromtimestamp(r.started, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
             table.add_row(r.run_id, when, r.name, r.user, r.release_id or "", r.status, str(r.exit_code))
-        Console().print(table)
+        console().print(table)
         return 0
     finally:
         hist.close()
 
 
 def cmd_lock(ns: argparse.Namespace) -> int:
-    import socket
 
-    from rich.console import Console
     from rich.table import Table
 
     from engine import api
     from engine.connection.pool import ConnectionPool
     from engine.errors import ConnectionFailed
-    from engine.execute.locks import break_lock, default_lock_path, status
+    from engine.execute.locks import break_lock, default_lock_path, holder_alive, status
     from engine.execute.options import resolve_fleets
 
     loaded = api.load(ns.playbook, ns.inventory)
+    ns.state = getattr(ns, "state", "") or loaded.playbook.state or loaded.inventory.state
+    if ns.state == "local":
+        ns.state = ""
+    if ns.state:  # the locks are in the shared backend
+        from engine.cli.statelock import cmd_shared_lock
+
+        return cmd_shared_lock(ns, loaded)
+    if ns.action == "break":
+        ns.action, ns.force = "release", True
     fleets = resolve_fleets(loaded.playbook, loaded.inventory, ns.limit)
     table = Table()
     for col in ("fleet", "host", "lock"):
@@ -158,7 +164,7 @@ def cmd_lock(ns: argparse.Namespace) -> int:
                     if ns.action == "status":
                         table.add_row(name, host, f"held by {holder.describe()}")
                         continue
-                    alive = holder.host == socket.gethostname() and _pid_alive(holder.pid)
+                    alive = holder_alive(holder) is True
                     if alive and not ns.force:
                         refused += 1
                         table.add_row(name, host, f"kept: {holder.describe()} is still running (use --force)")
@@ -168,20 +174,10 @@ def cmd_lock(ns: argparse.Namespace) -> int:
                 except ConnectionFailed as exc:
                     refused += 1
                     table.add_row(name, host, f"unreachable: {exc}")
-    Console(highlight=False).print(table)
+    from engine.report.terminal import console
+
+    console().print(table)
     return 1 if refused else 0
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmd_modules(ns: argparse.Namespace) -> int:
@@ -197,3 +193,30 @@ def cmd_modules(ns: argparse.Namespace) -> int:
     else:
         sys.stdout.write(module_table())
     return 0
+
+
+def cmd_drift(ns: argparse.Namespace) -> int:
+    """`playbook drift`: 0 no drift, 2 drift, 1 a host could not be read (engine/record/drift.py)."""
+    import json
+
+    from engine import api
+    from engine.execute.options import RunOptions
+    from engine.report.drift import drift_markdown, drift_text
+
+    if ns.forks < 1:
+        raise PlaybookError(f"--forks must be at least 1 (got {ns.forks})")
+    loaded = api.load(ns.playbook, ns.inventory)
+    extra = api.parse_extra_vars(ns.extra_vars)
+    extra.update(api.resolve_secrets(loaded.playbook, ns.secret))
+    opts = RunOptions(
+        mode="plan", forks=ns.forks, limit=ns.limit, extra_vars=extra, state_dir=ns.state_dir, verbose=ns.verbose
+    )
+    report = api.drift(loaded, opts)
+    doc = report.to_dict()
+    if ns.format == "json":
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    elif ns.format == "markdown":
+        sys.stdout.write(drift_markdown(doc))
+    else:
+        sys.stdout.write(drift_text(doc, verbose=ns.verbose > 0))
+    return report.exit_code

@@ -60,6 +60,29 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
         help="controller state: caches, records (default ./.playbook)",
     )
     p.add_argument("-v", "--verbose", action="count", default=0)
+    _state_arg(p)
+
+
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state",
+        default=os.environ.get("PLAYBOOK_STATE", ""),
+        metavar="s3://BUCKET/PREFIX",
+        help="keep locks, history and journal in a shared S3 backend (default: local, --state-dir; docs/scale.md)",
+    )
+
+
+def _shard_args(p: argparse.ArgumentParser, *, run_id: bool = True) -> None:
+    p.add_argument(
+        "--shard",
+        metavar="I/N|auto|coordinator",
+        help="work on shard I of N of the hosts (auto: from CI_NODE_INDEX/CI_NODE_TOTAL or "
+        "JOB_COMPLETION_INDEX/PLAYBOOK_SHARD_TOTAL); coordinator: the steps that run once (docs/scale.md)",
+    )
+    if run_id:  # `apply` uses the saved plan's run id
+        p.add_argument(
+            "--run-id", help="the run id all parts of a sharded run share (default $PLAYBOOK_RUN_ID, ci$CI_PIPELINE_ID)"
+        )
 
 
 class _Version(argparse.Action):
@@ -93,9 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="RUN_ID", help="redo only the host/steps that did not finish in that run (same release id)"
     )
+    _shard_args(p)
     p = sub.add_parser("plan", help="dry run: show what would change (exit 2 when something would)")
     _common_run_args(p)
     p.add_argument("-o", "--out", metavar="PLAN.json", help="save the plan for `playbook apply`")
+    _shard_args(p)
 
     p = sub.add_parser("apply", help="apply exactly a saved plan; refuses if anything drifted since")
     p.add_argument("plan_file", metavar="PLAN.json")
@@ -104,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret", action="append", default=[], metavar="NAME[=@FILE]")
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
     p.add_argument("-v", "--verbose", action="count", default=0)
+    _shard_args(p, run_id=False)
+    _state_arg(p)
 
     p = sub.add_parser("rollback", help="return the fleet to a recorded release (default: the previous one)")
     _common_run_args(p)
@@ -114,6 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="first run the down commands of migrations applied by the releases being undone",
     )
     p.add_argument("--plan", action="store_true", help="only show what the rollback would do")
+
+    p = sub.add_parser(
+        "drift",
+        help="compare every host with what the history says was deployed there (exit 2 on drift)",
+        description="Compare every host with what the history says was deployed there: the release\n"
+        "`current` points at, the files of the live tree, canary images and colours, Helm image\n"
+        "values. Changes nothing. Exit 0: no drift; 2: drift; 1: a host could not be read.",
+    )
+    p.add_argument("playbook", help="playbook YAML file")
+    p.add_argument("-i", "--inventory", help="inventory YAML (default: the playbook's `inventory:`)")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS", help="as for `run`")
+    p.add_argument("-l", "--limit", help="host pattern restricting every fleet")
+    p.add_argument(
+        "-f", "--forks", type=int, default=int(os.environ.get("PLAYBOOK_FORKS", "50")), help="hosts read at once"
+    )
+    p.add_argument(
+        "--format", choices=["text", "json", "markdown"], default="text", help="markdown: for an issue opened by CI"
+    )
+    p.add_argument("--secret", action="append", default=[], metavar="NAME[=@FILE]")
+    p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
+    p.add_argument("-v", "--verbose", action="count", default=0, help="list the hosts without drift too")
 
     p = sub.add_parser("validate", help="check playbooks (and their inventory) without contacting any host")
     p.add_argument("files", nargs="+", help="playbook files (an inventory file is checked on its own)")
@@ -132,15 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--html", metavar="DIR", help="write a static report (DIR/index.html) to open in a browser")
     p.add_argument("--state-dir", default=os.environ.get("PLAYBOOK_STATE_DIR", ".playbook"))
+    _state_arg(p)
 
     p = sub.add_parser("lock", help="inspect or break the deploy locks of a playbook's fleets")
-    p.add_argument("action", choices=["status", "release"])
+    p.add_argument("action", choices=["status", "release", "break"])
     p.add_argument("playbook")
     p.add_argument("-i", "--inventory")
     p.add_argument("-l", "--limit")
     p.add_argument(
         "--force", action="store_true", help="release: break locks even when their holder may still be running"
     )
+    _state_arg(p)
 
     p = sub.add_parser(
         "completion",
@@ -198,6 +248,11 @@ EXAMPLES: dict[str, list[str]] = {
         "playbook rollback playbooks/deploy-smartweb.yml --plan   # what going back would do",
         "playbook rollback playbooks/deploy-smartweb.yml --to 20261124T051500Z",
     ],
+    "drift": [
+        "playbook drift playbooks/deploy-smartweb.yml -i inventory/prod.yml   # exit 2: a host drifted",
+        "playbook drift playbooks/deploy-smartweb.yml --format markdown > drift.md",
+        "playbook drift playbooks/deploy-smartweb.yml --limit web1 --format json",
+    ],
     "validate": ["playbook validate playbooks/*.yml", "playbook validate inventory/demo.yml"],
     "graph": [
         "playbook graph playbooks/demo.yml",
@@ -209,7 +264,11 @@ EXAMPLES: dict[str, list[str]] = {
         "playbook history --run 3f2a9c --format json",
         "playbook history --html report/",
     ],
-    "lock": ["playbook lock status playbooks/demo.yml", "playbook lock release playbooks/demo.yml --limit demo-web1"],
+    "lock": [
+        "playbook lock status playbooks/demo.yml",
+        "playbook lock release playbooks/demo.yml --limit demo-web1",
+        "playbook lock break playbooks/demo.yml --state s3://deploy-state/prod",
+    ],
     "modules": ["playbook modules", "playbook modules rsync", "playbook modules rsync --format json"],
 }
 
@@ -245,9 +304,12 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     extra.update(secrets)
     save_to = getattr(ns, "out", None) if mode == "plan" else None
     key = api.plan_key() if save_to else None  # a bad key setting fails before any host is contacted
-    pool = api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
+    shard = _shard(ns)
+    if shard is not None and save_to:
+        raise PlaybookError("plan -o saves the whole plan: drop --shard, and apply it with `apply PLAN --shard I/N`")
+    pool = None if shard else api.open_early(loaded, ns.limit, ns.forks)  # handshakes overlap the checks below
     try:
-        api.check(loaded, extra, ns.limit)
+        api.check(loaded, extra, ns.limit, release_id=ns.release_id)
         opts = RunOptions(
             mode=mode,
             forks=ns.forks,
@@ -256,8 +318,15 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
             release_id=ns.release_id or "",
             state_dir=ns.state_dir,
             verbose=ns.verbose,
+            state=_state_of(ns, loaded),
         )
-        if getattr(ns, "resume", None) and not api.prepare_resume(loaded, opts, ns.resume):
+        resume = getattr(ns, "resume", None)
+        if shard is not None:
+            if resume and shard.coordinator:
+                raise PlaybookError("--resume with --shard coordinator: run the coordinator again instead")
+            loaded = api.prepare_part(loaded, opts, shard, resume or _shared_run_id(ns), resume=bool(resume))
+            resume = opts.run_id if resume else None
+        if resume and not api.prepare_resume(loaded, opts, resume):
             sys.stderr.write(
                 f"run {opts.resumed_from} already finished (release {opts.release_id}): nothing to resume\n"
             )
@@ -275,6 +344,24 @@ def _cmd_execute(ns: argparse.Namespace, mode: str) -> int:
     return summary.exit_code()
 
 
+def _state_of(ns: argparse.Namespace, loaded: Any) -> str:
+    """`--state` / `$PLAYBOOK_STATE`, else the playbook's `state:`, else the inventory's; "" = local."""
+    state = ns.state or loaded.playbook.state or loaded.inventory.state
+    return "" if state == "local" else state
+
+
+def _shard(ns: argparse.Namespace) -> Any:
+    from engine.execute.shard import parse_shard
+
+    return parse_shard(ns.shard) if getattr(ns, "shard", None) else None
+
+
+def _shared_run_id(ns: argparse.Namespace) -> str:
+    from engine.execute.sharded import shared_run_id
+
+    return shared_run_id(ns.run_id)
+
+
 def _warn(text: str) -> None:
     from engine.secrets import SCRUBBER
 
@@ -285,19 +372,35 @@ def _run(
     ns: argparse.Namespace, loaded: Any, opts: Any, *, plan_hash: str = "", pool: Any = None, rollback: bool = False
 ) -> Any:
     """`api.run` with the chosen reporter, and SIGINT/SIGTERM asking the run to stop: in-flight
-    steps finish, nothing new starts; a second Ctrl-C aborts."""
+    steps finish, nothing new starts; a second Ctrl-C aborts (children killed, in-flight steps
+    reported unknown, the run recorded as interrupted); a third, or a second before the run
+    started, raises KeyboardInterrupt."""
     from engine import api
+    from engine.connection import children
+
+    children.reset_abort()
 
     reporter = _reporter(ns.format, opts.mode, ns.verbose, loaded.playbook)
     executors: list[Any] = []
     interrupts = {"n": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
+        # os.write, not sys.stderr: the main thread may be inside a write to it (not reentrant)
         interrupts["n"] += 1
-        if interrupts["n"] > 1 and signum == signal.SIGINT:
+        if interrupts["n"] == 1 or signum != signal.SIGINT:
+            for ex in executors:
+                ex.request_stop()
+            if interrupts["n"] == 1:
+                os.write(
+                    2,
+                    b"\ninterrupt: letting the steps in flight finish, starting nothing new (Ctrl-C again to abort)\n",
+                )
+            return
+        os.write(2, b"\ninterrupt: aborting, stopping the steps in flight\n")
+        woken = [ex.abort() for ex in executors]
+        if interrupts["n"] > 2 or not any(woken):
+            children.abort()
             raise KeyboardInterrupt
-        for ex in executors:
-            ex.request_stop()
 
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
@@ -334,6 +437,7 @@ def _cmd_rollback(ns: argparse.Namespace) -> int:
         extra_vars=extra,
         state_dir=ns.state_dir,
         verbose=ns.verbose,
+        state=_state_of(ns, loaded),
     )
     rb = api.prepare_rollback(loaded, opts, to=ns.to, with_migrations=ns.with_migrations)
     plan = rb.plan
@@ -353,7 +457,13 @@ def _cmd_apply(ns: argparse.Namespace) -> int:
     from engine import api
 
     ready = api.prepare_apply(
-        ns.plan_file, secrets=ns.secret, forks=ns.forks, state_dir=ns.state_dir, verbose=ns.verbose
+        ns.plan_file,
+        secrets=ns.secret,
+        forks=ns.forks,
+        state_dir=ns.state_dir,
+        verbose=ns.verbose,
+        shard=_shard(ns),
+        state=ns.state,
     )
     return _run(ns, ready.loaded, ready.options, plan_hash=ready.plan_hash).exit_code()
 
@@ -374,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_rollback(ns)
         if ns.command == "apply":
             return _cmd_apply(ns)
+        if ns.command == "drift":
+            return inspect.cmd_drift(ns)
         if ns.command == "validate":
             return inspect.cmd_validate(ns)
         if ns.command == "graph":
@@ -396,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlaybookError as exc:
         from engine.secrets import SCRUBBER
 
+        _print_error_json(exc, getattr(ns, "format", "text"))
         sys.stderr.write(f"error: {SCRUBBER.scrub(str(exc))}\n")
         return 1
     except KeyboardInterrupt:
@@ -409,6 +522,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (run with -vvv for a traceback)\n")
         return 1
     return 1
+
+
+def _print_error_json(exc: PlaybookError, fmt: str) -> None:
+    """With `--format json`/`jsonl`, an error that ends the command is JSON on stdout too
+    (schemas/run.schema.json, schemas/events.schema.json), for the CI job that parses it."""
+    if fmt not in ("json", "jsonl"):
+        return
+    import json
+
+    from engine.report.jsondoc import error_document, error_event
+
+    if fmt == "json":
+        sys.stdout.write(json.dumps(error_document(exc), indent=2) + "\n")
+    else:
+        sys.stdout.write(json.dumps(error_event(exc), separators=(",", ":")) + "\n")
 
 
 def entry() -> None:

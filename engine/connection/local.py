@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 
+from engine.connection import children
 from engine.connection.base import CommandResult
 from engine.errors import CommandTimeout
 
@@ -48,13 +49,8 @@ class LocalConnection:
             full_env = dict(os.environ)
             full_env.update(env)
         try:
-            proc = subprocess.run(
-                args,
-                input=stdin if stdin is not None else b"",
-                capture_output=True,
-                timeout=timeout,
-                env=full_env,
-                cwd=cwd,
+            proc = children.run(  # its own session: a terminal's Ctrl-C is for playbook alone
+                args, input=stdin if stdin is not None else b"", timeout=timeout, env=full_env, cwd=cwd
             )
         except subprocess.TimeoutExpired as exc:
             raise CommandTimeout(f"command timed out after {timeout:g}s: {args[0]}", path=self.host) from exc

@@ -22,15 +22,18 @@ __all__ = ["HostContexts", "Outputs"]
 
 
 class Outputs:
-    """Outputs of finished nodes by (step id, host); thread-safe."""
+    """Outputs of finished nodes by host (None: the controller), then step id; thread-safe.
+
+    Kept per host so that what one node's template sees costs that host's steps, not every
+    output of the fleet: a 200-host run of 20 steps would otherwise copy 4000 entries per node."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._data: dict[tuple[str, str | None], Mapping[str, Any]] = {}
+        self._by_host: dict[str | None, dict[str, Mapping[str, Any]]] = {}
 
     def record(self, step: str, host: str | None, outputs: Mapping[str, Any]) -> None:
         with self._lock:
-            self._data[(step, host)] = outputs
+            self._by_host.setdefault(host, {})[step] = outputs
 
     def namespaces(self, host: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         """(`steps`, `sources`) as a template on `host` sees them: controller outputs and the
@@ -38,12 +41,14 @@ class Outputs:
         steps_ns: dict[str, Any] = {}
         sources_ns: dict[str, Any] = {}
         with self._lock:
-            for (sid, h), outs in self._data.items():
-                if h is None or h == host:
-                    if sid.startswith("sources."):
-                        sources_ns[sid[len("sources.") :]] = dict(outs)
-                    else:
-                        steps_ns[sid] = dict(outs)
+            mine = [*self._by_host.get(None, {}).items()]
+            if host is not None:
+                mine += self._by_host.get(host, {}).items()
+        for sid, outs in mine:
+            if sid.startswith("sources."):
+                sources_ns[sid[len("sources.") :]] = dict(outs)
+            else:
+                steps_ns[sid] = dict(outs)
         return steps_ns, sources_ns
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "acquire_all",
     "release_all",
     "format_age",
+    "holder_alive",
 ]
 
 LOCK_ROOT = "/tmp/playbook-locks"
@@ -128,6 +129,40 @@ class LockInfo:
         return f"{self.owner} (run {run}, playbook {pb}, {where}) for {format_age(self.age(now))}"
 
 
+def holder_alive(info: LockInfo) -> bool | None:
+    """Whether the holder's process still runs: True/False when it ran on this controller
+    (`info.host` is this machine's hostname), None when it ran on another one (not visible
+    from here)."""
+    if not info.host or info.host != socket.gethostname():
+        return None
+    if info.pid <= 0:
+        return False
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _liveness(info: LockInfo) -> str:
+    """What a refusal says about the holder's process, and what to do."""
+    alive = holder_alive(info)
+    if alive is None:
+        where = f"on {info.host}" if info.host else "on an unrecorded controller"
+        return (
+            f"its pid {info.pid} runs {where}, another controller, so whether it still runs cannot be seen from "
+            "here; wait for it to finish, or break the lock with 'playbook lock release --force'"
+        )
+    if alive:
+        return f"its pid {info.pid} is still running on {info.host}: wait for it to finish"
+    return (
+        f"its pid {info.pid} is no longer running on {info.host} (killed?): a stale lock; break it with "
+        "'playbook lock release'"
+    )
+
+
 def format_age(seconds: float) -> str:
     s = int(seconds)
     if s < 60:
@@ -173,10 +208,12 @@ def acquire(conn: Connection, path: str, info: LockInfo, *, timeout: float | Non
             if res.rc == _HELD:
                 holder = status(conn, path, timeout=timeout)
         if res.rc == _HELD:
-            who = holder.describe() if holder else "another run"
+            if holder is None:
+                advice = "wait for it to finish, or break a stale lock with 'playbook lock release --force'"
+            else:
+                advice = _liveness(holder)
             raise LockHeld(
-                f"deploy lock {path} is held by {who}; wait for it to finish, or break a stale lock "
-                f"with 'playbook lock release --force'",
+                f"deploy lock {path} is held by {holder.describe() if holder else 'another run'}; {advice}",
                 path=conn.host,
             )
     if res.rc != 0:

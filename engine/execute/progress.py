@@ -26,6 +26,7 @@ class ProgressMeter:
         self._clock = clock
         self._lock = threading.Lock()
         self._last: dict[str | None, float] = {}
+        self._t0 = clock()
 
     def for_step(self, host: str | None, step: str) -> Callable[..., None]:
         started: list[float] = []
@@ -42,6 +43,6 @@ class ProgressMeter:
             elapsed = now - started[0]
             rate = done / elapsed if elapsed > 0 and done > 0 else None
             eta = (total - done) / rate if rate and total is not None and total >= done else None
-            self._emit(Progress(host, step, what, int(done), total, rate, eta))
+            self._emit(Progress(host, step, what, int(done), total, rate, eta, round(now - self._t0, 3)))
 
         return progress

@@ -14,7 +14,9 @@ Failure handling (documented in docs/execution.md):
   hosts of that fleet is greater than that percentage of the fleet's hosts, no new work starts
   anywhere; in-flight steps finish;
 - an interrupt (SIGINT/SIGTERM via `request_stop`) starts no new work and lets in-flight
-  steps finish; what never started is reported as skipped.
+  steps finish; what never started is reported as skipped;
+- an abort (a second Ctrl-C, via `abort`) kills the controller's child processes, stops waiting
+  for in-flight steps and reports them as unknown (they may have run part-way).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
+from engine.connection import children
 from engine.connection.base import Connection
 from engine.execute.context import HostContexts, Outputs
 from engine.execute.graph import ExecGraph, Node, build_graph, step_order
@@ -46,6 +50,8 @@ from engine.workers import Workers
 
 __all__ = ["RunOptions", "Executor", "resolve_fleets"]
 
+
+_ABORT = object()  # put on the dispatcher's queue by `Executor.abort`
 
 _RANK = {Status.OK: 0, Status.SKIPPED: 0, Status.CHANGED: 1, Status.UNKNOWN: 1, Status.FAILED: 3, Status.UNREACHABLE: 3}
 
@@ -68,7 +74,7 @@ class Executor:
         self.inventory = inventory
         self.opts = options
         self.bus = bus or EventBus()
-        self.fleet_hosts = resolve_fleets(playbook, inventory, options.limit)
+        self.fleet_hosts = resolve_fleets(playbook, inventory, options.limit, options.only_hosts)
         self.graph: ExecGraph = build_graph(playbook, self.fleet_hosts)
         self.steps: dict[str, Step] = {s.id: s for s in playbook.steps}
         self.order = step_order(playbook)
@@ -77,6 +83,12 @@ class Executor:
         self._release = release
         self._prewarm_connections = prewarm  # False: the caller already opens them (engine.api.open_early)
         self._stop = threading.Event()
+        self._aborting = threading.Event()
+        self._executing = False
+        self._executed = False
+        # (node, result) from the workers, or _ABORT; a SimpleQueue because `abort` puts on it
+        # from a signal handler (reentrant, unlike queue.Queue)
+        self._done: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._started = time.time()
         self._results: dict[Node, StepResult] = {}
         self._outputs = Outputs()
@@ -103,6 +115,23 @@ class Executor:
         """Start no new work; in-flight steps finish. Safe to call from a signal handler."""
         self._stop.set()
 
+    def abort(self) -> bool:
+        """Stop now (a second interrupt): no new work, every controller child process killed, the
+        dispatcher stops waiting for in-flight steps, which are reported as unknown. Safe to call
+        from a signal handler. False before `execute` started (nothing to wake: the caller stops
+        it another way); after `execute` returned nothing is done (what follows is clean-up, such
+        as releasing the deploy locks, which must not be cut off)."""
+        self._stop.set()
+        if self._executed:
+            return True
+        if not self._executing:
+            children.abort()
+            return False
+        self._aborting.set()
+        self._done.put(_ABORT)  # before the kills, so no killed step's result is taken first
+        children.abort()
+        return True
+
     def host_context(self, host: str | None) -> dict:
         """Template context of a host (engine/execute/context.py)."""
         return self.contexts.host(host)
@@ -117,9 +146,17 @@ class Executor:
             steps=list(self.order),
             started=self._started,
         )
-        self.bus.emit(
-            RunStarted(self.opts.run_id, self.playbook.path, self.opts.mode, list(self.hosts), list(self.order))
-        )
+        self._executing = True
+        try:
+            self.bus.emit(
+                RunStarted(self.opts.run_id, self.playbook.path, self.opts.mode, list(self.hosts), list(self.order))
+            )
+            return self._execute(summary)
+        finally:
+            self._executing = False
+            self._executed = True
+
+    def _execute(self, summary: RunSummary) -> RunSummary:
         g = self.graph.graph
         controller_pool = Workers(
             min(4, sum(1 for n in g.nodes if n.host is None and not n.barrier)) or 1, "playbook-ctl"
@@ -127,13 +164,15 @@ class Executor:
         forks = max(1, self.opts.forks)
         host_pool = Workers(min(forks, len(self.hosts)) or 1, "playbook-host")
         warm = self._prewarm(forks)
+        self._check_shared_budget()  # another shard may have spent it already
         try:
             _Dispatch(self, summary, controller_pool, host_pool, forks).loop()
         finally:
-            controller_pool.shutdown(wait=True)
-            host_pool.shutdown(wait=True)
+            wait = not self._aborting.is_set()  # an abort leaves in-flight steps behind
+            controller_pool.shutdown(wait=wait, cancel=not wait)
+            host_pool.shutdown(wait=wait, cancel=not wait)
             if warm is not None:
-                warm.shutdown(wait=True, cancel=True)
+                warm.shutdown(wait=wait, cancel=True)
         summary.aborted = self._aborted
         summary.interrupted = self._stop.is_set()
         summary.finished = time.time()
@@ -172,15 +211,28 @@ class Executor:
             hosts = self.fleet_hosts.get(name, [])
             if fleet.max_fail_percentage is None or host not in hosts or not hosts:
                 continue
-            failed = sum(1 for h in hosts if h in self._host_failed)
-            if failed * 100.0 > fleet.max_fail_percentage * len(hosts):
-                if not self._aborted:
-                    self._aborted = (
-                        f"fleet '{name}' exceeded its failure budget: {failed} of {len(hosts)} hosts failed "
-                        f"(max_fail_percentage {fleet.max_fail_percentage:g}%)"
-                    )
-                    self.bus.emit(Message(self._aborted, "error"))
-                    self.bus.emit(BudgetExceeded(name, failed, len(hosts), fleet.max_fail_percentage))
+            failed, total = sum(1 for h in hosts if h in self._host_failed), len(hosts)
+            if self.opts.budget is not None:  # one budget for every shard (engine/record/state/budget.py)
+                failed, total = self.opts.budget.record_failure(name, host)
+            self._over_budget(name, failed, total)
+
+    def _over_budget(self, name: str, failed: int, total: int) -> None:
+        pct = self.playbook.fleets[name].max_fail_percentage
+        if pct is not None and total and failed * 100.0 > pct * total and not self._aborted:
+            self._aborted = (
+                f"fleet '{name}' exceeded its failure budget: {failed} of {total} hosts failed "
+                f"(max_fail_percentage {pct:g}%)"
+            )
+            self.bus.emit(Message(self._aborted, "error"))
+            self.bus.emit(BudgetExceeded(name, failed, total, pct))
+
+    def _check_shared_budget(self) -> None:
+        """Before a rolling batch: has another shard spent a budget this run shares?"""
+        if self.opts.budget is None or self._aborted:
+            return
+        for name, (failed, total) in self.opts.budget.failed().items():
+            if name in self.playbook.fleets:
+                self._over_budget(name, failed, total)
 
 
 class _Dispatch:
@@ -202,25 +254,33 @@ class _Dispatch:
         for n, d in self.waiting.items():
             if d == 0:
                 heapq.heappush(self.ready, (ex.graph.priority(n), n))
-        self.done: queue.Queue[tuple[Node, StepResult]] = queue.Queue()
+        self.done = ex._done
+        self.running: set[Node] = set()
         self.running_hosts = 0
         self.running_by_fleet: dict[str, int] = {}
         self.in_flight = 0
-        self.deferred: list[tuple[tuple, Node]] = []
+        self.deferred: list[tuple[tuple, Node]] = []  # held back by their fleet's `forks`
+        self.queued: list[tuple[tuple, Node]] = []  # a heap: host nodes waiting for one of the run's forks
         self.host_remaining: dict[str, int] = {}
         for n in g.nodes:
             if n.host is not None:
                 self.host_remaining[n.host] = self.host_remaining.get(n.host, 0) + 1
 
     def loop(self) -> None:
-        while self.ready or self.in_flight or self.deferred:
+        while self.ready or self.in_flight or self.deferred or self.queued:
             self.dispatch()
             if not self.in_flight:
-                if self.deferred:  # nothing running yet capacity was full: cannot happen, but never spin
+                if self.deferred or self.queued:  # nothing running yet capacity was full: cannot happen, but never spin
                     self.requeue_deferred()
                     continue
                 break
-            node, result = self.done.get()
+            item = self.done.get()
+            if item is _ABORT or self.ex._aborting.is_set():
+                self.abandon()
+                continue
+            assert isinstance(item, tuple)
+            node, result = cast("tuple[Node, StepResult]", item)
+            self.running.discard(node)
             self.in_flight -= 1
             if node.host is not None:
                 self.running_hosts -= 1
@@ -228,17 +288,57 @@ class _Dispatch:
             self.finish(node, result)
             self.requeue_deferred()
 
+    def abandon(self) -> None:
+        """An abort: report every in-flight node as unknown and stop waiting for it; what has
+        not started is then skipped by `dispatch` (the run is stopped)."""
+        ex = self.ex
+        abandoned = sorted(self.running, key=lambda n: (n.step, n.host or ""))
+        self.running.clear()
+        self.in_flight = 0
+        self.running_hosts = 0
+        self.running_by_fleet.clear()
+        for node in abandoned:
+            self.finish(
+                node,
+                StepResult(
+                    node.step,
+                    node.host,
+                    Status.UNKNOWN,
+                    "aborted by a second interrupt while it ran: it may have run part-way",
+                ),
+            )
+        if not ex._aborted:
+            where = ", ".join(f"{n.step}@{n.host or 'controller'}" for n in abandoned) or "none"
+            hint = (
+                f" (`playbook run --resume {ex.opts.run_id}` redoes what did not finish)"
+                if ex.opts.mode == "run"
+                else ""
+            )
+            ex._aborted = f"a second interrupt stopped the run at once; steps cut off part-way: {where}{hint}"
+            ex.bus.emit(Message(ex._aborted, "error"))
+
     def requeue_deferred(self) -> None:
         for item in self.deferred:
             heapq.heappush(self.ready, item)
         self.deferred.clear()
 
     def dispatch(self) -> None:
-        """Start everything that may start now; finish at once what is skipped or already done."""
+        """Start everything that may start now; finish at once what is skipped or already done.
+
+        A host node met while every fork is busy waits in `queued` and is looked at again only
+        when a fork frees, in priority order with the nodes that became ready meanwhile: each
+        completion costs one heap move, not a pass over everything waiting."""
         ex, opts = self.ex, self.ex.opts
-        while self.ready:
+        while self.ready or (self.queued and self.running_hosts < self.forks):
+            if self.queued and self.running_hosts < self.forks and (not self.ready or self.queued[0] < self.ready[0]):
+                heapq.heappush(self.ready, heapq.heappop(self.queued))
             prio, node = heapq.heappop(self.ready)
+            if node.host is not None and self.running_hosts >= self.forks:
+                heapq.heappush(self.queued, (prio, node))
+                continue
             if node.barrier:
+                if node.barrier == "batch":
+                    ex._check_shared_budget()
                 self.finish(node, StepResult(node.step, None, Status.OK))
                 continue
             key = (node.step, node.host)
@@ -246,7 +346,13 @@ class _Dispatch:
                 self.finish(
                     node,
                     StepResult(
-                        node.step, node.host, Status.OK, f"done in run {opts.resumed_from}", outputs=opts.done[key]
+                        node.step,
+                        node.host,
+                        Status.OK,
+                        f"done in run {opts.resumed_from}"
+                        if opts.resumed_from
+                        else "fetched and verified before the run",
+                        outputs=opts.done[key],
                     ),
                 )
                 continue
@@ -259,22 +365,25 @@ class _Dispatch:
                 continue
             if node.host is None:
                 self.in_flight += 1
+                self.running.add(node)
                 self.controller_pool.submit(self.work, node)
                 continue
             fleet = ex.steps[node.step].fleet
             cap = ex.playbook.fleets[fleet].forks
-            if self.running_hosts >= self.forks or (cap and self.running_by_fleet.get(fleet, 0) >= cap):
+            if cap and self.running_by_fleet.get(fleet, 0) >= cap:
                 self.deferred.append((prio, node))
                 continue
             self.running_hosts += 1
             self.running_by_fleet[fleet] = self.running_by_fleet.get(fleet, 0) + 1
             self.in_flight += 1
+            self.running.add(node)
             self.host_pool.submit(self.work, node)
 
     def work(self, node: Node) -> None:
         """A worker thread's job: run the node and report its result, whatever happens."""
         try:
-            result = self.ex.runner.run(node)
+            with children.step_scope():
+                result = self.ex.runner.run(node)
         except BaseException as exc:  # never lose a node's completion
             result = StepResult(
                 node.step, node.host, Status.FAILED, internal_error(self.ex.steps[node.step], exc, self.ex.opts.verbose)

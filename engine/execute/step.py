@@ -1,6 +1,7 @@
 """One (step, host) node: render its `when` and arguments, plan it, and apply it in run mode.
 
-In plan mode only `Module.plan` is ever called, with a read-only view of the connection. In run
+In plan mode only `Module.plan` is ever called, with a read-only view of the connection and inside
+`planning()`, so no writing client (Kubernetes, git, HTTP) can be built or used meanwhile. In run
 mode a step is applied only when its plan says it will (or may) change something, `apply`
 receives that very plan, and with a saved plan (`playbook apply`) the fresh plan must still be
 the reviewed one (engine/record/savedplan.py). Every outcome is a `StepResult` with an explicit
@@ -18,7 +19,7 @@ from typing import Any
 from engine import templating
 from engine.connection.base import Connection, ReadOnly
 from engine.connection.local import LocalConnection
-from engine.errors import CommandTimeout, ConnectionFailed, PlaybookError
+from engine.errors import CommandTimeout, ConnectionFailed, PlaybookError, ReadOnlyViolation
 from engine.execute.context import HostContexts, Outputs
 from engine.execute.graph import ExecGraph, Node
 from engine.execute.options import RunOptions
@@ -26,10 +27,11 @@ from engine.execute.progress import ProgressMeter
 from engine.model.config import CONTROLLER, Inventory, Step
 from engine.model.events import EventBus, Message, StepStarted
 from engine.model.results import UNKNOWN, Change, Plan, Status, StepResult
-from engine.module import ApplyContext, PlanContext, get_module
+from engine.module import ApplyContext, PlanContext, get_module, planning
 from engine.record.savedplan import node_drift
+from engine.template_budget import RenderInterrupted
 
-__all__ = ["StepRunner", "upstream_results", "internal_error", "unknown_outputs"]
+__all__ = ["StepRunner", "upstream_results", "internal_error", "unknown_outputs", "with_changed"]
 
 
 def upstream_results(graph: ExecGraph, node: Node, results: Mapping[Node, StepResult]) -> list[StepResult]:
@@ -101,7 +103,7 @@ class StepRunner:
             result.status,
             result.message,
             result.plan,
-            result.outputs,
+            with_changed(result),
             time.monotonic() - started,
             attempts,
         )
@@ -136,10 +138,11 @@ class StepRunner:
                     step.when if templating.is_template(step.when) else "{{ " + step.when + " }}",
                     ctx_vars,
                     what=f"{step.id}.when",
+                    stop=self._stop,
                 )
                 if not cond or (isinstance(cond, str) and cond.strip().lower() in ("", "false", "no", "0", "none")):
                     return StepResult(step.id, host, Status.SKIPPED, "condition 'when' is false")
-            rendered = templating.render_value(dict(step.args), ctx_vars, what=f"{step.id}.args")
+            rendered = templating.render_value(dict(step.args), ctx_vars, what=f"{step.id}.args", stop=self._stop)
             from engine.argschema import build
 
             args = build(module.Args, rendered, path=f"steps.{step.id}.args")
@@ -152,6 +155,8 @@ class StepRunner:
                 plan=Plan.unknown("arguments not known yet"),
                 outputs=unknown_outputs(step),
             )
+        except RenderInterrupted:  # SIGINT/SIGTERM: nothing was done, as for a step not started
+            return StepResult(step.id, host, Status.SKIPPED, "interrupted while rendering its arguments")
         except PlaybookError as exc:
             where = f"{step.location} " if step.location else ""
             return StepResult(step.id, host, Status.FAILED, f"{where}{exc}")
@@ -168,15 +173,19 @@ class StepRunner:
             mode=mode,
             target=self.inventory.hosts.get(host) if host else None,
             emit=lambda text: self.bus.emit(Message(text, "info", host, step.id)),
+            warn=lambda text: self.bus.emit(Message(text, "warning", host, step.id)),
             progress=self.meter.for_step(host, step.id),
         )
         try:
             conn = self._conn(host)
-            plan = module.plan(PlanContext(conn=ReadOnly(conn), **common), args)
+            with planning():
+                plan = module.plan(PlanContext(conn=ReadOnly(conn), **common), args)
         except ConnectionFailed as exc:
             return StepResult(step.id, host, Status.UNREACHABLE, str(exc))
         except CommandTimeout as exc:
             return StepResult(step.id, host, Status.FAILED, f"timed out while planning: {exc}")
+        except ReadOnlyViolation as exc:  # a module bug, never "unknown until applied"
+            return StepResult(step.id, host, Status.FAILED, f"module '{step.module}' tried to write: {exc}")
         except PlaybookError as exc:
             if mode == "plan" and changing and not exc.certain:
                 return StepResult(
@@ -227,6 +236,17 @@ class StepRunner:
         outputs = dict(plan.outputs)
         outputs.update(applied or {})
         return StepResult(step.id, host, Status.CHANGED, plan.reason, plan=plan, outputs=outputs)
+
+
+def with_changed(result: StepResult) -> dict[str, Any]:
+    """The result's outputs plus the `changed` output the engine gives every step: whether it
+    changed (in a plan: would change) something on this host; unknown while that is unknown."""
+    outputs = dict(result.outputs)
+    if result.status in (Status.CHANGED, Status.OK, Status.SKIPPED):
+        outputs.setdefault("changed", result.status == Status.CHANGED)
+    elif result.status == Status.UNKNOWN:
+        outputs.setdefault("changed", UNKNOWN)
+    return outputs
 
 
 def unknown_outputs(step: Step) -> dict[str, Any]:

@@ -160,6 +160,7 @@ def load_inventory(path: str, *, dynamic: bool = True) -> Inventory:
         notify=tuple(dict(n) for n in data["notify"] if isinstance(n, dict))
         if isinstance(data.get("notify"), list)
         else (),
+        state=str(data.get("state") or ""),
     )
     if dynamic and sources:
         from engine.load.ec2 import merge_dynamic

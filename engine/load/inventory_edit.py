@@ -27,6 +27,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from engine.errors import InventoryEditError, LoadError, PlaybookError, ValidationError, suggest
 from engine.load.schemas import HOST_NAME, IDENTIFIER, PATTERN_TEXT
+from engine.yamlio.bounds import read_bounded
 from engine.yamlio.roundtrip import detect_indent, flow_style, majority_flow, merge_edit, new_map, new_seq, to_node
 
 __all__ = [
@@ -116,11 +117,7 @@ class InventoryEditor:
     def __init__(self, path: str) -> None:
         self.path = str(path)
         self.real_path = os.path.realpath(self.path)
-        try:
-            with open(self.real_path, "rb") as fh:
-                self.raw = fh.read()
-        except OSError as exc:
-            raise LoadError(f"cannot read file: {exc.strerror or exc}", path=self.path) from None
+        self.raw = read_bounded(self.real_path)
         try:
             text = self.raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -71,8 +71,15 @@ class _PlaybookLoader:
             else {},
             inventory=inventory if isinstance(inventory, str) else None,
             notify=_notify(self.data.get("notify")),
+            state=str(self.data.get("state") or ""),
             location=self.doc.where(()),
+            vars_locations=self.var_locations(),
         )
+
+    def var_locations(self) -> dict[str, Any]:
+        raw = self.data.get("vars")
+        found = {str(k): self.doc.key_where(("vars", k)) for k in raw} if isinstance(raw, dict) else {}
+        return {k: loc for k, loc in found.items() if loc is not None}
 
     def fleets(self) -> dict[str, Fleet]:
         raw = self.data.get("fleets")

@@ -73,7 +73,8 @@ def _describe(schema: Any) -> str:
         return " or ".join(_describe(s) for s in schema.get("anyOf") or schema["oneOf"])
     kind = schema.get("type")
     if "pattern" in schema:
-        return PATTERN_TEXT.get(schema["pattern"], f"a string matching {schema['pattern']}")
+        default = f"a string matching {schema['pattern']}"
+        return schema.get("x-expected") or PATTERN_TEXT.get(schema["pattern"], default)
     if isinstance(kind, list):
         return " or ".join(_type_name(k) for k in kind)
     if kind == "string":
@@ -178,6 +179,9 @@ def _word(error: jsonschema.ValidationError, doc: Document, base: tuple, noun: s
     if kind == "required" and isinstance(value, dict):
         where = doc.key_where(path) if path else doc.where(path)
         return [err(f"missing required {noun} '{k}'", where) for k in error.validator_value if k not in value]
+    if kind == "oneOf" and all(isinstance(b, dict) and set(b) == {"required"} for b in error.validator_value):
+        names = [b["required"][0] for b in error.validator_value]  # an `exactly_one` group (engine/argschema.py)
+        return [err("give exactly one of " + " and ".join(f"'{n}'" for n in names))]
     if kind in ("anyOf", "oneOf"):
         branches = error.validator_value
         fitting = [i for i, b in enumerate(branches) if isinstance(b, dict) and _branch_accepts_type(b, value)]

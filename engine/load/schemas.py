@@ -239,11 +239,25 @@ def playbook_schema(*, with_modules: bool = True) -> dict[str, Any]:
                 "items": {"$ref": "#/$defs/step"},
             },
             "notify": _notify("this playbook"),
+            "state": _state("this playbook's runs"),
         },
         "patternProperties": {"^x-": {"description": "Ignored: a place for YAML anchors (`x-common: &common`)."}},
         "required": ["steps"],
         "additionalProperties": False,
         "$defs": {"source": _source(with_modules), "fleet": _fleet(), "step": _step(with_modules)},
+    }
+
+
+def _state(whose: str) -> dict[str, Any]:
+    """`state:`: where locks, history and journals live (engine/record/state/, docs/scale.md)."""
+    return {
+        "type": "string",
+        "pattern": r"^(local|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?#]*)?(\?[^#]*)?)$",
+        "description": f"Where {whose} keep deploy locks, history, journals and the failure budget: "
+        "`local` (the default: --state-dir and lock directories on the hosts) or "
+        "`s3://bucket/prefix[?endpoint_url=URL&region=R]`, shared by the shards of a run "
+        "(docs/scale.md). `--state` and `$PLAYBOOK_STATE` override it.",
+        "examples": ["s3://acme-deploy-state/smartweb"],
     }
 
 
@@ -458,6 +472,7 @@ def inventory_schema() -> dict[str, Any]:
             },
             "dynamic": _dynamic(connection),
             "notify": _notify("every playbook run against this inventory"),
+            "state": _state("every playbook run against this inventory (a playbook's `state:` wins)"),
         },
         "additionalProperties": False,
     }
@@ -469,14 +484,17 @@ def _dump(schema: dict[str, Any]) -> str:
 
 def rendered_schemas() -> dict[str, str]:
     """File name -> text of each schema file, as `write_schemas` writes them."""
+    from engine.report.output_schema import output_schemas
+
     return {
         "playbook.schema.json": _dump(playbook_schema()),
         "inventory.schema.json": _dump(inventory_schema()),
+        **{name: _dump(schema) for name, schema in output_schemas().items()},
     }
 
 
 def write_schemas(dir: str = "schemas") -> list[str]:
-    """Write both schema files into `dir`; returns the paths written."""
+    """Write every schema file into `dir`; returns the paths written."""
     os.makedirs(dir, exist_ok=True)
     written = []
     for name, text in rendered_schemas().items():

@@ -75,6 +75,7 @@ class Inventory:
     # connection defaults applied to hosts that do not set their own
     defaults: Mapping[str, Any] = field(default_factory=dict)
     notify: tuple[Mapping[str, Any], ...] = ()  # webhooks for every run against it (engine/report/notify.py)
+    state: str = ""  # `state:`: the shared state backend of runs against it ("" = local; docs/scale.md)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ class Playbook:
     inventory: str | None = None  # default inventory path, relative to the playbook
     location: Location | None = None
     notify: tuple[Mapping[str, Any], ...] = ()  # webhooks told about its runs (engine/report/notify.py)
+    vars_locations: Mapping[str, Location] = field(default_factory=dict)  # where each of `vars` is written
+    state: str = ""  # `state:`: the shared state backend of its runs ("" = local; docs/scale.md)
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:

@@ -81,6 +81,7 @@ class Progress(Event):
     total: int | None
     rate: float | None
     eta: float | None
+    at: float = 0.0  # seconds since the run's first step started (monotonic): events' spacing
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 from engine.model.events import Event, RunFinished, RunStarted, StepFinished
 from engine.model.results import UnknownValue
 
-__all__ = ["History", "HistoryRecorder", "RunRecord"]
+__all__ = ["History", "HistoryRecorder", "RunRecord", "result_row"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -71,6 +71,27 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def result_row(result: Any, scrub: Any = None) -> dict[str, Any]:
+    """A step result as the history keeps it (JSON-safe, passed through `scrub`)."""
+    outputs = _json_safe(dict(result.outputs))
+    fingerprint = _json_safe(dict(result.plan.fingerprint)) if result.plan else {}
+    diffs = [d.to_dict() for d in result.plan.diffs] if result.plan else []
+    message = result.message
+    if scrub is not None:
+        outputs, fingerprint, message, diffs = scrub(outputs), scrub(fingerprint), scrub(message), scrub(diffs)
+    return {
+        "step": result.step,
+        "host": result.host,
+        "status": result.status.value,
+        "message": message,
+        "duration": result.duration,
+        "attempts": result.attempts,
+        "outputs": outputs,
+        "fingerprint": fingerprint,
+        "diffs": diffs,
+    }
 
 
 @dataclass(frozen=True)
@@ -161,12 +182,8 @@ class History:
             )
 
     def add_result(self, run_id: str, result: Any, scrub: Any = None) -> None:
-        outputs = _json_safe(dict(result.outputs))
-        fingerprint = _json_safe(dict(result.plan.fingerprint)) if result.plan else {}
-        diffs = [d.to_dict() for d in result.plan.diffs] if result.plan else []
-        message = result.message
-        if scrub is not None:
-            outputs, fingerprint, message, diffs = scrub(outputs), scrub(fingerprint), scrub(message), scrub(diffs)
+        row = result_row(result, scrub)
+        outputs, fingerprint, message, diffs = row["outputs"], row["fingerprint"], row["message"], row["diffs"]
         with self._lock:
             self._db.execute(
                 "INSERT INTO results (run_id, step, host, status, message, duration, attempts, outputs, fingerprint,"

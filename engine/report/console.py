@@ -31,6 +31,7 @@ from engine.model.events import (
 )
 from engine.model.results import RunSummary, Status, StepResult
 from engine.report.diffs import describe_hosts, group_hosts, host_sort_key, render_diff, scrub_diff
+from engine.report.terminal import console as terminal_console
 from engine.secrets import SCRUBBER, Scrubber
 
 __all__ = ["ConsoleReporter", "STATUS_STYLE", "format_duration", "format_bytes"]
@@ -119,7 +120,7 @@ class ConsoleReporter:
         scrubber: Scrubber = SCRUBBER,
         live: bool | None = None,
     ) -> None:
-        self.console = console if console is not None else Console(highlight=False)
+        self.console = console if console is not None else terminal_console()
         self.mode = mode
         self.verbose = verbose
         self.scrubber = scrubber
@@ -420,7 +421,7 @@ class ConsoleReporter:
         self._print(self._verdict(summary))
 
     def _render_abort(self, summary: RunSummary) -> None:
-        if summary.interrupted:
+        if summary.interrupted and not summary.aborted:
             self._print(Text("Interrupted: work in progress was finished, nothing new was started.", style="bold red"))
         if summary.aborted:
             self._print(Text(f"Aborted: {self._s(summary.aborted)}", style="bold red"))

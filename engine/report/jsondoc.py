@@ -30,14 +30,25 @@ The run document (`summary_to_dict`, written by `JsonReporter`), format_version 
       "extra": {…}                         # RunFinished.extra, e.g. the saved plan path
     }
 
-`results` keep completion order. Everything is scrubbed of registered secrets. New keys may
-be added within a format version; none is removed or changes meaning.
+`results` are in a stable order, whatever order the steps finished in: controller results
+first, then each host in the run's host order; within each, steps in playbook order (see
+`ordered_results`). Everything is scrubbed of registered secrets. New keys may be added within
+a format version; none is removed or changes meaning.
+
+A command that stops before a run (the playbook does not load, a lock is held) prints, in
+`--format json`, the error document `{"format_version": 1, "exit_code": 1, "errors": [{"message":
+"…", "kind": "LoadError", "file": "deploy.yml", "line": 4, "col": 7}, …]}` (`error_document`), and
+in `--format jsonl` the line `{"event": "error", "errors": […], "time": …}`.
+
+The JSON Schemas of both formats are schemas/run.schema.json and schemas/events.schema.json
+(engine/report/output_schema.py).
 
 The event stream (`JsonLinesReporter`) writes one object per line, each with `"event"` and
 `"time"` (epoch seconds): run_started, step_started, step_finished (the result's keys, flat),
 host_finished, message, budget_exceeded (`fleet`, `failed`, `hosts`, `max_fail_percentage`),
-progress (`host`, `step`, `what`, `done` and `total` bytes, `rate` in bytes/s, `eta` in seconds;
-at most one a second per host, during transfers and downloads), and run_finished (`"summary"`:
+progress (`host`, `step`, `what`, `done` and `total` bytes, `rate` in bytes/s, `eta` in seconds,
+`at`: seconds since the run started on the monotonic clock that spaces them; at most one a second
+per host, during transfers and downloads), and run_finished (`"summary"`:
 the document above).
 """
 
@@ -70,7 +81,10 @@ __all__ = [
     "result_to_dict",
     "plan_to_dict",
     "summary_to_dict",
+    "ordered_results",
     "event_to_dict",
+    "error_document",
+    "error_event",
     "JsonReporter",
     "JsonLinesReporter",
 ]
@@ -140,11 +154,51 @@ def summary_to_dict(
         "failed_hosts": summary.failed_hosts,
         "steps": list(summary.steps),
         "hosts": summary.by_host(),
-        "results": [_result_dict(r) for r in summary.results],
+        "results": [_result_dict(r) for r in ordered_results(summary)],
         "messages": [_message_dict(m) for m in messages or ()],
         "extra": json_safe(dict(extra or {})),
     }
     return scrubber.scrub_obj(json_safe(doc))
+
+
+def ordered_results(summary: RunSummary) -> list[StepResult]:
+    """The results in a stable order: controller first, then hosts in the run's host order; within
+    each, steps in playbook order (a step run more than once keeps its runs' order)."""
+    hosts = {h: i for i, h in enumerate(summary.hosts)}
+    steps = {s: i for i, s in enumerate(summary.steps)}
+
+    def key(item: tuple[int, StepResult]) -> tuple[int, int, int]:
+        n, r = item
+        where = -1 if r.host is None else hosts.get(r.host, len(hosts))
+        return (where, steps.get(r.step, len(steps)), n)
+
+    return [r for _, r in sorted(enumerate(summary.results), key=key)]
+
+
+def _error_dicts(exc: BaseException) -> list[dict[str, Any]]:
+    from engine.errors import PlaybookError, ValidationErrors
+
+    errors = exc.errors if isinstance(exc, ValidationErrors) else [exc]
+    out = []
+    for e in errors:
+        doc: dict[str, Any] = {"message": getattr(e, "message", str(e)), "kind": type(e).__name__}
+        loc = getattr(e, "location", None) if isinstance(e, PlaybookError) else None
+        if loc is not None:
+            doc.update(file=loc.file, line=loc.line, col=loc.col)
+        if isinstance(e, PlaybookError) and e.path:
+            doc["subject"] = e.path
+        out.append(doc)
+    return out
+
+
+def error_document(exc: BaseException, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]:
+    """What `--format json` prints when a command stops before a run (see the module docstring)."""
+    return scrubber.scrub_obj({"format_version": FORMAT_VERSION, "exit_code": 1, "errors": _error_dicts(exc)})
+
+
+def error_event(exc: BaseException, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]:
+    """The `--format jsonl` line for the same."""
+    return scrubber.scrub_obj({"event": "error", "errors": _error_dicts(exc), "time": round(time.time(), 3)})
 
 
 def _message_dict(m: Message) -> dict[str, Any]:
@@ -181,6 +235,7 @@ def event_to_dict(event: Event, scrubber: Scrubber = SCRUBBER) -> dict[str, Any]
             "total": event.total,
             "rate": round(event.rate, 1) if event.rate is not None else None,
             "eta": round(event.eta, 1) if event.eta is not None else None,
+            "at": event.at,
         }
     elif isinstance(event, BudgetExceeded):
         doc = {

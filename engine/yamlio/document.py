@@ -7,7 +7,9 @@ values are built by this module, so that:
 - no tag other than the plain str/int/float/bool/null/map/seq is accepted (no `!!python/...`);
 - scalars resolve by strict rules: `yes`/`on`/`0755`/`1.10` are errors asking the author to say
   what they mean, instead of silently becoming `True`, 493 or 1.1 (YAML 1.1's surprises);
-- every value and every mapping key keeps its file:line:col, for error messages.
+- every value and every mapping key keeps its file:line:col, for error messages;
+- aliases that expand past a budget, oversized files and non-regular files are refused before
+  anything is built (engine/yamlio/bounds.py).
 
 See docs/playbook-format.md ("YAML rules") for the user-facing description.
 """
@@ -23,6 +25,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.errors import LoadError, Location, PlaybookError, ValidationErrors
+from engine.yamlio.bounds import check_aliases, read_bounded
 
 __all__ = ["Document", "load_file", "load_text", "resolve_scalar"]
 
@@ -275,6 +278,7 @@ def load_text(text: str, file: str = "<string>") -> Document:
     """Parse YAML text into a `Document`; bad input raises `LoadError` (or `ValidationErrors`
     holding several `LoadError`s), never a PyYAML exception."""
     try:
+        check_aliases(yaml.parse(text, Loader=_Loader), file)  # before anything is built
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, file, text) from None
@@ -296,12 +300,9 @@ def load_text(text: str, file: str = "<string>") -> Document:
 
 
 def load_file(path: str) -> Document:
-    """Read and parse a YAML file; unreadable or undecodable files are a `LoadError`."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise LoadError(f"cannot read file: {exc.strerror or exc}", path=str(path)) from None
+    """Read and parse a YAML file; unreadable, undecodable, oversized or non-regular files are a
+    `LoadError` (see engine/yamlio/bounds.py)."""
+    raw = read_bounded(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

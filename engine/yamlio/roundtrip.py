@@ -26,6 +26,9 @@ import yaml
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
+from engine.errors import LoadError
+from engine.yamlio.bounds import check_aliases
+
 __all__ = [
     "merge_edit",
     "detect_indent",
@@ -170,8 +173,9 @@ def merge_edit(original: str, before: str, after: str) -> str | None:
 def detect_indent(text: str) -> tuple[int, int, int]:
     """(mapping, sequence, offset) indentation most used by the file, as ruamel wants them."""
     try:
+        check_aliases(yaml.parse(text, Loader=yaml.SafeLoader), "<yaml>")  # the walk below expands aliases
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, LoadError):
         root = None
     maps: Counter[int] = Counter()
     seqs: Counter[tuple[int, int]] = Counter()

@@ -29,7 +29,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
-from engine.errors import ModuleError
+from engine.errors import LoadError, ModuleError
+from engine.yamlio.bounds import check_aliases
 
 __all__ = [
     "YamlEditError",
@@ -78,7 +79,18 @@ class Marker:
     target: Target
 
 
+def _bounded(text: str, name: str) -> None:
+    """Refuse an alias bomb before ruamel builds anything (engine/yamlio/bounds.py)."""
+    try:
+        check_aliases(YAML().parse(text), name or "<yaml>")
+    except LoadError as exc:
+        raise YamlEditError(str(exc)) from None
+    except YAMLError:
+        pass  # the load that follows reports the syntax error
+
+
 def _load(text: str, name: str) -> list[Any]:
+    _bounded(text, name)
     y = YAML()
     y.preserve_quotes = True
     try:
@@ -259,6 +271,7 @@ def _roundtrip(text: str, edits: Sequence[tuple[Target, str]], name: str) -> str
     y.width = 1 << 16
     m, s, o = guess_indent(text)
     y.indent(mapping=m, sequence=s, offset=o)
+    _bounded(text, name)
     try:
         docs = list(y.load_all(text))
         for target, new in edits:

@@ -28,7 +28,7 @@ from modules._support.canary_state import (
     rollout_state,
     scaled_down,
 )
-from modules._support.kube import Kube
+from modules._support.kube import Kube, KubeReader
 
 __all__ = ["uses_bluegreen", "plan_bluegreen", "apply_bluegreen"]
 
@@ -39,7 +39,7 @@ def uses_bluegreen(args: Any) -> bool:
     )
 
 
-def plan_bluegreen(kube: Kube, args: Any, state: State, where: str) -> Plan:
+def plan_bluegreen(kube: KubeReader, args: Any, state: State, where: str) -> Plan:
     if args.action in ("pause", "promote", "abort") and not args.preview_service:
         raise ArgError(f"'{args.action}' needs 'preview_service' (the Service that shows the idle colour)", path=where)
     preview = kube.find("service", args.preview_service) if args.preview_service else None
@@ -136,7 +136,7 @@ def plan_bluegreen(kube: Kube, args: Any, state: State, where: str) -> Plan:
     return Plan.will_change(", then ".join(steps), diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data=data)
 
 
-def _plan_abort(kube: Kube, args: Any, state: State, preview: Any, on_preview: str | None) -> Plan:
+def _plan_abort(kube: KubeReader, args: Any, state: State, preview: Any, on_preview: str | None) -> Plan:
     active = state.selector
     outputs: dict[str, Any] = {"selector": active, "colour": on_preview or active}
     if preview is None or on_preview == active or on_preview not in args.colours:

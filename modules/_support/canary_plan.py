@@ -17,7 +17,7 @@ from modules._support.canary_state import (
     rollout_state,
     switch_mark,
 )
-from modules._support.kube import Forbidden, Kube
+from modules._support.kube import Forbidden, KubeReader
 
 __all__ = [
     "other",
@@ -37,14 +37,14 @@ def other(args: Any, colour: str) -> str:
     return next(c for c in args.colours if c != colour)
 
 
-def need(kube: Kube, verbs: list[tuple[str, str, str]]) -> None:
+def need(kube: KubeReader, verbs: list[tuple[str, str, str]]) -> None:
     """Refuse before anything changes when these credentials lack a write the step will make."""
-    missing = [f"{verb} {kind} '{name}'" for verb, kind, name in verbs if not kube.allowed(verb, kind, name)]
+    missing = [f"{verb} {kind} '{name}'" for verb, kind, name in verbs if not kube.can_i(verb, kind, name)]
     if missing:
         raise Forbidden(f"not allowed to {', '.join(missing)} in namespace '{kube.namespace}'", path=kube.host)
 
 
-def image_diff(kube: Kube, dep: Any, name: str, before: str, after: str) -> Diff:
+def image_diff(kube: KubeReader, dep: Any, name: str, before: str, after: str) -> Diff:
     return Diff(
         header=f"deployment/{dep.metadata.name} container {name} ({kube.namespace})",
         before=f"image: {before}\n",
@@ -52,7 +52,7 @@ def image_diff(kube: Kube, dep: Any, name: str, before: str, after: str) -> Diff
     )
 
 
-def env_diff(kube: Kube, args: Any, state: State, after: dict[str, Any]) -> Diff:
+def env_diff(kube: KubeReader, args: Any, state: State, after: dict[str, Any]) -> Diff:
     return Diff(
         header=f"configmap/{args.configmap} data.{args.configmap_key} ({kube.namespace})",
         before=env_text(state.env) + "\n",
@@ -60,7 +60,7 @@ def env_diff(kube: Kube, args: Any, state: State, after: dict[str, Any]) -> Diff
     )
 
 
-def selector_diff(kube: Kube, name: str, selector: dict[str, str], label: str, to: str) -> Diff:
+def selector_diff(kube: KubeReader, name: str, selector: dict[str, str], label: str, to: str) -> Diff:
     return Diff(
         header=f"service/{name} spec.selector ({kube.namespace})",
         before="".join(f"{k}: {v}\n" for k, v in selector.items()),
@@ -74,7 +74,7 @@ def colour_arg(args: Any, colour: str | None, where: str, name: str = "colour") 
     return colour
 
 
-def plan_switch(kube: Kube, args: Any, state: State, where: str) -> Plan:
+def plan_switch(kube: KubeReader, args: Any, state: State, where: str) -> Plan:
     current = state.selector
     to = colour_arg(args, args.to or other(args, current), where, "to")
     dep = kube.read("deployment", args.deployment.format(colour=to))  # never switch to nothing
@@ -101,7 +101,7 @@ def plan_switch(kube: Kube, args: Any, state: State, where: str) -> Plan:
     return Plan.will_change(reason, diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data=data)
 
 
-def plan_deploy(kube: Kube, args: Any, state: State, where: str) -> Plan:
+def plan_deploy(kube: KubeReader, args: Any, state: State, where: str) -> Plan:
     to = colour_arg(args, args.colour or other(args, state.selector), where)
     image = str(args.image)
     dep = kube.read("deployment", args.deployment.format(colour=to))
@@ -133,7 +133,7 @@ def plan_deploy(kube: Kube, args: Any, state: State, where: str) -> Plan:
     return Plan.will_change(", then ".join(steps), diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data=data)
 
 
-def plan_image(kube: Kube, args: Any, state: State, where: str) -> Plan:
+def plan_image(kube: KubeReader, args: Any, state: State, where: str) -> Plan:
     colour = colour_arg(args, args.colour or state.selector, where)
     dep = kube.read("deployment", args.deployment.format(colour=colour))
     current = container(dep, args.container, where).image
@@ -182,7 +182,7 @@ def plan_image(kube: Kube, args: Any, state: State, where: str) -> Plan:
     return Plan.will_change(why, diffs=tuple(diffs), outputs=outputs, fingerprint=fp, data=data)
 
 
-def plan_undo_switch(kube: Kube, args: Any, state: State, run_id: str, exc: PlaybookError) -> Plan:
+def plan_undo_switch(kube: KubeReader, args: Any, state: State, run_id: str, exc: PlaybookError) -> Plan:
     """This run switched the selector and now `set_image` cannot go on: the step's apply puts
     the switch back, then fails with `exc`."""
     mark = switch_mark(state.cm)

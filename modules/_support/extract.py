@@ -24,6 +24,7 @@ is left behind and `dest` never holds half an archive.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import shutil
@@ -39,10 +40,22 @@ from typing import IO, Literal
 
 from engine.errors import ModuleError
 
-__all__ = ["ExtractError", "UnsafeEntry", "detect_kind", "kind_from_name", "extract_archive", "KINDS"]
+__all__ = [
+    "ExtractError",
+    "UnsafeEntry",
+    "detect_kind",
+    "kind_from_name",
+    "extract_archive",
+    "KINDS",
+    "default_budget",
+    "disk_full",
+]
 
 KINDS = ("tar", "tar.gz", "tar.bz2", "tar.xz", "zip")
 MAX_TOTAL_BYTES = 4 * 1024**3  # an archive that expands past this is a bomb, not a deploy
+#: the default extraction budget: RATIO times the archive's size, at least FLOOR, at most MAX_TOTAL_BYTES
+BUDGET_RATIO = 200
+BUDGET_FLOOR = 256 * 1024**2
 MAX_ENTRIES = 500_000
 _CHUNK = 1 << 20
 
@@ -71,6 +84,28 @@ class _Entry:
     mtime: float
     link: str = ""  # symlink target, or hard link source (archive name)
     size: int = 0
+
+
+def default_budget(archive_size: int) -> int:
+    """How many bytes an archive of `archive_size` bytes may expand to unless told otherwise."""
+    return min(MAX_TOTAL_BYTES, max(BUDGET_FLOOR, BUDGET_RATIO * archive_size))
+
+
+def _mib(n: int) -> str:
+    if n < 1024**2:
+        return f"{n} bytes"
+    return f"{n / 1024**2:.1f} MiB" if n < 1024**3 else f"{n / 1024**3:.1f} GiB"
+
+
+def disk_full(exc: OSError) -> str | None:
+    """What a write failure means when the disk (or the process's file size limit) is full."""
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    if exc.errno == errno.EDQUOT:
+        return "disk quota exceeded (no space left for this user)"
+    if exc.errno == errno.EFBIG:
+        return "file too large: this process's file size limit (RLIMIT_FSIZE, `ulimit -f`) was reached"
+    return None
 
 
 def kind_from_name(name: str) -> str | None:
@@ -115,15 +150,17 @@ def extract_archive(
     kind: str | None = None,
     strip_components: int = 0,
     label: str | None = None,
-    max_bytes: int = MAX_TOTAL_BYTES,
+    max_bytes: int | None = None,
 ) -> Path:
     """Extract `archive` into the directory `dest`, which must not exist yet, and return `dest`.
 
     `kind` is one of `KINDS` (default: detected from the archive's first bytes). With
     `strip_components` the first N path components of every entry are dropped (npm tarballs
     put everything under `package/`); entries that are only those components are skipped.
-    `label` names the archive in errors (default: its path). Raises `UnsafeEntry` for a hostile
-    entry and `ExtractError` for anything else; `dest` is then left untouched.
+    `label` names the archive in errors (default: its path). `max_bytes` is the extraction
+    budget, the total size the entries may expand to (default: `default_budget`). Raises
+    `UnsafeEntry` for a hostile entry and `ExtractError` for anything else - a full disk says so
+    - and `dest` is then left untouched.
     """
     archive = Path(archive)
     dest = Path(dest)
@@ -136,10 +173,16 @@ def extract_archive(
         raise ExtractError(f"{what}: unknown archive kind {kind!r} (expected one of {', '.join(KINDS)})", archive=what)
     if os.path.lexists(dest):
         raise ExtractError(f"{what}: destination {dest} already exists", archive=what)
+    if max_bytes is None:
+        size = os.path.getsize(archive)
+        budget = default_budget(size)
+        how = f"{BUDGET_RATIO} times the archive's {_mib(size)}, at least {_mib(BUDGET_FLOOR)}, at most {_mib(MAX_TOTAL_BYTES)}"
+    else:
+        budget, how = max_bytes, "as set by max_unpacked_mib"
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
-        writer = _Writer(staging, what, max_bytes)
+        writer = _Writer(staging, what, budget, how)
         if kind == "zip":
             _extract_zip(archive, writer, strip_components, what)
         else:
@@ -229,7 +272,11 @@ def _extract_tar(archive: Path, kind: str, writer: _Writer, strip: int, what: st
                     writer.other(entry)
     except ExtractError:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # gzip/lzma/bz2 errors are OSError or ValueError
+    except OSError as exc:
+        if (full := disk_full(exc)) is not None:
+            raise ExtractError(f"{what}: cannot extract into {writer.root.parent}: {full}", archive=what) from None
+        raise ExtractError(f"{what}: corrupt or unreadable archive: {exc}", archive=what) from None
+    except (tarfile.TarError, EOFError, ValueError) as exc:  # gzip/lzma/bz2 errors are OSError or ValueError
         raise ExtractError(f"{what}: corrupt or unreadable archive: {exc}", archive=what) from None
 
 
@@ -271,7 +318,11 @@ def _extract_zip(archive: Path, writer: _Writer, strip: int, what: str) -> None:
                     )
     except ExtractError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+    except OSError as exc:
+        if (full := disk_full(exc)) is not None:
+            raise ExtractError(f"{what}: cannot extract into {writer.root.parent}: {full}", archive=what) from None
+        raise ExtractError(f"{what}: corrupt or unreadable archive: {exc}", archive=what) from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as exc:
         raise ExtractError(f"{what}: corrupt or unreadable archive: {exc}", archive=what) from None
 
 
@@ -281,11 +332,12 @@ def _extract_zip(archive: Path, writer: _Writer, strip: int, what: str) -> None:
 class _Writer:
     """Writes checked entries under `root`, never following a symlink on the way."""
 
-    def __init__(self, root: Path, what: str, max_bytes: int) -> None:
+    def __init__(self, root: Path, what: str, max_bytes: int, how: str) -> None:
         self.root = root
         self.real_root = os.path.realpath(root)
         self.what = what
         self.max_bytes = max_bytes
+        self.how = how
         self.total = 0
         self.links: list[tuple[_Entry, Path]] = []
         self.dir_times: dict[tuple[str, ...], float] = {}
@@ -322,7 +374,17 @@ class _Writer:
             raise self._unsafe(entry, "replaces a directory")
         os.unlink(path)
 
+    def _over_budget(self, entry: _Entry) -> ExtractError:
+        return ExtractError(
+            f"{self.what}: expands to more than its extraction budget of {_mib(self.max_bytes)} ({self.how}); "
+            "an archive bomb, or a genuinely large archive: then raise the source's `max_unpacked_mib`",
+            archive=self.what,
+            entry=entry.name,
+        )
+
     def file(self, entry: _Entry, src: IO[bytes]) -> None:
+        if self.total + entry.size > self.max_bytes:  # the size the entry declares: refused before writing
+            raise self._over_budget(entry)
         path = self._parent(entry) / entry.parts[-1]
         self._clear(entry, path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -334,9 +396,7 @@ class _Writer:
                     break
                 self.total += len(chunk)
                 if self.total > self.max_bytes:
-                    raise ExtractError(
-                        f"{self.what}: expands to more than {self.max_bytes} bytes", archive=self.what, entry=entry.name
-                    )
+                    raise self._over_budget(entry)
                 out.write(chunk)
         os.chmod(path, 0o755 if entry.mode & 0o111 else 0o644)
         os.utime(path, (entry.mtime, entry.mtime))

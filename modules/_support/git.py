@@ -1,6 +1,11 @@
 """git on the controller for modules that commit to a repository (`helm_bump`): one working
 directory, one environment (no prompts, OpenSSH held to the engine's host-key rules, an https
-token as environment config, never in argv or a URL), errors translated."""
+token as environment config, never in argv or a URL), errors translated.
+
+`plan` builds a `GitReader`: it runs only the subcommands that read (`clone`, `fetch`,
+`rev-parse`, `show`...), and its environment rewrites every push URL to one no transport serves,
+so nothing it runs can update a remote. `apply` alone can build a `Git`, which adds `add`,
+`commit`, `reset` and `push` (engine/module.py, `require_apply`)."""
 
 from __future__ import annotations
 
@@ -11,11 +16,20 @@ import shlex
 import subprocess
 from typing import Any
 
+from engine.connection import children
 from engine.connection.openssh import git_ssh_command, refused_host_key
-from engine.errors import CommandTimeout, HostKeyError, ModuleError
+from engine.errors import CommandTimeout, HostKeyError, ModuleError, ReadOnlyViolation
+from engine.module import ApplyContext, PlanContext, require_apply
 from engine.secrets import SCRUBBER, Secret
 
-__all__ = ["Git", "git_environment", "commit", "repo_url", "display_url"]
+__all__ = ["GitReader", "Git", "git_environment", "commit", "repo_url", "display_url"]
+
+#: what a reader may run: each reads a remote or a local checkout, none can update a remote
+READ_COMMANDS = frozenset(
+    {"clone", "fetch", "ls-remote", "rev-parse", "show", "log", "cat-file", "ls-tree", "diff", "status"}
+)
+#: a push URL no git transport serves (`url.<base>.pushInsteadOf` with an empty prefix matches all)
+_NO_PUSH = "playbook-read-only:///"
 
 
 def git_environment(
@@ -40,25 +54,40 @@ def git_environment(
     return env
 
 
-class Git:
-    """git in one working directory, with one environment and errors translated."""
+class GitReader:
+    """git that reads: clone, fetch and inspect (`READ_COMMANDS`), in one environment, errors
+    translated. No commit or push; any other subcommand is refused, and a push would go nowhere."""
 
-    def __init__(self, env: dict[str, str], step: str, timeout: float | None) -> None:
-        self.env = env
-        self.step = step
+    def __init__(self, ctx: PlanContext | ApplyContext, env: dict[str, str], *, timeout: float | None = None) -> None:
+        self.env = self._environment(env)
+        self.step = ctx.step
         self.timeout = timeout
 
-    def run(self, *argv: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        try:
-            proc = subprocess.run(
-                ["git", *argv],
-                cwd=cwd,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                stdin=subprocess.DEVNULL,
+    def _environment(self, env: dict[str, str]) -> dict[str, str]:
+        out = dict(env)
+        n = int(out.get("GIT_CONFIG_COUNT", "0") or 0)
+        out[f"GIT_CONFIG_KEY_{n}"] = f"url.{_NO_PUSH}.pushInsteadOf"
+        out[f"GIT_CONFIG_VALUE_{n}"] = ""
+        out["GIT_CONFIG_COUNT"] = str(n + 1)
+        return out
+
+    def _allow(self, argv: tuple[str, ...]) -> None:
+        if not argv or argv[0] not in READ_COMMANDS:
+            raise ReadOnlyViolation(
+                f"GitReader refused 'git {argv[0] if argv else ''}': a reader runs only "
+                + ", ".join(sorted(READ_COMMANDS)),
+                path=self.step,
             )
+
+    def run(self, *argv: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        self._allow(argv)
+        return self._run(argv, cwd=cwd, check=check)
+
+    def _run(
+        self, argv: tuple[str, ...], *, cwd: str | None, check: bool, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = children.run(["git", *argv], cwd=cwd, env=self.env, text=True, timeout=self.timeout, input=stdin)
         except subprocess.TimeoutExpired:
             raise CommandTimeout(f"git {argv[0]} timed out after {self.timeout:g}s", path=self.step) from None
         except FileNotFoundError:
@@ -69,6 +98,28 @@ class Git:
                 raise HostKeyError(f"git {argv[0]}: host key unknown or changed (known_hosts): {err}", host=self.step)
             raise ModuleError(f"git {argv[0]} exited {proc.returncode}: {err}", path=self.step)
         return proc
+
+
+class Git(GitReader):
+    """git that also writes (any subcommand: add, commit, reset, push), for `apply` only: it must
+    be handed the step's `ApplyContext` and refuses to be built or to run while a plan runs."""
+
+    def __init__(self, ctx: ApplyContext, env: dict[str, str], *, timeout: float | None = None) -> None:
+        require_apply(ctx, "a writing git client (Git)")
+        super().__init__(ctx, env, timeout=timeout)
+        self._ctx = ctx
+
+    def _environment(self, env: dict[str, str]) -> dict[str, str]:
+        return dict(env)
+
+    def run(self, *argv: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if not argv or argv[0] not in READ_COMMANDS:
+            require_apply(self._ctx, f"git {argv[0] if argv else ''}")
+        return self._run(argv, cwd=cwd, check=check)
+
+    def with_env(self, extra: dict[str, str]) -> Git:
+        """The same client with `extra` added to its environment (e.g. the commit identity)."""
+        return Git(self._ctx, {**self.env, **extra}, timeout=self.timeout)
 
 
 def repo_url(repo: str, base: str) -> str:
@@ -82,17 +133,10 @@ def display_url(url: str) -> str:
 
 
 def commit(git: Git, repo: str, message: str) -> None:
-    try:
-        proc = subprocess.run(
-            ["git", "commit", "--quiet", "--no-verify", "-F", "-"],
-            cwd=repo,
-            env=git.env,
-            input=message,
-            capture_output=True,
-            text=True,
-            timeout=git.timeout,
-        )
-    except subprocess.TimeoutExpired:
-        raise CommandTimeout(f"git commit timed out after {git.timeout:g}s", path=git.step) from None
+    """Commit what is staged in `repo` with `message` (on stdin), hooks skipped."""
+    if not isinstance(git, Git):
+        raise ReadOnlyViolation("git commit needs a writing client (Git), not a GitReader", path=git.step)
+    require_apply(git._ctx, "git commit")
+    proc = git._run(("commit", "--quiet", "--no-verify", "-F", "-"), cwd=repo, check=False, stdin=message)
     if proc.returncode != 0:
         raise ModuleError(f"git commit exited {proc.returncode}: {proc.stderr.strip()[-800:]}", path=git.step)

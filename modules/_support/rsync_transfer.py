@@ -10,9 +10,11 @@ import subprocess
 import threading
 from typing import Any
 
-from engine.connection.openssh import refused_host_key, ssh_command
-from engine.errors import CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
+from engine.connection import children
+from engine.connection.openssh import host_key_refusal, refused_host_key, ssh_command
+from engine.errors import CommandTimeout, ConnectionFailed, ModuleError
 from engine.module import ApplyContext
+from modules._support.transfer_progress import RsyncProgress
 
 __all__ = ["RELAY_MAX_BYTES", "rsync_argv", "is_local", "transfer_and_delete", "run_rsync", "delete_paths"]
 
@@ -148,29 +150,37 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
         relay = Relay(ctx.conn)  # type: ignore[arg-type]
         argv = list(argv)
         argv[argv.index("-e") + 1] = relay.rsh
+    meter = RsyncProgress(ctx.progress, nbytes)  # bytes done, from rsync's own --info=progress2
     try:
-        proc = subprocess.Popen(
-            argv,
+        proc = children.popen(  # its own session: a terminal's Ctrl-C is for playbook alone
+            meter.argv(argv),
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=meter.stdout,
             stderr=subprocess.PIPE,
             pass_fds=relay.pass_fds if relay else (),
         )
     except FileNotFoundError:
+        meter.finish()
         if relay:
             relay.finish(0)
         raise ModuleError("the 'rsync' program is not installed on the controller", path=ctx.host or "") from None
+    meter.started()
     if relay:
         relay.start()
     try:
         _, err_bytes = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        children.kill_group(proc)
         raise CommandTimeout(f"rsync timed out after {timeout:g}s", path=ctx.host or "") from None
+    except BaseException:
+        children.kill_group(proc)
+        raise
     finally:
+        meter.finish()
+        children.forget(proc)
         if relay:
             relay.finish(ctx.remaining())
+    children.check_abort()
     err = err_bytes.decode("utf-8", "replace")
     if relay:
         if relay.error is not None:
@@ -182,9 +192,7 @@ def run_rsync(ctx: ApplyContext, argv: list[str], paths: list[str], nbytes: int)
     if proc.returncode == 0:
         return
     if refused_host_key(err):
-        raise HostKeyError(
-            f"rsync refused the host key (unknown or changed in known_hosts): {_tail(err, 400)}", host=ctx.host or ""
-        )
+        raise host_key_refusal(ctx.target, err, who="rsync's ssh", host=ctx.host or "")
     if proc.returncode == 255 and not relay:
         raise ConnectionFailed(f"rsync could not reach the host over ssh: {_tail(err, 400)}", host=ctx.host or "")
     raise ModuleError(f"rsync exited {proc.returncode}: {_tail(err)}", path=ctx.host or "")

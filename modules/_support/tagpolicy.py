@@ -10,7 +10,8 @@ actually put in tags:
   `2024-05-01T12-00-00`, or a Unix epoch in seconds (10 digits) or milliseconds (13 digits).
 - `build`: the first purely numeric part after the pattern's literal prefix (`master-1234-ab12cd`).
 - `semver`: `MAJOR.MINOR.PATCH[-pre][+build]` at the end of the tag (an optional `v` before it),
-  filtered by `semver_range`; pre-releases only when the range names one.
+  filtered by `semver_range`; pre-releases only when the range names one. As with every order, a
+  candidate without the key (`latest` under a semver policy) is an error naming it.
 - `alphabetical`: plain string order (as Flux's `alphabetical: asc`).
 - `auto`: `timestamp` when every candidate carries one, else `build` when every candidate has a
   build number, else an error asking for an explicit order.
@@ -337,10 +338,10 @@ def select_tag(tags: Iterable[str], policy: TagPolicy) -> tuple[str, list[str]]:
             missing.append(t)
         else:
             keyed.append((k, t))
-    if missing and order != "semver":
-        raise ArgError(
-            f"tags without a {order} to order by: {', '.join(missing[:5])} (narrow 'tag_pattern' or set 'tag_order')"
-        )
+    if missing:  # every order, semver too: a tag that cannot be ordered is named, never skipped
+        key = "semantic version (MAJOR.MINOR.PATCH)" if order == "semver" else order
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ArgError(f"tags without a {key} to order by: {shown} (narrow 'tag_pattern' or set 'tag_order')")
     if not keyed:
         raise ArgError(f"no tag matches {policy.describe()} (candidates: {', '.join(candidates[:8])})")
     keyed.sort(key=lambda kt: (kt[0], kt[1]), reverse=True)

@@ -292,6 +292,7 @@ class KubeCluster:
             "ServiceAccount",
             "--profiling=false",
             "--enable-priority-and-fairness=false",
+            *self._audit_args(),
         ]
         self._spawn("kube-apiserver", argv, logs)
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -310,6 +311,48 @@ class KubeCluster:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"kube-apiserver not ready after {timeout}s: {self._log_tail('kube-apiserver')}")
+
+    def _audit_args(self) -> list[str]:
+        """Every request's metadata (user, verb, object) logged when it is received, so a test can
+        prove what a client sent (`audit_events`)."""
+        policy = self.root / "audit-policy.yaml"
+        policy.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["ResponseStarted", "ResponseComplete"],
+                    "rules": [{"level": "Metadata"}],
+                }
+            )
+        )
+        self.audit_log = self.root / "logs" / "audit.log"
+        return [
+            "--audit-policy-file",
+            str(policy),
+            "--audit-log-path",
+            str(self.audit_log),
+            "--audit-log-format",
+            "json",
+            "--audit-log-mode",
+            "blocking",
+        ]
+
+    def audit_events(self, user: str = "deployer") -> list[dict]:
+        """The audit events of `user`'s requests so far ({"verb", "requestURI", "objectRef"...}).
+        Events are logged as requests are received (before they are answered), so every request
+        a client has had an answer to is here."""
+        try:
+            lines = self.audit_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # the line being written right now
+        return [e for e in events if (e.get("user") or {}).get("username") == user]
 
     def _write_kubeconfig(self, pki: Path) -> None:
         ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()

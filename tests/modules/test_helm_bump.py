@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ArgError, ModuleError
-from engine.model.results import UNKNOWN, Change
+from engine.model.results import UNKNOWN, Change, Status
 from engine.module import ApplyContext, PlanContext, get_module
 from engine.yamlio.scalars import find_key_path, find_markers, set_scalars
 from modules.helm_bump import HelmBumpArgs, parse_image
@@ -219,7 +219,12 @@ def test_remote_already_bumped_between_plan_and_apply(remote, tmp_path):
     remote.commit_other("releases/web.yaml", RELEASE.replace("master-20240101T000000Z-0a1b2c3'", "master-9'"))
     head = remote.head()
     out = MODULE.apply(actx, p)
-    assert out == {"commit": head, "tag": "master-9", "pushed": False}
+    assert out.status == Status.OK and out.message.startswith("no change: releases/web.yaml already has master-9")
+    assert {k: out.outputs[k] for k in ("commit", "tag", "pushed")} == {
+        "commit": head,
+        "tag": "master-9",
+        "pushed": False,
+    }
     assert remote.head() == head
 
 

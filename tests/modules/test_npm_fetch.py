@@ -171,3 +171,58 @@ def test_npmrc_parsing_and_token_matching():
     assert token_for("https://elsewhere.example.com/", cfg) is None
     assert nerf_dart("http://127.0.0.1:4873") == "//127.0.0.1:4873/"
     assert nerf_dart("https://u:p@h.example/a/b?x=1") == "//h.example/a/"
+
+
+class _Redirector:
+    """A real HTTP server on 127.0.0.1 that answers every GET with a 302 to `target` + path."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+
+        base = target.rstrip("/")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(302)
+                self.send_header("Location", base + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_401_from_a_host_that_never_got_the_token_does_not_blame_the_token(verdaccio, tmp_path, monkeypatch):
+    """The registry redirects to another host (a CDN, a mirror): the token stays behind, as it
+    must, so the other host's 401 is not "the token was refused"."""
+    name = unique()
+    token = verdaccio.add_user()
+    verdaccio.npmrc(tmp_path / "publish.npmrc")
+    verdaccio.publish(make_package(tmp_path, name, "1.0.0", {"a.txt": "1"}))
+    monkeypatch.setenv("REDIRECT_NPM_TOKEN", token)
+    (tmp_path / "empty").write_text("")
+    front = _Redirector(verdaccio.url)
+    try:
+        with pytest.raises(ModuleError) as err:
+            fetch(
+                tmp_path / "state",
+                package=name,
+                registry=front.url,
+                token_env="REDIRECT_NPM_TOKEN",
+                npmrc=str(tmp_path / "empty"),
+            )
+    finally:
+        front.close()
+    text = str(err.value)
+    assert "HTTP 401" in text and "token was refused" not in text
+    assert "never sent" in text and verdaccio.url.rstrip("/") in text and front.url.rstrip("/") in text
+    assert token not in text

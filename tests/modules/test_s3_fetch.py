@@ -56,6 +56,7 @@ def put(client, bucket: str, key: str, data: bytes, checksum: bool = True) -> di
 
 def ctx(state: Path, mode: str = "plan", step: str = "sources.widgets", cls=PlanContext):
     messages: list[str] = []
+    warnings: list[str] = []
     c = cls(
         host=None,
         step=step,
@@ -65,8 +66,9 @@ def ctx(state: Path, mode: str = "plan", step: str = "sources.widgets", cls=Plan
         state_dir=str(state),
         mode=mode,
         emit=messages.append,
+        warn=warnings.append,
     )
-    c.messages = messages  # type: ignore[attr-defined]
+    c.messages, c.warnings = messages, warnings  # type: ignore[attr-defined]
     return c
 
 
@@ -147,7 +149,7 @@ def test_unchecksummed_object_warns_and_versions(s3, tmp_path):
     latest = S3Fetch().plan(c, args(bucket, endpoint))
     assert (Path(latest.outputs["path"]) / "v").read_text() == "2"
     assert latest.outputs["version"] and latest.outputs["version"] != v1
-    assert any("no ChecksumSHA256" in m for m in c.messages)
+    assert any("unverified" in m and "no ChecksumSHA256" in m for m in c.warnings)
     old = S3Fetch().plan(ctx(tmp_path), args(bucket, endpoint, version_id=v1))
     assert (Path(old.outputs["path"]) / "v").read_text() == "1" and old.outputs["version"] == v1
 

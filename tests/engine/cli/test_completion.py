@@ -40,6 +40,8 @@ def test_bash_completes_commands_options_and_choices(tmp_path):
     assert complete_bash(tmp_path, "playbook", "inventory", "add-") == ["add-host", "add-group"]
     assert "--group" in complete_bash(tmp_path, "playbook", "inventory", "add-host", "web9", "--")
     assert complete_bash(tmp_path, "playbook", "completion", "") == ["bash", "zsh"]
+    assert complete_bash(tmp_path, "playbook", "dr") == ["drift"]
+    assert complete_bash(tmp_path, "playbook", "drift", "x.yml", "--format", "") == ["text", "json", "markdown"]
 
 
 def test_the_script_is_what_the_command_prints():

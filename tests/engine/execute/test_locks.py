@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -54,7 +55,8 @@ def test_second_run_is_refused_naming_the_holder(tmp_path, conn):
     with pytest.raises(LockHeld) as err:
         acquire(conn, path, info("run-2", owner="bob"))
     msg = str(err.value)
-    assert "alice" in msg and "run-1" in msg and "deploy-smartweb.yml" in msg and "3m05s" in msg
+    assert "alice" in msg and "run-1" in msg and "deploy-smartweb.yml" in msg
+    assert re.search(r"\) for 3m\d\ds;", msg)  # 185 s and however long a loaded machine took since
     assert "web1" in msg and "playbook lock release" in msg
     assert status(conn, path).run_id == "run-1"  # the refused run changed nothing
     assert release(conn, path, "run-2") is False and status(conn, path).run_id == "run-1"
@@ -163,3 +165,38 @@ def test_paths_and_formatting(monkeypatch):
         with pytest.raises(ArgError):
             status(LocalConnection(), bad)
     assert format_age(5) == "5s" and format_age(3725) == "1h02m" and format_age(90061) == "1d01h"
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (until the kernel hands it out again)
+
+
+def test_refusal_says_whether_the_holders_pid_runs_on_this_controller(tmp_path, conn):
+    import socket
+
+    path = str(tmp_path / "web.lock")
+    here = socket.gethostname()
+    acquire(conn, path, LockInfo("alice", "run-1", "deploy.yml", os.getpid(), time.time(), here))
+    with pytest.raises(LockHeld) as err:
+        acquire(conn, path, info("run-2"))
+    assert f"its pid {os.getpid()} is still running on {here}" in str(err.value)
+    break_lock(conn, path)
+    dead = _dead_pid()
+    acquire(conn, path, LockInfo("alice", "run-1", "deploy.yml", dead, time.time(), here))
+    with pytest.raises(LockHeld) as err:
+        acquire(conn, path, info("run-2"))
+    assert f"its pid {dead} is no longer running on {here}" in str(err.value)
+    assert "stale lock" in str(err.value) and "playbook lock release" in str(err.value)
+
+
+def test_refusal_cannot_tell_for_another_controller(tmp_path, conn):
+    path = str(tmp_path / "web.lock")
+    acquire(conn, path, LockInfo("alice", "run-1", "deploy.yml", 4242, time.time(), "deploy-elsewhere"))
+    with pytest.raises(LockHeld) as err:
+        acquire(conn, path, info("run-2"))
+    assert "on deploy-elsewhere, another controller" in str(err.value)
+    assert "cannot be seen from here" in str(err.value) and "--force" in str(err.value)

@@ -199,6 +199,27 @@ def test_forks_caps_concurrency():
     assert fleet.max_running == 3
 
 
+def test_nodes_waiting_for_a_fork_start_in_priority_order_and_are_checked_once(monkeypatch):
+    # forks=2 over 6 hosts x 3 chained steps: a node that waits for a fork is not re-examined
+    # on every completion (that made 200 hosts x 20 steps quadratic), and the order stays
+    # depth-first per host in host order.
+    from engine.execute import scheduler
+
+    checks: list = []
+    real = scheduler._Dispatch.skip_reason
+    monkeypatch.setattr(scheduler._Dispatch, "skip_reason", lambda self, node: checks.append(node) or real(self, node))
+    inv = inventory(6)
+    fleet = Fleet_(inv)
+    pb = playbook(
+        [cmd("a", argv=["echo"]), cmd("b", argv=["echo"], needs=("a",)), cmd("c", argv=["echo"], needs=("b",))]
+    )
+    events: list = []
+    execute(pb, inv, fleet, "run", events=events, forks=1)
+    assert len(checks) == 18
+    started = [(e.host, e.step) for e in events if isinstance(e, StepStarted)]
+    assert started == [(f"h{i:02d}", s) for i in range(1, 7) for s in "abc"]
+
+
 def test_controller_step_runs_once_and_feeds_hosts():
     inv = inventory(3)
     fleet = Fleet_(inv)

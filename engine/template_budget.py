@@ -1,0 +1,242 @@
+"""The time and size budget of rendering one template, and stopping a render on an interrupt.
+
+A template is code: `{% for i in range(99999) %}{% for j in range(99999) %}…` runs for hours and
+`{{ 'x' * 10**10 }}` asks for 10 GB in one C call, during which no signal handler runs. So:
+
+- every loop iteration, call, attribute lookup and operator of a template checks the render's
+  deadline (`$PLAYBOOK_TEMPLATE_TIMEOUT` seconds, 5 by default) and the run's stop event (set by
+  SIGINT/SIGTERM), so a render ends within one iteration of either (a trace function would do the
+  same for five times the cost of every render);
+- the operations that build big values in one step (`*`, `+`, `**`, `%`, `~`, and the filters
+  and string methods that pad, repeat or join) are checked *before* they run against the size
+  limit (`$PLAYBOOK_TEMPLATE_MAX_SIZE`, 1M by default), and so is the output as it is produced.
+
+See docs/templating.md ("Limits"). engine/templating.py wires this into its sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import TemplateError
+
+__all__ = [
+    "DEFAULT_SECONDS",
+    "DEFAULT_MAX_SIZE",
+    "Budget",
+    "RenderInterrupted",
+    "budget",
+    "current",
+    "tick",
+    "ticked",
+    "check_binop",
+    "check_call",
+    "bounded_join",
+    "bounded_output",
+]
+
+DEFAULT_SECONDS = 5.0
+"""How long one template may render, by default (`$PLAYBOOK_TEMPLATE_TIMEOUT`)."""
+
+DEFAULT_MAX_SIZE = 1024 * 1024
+"""The largest string or list a template may build, by default (`$PLAYBOOK_TEMPLATE_MAX_SIZE`)."""
+
+_TIME_ENV, _SIZE_ENV = "PLAYBOOK_TEMPLATE_TIMEOUT", "PLAYBOOK_TEMPLATE_MAX_SIZE"
+
+
+class RenderInterrupted(TemplateError):
+    """The run was asked to stop (SIGINT/SIGTERM) while a template was rendering."""
+
+
+@dataclass
+class Budget:
+    """The limits of one render: a monotonic deadline, a size, and the run's stop event."""
+
+    seconds: float
+    max_size: int
+    stop: threading.Event | None = None
+    deadline: float = 0.0
+
+    def check(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise RenderInterrupted("interrupted while rendering a template")
+        if time.monotonic() > self.deadline:
+            raise TemplateError(
+                f"template took longer than its budget of {self.seconds:g} s (set ${_TIME_ENV} to allow more)"
+            )
+
+    def size(self, n: int, what: str) -> None:
+        if n > self.max_size:
+            raise TemplateError(
+                f"template would build {what} of {n} characters or items, over the limit of "
+                f"{self.max_size} (set ${_SIZE_ENV} to allow more)"
+            )
+
+
+_local = threading.local()
+
+
+def current() -> Budget | None:
+    """The budget of the render running in this thread, if any."""
+    return getattr(_local, "budget", None)
+
+
+def _setting(name: str, default: float, parse: Callable[[str], float]) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise TemplateError(f"${name} must be a positive number (got {raw!r})")
+    return value
+
+
+def _size(raw: str) -> int:
+    factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(raw[-1].upper(), 1)
+    return int(raw[:-1] if factor != 1 else raw) * factor
+
+
+_settings: dict[tuple[str | None, str | None], tuple[float, int]] = {}
+
+
+def _limits() -> tuple[float, int]:
+    key = (os.environ.get(_TIME_ENV), os.environ.get(_SIZE_ENV))
+    found = _settings.get(key)
+    if found is None:
+        found = _settings[key] = (
+            _setting(_TIME_ENV, DEFAULT_SECONDS, float),
+            int(_setting(_SIZE_ENV, DEFAULT_MAX_SIZE, _size)),
+        )
+    return found
+
+
+class budget:  # noqa: N801 (used as a context manager, like contextlib's)
+    """`with budget(stop) as b:` runs the block as one render under the configured budget;
+    a render inside another shares the outer one's."""
+
+    __slots__ = ("_stop", "_own")
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self._stop = stop
+        self._own = False
+
+    def __enter__(self) -> Budget:
+        outer = current()
+        if outer is not None:
+            return outer
+        seconds, max_size = _limits()
+        b = Budget(seconds, max_size, self._stop, time.monotonic() + seconds)
+        b.check()
+        _local.budget = b
+        self._own = True
+        return b
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own:
+            _local.budget = None
+
+
+def tick() -> None:
+    """A point where a render may be stopped: each loop iteration, call, attribute and operator."""
+    b = getattr(_local, "budget", None)
+    if b is not None:
+        b.check()
+
+
+def ticked(iterable: Any) -> Iterator[Any]:
+    """`iterable`, checking the budget before each item (what a template's `for` loops over)."""
+    b = current()
+    for item in iterable:
+        if b is not None:
+            b.check()
+        yield item
+
+
+_SIZED = (str, bytes, list, tuple)
+_WIDTH = re.compile(r"[0-9]+")
+
+
+def check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse, before it runs, an operator that would build a value over the size limit."""
+    b = current()
+    if b is None:
+        return
+    b.check()
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, _SIZED) and isinstance(n, int):
+                b.size(len(seq) * n, "a value")
+    elif operator == "+":
+        if isinstance(left, _SIZED) and isinstance(right, _SIZED):
+            b.size(len(left) + len(right), "a value")
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+            b.size(right * abs(left).bit_length() // 8, "a number (in bytes)")
+    elif operator == "%" and isinstance(left, str):
+        b.size(_widest(left), "a formatted string")
+
+
+def _widest(fmt: str) -> int:
+    return max((int(w) for w in _WIDTH.findall(fmt) if len(w) < 30), default=0) + len(fmt)
+
+
+_PADDING = {"center", "ljust", "rjust", "zfill"}
+
+
+def check_call(obj: Any, args: tuple, kwargs: dict) -> None:
+    """Refuse, before it runs, a string method or filter call that would build too big a value."""
+    b = current()
+    if b is None:
+        return
+    b.check()
+    owner = getattr(obj, "__self__", None)
+    name = getattr(obj, "__name__", "")
+    if not isinstance(owner, str):
+        return
+    if name in _PADDING and args and isinstance(args[0], int):
+        b.size(args[0], "a padded string")
+    elif name == "expandtabs":
+        size = args[0] if args and isinstance(args[0], int) else kwargs.get("tabsize", 8)
+        b.size(owner.count("\t") * int(size) + len(owner), "a string")
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        b.size(len(owner) + (owner.count(args[0]) + 1) * len(args[1]), "a string")
+    elif name == "format":
+        b.size(_widest(owner), "a formatted string")
+
+
+def bounded_join(parts: Iterable[Any], sep: str = "") -> str:
+    """`sep.join(str(p) for p in parts)` that checks the size as it goes (Jinja's `~` and `join`)."""
+    b = current()
+    out: list[str] = []
+    total = 0
+    for part in parts:
+        text = part if isinstance(part, str) else str(part)
+        total += len(text) + len(sep)
+        if b is not None:
+            b.size(total, "a string")
+        out.append(text)
+    return sep.join(out)
+
+
+def bounded_output(pieces: Iterable[str]) -> str:
+    """A template's output from its generator (pieces are strings), stopped at the size limit."""
+    b = current()
+    limit = b.max_size if b is not None else -1
+    out: list[str] = []
+    append = out.append
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > limit >= 0 and b is not None:
+            b.size(total, "an output")
+        append(piece)
+    return "".join(out)

@@ -1,0 +1,215 @@
+"""The shared state backend against moto's S3 server: locks, history, budget, self-test."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from engine.errors import LockHeld
+from engine.model.results import Status, StepResult
+from engine.record.state import open_history, state_url
+from engine.record.state.budget import SharedBudget
+from engine.record.state.s3lock import S3Lock, break_lock, lock_status
+from engine.record.state.s3store import S3Store, StateError, parse_state_url
+from engine.secrets import Scrubber, Secret
+
+
+@pytest.fixture
+def store(moto_s3):
+    import boto3
+
+    bucket = f"state-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=bucket)
+    return S3Store(parse_state_url(f"s3://{bucket}/prod?endpoint_url={moto_s3}"))
+
+
+def test_state_urls():
+    assert state_url("") is None and state_url("local") is None
+    url = parse_state_url("s3://b/a/b?endpoint_url=http://127.0.0.1:9&region=eu-west-1")
+    assert (url.bucket, url.prefix, url.endpoint_url, url.region) == ("b", "a/b", "http://127.0.0.1:9", "eu-west-1")
+    with pytest.raises(StateError, match="must be an s3://bucket/prefix URL"):
+        state_url("/tmp/state")
+    with pytest.raises(StateError, match="unknown parameter 'endpoint'"):
+        state_url("s3://b/p?endpoint=x")
+
+
+def test_a_lost_race_names_the_holder_and_the_same_run_shares_the_lock(store, monkeypatch):
+    monkeypatch.setenv("CI_JOB_URL", "https://gitlab.example.com/ops/deploy/-/jobs/42")
+    first = S3Lock(store, "web", run_id="r1", part="s1of2", playbook="pb.yml")
+    first.acquire()
+    sibling = S3Lock(store, "web", run_id="r1", part="s2of2", playbook="pb.yml")
+    sibling.acquire()  # the other shard of the same run joins
+    with pytest.raises(LockHeld) as exc:
+        S3Lock(store, "web", run_id="r2", part="run", playbook="other.yml").acquire()
+    said = str(exc.value)
+    assert "run r1" in said and "since 20" in said and "runner https://gitlab.example.com/ops/deploy/-/jobs/42" in said
+    with pytest.raises(LockHeld, match="part s1of2 of run r1 is already running"):
+        S3Lock(store, "web", run_id="r1", part="s1of2", playbook="pb.yml").acquire()
+    first.release()
+    assert lock_status(store, "web") is not None  # the sibling still holds it
+    sibling.release()
+    assert lock_status(store, "web") is None
+
+
+def test_racing_runs_get_one_lock(store):
+    locks = [S3Lock(store, "web", run_id=f"r{i}", part="run", playbook="pb.yml") for i in range(6)]
+    won, lost = [], []
+    start = threading.Barrier(len(locks))
+
+    def take(lock):
+        start.wait()
+        try:
+            lock.acquire()
+            won.append(lock)
+        except LockHeld:
+            lost.append(lock)
+
+    threads = [threading.Thread(target=take, args=(lock,)) for lock in locks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 5
+    won[0].release()
+
+
+def test_an_expired_lease_is_taken_over_and_break_removes_any(store):
+    S3Lock(store, "web", run_id="dead", part="run", playbook="pb.yml", ttl=-1).acquire()  # its lease is over
+    alive = S3Lock(store, "web", run_id="next", part="run", playbook="pb.yml")
+    alive.acquire()
+    assert lock_status(store, "web")["run_id"] == "next"
+    assert break_lock(store, "web")["run_id"] == "next"
+    assert lock_status(store, "web") is None
+    alive.release()  # its lock was broken: nothing to release, nothing raised
+
+
+def test_a_store_ignoring_conditional_writes_is_refused(moto_s3):
+    import boto3
+
+    from tests.harness.s3strip import StrippingProxy
+
+    bucket = f"state-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=bucket)
+    with StrippingProxy(moto_s3) as proxy:
+        store = S3Store(parse_state_url(f"s3://{bucket}/p?endpoint_url={proxy.endpoint}"))
+        with pytest.raises(StateError, match="ignores conditional writes"):
+            S3Lock(store, "web", run_id="r1", part="run", playbook="pb.yml").acquire()
+        assert proxy.dropped >= 2
+        assert store.list("") == []  # the probe is gone, no lock was written
+
+
+def _result(step, host, status=Status.CHANGED, outputs=None):
+    return StepResult(step, host, status, "done", outputs=outputs or {})
+
+
+def test_history_is_readable_from_another_machine_and_scrubbed(store):
+    scrub = Scrubber()
+    scrub.add(Secret("hunter2-password", scrubber=None))
+    url = f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}"
+    hist = open_history(url, "/nonexistent")
+    hist.start_run(run_id="r1.s1of2", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    hist.add_result("r1.s1of2", _result("sync", "web1", outputs={"token": "hunter2-password"}), scrub.scrub_obj)
+    hist.finish_run("r1.s1of2", 0, "ok")
+    hist.close()
+    other = open_history(url, "/nonexistent")  # a new process elsewhere: only the bucket in common
+    [rec] = other.runs("pb")
+    assert (rec.run_id, rec.status, rec.release_id) == ("r1.s1of2", "ok", "REL")
+    [res] = other.results(other.run("r1").run_id)  # a prefix finds the run, as in SQLite
+    assert res["step"] == "sync" and "hunter2" not in str(res)
+
+
+def test_concurrent_index_appends_lose_nothing(store):
+    def start(i):
+        h = open_history(f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}", "")
+        h.start_run(run_id=f"r{i}", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+        h.finish_run(f"r{i}", 0, "ok")
+        h.close()
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    hist = open_history(f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}", "")
+    assert sorted(r.run_id for r in hist.runs(limit=100)) == [f"r{i}" for i in range(8)]
+    assert {r.status for r in hist.runs(limit=100)} == {"ok"}
+
+
+def test_one_budget_for_every_shard(store):
+    shards = [SharedBudget(store, "r1", {"web": 10}) for _ in range(4)]
+    threads = [
+        threading.Thread(target=b.record_failure, args=("web", f"web{i}{j}"))
+        for i, b in enumerate(shards)
+        for j in (0, 1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert shards[0].failed() == {"web": (8, 10)}
+
+
+def test_state_is_a_playbook_and_inventory_setting(tmp_path):
+    from engine.errors import PlaybookError
+    from engine.load.inventory import load_inventory
+    from engine.load.playbook import load_playbook
+
+    steps = "steps:\n  - {id: s, module: command, fleet: controller, args: {argv: ['true']}}\n"
+    good = tmp_path / "pb.yml"
+    good.write_text("state: s3://acme-deploy-state/smartweb\n" + steps)
+    assert load_playbook(str(good)).state == "s3://acme-deploy-state/smartweb"
+    inv = tmp_path / "inv.yml"
+    inv.write_text("state: local\nhosts: {}\n")
+    assert load_inventory(str(inv)).state == "local"
+    bad = tmp_path / "bad.yml"
+    bad.write_text("state: /var/lib/playbook\n" + steps)
+    with pytest.raises(PlaybookError) as exc:
+        load_playbook(str(bad))
+    assert "bad.yml:1" in str(exc.value) and "state" in str(exc.value)
+
+
+def test_a_budget_spent_in_one_shard_stops_the_others(store):
+    from engine.execute.scheduler import Executor, RunOptions
+    from engine.execute.shard import assign
+    from tests.engine.execute.test_scheduler import Fleet_, cmd, inventory, playbook
+
+    inv = inventory(8)
+    shard_of = assign(inv.hosts, 2)
+    first = sorted(h for h, s in shard_of.items() if s == 1)
+    second = sorted(h for h, s in shard_of.items() if s == 2)
+    pb = playbook([cmd("a", argv=["deploy"])], serial=1, max_fail_percentage=20)  # 2 of 8 hosts: spent
+
+    def shard(hosts, failing):
+        fleet = Fleet_(inv, fail={"deploy": set(failing)})
+        opts = RunOptions(
+            mode="run", forks=1, run_id="r1", only_hosts=frozenset(hosts), budget=SharedBudget(store, "r1", {"web": 8})
+        )
+        summary = Executor(pb, inv, opts, connect=fleet.connect).execute()
+        ran = [h for h, c in fleet.conns.items() if any(cmd[0] == "deploy" for cmd in c.commands)]
+        return summary, ran
+
+    one, _ = shard(first, first[:1])  # 1 of 8 failed: within the budget
+    assert one.aborted is None
+    two, ran = shard(second, second[:1])  # its own first failure makes 2 of 8, for the whole fleet
+    assert two.aborted and "2 of 8 hosts failed" in two.aborted
+    assert ran == second[:1]  # no new batch started after it
+    again, ran = shard(first, [])  # a shard starting now starts nothing
+    assert again.aborted and ran == []
+
+
+def test_requests_per_run_stay_few(store):
+    store.self_test()
+    before = store.requests
+    lock = S3Lock(store, "web", run_id="r1", part="run", playbook="pb.yml")
+    lock.acquire()
+    lock.release()
+    assert store.requests - before == 2  # create, delete
+    hist = open_history(f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}", "")
+    hist.store = store  # count on this store
+    before = dict(store.by_kind)
+    hist.start_run(run_id="r1", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    hist.finish_run("r1", 0, "ok")
+    hist.close()
+    assert store.by_kind["index"] - before.get("index", 0) <= 4  # read + CAS write, at start and end
