@@ -24,7 +24,8 @@ at the boundary of the layer that calls them; none escapes a connection or a mod
     │   ├── DigestMismatch                   modules/_support/artifacts.py
     │   ├── ExtractError                     modules/_support/extract.py
     │   │   └── UnsafeEntry                  an archive entry that would escape
-    │   └── Conflict                         modules/_support/kube.py (HTTP 409, retried)
+    │   ├── Conflict                         modules/_support/kube.py (HTTP 409, retried)
+    │   └── Forbidden                        modules/_support/kube.py (401/403, certain)
     ├── LockHeld (RuntimeError)              another run holds a deploy lock
     ├── StalePlan (RuntimeError)             a saved plan no longer matches the world
     ├── UntrustedPlan (ValueError)           a saved plan fails its hash or signature check
@@ -80,7 +81,12 @@ class Location:
 
 
 class PlaybookError(Exception):
-    """Base of every error playbook raises on purpose; its str() is the user-facing message."""
+    """Base of every error playbook raises on purpose; its str() is the user-facing message.
+
+    `certain`: the error does not depend on what upstream steps will change, so a dry run
+    reports the step failed rather than unknown (a bad argument is bad whatever runs first)."""
+
+    certain: bool = False
 
     def __init__(self, message: str, *, location: Location | None = None, path: str = "") -> None:
         self.message = message
@@ -154,6 +160,8 @@ class ReadOnlyViolation(PlaybookError, RuntimeError):
 
 class ArgError(PlaybookError, ValueError):
     """A module argument is invalid after rendering."""
+
+    certain = True
 
 
 class LockHeld(PlaybookError, RuntimeError):

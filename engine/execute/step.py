@@ -187,7 +187,7 @@ class StepRunner:
         except ReadOnlyViolation as exc:  # a module bug, never "unknown until applied"
             return StepResult(step.id, host, Status.FAILED, f"module '{step.module}' tried to write: {exc}")
         except PlaybookError as exc:
-            if mode == "plan" and changing:
+            if mode == "plan" and changing and not exc.certain:
                 return StepResult(
                     step.id,
                     host,

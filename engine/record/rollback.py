@@ -7,7 +7,7 @@ run after it. If those runs applied migrations, the rollback is refused (the see
 `--with-migrations`, which first runs their `down` commands, newest first. Then each
 releases-layout `rsync` step's `current` is switched back where that release is still on the
 host and built again from the recorded artifact where `keep` removed it (see
-modules/recorded_artifact.py), each canary Deployment (`canary_switch` set_image/revert) is
+modules/recorded_artifact.py), each canary Deployment (`canary_switch` deploy/set_image/revert) is
 reverted to the image it had in that release, each `helm_bump` field is set back to the tag
 (and digest) recorded then, and the `cache_clear` steps run again, with the outputs the
 release's run recorded.
@@ -257,7 +257,8 @@ def _rollback_playbook(playbook: Playbook, plan: RollbackPlan) -> Playbook:
         recorded = plan.images.get(s.id)
         if not recorded:
             continue
-        if s.module == "canary_switch" and str(s.args.get("action")) in ("set_image", "revert"):
+        action = str(s.args.get("action"))
+        if s.module == "canary_switch" and (action in ("set_image", "revert", "deploy") or "{{" in action):
             by_image: dict[tuple, list[str]] = {}
             for host, outs in recorded.items():
                 if host is not None and outs.get("image"):

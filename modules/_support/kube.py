@@ -3,9 +3,12 @@ one client per target from its kubeconfig and context, credentials registered wi
 scrubber before anything can echo them, and every client-library error translated to ours
 (`KubeReader.call`), so no `kubernetes.*` or `urllib3.*` exception leaves a module.
 
-`plan` builds a `KubeReader` (get, list, watch); `apply` alone can build a `Kube`, which adds
-`patch` and the raw APIs. Both gate the client's HTTP transport, so the read-only promise holds
-for any call a module makes, not only for the methods listed here (engine/module.py)."""
+`plan` builds a `KubeReader` (get, find, list, watch, and `can_i`); `apply` alone can build a
+`Kube`, which adds `patch`, `create` and the raw APIs. Both gate the client's HTTP transport, so
+the read-only promise holds for any call a module makes, not only for the methods listed here
+(engine/module.py). The one POST a reader sends is `can_i`'s SelfSubjectAccessReview: a question
+the API server answers and stores nothing for, so a dry run can say "not allowed" before the
+run does."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from engine.errors import ConnectionFailed, ModuleError, ReadOnlyViolation
 from engine.module import ApplyContext, PlanContext, require_apply
 from engine.secrets import SCRUBBER
 
-__all__ = ["KubeReader", "Kube", "Conflict", "api_message", "register_kubeconfig_secrets"]
+__all__ = ["KubeReader", "Kube", "Conflict", "Forbidden", "api_message", "register_kubeconfig_secrets"]
 
 
 def api_message(exc: Any) -> str:
@@ -30,6 +33,7 @@ def api_message(exc: Any) -> str:
 
 
 _SAFE_VERBS = frozenset({"GET", "HEAD", "OPTIONS"})
+_ACCESS_REVIEW = "apis/authorization.k8s.io/v1/selfsubjectaccessreviews"  # a question: creates nothing
 _READS = {
     "configmap": ("core", "read_namespaced_config_map", "list_namespaced_config_map"),
     "service": ("core", "read_namespaced_service", "list_namespaced_service"),
@@ -40,9 +44,10 @@ _READS = {
 
 
 class _Verbs:
-    """The client's HTTP transport with a gate in front: GET, HEAD and OPTIONS pass; any other
-    verb is refused for a reader, and for a writer while a plan runs (`require_apply`). This is
-    where every request of the kubernetes client goes, raw API calls included."""
+    """The client's HTTP transport with a gate in front: GET, HEAD and OPTIONS pass, and so does
+    a POST of a SelfSubjectAccessReview (`can_i`); any other verb is refused for a reader, and
+    for a writer while a plan runs (`require_apply`). This is where every request of the
+    kubernetes client goes, raw API calls included."""
 
     def __init__(self, inner: Any, ctx: Any, *, writable: bool) -> None:
         self._inner = inner
@@ -51,8 +56,8 @@ class _Verbs:
 
     def request(self, method: str, url: str, *args: Any, **kw: Any) -> Any:
         verb = method.upper()
-        if verb not in _SAFE_VERBS:
-            path = url.split("://", 1)[-1].partition("/")[2].partition("?")[0]
+        path = url.split("://", 1)[-1].partition("/")[2].partition("?")[0]
+        if verb not in _SAFE_VERBS and not (verb == "POST" and path.rstrip("/") == _ACCESS_REVIEW):
             if not self._writable:
                 raise ReadOnlyViolation(
                     f"KubeReader refused {verb} /{path}: a reader sends GET only", path=getattr(self._ctx, "step", "")
@@ -66,8 +71,9 @@ class _Verbs:
 
 class KubeReader:
     """get, list and watch on one target's API server (kubeconfig and context from the target),
-    with every error translated to ours. No write method; its transport refuses any verb but GET,
-    so a module's `plan` cannot change the cluster even through a raw API call."""
+    and `can_i`, with every error translated to ours. No write method; its transport refuses any
+    verb but GET (and `can_i`'s access review), so a module's `plan` cannot change the cluster
+    even through a raw API call."""
 
     _writable = False
 
@@ -121,7 +127,7 @@ class KubeReader:
             if exc.status == 409:
                 raise Conflict(f"{what}: {msg}") from None
             if exc.status in (401, 403):
-                raise ModuleError(f"{what}: not allowed ({exc.status}): {msg}", path=self.host) from None
+                raise Forbidden(f"{what}: not allowed ({exc.status}): {msg}", path=self.host) from None
             raise ModuleError(f"{what}: API error {exc.status}: {msg}", path=self.host) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ConnectionFailed(
@@ -136,6 +142,33 @@ class KubeReader:
         """One object (`configmap`, `service`, `deployment`, `replicaset`, `pod`) by name."""
         with self.call(f"{kind} '{name}'"):
             return self._fn(kind, 0)(name, self.namespace, _request_timeout=30)
+
+    def find(self, kind: str, name: str) -> Any:
+        """Like `read`, but None when the object does not exist."""
+        from kubernetes.client.exceptions import ApiException
+
+        with self.call(f"{kind} '{name}'"):
+            try:
+                return self._fn(kind, 0)(name, self.namespace, _request_timeout=30)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def can_i(self, verb: str, kind: str, name: str | None = None) -> bool:
+        """Whether these credentials may `verb` the `kind` in the namespace (a
+        SelfSubjectAccessReview, which every authenticated user may ask; it changes nothing, so a
+        reader may send it)."""
+        from kubernetes import client
+
+        group, resource = _RESOURCES[kind]
+        attrs = {"namespace": self.namespace, "verb": verb, "group": group, "resource": resource}
+        if name:
+            attrs["name"] = name
+        review: Any = {"spec": {"resourceAttributes": attrs}}
+        with self.call(f"asking whether {verb} {resource} is allowed"):
+            answer = client.AuthorizationV1Api(self._api).create_self_subject_access_review(review, _request_timeout=30)
+        return bool(answer.status and answer.status.allowed)
 
     def list(self, kind: str, *, label_selector: str | None = None, field_selector: str | None = None) -> Any:
         """The objects of `kind` in the namespace (a `...List` with `items`)."""
@@ -176,6 +209,11 @@ class Kube(KubeReader):
         self.core = self._core
         self.apps = self._apps
 
+    def create(self, kind: str, body: Any) -> Any:
+        fn = {"service": self.core.create_namespaced_service}[kind]
+        with self.call(f"creating {kind} '{body['metadata']['name']}'"):
+            return fn(self.namespace, body, _request_timeout=30)
+
     def patch(self, kind: str, name: str, body: dict, content_type: str) -> Any:
         fn = {
             "configmap": self.core.patch_namespaced_config_map,
@@ -186,8 +224,17 @@ class Kube(KubeReader):
             return fn(name, self.namespace, body, _content_type=content_type, _request_timeout=30)
 
 
+_RESOURCES = {"configmap": ("", "configmaps"), "service": ("", "services"), "deployment": ("apps", "deployments")}
+
+
 class Conflict(ModuleError):
     """409: the object changed since it was read."""
+
+
+class Forbidden(ModuleError):
+    """401/403, or a permission these credentials lack: certain, whatever runs before the step."""
+
+    certain = True
 
 
 def register_kubeconfig_secrets(path: str | None, context: str | None) -> None:

@@ -137,7 +137,8 @@ class KubeCluster:
     """etcd + kube-apiserver + kube-controller-manager + `FakeKubelet`, all on 127.0.0.1.
 
     `kubeconfig` has contexts `test` (user `deployer`, allowed only what the canary needs in
-    `namespace`) and `admin` (system:masters); `admin_client()` is a kubernetes ApiClient."""
+    `namespace`), `limited` (user `limited`: may patch ConfigMaps and Services but only read
+    Deployments) and `admin` (system:masters); `admin_client()` is a kubernetes ApiClient."""
 
     def __init__(self, root: Path, namespace: str = "wp-platform") -> None:
         self.root = Path(root)
@@ -146,6 +147,7 @@ class KubeCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.admin_token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
         self.deployer_token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
+        self.limited_token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
         self.kubeconfig = self.root / "kube" / "config"
         self.port = 0
         self.kubelet: FakeKubelet | None = None
@@ -248,7 +250,10 @@ class KubeCluster:
     def _start_apiserver(self, pki: Path, logs: Path, timeout: float) -> None:
         self.port = _free_port()
         tokens = self.root / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},admin,admin,"system:masters"\n{self.deployer_token},deployer,deployer\n')
+        tokens.write_text(
+            f'{self.admin_token},admin,admin,"system:masters"\n{self.deployer_token},deployer,deployer\n'
+            f"{self.limited_token},limited,limited\n"
+        )
         tokens.chmod(0o600)
         argv = [
             str(self.bin / "kube-apiserver"),
@@ -359,10 +364,12 @@ class KubeCluster:
             "users": [
                 {"name": "deployer", "user": {"token": self.deployer_token}},
                 {"name": "admin", "user": {"token": self.admin_token}},
+                {"name": "limited", "user": {"token": self.limited_token}},
             ],
             "contexts": [
                 {"name": "test", "context": {"cluster": "local", "user": "deployer", "namespace": self.namespace}},
                 {"name": "admin", "context": {"cluster": "local", "user": "admin"}},
+                {"name": "limited", "context": {"cluster": "local", "user": "limited", "namespace": self.namespace}},
             ],
             "current-context": "admin",
         }
@@ -431,6 +438,7 @@ class KubeCluster:
                             "resources": ["deployments"],
                             "verbs": ["get", "list", "watch", "patch", "update"],
                         },
+                        {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},  # a preview
                         {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
                         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
                     ],
@@ -442,6 +450,28 @@ class KubeCluster:
                     "metadata": {"name": "canary-deployer"},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canary-deployer"},
                     "subjects": [{"kind": "User", "name": "deployer", "apiGroup": "rbac.authorization.k8s.io"}],
+                },
+            )
+            rbac.create_namespaced_role(
+                name,
+                {
+                    "metadata": {"name": "canary-limited"},
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "resources": ["configmaps", "services"],
+                            "verbs": ["get", "list", "watch", "patch", "update"],
+                        },
+                        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
+                    ],
+                },
+            )
+            rbac.create_namespaced_role_binding(
+                name,
+                {
+                    "metadata": {"name": "canary-limited"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canary-limited"},
+                    "subjects": [{"kind": "User", "name": "limited", "apiGroup": "rbac.authorization.k8s.io"}],
                 },
             )
         finally:

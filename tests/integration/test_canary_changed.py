@@ -11,7 +11,7 @@ import yaml
 from tests.integration.test_canary import PLAYBOOK, B, canary, cli, results  # noqa: F401  (the fixture)
 
 
-def test_a_step_after_set_image_runs_only_when_it_changed(canary, capsys, tmp_path):  # noqa: F811
+def test_a_step_after_the_deploy_runs_only_when_it_changed(canary, capsys, tmp_path):  # noqa: F811
     _ns, _core, _apps, base = canary
     marker = tmp_path / "announced"
     doc = yaml.safe_load(Path(PLAYBOOK).read_text())
@@ -20,8 +20,8 @@ def test_a_step_after_set_image_runs_only_when_it_changed(canary, capsys, tmp_pa
             "id": "announce",
             "module": "command",
             "fleet": "canary",
-            "when": "steps.set_image.changed",
-            "args": {"argv": ["sh", "-c", 'echo "$1" >> "$2"', "sh", "{{ steps.set_image.image }}", str(marker)]},
+            "when": "steps.canary.changed",
+            "args": {"argv": ["sh", "-c", 'echo "$1" >> "$2"', "sh", "{{ steps.canary.image }}", str(marker)]},
         }
     )
     pb = tmp_path / "canary.yml"
@@ -36,5 +36,5 @@ def test_a_step_after_set_image_runs_only_when_it_changed(canary, capsys, tmp_pa
 
     code, doc = cli(capsys, "run", str(pb), *base, *deploy)  # nothing to change: no announcement
     assert code == 0, doc
-    assert results(doc)["set_image"]["status"] == "ok" and results(doc)["announce"]["status"] == "skipped", doc
+    assert results(doc)["canary"]["status"] == "ok" and results(doc)["announce"]["status"] == "skipped", doc
     assert marker.read_text() == f"{B}\n"

@@ -33,7 +33,7 @@ from modules._support.git import Git, GitReader, commit, git_environment
 from modules._support.http import Http, HttpReader
 from modules._support.kube import Kube, KubeReader
 from tests.harness.recording import RecordingServer
-from tests.harness.untouched import KUBE_WRITES, audit_marker, git_state, recording_remote
+from tests.harness.untouched import KUBE_WRITES, audit_marker, git_state, is_access_review, recording_remote
 
 
 def _forged(ctx: PlanContext) -> ApplyContext:
@@ -59,6 +59,15 @@ def _raw_push(ctx: PlanContext, url: str) -> None:
     raise RuntimeError(f"push through the reader's environment: rc {proc.returncode}: {proc.stderr.strip()}")
 
 
+def _kube_raw_create(ctx: PlanContext) -> None:
+    reader = KubeReader(ctx)
+    try:
+        assert isinstance(reader.can_i("create", "configmap"), bool)  # the one POST a reader may send
+        reader._core.create_namespaced_config_map(reader.namespace, {"metadata": {"name": "sneaked"}})
+    finally:
+        reader.close()
+
+
 def _kube_raw_patch(ctx: PlanContext) -> None:
     reader = KubeReader(ctx)
     body = {"data": {"canaryEnv": '{"selector":"green"}'}}
@@ -70,6 +79,7 @@ ATTEMPTS: dict[str, Any] = {
     "kube writer from the plan context": lambda ctx, url: Kube(ctx),
     "kube writer from a forged apply context": lambda ctx, url: Kube(_forged(ctx)),
     "raw patch through a kube reader": lambda ctx, url: _kube_raw_patch(ctx),
+    "raw create (a POST, like can_i's) through a kube reader": lambda ctx, url: _kube_raw_create(ctx),
     "git writer from a forged apply context": lambda ctx, url: Git(_forged(ctx), {}),
     "git push through a reader": lambda ctx, url: _clone(ctx, url)[0].run("push", "origin", "HEAD:main"),
     "git commit with a reader": lambda ctx, url: commit(_clone(ctx, url)[0], "/nonexistent", "m"),
@@ -162,7 +172,8 @@ def test_a_write_while_planning_fails_and_reaches_no_server(attempt, mode, sneak
     assert git_state(remote) == refs and not marker.exists(), "a push reached the remote"
     assert http.requests[http_from:] == [], f"the HTTP server got {http.requests[http_from:]}"
     audit_marker(kube_cluster, ns)
-    writes = [e["requestURI"] for e in kube_cluster.audit_events()[audit_from:] if e["verb"] in KUBE_WRITES]
+    events = kube_cluster.audit_events()[audit_from:]
+    writes = [e["requestURI"] for e in events if e["verb"] in KUBE_WRITES and not is_access_review(e)]
     assert writes == [], f"the API server got writes: {writes}"
 
 
