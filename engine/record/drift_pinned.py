@@ -3,7 +3,7 @@
 
 The newest successful record says what should be live: per Kubernetes target, the colour the
 last `canary_switch` result left active (`selector`) and, per Deployment, the image the last
-`set_image` or `revert` (or a rollback's revert) set; per `helm_bump` step, the tag and digest it
+`deploy`, `set_image` or `revert` (or a rollback's revert) set; per `helm_bump` step, the tag and digest it
 set. Each is planned again, read-only, pinned to that record the way a rollback pins it
 (engine/record/rollback.py): `canary_switch` `switch` to the recorded colour and `revert` to the
 recorded image, `helm_bump` with the recorded tag and digest. A plan that would change something
@@ -23,7 +23,7 @@ __all__ = ["Pin", "recorded_pins", "pinned_steps", "differences", "CANARY_NAMING
 
 #: the `canary_switch` arguments that say where its objects are (kept in the pinned steps)
 CANARY_NAMING = ("configmap", "configmap_key", "service", "selector_label", "deployment", "colours")
-_IMAGE_ACTIONS = ("set_image", "revert")
+_IMAGE_ACTIONS = ("set_image", "revert", "deploy")  # and a templated action (`{{ canary_action }}`)
 _POLICY_ARGS = ("tags", "tag_pattern", "tag_order", "semver_range")  # `policy` names the fields
 
 
@@ -82,7 +82,8 @@ def recorded_pins(history: History, name: str, playbook: Playbook) -> list[Pin]:
                     )
                 action = "revert" if by == "rollback" else str(canary[sid].args.get("action", ""))
                 dep = str(outs.get("deployment") or "")
-                if action in _IMAGE_ACTIONS and dep and outs.get("image") and (host, "image", dep) not in found:
+                sets_image = action in _IMAGE_ACTIONS or "{{" in action
+                if sets_image and dep and outs.get("image") and (host, "image", dep) not in found:
                     found[(host, "image", dep)] = Pin(
                         "image", sid, host, str(outs["image"]), run.run_id, run.started, by,
                         colour=str(outs.get("colour") or ""), deployment=dep,
