@@ -13,6 +13,7 @@ when it chooses; a proxy holds a download part-way. No sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -35,6 +36,22 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = "interrupt: letting the steps in flight finish"
 SECOND = "interrupt: aborting"
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_locks():
+    """A test here that fails part-way kills its playbook: break the locks it left (their holder
+    is dead), so the rest of the session's fleet tests are not refused."""
+    yield
+    lock_dir = Path(os.environ.get("PLAYBOOK_LOCK_DIR", "/nonexistent"))
+    for lock in lock_dir.glob("*.lock"):
+        try:
+            pid = json.loads((lock / "info.json").read_text())["pid"]
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(lock, ignore_errors=True)
+        except (OSError, ValueError, KeyError):
+            pass
 
 
 def env_for(bin_dir: Path | None = None) -> dict[str, str]:

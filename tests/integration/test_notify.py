@@ -77,8 +77,8 @@ def write_playbook(tmp_path: Path, hook: Hook, *, extra: dict | None = None, ste
                 "module": "command",
                 "fleet": "web",
                 "args": {
-                    "argv": ["sh", "-c", 'echo "token $HOOK" >&2; touch "$1"', "sh", "{{ root }}/x"],
-                    "env": {"HOOK": "{{ hook_token }}"},  # a secret never goes in argv
+                    "argv": ["sh", "-c", 'echo "token $HOOK_TOKEN" >&2; touch "$1"', "sh", "{{ root }}/x"],
+                    "env": {"HOOK_TOKEN": "{{ hook_token }}"},  # never in argv (validate refuses that)
                     "creates": "{{ root }}/x",
                 },
             }

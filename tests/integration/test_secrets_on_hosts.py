@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def wait_for(cond, proc: subprocess.Popen, timeout: float = 120.0) -> None:
 
 @pytest.mark.parametrize("module", ["command", "cache_clear"])
 def test_a_secret_in_env_is_never_in_any_process_arguments_on_the_host(sshd_fleet, tmp_path, module):
-    secret = f"S3cret-{module}-4f9a2c71e0"
+    secret = f"S3cret-{module}-{uuid.uuid4().hex}"  # unique: no other process can have it by chance
     app = f"sec-{module}-{tmp_path.name}"
     for h in sshd_fleet:
         (h.data_dir / app).mkdir(parents=True, exist_ok=True)
@@ -95,13 +96,26 @@ def test_a_secret_in_env_is_never_in_any_process_arguments_on_the_host(sshd_flee
                 fh.write("go\n")
         out, err = proc.communicate(timeout=120)
     finally:
+        for h in sshd_fleet:  # whatever happened, no host command stays blocked
+            unblock(h.data_dir / app / "go")
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+            main(["lock", "release", str(pb), "-i", str(inv), "--force"])
     assert proc.returncode == 0, out + err
     for h in sshd_fleet:
         assert (h.data_dir / app / "got").read_text() == secret  # the command did get it
         assert (h.data_dir / app / "got-stdin").read_text() == f"stdin {secret}"  # and its own stdin after
     assert secret not in out + err
+
+
+def unblock(fifo: Path) -> None:
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no reader (it finished) or no FIFO
+        return
+    os.write(fd, b"go\n")
+    os.close(fd)
 
 
 @pytest.mark.parametrize(
