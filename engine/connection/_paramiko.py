@@ -4,8 +4,15 @@ paramiko.config imports `invoke` (which imports unittest.mock: ~30 ms of every r
 evaluate `Match exec` lines of ssh_config files; playbook never reads ssh_config, so where
 invoke is not loaded yet, paramiko is told it is absent. Both ssh.py and keys.py import
 paramiko from here, so whichever is imported first keeps the saving.
+
+Every packet paramiko reads has its MAC checked by `paramiko.util.constant_time_bytes_eq`, a
+Python loop over the 32 bytes (two calls per byte): 24 ms of CPU for the ~6,800 packets of a
+25-host run of 20 small steps (0.6 ms in C). The standard library's `hmac.compare_digest` is the same comparison
+(constant time, False for different lengths) in C; paramiko's packetizer looks the function up
+on `paramiko.util` at each packet, so replacing it there is enough.
 """
 
+import hmac
 import sys
 
 if "invoke" not in sys.modules:
@@ -16,5 +23,7 @@ if "invoke" not in sys.modules:
         del sys.modules["invoke"]
 else:
     import paramiko
+
+paramiko.util.constant_time_bytes_eq = hmac.compare_digest  # type: ignore[assignment]
 
 __all__ = ["paramiko"]

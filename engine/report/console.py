@@ -176,6 +176,32 @@ class ConsoleReporter:
         # While live, rich prints above the live display through its own console.
         self.console.print(*renderables, highlight=False, soft_wrap=False)
 
+    def _print_line(self, line: Text) -> None:
+        """One finished step's line. To a pipe or a CI log (no colour, no live display, nothing
+        recorded) rich's rendering of a one-line Text of printable characters narrower than the
+        console is the text itself and a newline, so that is written straight to the console's
+        file: rich costs ~0.1 ms per line, a 25-host run of 20 steps prints 500."""
+        con = self.console
+        plain = line.plain
+        if (
+            self._live is not None
+            or con.is_terminal
+            or con.color_system is not None
+            or con.record
+            or con.quiet
+            or con._buffer_index  # inside `with console:` rich holds output back
+            or not plain.isprintable()
+            or len(plain) >= con.width
+        ):
+            self._print(line)
+            return
+        with con._lock:  # rich's own lock: its prints and this line never interleave
+            try:
+                con.file.write(plain + "\n")
+                con.file.flush()  # as rich does after each print
+            except BrokenPipeError:
+                con.on_broken_pipe()
+
     def _refresh(self) -> None:
         """Publish a new view for the live display. rich's refresh thread reads only
         `self._view` and never takes `self._lock`: with the two threads taking the reporter's
@@ -256,7 +282,7 @@ class ConsoleReporter:
             return  # the plan itself, failures included, is printed at the end
         if self._use_live and not self.verbose and r.status in (Status.OK, Status.SKIPPED):
             return  # the live display already shows progress; keep the scrollback for news
-        self._print(self._step_line(r))
+        self._print_line(self._step_line(r))
         if r.failed and r.message:
             self._print(self._indented(r.message, 6, "red"))
 
@@ -414,7 +440,7 @@ class ConsoleReporter:
         if failures:
             self._print(Text("\nFailures:", style="bold red"))
             for r in failures:
-                self._print(self._step_line(r))
+                self._print_line(self._step_line(r))
                 if r.message:
                     self._print(self._indented(r.message, 6, "red"))
         self._render_abort(summary)

@@ -438,3 +438,27 @@ def test_the_live_view_never_waits_for_the_reporter_lock(scrubber):
     holder.join(60)
     rep.close()
     assert rendered_while_held
+
+
+def test_step_lines_to_a_pipe_are_what_rich_prints_without_rich(scrubber, monkeypatch):
+    """In a pipe (no colour, no live display) a step's line is written straight to the file;
+    the bytes are those rich prints, checked against a recording console that renders with rich."""
+    from engine.report.terminal import PIPE_WIDTH
+
+    summary = run_summary()
+    fast_file = io.StringIO()
+    fast = Console(file=fast_file, width=PIPE_WIDTH, highlight=False)
+    printed: list[object] = []
+    real_print = fast.print
+    monkeypatch.setattr(fast, "print", lambda *a, **kw: (printed.extend(a), real_print(*a, **kw))[1])
+    rep = ConsoleReporter(fast, mode="run", scrubber=scrubber)
+    feed(rep, summary)
+    rep.close()
+    slow = Console(file=io.StringIO(), record=True, width=PIPE_WIDTH, highlight=False)
+    rep = ConsoleReporter(slow, mode="run", scrubber=scrubber)
+    feed(rep, summary)
+    rep.close()
+    assert fast_file.getvalue() == slow.export_text()
+    step_lines = [ln for ln in fast_file.getvalue().splitlines() if ln.startswith("  ") and "(" in ln]
+    assert len(step_lines) >= len(summary.results)
+    assert not any(getattr(p, "plain", "") in step_lines for p in printed)  # none went through rich
