@@ -6,6 +6,9 @@ Python caller gets it: `run` records a run in the history and the artifact recor
 apply exactly it, `prepare_rollback` goes back to a recorded release, `drift` compares the hosts with what was
 deployed there. The CLI (`engine.cli`)
 parses, calls these, and prints.
+
+Longer than ~400 lines: resume, saved plans, rollback, drift and shards each added their
+entry point here; an `engine/api/` package with one file each is the next step.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Exit codes: 0 success / no changes; 1 error or any failed host; 2 changes planned (`plan`);
 130 interrupted. A user mistake prints one located message, never a traceback (`-vvv` adds
 tracebacks for internal errors).
+
+Longer than ~400 lines: the parser of every command with its help examples; the bodies of
+run/apply/rollback/drift are the next to move to their own files, as inspect.py's did.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Failure handling (documented in docs/execution.md):
   steps finish; what never started is reported as skipped;
 - an abort (a second Ctrl-C, via `abort`) kills the controller's child processes, stops waiting
   for in-flight steps and reports them as unknown (they may have run part-way).
+
+Longer than ~400 lines: dispatch, the failure budget, interrupts and aborts all change the
+same dispatch state; the abort path is the next to move out.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ release's run recorded.
 The rollback is itself an ordinary plan/run of a generated playbook: same locks, parallelism,
 events and history (recorded with the target release id, so it becomes "current"). Its fleets
 have no failure budget: the first host that fails stops the rollout.
+
+Longer than ~400 lines: choosing the target, refusing over migrations and building each
+module's undo step are one decision sharing its state; the per-module undo steps are the next
+to move out.
 """
 
 from __future__ import annotations
