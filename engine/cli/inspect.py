@@ -164,10 +164,15 @@ def cmd_lock(ns: argparse.Namespace) -> int:
                     if ns.action == "status":
                         table.add_row(name, host, f"held by {holder.describe()}")
                         continue
-                    alive = holder_alive(holder) is True
-                    if alive and not ns.force:
+                    alive = holder_alive(holder)  # None: it ran on another controller, unseen from here
+                    if alive is not False and not ns.force:
                         refused += 1
-                        table.add_row(name, host, f"kept: {holder.describe()} is still running (use --force)")
+                        why = (
+                            "is still running"
+                            if alive
+                            else "ran on another controller, so whether it still runs cannot be seen from here"
+                        )
+                        table.add_row(name, host, f"kept: {holder.describe()} {why} (use --force)")
                         continue
                     break_lock(conn, path)
                     table.add_row(name, host, f"released (was {holder.describe()})")
