@@ -15,6 +15,7 @@ at the end (two requests each) and one journal write per burst of results.
 
 from __future__ import annotations
 
+import copy
 import getpass
 import os
 import threading
@@ -50,6 +51,9 @@ class S3History:
         self._writer: threading.Thread | None = None
         self._closing = False
         self._error: Exception | None = None
+        # the index as this process last wrote it, with the ETag that write returned: the next
+        # change tries its CAS on it without reading first (a 412 means someone wrote since)
+        self._known: tuple[list[dict[str, Any]], str] | None = None
 
     # -- the index: compare-and-swap ---------------------------------------------------------
 
@@ -65,7 +69,8 @@ class S3History:
 
     def _change(self, run_id: str, change: Any) -> None:
         for _ in range(_RETRIES):
-            runs, etag = self._index()
+            known, self._known = self._known, None
+            runs, etag = (copy.deepcopy(known[0]), known[1]) if known else self._index()
             by_id = {r.get("run_id"): i for i, r in enumerate(runs)}
             old = runs[by_id[run_id]] if run_id in by_id else None
             new = change(old)
@@ -75,9 +80,10 @@ class S3History:
                 runs.append(new)
             try:
                 if etag is None:
-                    self.store.put(INDEX, {"runs": runs}, if_absent=True)
+                    written = self.store.put(INDEX, {"runs": runs}, if_absent=True)
                 else:
-                    self.store.put(INDEX, {"runs": runs}, if_match=etag)
+                    written = self.store.put(INDEX, {"runs": runs}, if_match=etag)
+                self._known = (copy.deepcopy(runs), written)
                 return
             except Precondition:
                 continue
