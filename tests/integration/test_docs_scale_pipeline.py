@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "scale.md"
 BINARY = (
     Path(os.environ.get("PLAYBOOK_TEST_CACHE", Path.home() / ".cache" / "playbook-tests"))
-    / "gitlab-ci-local-4.70.0"
+    / "gitlab-ci-local-4.65.1"
     / "node_modules"
     / ".bin"
     / "gitlab-ci-local"
@@ -48,7 +48,7 @@ def _git(*argv: str, cwd: Path) -> None:
 def gitlab_ci_local():
     if BINARY.exists() and shutil.which("node"):
         return BINARY
-    why = f"gitlab-ci-local 4.70.0 not installed ({BINARY}; run .ci/install-gitlab-ci-local.sh)"
+    why = f"gitlab-ci-local 4.65.1 not installed ({BINARY}; run .ci/install-gitlab-ci-local.sh)"
     if os.environ.get("CI"):
         pytest.fail(why + "; CI is set, so the pipeline test must run")
     pytest.skip(why)
