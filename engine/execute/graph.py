@@ -1,22 +1,31 @@
-"""The execution graph: a networkx DAG of (step, host) nodes.
+"""The execution graph: a DAG of (step, host) nodes.
 
 Controller steps are one node (host None). `needs:` between two steps of the same fleet links
 them per host, so each host walks its own chain with no barrier between steps. Edges that cross
 fleets, or go between the controller and a fleet, wait for every node on the other side (through
 one barrier node, so edges stay linear in hosts). Rolling `serial` batches are barriers too:
 batch k+1 of a fleet starts once batch k has finished every step of that fleet.
+
+The run path keeps the DAG as adjacency dicts and orders and checks it with the standard
+library's `graphlib`: importing networkx costs ~0.23 s of CPU (347 modules), a quarter of a
+25-host no-change run (docs/benchmarks.md). `ExecGraph.graph` and `step_graph` give the same
+DAG as a networkx `DiGraph`, imported on first use, for analysis and rendering.
 """
 
 from __future__ import annotations
 
+import graphlib
+import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-
-import networkx as nx
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import GraphError
 from engine.model.config import CONTROLLER, Fleet, Playbook
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = [
     "Node",
@@ -48,12 +57,72 @@ class Node:
         return f"{self.step}@{self.host}" if self.host else self.step
 
 
+class _Adjacency:
+    """A directed graph as insertion-ordered successor and predecessor dicts."""
+
+    def __init__(self) -> None:
+        self.succ: dict[Any, dict[Any, None]] = {}
+        self.pred: dict[Any, dict[Any, None]] = {}
+
+    def add_node(self, n: Any) -> None:
+        if n not in self.succ:
+            self.succ[n] = {}
+            self.pred[n] = {}
+
+    def add_edge(self, a: Any, b: Any) -> None:
+        self.add_node(a)
+        self.add_node(b)
+        self.succ[a][b] = None
+        self.pred[b][a] = None
+
+    @property
+    def edges(self) -> list[tuple[Any, Any]]:
+        return [(a, b) for a, out in self.succ.items() for b in out]
+
+    def cycle(self) -> list[Any]:
+        """One cycle as its nodes in edge order (first node repeated at the end), or []."""
+        try:
+            graphlib.TopologicalSorter(self.pred).prepare()
+        except graphlib.CycleError as e:
+            return list(e.args[1])
+        return []
+
+    def to_networkx(self) -> nx.DiGraph:
+        import networkx as nx
+
+        g = nx.DiGraph()
+        g.add_nodes_from(self.succ)
+        g.add_edges_from(self.edges)
+        return g
+
+
 @dataclass
 class ExecGraph:
-    graph: nx.DiGraph
+    adjacency: _Adjacency
     fleet_hosts: Mapping[str, Sequence[str]]
     step_index: Mapping[str, int]  # topological rank of each step
     batch_of: Mapping[tuple[str, str], int]  # (fleet, host) -> batch number
+    _nx: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def nodes(self) -> Iterable[Node]:
+        return self.adjacency.succ.keys()
+
+    def successors(self, node: Node) -> Iterable[Node]:
+        return self.adjacency.succ[node].keys()
+
+    def predecessors(self, node: Node) -> Iterable[Node]:
+        return self.adjacency.pred[node].keys()
+
+    def in_degree(self, node: Node) -> int:
+        return len(self.adjacency.pred[node])
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The same DAG as a networkx `DiGraph` (networkx is imported on first use)."""
+        if self._nx is None:
+            self._nx = self.adjacency.to_networkx()
+        return self._nx
 
     def priority(self, node: Node) -> tuple:
         """Dispatch order: earlier batches, then host order, then step order (depth-first per host)."""
@@ -71,34 +140,53 @@ class ExecGraph:
         self._host_rank = rank
 
     def work_nodes(self) -> list[Node]:
-        return [n for n in self.graph.nodes if not n.barrier]
+        return [n for n in self.nodes if not n.barrier]
 
 
-def step_graph(playbook: Playbook) -> nx.DiGraph:
+def _step_adjacency(playbook: Playbook) -> _Adjacency:
     """Step-level DAG (ids only), with a cycle check that names the cycle."""
-    g = nx.DiGraph()
+    g = _Adjacency()
     ids = [s.id for s in playbook.steps]
     for s in playbook.steps:
-        g.add_node(s.id, step=s)
+        g.add_node(s.id)
     for s in playbook.steps:
         for dep in s.needs:
-            if dep not in g:
+            if dep not in g.succ:
                 raise GraphError(f"step '{s.id}' needs '{dep}', which is not a step or source", location=s.location)
             g.add_edge(dep, s.id)
-    try:
-        cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
+    path = g.cycle()
+    if not path:
         return g
-    path = [a for a, _ in cycle] + [cycle[0][0]]
     first = min(path[:-1], key=ids.index)
     raise GraphError(f"steps form a cycle: {' -> '.join(path)}", location=playbook.step(first).location)
 
 
+def step_graph(playbook: Playbook) -> nx.DiGraph:
+    """Step-level DAG (ids only) as a networkx `DiGraph`, each node with its `step`; a cycle is
+    a `GraphError` that names it."""
+    g = _step_adjacency(playbook).to_networkx()
+    for s in playbook.steps:
+        g.nodes[s.id]["step"] = s
+    return g
+
+
 def step_order(playbook: Playbook) -> list[str]:
-    """Topological order of steps, ties broken by their order in the file."""
-    g = step_graph(playbook)
+    """Topological order of steps, ties broken by their order in the file (the lexicographic
+    topological order by file position)."""
+    g = _step_adjacency(playbook)
     pos = {s.id: i for i, s in enumerate(playbook.steps)}
-    return list(nx.lexicographical_topological_sort(g, key=lambda n: pos[n]))
+    sorter = graphlib.TopologicalSorter(g.pred)
+    sorter.prepare()
+    ready = [(pos[n], n) for n in sorter.get_ready()]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, n = heapq.heappop(ready)
+        order.append(n)
+        sorter.done(n)
+        for m in sorter.get_ready():
+            heapq.heappush(ready, (pos[m], m))
+    return order
 
 
 def batches(hosts: Sequence[str], serial: int | str | None) -> list[list[str]]:
@@ -117,10 +205,10 @@ def batches(hosts: Sequence[str], serial: int | str | None) -> list[list[str]]:
 
 def build_graph(playbook: Playbook, fleet_hosts: Mapping[str, Sequence[str]]) -> ExecGraph:
     """Expand the step DAG over the hosts each fleet resolved to."""
-    sg = step_graph(playbook)
+    sg = _step_adjacency(playbook)
     order = step_order(playbook)
     index = {sid: i for i, sid in enumerate(order)}
-    g = nx.DiGraph()
+    g = _Adjacency()
     steps = {s.id: s for s in playbook.steps}
 
     def nodes_of(step_id: str) -> list[Node]:
@@ -168,8 +256,9 @@ def build_graph(playbook: Playbook, fleet_hosts: Mapping[str, Sequence[str]]) ->
             for h in parts[k]:
                 for sid in fleet_steps:
                     g.add_edge(bar, Node(sid, h))
-    if not nx.is_directed_acyclic_graph(g):
-        cycle = [str(a) for a, _ in nx.find_cycle(g)]
+    found = g.cycle()
+    if found:
+        cycle = [str(a) for a in found[:-1]]
         raise GraphError(
             "the rollout cannot be ordered: a step waits for every host while `serial` batches "
             f"wait for that step ({' -> '.join(cycle[:6])}{' ...' if len(cycle) > 6 else ''})"
@@ -189,7 +278,7 @@ def _mermaid_id(sid: str) -> str:
 
 def to_mermaid(playbook: Playbook) -> str:
     """The step DAG as a mermaid flowchart (renders in GitLab and GitHub Markdown)."""
-    sg = step_graph(playbook)
+    sg = _step_adjacency(playbook)
     lines = ["flowchart TD"]
     for sid in step_order(playbook):
         label = _label(playbook, sid).replace('"', "'")
@@ -201,7 +290,7 @@ def to_mermaid(playbook: Playbook) -> str:
 
 def to_dot(playbook: Playbook) -> str:
     """The step DAG in Graphviz dot."""
-    sg = step_graph(playbook)
+    sg = _step_adjacency(playbook)
     lines = [f'digraph "{playbook.name}" {{', "    rankdir=TB;", "    node [shape=box];"]
     for sid in step_order(playbook):
         label = _label(playbook, sid).replace("<br/>", "\\n").replace('"', "'")

@@ -160,7 +160,7 @@ class Executor:
             self._executed = True
 
     def _execute(self, summary: RunSummary) -> RunSummary:
-        g = self.graph.graph
+        g = self.graph
         controller_pool = Workers(
             min(4, sum(1 for n in g.nodes if n.host is None and not n.barrier)) or 1, "playbook-ctl"
         )
@@ -186,7 +186,7 @@ class Executor:
         """Open host connections in the background while controller steps (artifact fetches,
         source digests) run first: handshakes overlap that work instead of following it. A
         failure is kept by the connection pool and reported by the host's first step."""
-        g = self.graph.graph
+        g = self.graph
         if (
             not self._prewarm_connections
             or self._connect is None
@@ -251,7 +251,7 @@ class _Dispatch:
         self.controller_pool = controller_pool
         self.host_pool = host_pool
         self.forks = forks
-        g = ex.graph.graph
+        g = ex.graph
         self.waiting = {n: g.in_degree(n) for n in g.nodes}
         self.ready: list[tuple[tuple, Node]] = []
         for n, d in self.waiting.items():
@@ -415,7 +415,7 @@ class _Dispatch:
             ex.bus.emit(StepFinished(result))
             if node.host is not None:
                 self.host_finished_step(node, result)
-        for succ in ex.graph.graph.successors(node):
+        for succ in ex.graph.successors(node):
             self.waiting[succ] -= 1
             if self.waiting[succ] == 0:
                 heapq.heappush(self.ready, (ex.graph.priority(succ), succ))

@@ -38,7 +38,7 @@ def upstream_results(graph: ExecGraph, node: Node, results: Mapping[Node, StepRe
     """The results of the work nodes `node` waits for, looking through cross-fleet barriers
     (a rolling-batch barrier orders work but carries no results)."""
     out: list[StepResult] = []
-    todo = list(graph.graph.predecessors(node))
+    todo = list(graph.predecessors(node))
     seen: set[Node] = set()
     while todo:
         n = todo.pop()
@@ -48,7 +48,7 @@ def upstream_results(graph: ExecGraph, node: Node, results: Mapping[Node, StepRe
         if n.barrier == "batch":
             continue
         if n.barrier:
-            todo.extend(graph.graph.predecessors(n))
+            todo.extend(graph.predecessors(n))
         elif n in results:
             out.append(results[n])
     return out

@@ -67,8 +67,8 @@ def locations(doc: Document, prefix: tuple, data: Any) -> dict[tuple, Location]:
 
 def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str]:
     """A cycle of a small directed graph (`node -> successors`) as the list of its nodes in edge
-    order, or [] when there is none. The loader's checks run before the execution graph (a
-    networkx DAG, engine/execute/graph.py) is built, and without importing networkx."""
+    order, or [] when there is none. The loader's checks run before the execution graph
+    (engine/execute/graph.py) is built."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
 

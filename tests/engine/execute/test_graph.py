@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import networkx as nx
 import pytest
 
 from engine.errors import GraphError
-from engine.execute.graph import Node, batches, build_graph, step_order, to_dot, to_mermaid
+from engine.execute.graph import Node, batches, build_graph, step_graph, step_order, to_dot, to_mermaid
 from engine.model.config import CONTROLLER, Fleet, Playbook, Step
 
 
@@ -91,3 +94,46 @@ def test_mermaid_and_dot():
     assert m.startswith("flowchart TD") and "s_fetch --> s_sync" in m
     d = to_dot(p)
     assert '"fetch" -> "sync";' in d
+
+
+def test_step_order_is_the_lexicographic_topological_order_by_file_position():
+    # c and a are ready first; file order puts c (index 0) first, then its dependent d becomes
+    # ready and goes before a (index 2) only if d comes earlier in the file: it does not
+    p = pb(
+        [
+            Step("c", "command", "web"),
+            Step("b", "command", "web", needs=("a",)),
+            Step("a", "command", "web"),
+            Step("d", "command", "web", needs=("c",)),
+        ]
+    )
+    assert step_order(p) == ["c", "a", "b", "d"]
+    assert step_order(p) == list(nx.lexicographical_topological_sort(step_graph(p), key=[s.id for s in p.steps].index))
+
+
+def test_the_networkx_view_is_the_same_dag():
+    p = pb(
+        [Step("migrate", "command", "db"), Step("sync", "command", "web", needs=("migrate",))],
+        {"web": Fleet("web", "web", serial=1), "db": Fleet("db", "db")},
+    )
+    eg = build_graph(p, {"web": ["w1", "w2"], "db": ["d1"]})
+    g = eg.graph
+    assert list(g.nodes) == list(eg.nodes)
+    assert all(set(g.successors(n)) == set(eg.successors(n)) for n in g.nodes)
+    assert all(g.in_degree(n) == eg.in_degree(n) for n in g.nodes)
+    assert nx.is_directed_acyclic_graph(g)
+
+
+def test_a_run_path_graph_does_not_import_networkx():
+    code = (
+        "import sys\n"
+        "from engine.execute.graph import build_graph\n"
+        "from engine.model.config import Fleet, Playbook, Step\n"
+        "p = Playbook('pb.yml', 'pb', {}, {'web': Fleet('web', 'web', serial=1)},"
+        " (Step('a', 'command', 'web'), Step('b', 'command', 'web', needs=('a',))))\n"
+        "g = build_graph(p, {'web': ['h1', 'h2', 'h3']})\n"
+        "assert sum(1 for _ in g.nodes) == 8, list(g.nodes)\n"
+        "print('networkx' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
