@@ -131,6 +131,15 @@ def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tup
     return _once(_cache, _cache_lock, (run_id, path), compute)
 
 
+_counts: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # files in a source manifest
+_counts_lock = threading.Lock()
+
+
+def _file_count(local: dict[str, Entry], run_id: str, src: str) -> int:
+    """How many regular files the source has: once per run and source, not once per host."""
+    return _once(_counts, _counts_lock, (run_id, src), lambda: sum(1 for e in local.values() if e.kind == "f"))
+
+
 def expected_digest(
     local: dict[str, Entry], excludes: Any, chmod: Any, run_id: str, src: str
 ) -> tuple[str, dict[str, Entry], tuple[dict[bytes, str], bytes]]:
@@ -154,8 +163,9 @@ def _compute_expected(local: dict[str, Entry], excludes: Any, chmod: Any) -> tup
 
 def clear_manifest_cache() -> None:
     """Forget cached source manifests (tests; a long-lived process between runs)."""
-    with _cache_lock, _expected_lock, _compared_lock:
+    with _cache_lock, _expected_lock, _compared_lock, _counts_lock:
         _cache.clear()
+        _counts.clear()
         _expected.clear()
         _compared.clear()
 
@@ -243,7 +253,7 @@ class Rsync:
             )
             if tree is not None and not state.extra.get("delta"):
                 # the host's tree is exactly the source's: in sync, and nothing was listed or parsed here
-                files = sum(1 for e in local.values() if e.kind == "f")
+                files = _file_count(local, ctx.run_id, src)
                 fingerprint = {
                     "remote": "canonical:" + expect,
                     "current": state.current_target,
@@ -326,7 +336,7 @@ class Rsync:
         if not args.releases:
             outputs = {"release": dest, "release_name": "", "changed_files": delta.changed, **common}
             if not delta.changed:
-                files = sum(1 for e in local.values() if e.kind == "f")
+                files = _file_count(local, ctx.run_id, src)
                 return Plan.no_change(f"in sync: {files} files", outputs=outputs, fingerprint=fingerprint)
             diff = Diff(header=dest, items=_shown(delta.items()), truncated=len(delta.items()) > MAX_DIFF_ITEMS)
             return Plan.will_change(
@@ -349,7 +359,7 @@ class Rsync:
             )
         )
         if current is not None and state.tree is not None and not delta.changed and links_ok:
-            files = sum(1 for e in local.values() if e.kind == "f")
+            files = _file_count(local, ctx.run_id, src)
             outputs = {"release": f"{dest}/releases/{current}", "release_name": current, "changed_files": 0, **common}
             return Plan.no_change(
                 f"in sync: {files} files (release {current})", outputs=outputs, fingerprint=fingerprint
