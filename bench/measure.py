@@ -251,3 +251,37 @@ def _kill_leftovers(me: int, exclude: set[int]) -> None:
             break
         if pid == 0:
             break
+
+
+def host_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + sys) of the finished children of these processes: for the fleet's
+    sshd listeners, every connection's sshd and what it ran (shells, find, rsync), once reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return total / tick
+
+
+def wait_children_gone(pids: list[int], timeout: float = 30.0) -> bool:
+    """Wait until none of these processes has a child left (every connection's sshd reaped, so
+    `host_cpu` has counted it). False when some are still there after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = False
+        for pid in pids:
+            try:
+                if Path(f"/proc/{pid}/task/{pid}/children").read_text().strip():
+                    busy = True
+                    break
+            except OSError:
+                continue
+        if not busy:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)

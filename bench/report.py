@@ -108,6 +108,8 @@ def summarize(entry: dict) -> dict | None:
     if not runs:
         return None
     med = {k: statistics.median(r[k] for r in runs) for k in ("wall", "cpu", "tree_rss", "root_rss")}
+    hosts = [r["host_cpu"] for r in runs if "host_cpu" in r]
+    med["host_cpu"] = statistics.median(hosts) if hosts else None
     med["n"] = len(runs)
     if "diff_paths" in runs[0]:
         med["diff_paths"] = runs[0]["diff_paths"]
@@ -125,10 +127,10 @@ def _rows(results: dict, n: str, job: str, tools: list[str]) -> list[list[str]]:
         if e is None:
             continue
         if e["failed"]:
-            rows.append([t, "FAILED", "", "", "", "", "", "", e["failed"][:160]])
+            rows.append([t, "FAILED", "", "", "", "", "", "", "", "", e["failed"][:160]])
             continue
         if e["unavailable"] and not e["runs"]:
-            rows.append([t, e["unavailable"], "", "", "", "", "", "", ""])
+            rows.append([t, e["unavailable"], "", "", "", "", "", "", "", "", ""])
             continue
         m = meds[t]
         if m is None:
@@ -139,6 +141,10 @@ def _rows(results: dict, n: str, job: str, tools: list[str]) -> list[list[str]]:
         ratio_floor = f"{m['wall'] / floor['wall']:.2f}×" if floor else "–"
         ratio_pb = f"{m['wall'] / pb['wall']:.2f}×" if pb else "–"
         cpu_floor = f"{m['cpu'] / floor['cpu']:.2f}×" if floor and floor["cpu"] > 0 else "–"
+        host = f"{m['host_cpu']:.2f}" if m.get("host_cpu") is not None else "–"
+        both_floor = "–"
+        if floor and m.get("host_cpu") is not None and floor.get("host_cpu") is not None:
+            both_floor = f"{(m['cpu'] + m['host_cpu']) / (floor['cpu'] + floor['host_cpu']):.2f}×"
         note = ""
         if "diff_paths" in m:
             found, total = m["diff_paths"]
@@ -157,11 +163,13 @@ def _rows(results: dict, n: str, job: str, tools: list[str]) -> list[list[str]]:
                 t,
                 f"{m['wall']:.2f}",
                 f"{m['cpu']:.2f}",
+                host,
                 f"{m['tree_rss'] / 2**20:.0f}",
                 f"{m['root_rss'] / 2**20:.0f}",
                 ratio_floor,
                 ratio_pb,
                 cpu_floor,
+                both_floor,
                 note,
             ]
         )
@@ -172,11 +180,13 @@ HEAD = [
     "tool",
     "wall s",
     "CPU s",
+    "hosts' CPU s",
     "peak tree MB",
     "controller MB",
     "wall × floor",
     "wall × playbook",
     "CPU × floor",
+    "all CPU × floor",
     "notes",
 ]
 
@@ -270,10 +280,13 @@ def render(results: dict, ns, machine: dict[str, str], *, plot=None, out_dir: Pa
         "",
         f"Medians of {meta['repeats']} run{'s' if meta['repeats'] != 1 else ''}.{heavy_note} *wall*: the tool's whole "
         "process; *CPU*: user+sys of its whole process "
-        "tree; *peak tree*: the largest summed RSS of the tree (sampled every 20 ms; pages shared by forked "
+        "tree; *hosts' CPU*: user+sys of everything the run made the hosts do (each connection's sshd and "
+        "the shells, find or rsync it ran; all hosts are this machine, so this CPU competes with the tool's), "
+        "from the sshd listeners' reaped children; *all CPU × floor*: CPU plus hosts' CPU, over the floor's; "
+        "*peak tree*: the largest summed RSS of the tree (sampled every 20 ms; pages shared by forked "
         "workers are counted in each); *controller*: the peak RSS "
         "(VmHWM) of the tool's own top process alone, without the rsync/ssh children it spawns. Ratios are of wall "
-        "time, except *CPU × floor*; when other work shares the machine (see the load average below) wall "
+        "time, except the two CPU ratios; when other work shares the machine (see the load average below) wall "
         "times scatter far more than CPU times. A tool whose run leaves any host's tree different from the "
         "source is FAILED and not timed.",
         "",
@@ -295,7 +308,7 @@ def render(results: dict, ns, machine: dict[str, str], *, plot=None, out_dir: Pa
                 f"### {JOB_TITLES[job]}",
                 "",
                 "| " + " | ".join(HEAD) + " |",
-                "|" + "|".join(["---", *["---:"] * 7, "---"]) + "|",
+                "|" + "|".join(["---", *["---:"] * (len(HEAD) - 2), "---"]) + "|",
             ]
             out += ["| " + " | ".join(r) + " |" for r in rows]
             out.append("")

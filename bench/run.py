@@ -301,6 +301,7 @@ def run_n(
         print(f"\n== N={n}: {n} sshd up on port {fleet.port} in {up:.1f}s", flush=True)
         results.setdefault("_fleet", {})[str(n)] = {"startup": up}
         hosts = [Target(h.name, h.address, h.port, h.data_dir) for h in fleet]
+        listeners = [h.pid for h in fleet if h.pid]
         view = FleetView(hosts, fleet.client_key, fleet.known_hosts, fleet_dir / "configs")
         runners = make_runners(ns.tools, view, peers, lambda path: fleet.write_inventory(path, group="web"))
         targets = Targets(hosts, trees)
@@ -343,9 +344,14 @@ def run_n(
                     # the previous run's or reset's dirty pages are written back now, not during this run
                     os.sync()
                     load.append(os.getloadavg()[0])
+                    measure.wait_children_gone(listeners)
+                    host0 = measure.host_cpu(listeners)
                     m = measure.run_measured(
                         inv.argv, env=inv.env, cwd=inv.cwd, timeout=ns.timeout, log=log, min_available=reserve
                     )
+                    # the hosts' side: every connection's sshd and what it ran, reaped by the listeners
+                    if measure.wait_children_gone(listeners):
+                        m.extra["host_cpu"] = measure.host_cpu(listeners) - host0
                     problem = None
                     if m.extra.get("killed"):
                         problem = m.extra["killed"]
@@ -386,6 +392,7 @@ def run_n(
                     checked = f" {n} hosts checked" if after else ""
                     print(
                         f"  N={n} {job:8} {name:8} #{rep + 1}: wall {m.wall:7.2f}s  cpu {m.cpu:7.2f}s  "
+                        f"hosts' cpu {m.extra.get('host_cpu', float('nan')):6.2f}s  "
                         f"tree {m.peak_tree_rss / 2**20:7.0f} MB  root {m.peak_root_rss / 2**20:5.0f} MB  "
                         f"mem used {m.extra.get('mem_used', 0) / 2**20:6.0f} MB{extra}{checked}",
                         flush=True,

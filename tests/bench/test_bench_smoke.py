@@ -53,8 +53,11 @@ def test_bench_runs_steps_and_fanout_on_two_hosts(tmp_path):
         for tool in ("playbook", "rsync"):
             entry = saved["2"][job][tool]
             assert entry["failed"] is None and len(entry["runs"]) == 1, (job, tool, entry)
+            # the hosts' side was counted: two handshakes and what ran there cost some CPU
+            assert entry["runs"][0]["host_cpu"] > 0, (job, tool, entry)
     md = (tmp_path / "benchmarks.md").read_text()
     assert "### 20 small steps, re-run with nothing to do" in md
+    assert "| hosts' CPU s |" in md and "| all CPU × floor |" in md
 
 
 def test_steps_floor_script_is_the_expected_tree(tmp_path):
