@@ -64,7 +64,10 @@ fi
 [ -e "$1" ] && exit 3
 mkdir -- "$1"
 """
-_STAT = r"""[ -d "$1" ] || exit 3; stat -c %Y -- "$1"; cat -- "$1/info.json" 2>/dev/null; exit 0"""
+# a lock released between the test and the stat (renamed away by its holder) is free
+_STAT = (
+    r"""[ -d "$1" ] || exit 3; stat -c %Y -- "$1" 2>/dev/null || exit 3; cat -- "$1/info.json" 2>/dev/null; exit 0"""
+)
 _HELD = 3
 # $1 lock path, $2 the run id as written in info.json ("run_id": "<id>"): exit 3 when free or
 # held by another run, 0 when removed

@@ -200,3 +200,18 @@ def test_refusal_cannot_tell_for_another_controller(tmp_path, conn):
         acquire(conn, path, info("run-2"))
     assert "on deploy-elsewhere, another controller" in str(err.value)
     assert "cannot be seen from here" in str(err.value) and "--force" in str(err.value)
+
+
+def test_a_lock_released_while_it_is_read_is_free_not_an_unknown_holder(tmp_path, conn, monkeypatch):
+    # the holder releases (renames the directory away) between the reader's `[ -d ]` and its
+    # `stat`: a `stat` on PATH that does exactly that, then fails as the real one would
+    path = tmp_path / "locks" / "web.lock"
+    acquire(conn, str(path), info("run-1"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "stat"
+    fake.write_text(f'#!/bin/sh\nmv -T -- "{path}" "{path}.released-1" && rm -rf -- "{path}.released-1"\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert status(conn, str(path)) is None
+    assert not path.exists()
