@@ -170,10 +170,10 @@ def step_graph(playbook: Playbook) -> nx.DiGraph:
     return g
 
 
-def step_order(playbook: Playbook) -> list[str]:
+def step_order(playbook: Playbook, g: _Adjacency | None = None) -> list[str]:
     """Topological order of steps, ties broken by their order in the file (the lexicographic
-    topological order by file position)."""
-    g = _step_adjacency(playbook)
+    topological order by file position). `g`: the step DAG when the caller has built it."""
+    g = _step_adjacency(playbook) if g is None else g
     pos = {s.id: i for i, s in enumerate(playbook.steps)}
     sorter = graphlib.TopologicalSorter(g.pred)
     sorter.prepare()
@@ -206,7 +206,7 @@ def batches(hosts: Sequence[str], serial: int | str | None) -> list[list[str]]:
 def build_graph(playbook: Playbook, fleet_hosts: Mapping[str, Sequence[str]]) -> ExecGraph:
     """Expand the step DAG over the hosts each fleet resolved to."""
     sg = _step_adjacency(playbook)
-    order = step_order(playbook)
+    order = step_order(playbook, sg)
     index = {sid: i for i, sid in enumerate(order)}
     g = _Adjacency()
     steps = {s.id: s for s in playbook.steps}
@@ -280,7 +280,7 @@ def to_mermaid(playbook: Playbook) -> str:
     """The step DAG as a mermaid flowchart (renders in GitLab and GitHub Markdown)."""
     sg = _step_adjacency(playbook)
     lines = ["flowchart TD"]
-    for sid in step_order(playbook):
+    for sid in step_order(playbook, sg):
         label = _label(playbook, sid).replace('"', "'")
         lines.append(f'    {_mermaid_id(sid)}["{label}"]')
     for a, b in sg.edges:
@@ -292,7 +292,7 @@ def to_dot(playbook: Playbook) -> str:
     """The step DAG in Graphviz dot."""
     sg = _step_adjacency(playbook)
     lines = [f'digraph "{playbook.name}" {{', "    rankdir=TB;", "    node [shape=box];"]
-    for sid in step_order(playbook):
+    for sid in step_order(playbook, sg):
         label = _label(playbook, sid).replace("<br/>", "\\n").replace('"', "'")
         lines.append(f'    "{sid}" [label="{label}"];')
     for a, b in sg.edges:

@@ -1,8 +1,9 @@
 """What the playbook and inventory loaders share: reading a YAML mapping, collecting located
-errors, the locations of values inside a document, and cycle finding without networkx."""
+errors, the locations of values inside a document, and cycle finding (with the standard library's graphlib)."""
 
 from __future__ import annotations
 
+import graphlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeGuard
 
@@ -68,29 +69,13 @@ def locations(doc: Document, prefix: tuple, data: Any) -> dict[tuple, Location]:
 def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str]:
     """A cycle of a small directed graph (`node -> successors`) as the list of its nodes in edge
     order, or [] when there is none. The loader's checks run before the execution graph
-    (engine/execute/graph.py) is built."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str]:
-        state[node] = 1
-        path.append(node)
-        for nxt in edges.get(node, ()):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt) :]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return []
-
-    for node in edges:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return list(found)
+    (engine/execute/graph.py) is built; both use the standard library's `graphlib`."""
+    try:
+        graphlib.TopologicalSorter(edges).prepare()
+    except graphlib.CycleError as e:
+        # graphlib reads the mapping as node -> predecessors and lists the cycle that way round,
+        # its first node repeated at the end
+        return list(reversed(e.args[1]))[:-1]
     return []
 
 
