@@ -177,7 +177,13 @@ def execute(
         for lock in shared:
             lock.release()
         for path, hosts, info in taken:
-            release_all({h: functools.partial(connect, h) for h in hosts}, path, info.run_id, workers=options.forks)
+            release_all(
+                {h: functools.partial(connect, h) for h in hosts},
+                path,
+                info.run_id,
+                part=options.run_id,
+                workers=options.forks,
+            )
         if pool is not None:
             pool.close_all()
 
@@ -200,12 +206,22 @@ def _acquire_locks(
                 continue
             path = default_lock_path(name)
             got, _unreachable = acquire_all(
-                {h: functools.partial(connect, h) for h in hosts}, path, info, workers=options.forks
+                {h: functools.partial(connect, h) for h in hosts},
+                path,
+                info,
+                part=options.run_id,
+                workers=options.forks,
             )
             taken.append((path, got, info))  # unreachable hosts fail at their first step
     except BaseException:
         for path, hosts, held in taken:
-            release_all({h: functools.partial(connect, h) for h in hosts}, path, held.run_id, workers=options.forks)
+            release_all(
+                {h: functools.partial(connect, h) for h in hosts},
+                path,
+                held.run_id,
+                part=options.run_id,
+                workers=options.forks,
+            )
         raise
     return taken
 

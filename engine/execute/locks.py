@@ -16,6 +16,10 @@ deploy users can each hold locks there; a reboot or tmp cleaner forgets stale lo
 
 `acquire_all`/`release_all` do the same over many hosts in parallel, releasing what they took
 if any host is held by another run.
+
+The parts of one run (its shards; hosts that share one lock directory) share its lock: each
+part is a directory in `<lock>/parts`, `acquire(..., part=...)` joins a lock its run holds and
+`release` removes the lock only when the last part leaves.
 """
 
 from __future__ import annotations
@@ -51,31 +55,53 @@ __all__ = [
 LOCK_ROOT = "/tmp/playbook-locks"
 INFO_FILE = "info.json"
 
+# $1 lock path, $2 the run id as written in info.json ("run_id": "<id>"), $3 this part's name.
+# A part of the run is a directory in $1/parts; the lock goes when the last part leaves.
+# exit 0 taken or joined, 3 held by another run (or not yet showing whose), 4 changing hands
+# (released between our mkdir and our look, or this run's lock on its way out): try again
 _ACQUIRE = r"""
 root=$(dirname -- "$1")
 if [ ! -d "$root" ]; then
   mkdir -p -- "$(dirname -- "$root")" && mkdir -m 1777 -- "$root" 2>/dev/null
   [ -d "$root" ] || { echo "cannot create $root" >&2; exit 1; }
 fi
-if mkdir -m 0755 -- "$1" 2>/dev/null; then
-  cat > "$1/.info.tmp" && chmod 0644 "$1/.info.tmp" && mv -f -- "$1/.info.tmp" "$1/info.json" && exit 0
+if err=$(mkdir -m 0755 -- "$1" 2>&1); then
+  mkdir -- "$1/parts" "$1/parts/$3" && cat > "$1/.info.tmp" && chmod 0644 "$1/.info.tmp" &&
+    mv -f -- "$1/.info.tmp" "$1/info.json" && exit 0
   rm -rf -- "$1"; exit 1
 fi
-[ -e "$1" ] && exit 3
-mkdir -- "$1"
+# gone again since our mkdir failed: released meanwhile, try again; else mkdir's own error
+[ -e "$1" ] || { [ -w "$root" ] && exit 4; echo "$err" >&2; exit 1; }
+id=$2 lock=$1
+ours() { grep -qF -- "\"run_id\": $id" "$lock/info.json" 2>/dev/null; }
+ours || exit 3
+new=0; mkdir -- "$1/parts/$3" 2>/dev/null && new=1
+# joined only if the parts were still there and the lock is still this run's
+[ -d "$1/parts/$3" ] && ours && exit 0
+[ $new = 1 ] && rmdir -- "$1/parts/$3" 2>/dev/null
+exit 4
 """
 # a lock released between the test and the stat (renamed away by its holder) is free
 _STAT = (
     r"""[ -d "$1" ] || exit 3; stat -c %Y -- "$1" 2>/dev/null || exit 3; cat -- "$1/info.json" 2>/dev/null; exit 0"""
 )
 _HELD = 3
-# $1 lock path, $2 the run id as written in info.json ("run_id": "<id>"): exit 3 when free or
-# held by another run, 0 when removed
+_CHANGING = 4
+# $1 lock path, $2 the run id as in info.json, $3 this part's name: exit 3 when free or held by
+# another run, 5 when other parts of the run still hold it (this part left), 0 when removed.
+# The last part out removes `parts` with rmdir (fails while any part is in it), so no part
+# can join a lock on its way out
 _RELEASE = r"""
 [ -f "$1/info.json" ] || exit 3
 grep -qF -- "\"run_id\": $2" "$1/info.json" || exit 3
+rmdir -- "$1/parts/$3" 2>/dev/null
+if ! rmdir -- "$1/parts" 2>/dev/null; then
+  [ -d "$1/parts" ] && exit 5
+  exit 3
+fi
 t="$1.released-$$"; mv -T -- "$1" "$t" 2>/dev/null || exit 3; rm -rf -- "$t"
 """
+_LEFT = 5
 _FRESH_RETRIES = 20
 
 
@@ -193,36 +219,45 @@ def _check_path(path: str) -> str:
     return norm
 
 
-def acquire(conn: Connection, path: str, info: LockInfo, *, timeout: float | None = 30) -> None:
+def acquire(conn: Connection, path: str, info: LockInfo, *, part: str = "", timeout: float | None = 30) -> None:
     """Take the lock at `path` on `conn`'s host, or raise `LockHeld` naming the holder.
-    Taking a lock this run (`info.run_id`) already holds succeeds and changes nothing.
+
+    `part` names this process's share of the run (a shard's own run id; the run id when empty).
+    A lock this run already holds is joined: hosts that share one lock directory, the shards of
+    one run. It is removed when its last part releases it.
 
     `mkdir` is the atomic test-and-set; `info.json` is written after it (temp + rename). A
     holder seen between those two moments shows as `unknown`, aged from the directory's mtime.
     """
     path = _check_path(path)
-    res = conn.run(["sh", "-c", _ACQUIRE, "sh", path], stdin=info.to_json(), timeout=timeout)
-    if res.rc == _HELD:
-        holder = status(conn, path, timeout=timeout)
-        if holder is not None and holder.run_id and holder.run_id == info.run_id:
-            return  # re-entrant: this run holds it already (hosts sharing one /tmp, two fleets on a host)
-        if holder is None:  # released between our mkdir and our look: try once more
-            res = conn.run(["sh", "-c", _ACQUIRE, "sh", path], stdin=info.to_json(), timeout=timeout)
-            if res.rc == _HELD:
-                holder = status(conn, path, timeout=timeout)
-        if res.rc == _HELD:
-            if holder is None:
-                advice = "wait for it to finish, or break a stale lock with 'playbook lock release --force'"
-            else:
-                advice = _liveness(holder)
-            raise LockHeld(
-                f"deploy lock {path} is held by {holder.describe() if holder else 'another run'}; {advice}",
-                path=conn.host,
+    argv = ["sh", "-c", _ACQUIRE, "sh", path, json.dumps(info.run_id), _part_name(part or info.run_id)]
+    holder: LockInfo | None = None
+    for _ in range(_FRESH_RETRIES):
+        res = conn.run(argv, stdin=info.to_json(), timeout=timeout)
+        if res.rc == 0:
+            return
+        if res.rc == _CHANGING:  # released a moment ago, or this run's on its way out
+            time.sleep(0.05)
+            continue
+        if res.rc != _HELD:
+            raise ModuleError(
+                f"cannot create deploy lock {path}: {res.err.strip()[-300:] or f'exit {res.rc}'}", path=conn.host
             )
-    if res.rc != 0:
-        raise ModuleError(
-            f"cannot create deploy lock {path}: {res.err.strip()[-300:] or f'exit {res.rc}'}", path=conn.host
-        )
+        holder = status(conn, path, timeout=timeout)
+        if holder is None or holder.run_id == info.run_id:
+            continue  # released since our mkdir, or this run's and only now showing it: again
+        break
+    if holder is None:
+        advice = "wait for it to finish, or break a stale lock with 'playbook lock release --force'"
+    else:
+        advice = _liveness(holder)
+    raise LockHeld(
+        f"deploy lock {path} is held by {holder.describe() if holder else 'another run'}; {advice}", path=conn.host
+    )
+
+
+def _part_name(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", part).lstrip(".") or "run"
 
 
 def status(conn: Connection, path: str, *, timeout: float | None = 30) -> LockInfo | None:
@@ -248,14 +283,16 @@ def status(conn: Connection, path: str, *, timeout: float | None = 30) -> LockIn
     return holder
 
 
-def release(conn: Connection, path: str, run_id: str, *, timeout: float | None = 30) -> bool:
-    """Remove the lock if `run_id` holds it; True when removed, False when free or held by
-    another run (then it is left alone)."""
+def release(conn: Connection, path: str, run_id: str, *, part: str = "", timeout: float | None = 30) -> bool:
+    """Leave the lock if `run_id` holds it, removing it when `part` (as given to `acquire`) is the
+    last part of the run in it; True when this part left, False when free or held by another
+    run (then it is left alone)."""
     if not run_id:
         return False
     # one round trip: the host checks the holder's run id itself, then removes by rename + rm
-    res = conn.run(["sh", "-c", _RELEASE, "sh", _check_path(path), json.dumps(run_id)], timeout=timeout)
-    if res.rc == 0:
+    argv = ["sh", "-c", _RELEASE, "sh", _check_path(path), json.dumps(run_id), _part_name(part or run_id)]
+    res = conn.run(argv, timeout=timeout)
+    if res.rc in (0, _LEFT):
         return True
     if res.rc == _HELD:
         return False
@@ -285,6 +322,7 @@ def acquire_all(
     path: str,
     info: LockInfo,
     *,
+    part: str = "",
     workers: int = 32,
     timeout: float | None = 30,
 ) -> tuple[list[str], dict[str, ConnectionFailed]]:
@@ -298,7 +336,7 @@ def acquire_all(
 
     def one(host: str) -> None:
         try:
-            acquire(conns[host](), path, info, timeout=timeout)
+            acquire(conns[host](), path, info, part=part, timeout=timeout)
             got.append(host)
         except LockHeld as exc:
             held.append(exc)
@@ -310,7 +348,7 @@ def acquire_all(
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(conns) or 1))) as ex:
         list(ex.map(one, list(conns)))
     if held or errors:
-        release_all({h: conns[h] for h in got}, path, info.run_id, workers=workers, timeout=timeout)
+        release_all({h: conns[h] for h in got}, path, info.run_id, part=part, workers=workers, timeout=timeout)
         raise (held[0] if held else errors[0])
     return sorted(got), unreachable
 
@@ -320,6 +358,7 @@ def release_all(
     path: str,
     run_id: str,
     *,
+    part: str = "",
     workers: int = 32,
     timeout: float | None = 30,
 ) -> dict[str, Exception]:
@@ -328,7 +367,7 @@ def release_all(
 
     def one(host: str) -> None:
         try:
-            release(conns[host](), path, run_id, timeout=timeout)
+            release(conns[host](), path, run_id, part=part, timeout=timeout)
         except Exception as exc:  # a host gone since: its lock stays until broken
             failed[host] = exc
 

@@ -215,3 +215,109 @@ def test_a_lock_released_while_it_is_read_is_free_not_an_unknown_holder(tmp_path
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     assert status(conn, str(path)) is None
     assert not path.exists()
+
+
+class Hooked(LocalConnection):
+    """A local host that calls `before(n, argv)` ahead of its n-th command: to put another
+    run's (or part's) move exactly between two of ours."""
+
+    def __init__(self, host: str, before) -> None:
+        super().__init__(host)
+        self.before, self.calls = before, 0
+
+    def run(self, argv, **kw):
+        self.calls += 1
+        self.before(self.calls, argv)
+        return super().run(argv, **kw)
+
+
+def test_a_part_that_finds_the_lock_changing_hands_within_its_run_joins(tmp_path, conn):
+    # parts A, C and B of run r1 share one lock directory (hosts on one machine): B's mkdir
+    # finds A's lock, A releases before B looks, C takes it before B tries again
+    path = str(tmp_path / "web.lock")
+    acquire(conn, path, info("r1"), part="r1.1")
+
+    def before(n, argv):
+        if n == 2:  # B's look at the holder
+            assert release(conn, path, "r1", part="r1.1") is True
+        if n == 3:  # B's second try
+            acquire(conn, path, info("r1"), part="r1.3")
+
+    acquire(Hooked("web1", before), path, info("r1"), part="r1.2")
+    assert status(conn, path).run_id == "r1"
+
+
+def test_the_lock_stays_until_the_last_part_of_the_run_leaves(tmp_path, conn):
+    path = str(tmp_path / "web.lock")
+    acquire(conn, path, info("r1"), part="r1.1")
+    acquire(conn, path, info("r1"), part="r1.2")
+    assert release(conn, path, "r1", part="r1.1") is True
+    with pytest.raises(LockHeld, match="run r1"):
+        acquire(conn, path, info("r2"))  # part r1.2 still deploys
+    assert release(conn, path, "r1", part="r1.2") is True
+    assert status(conn, path) is None
+    acquire(conn, path, info("r2"))
+
+
+def test_parts_of_one_run_coming_and_going_never_let_another_run_in(tmp_path, conn):
+    # 6 parts of r1 take and leave the lock 15 times each while run r2 keeps trying: r2 may
+    # only get it when no part of r1 is inside, and a part inside always sees r1 as holder
+    path = str(tmp_path / "web.lock")
+    inside: set[int] = set()
+    guard = threading.Lock()
+    faults: list[str] = []
+    done = threading.Event()
+    start = threading.Barrier(7)
+
+    def part(i: int) -> None:
+        start.wait()
+        c = LocalConnection("web1")
+        for _ in range(15):
+            while True:
+                try:
+                    acquire(c, path, info("r1"), part=f"r1.{i}")
+                    break
+                except LockHeld as exc:  # r2 is in: wait for it; refused by its own run is a fault
+                    if "run r2" not in str(exc):
+                        faults.append(f"part {i} refused: {exc}")
+                        return
+            with guard:
+                inside.add(i)
+            holder = status(c, path)
+            if holder is None or holder.run_id != "r1":
+                faults.append(f"part {i} inside, holder {holder}")
+            with guard:
+                inside.discard(i)
+            release(c, path, "r1", part=f"r1.{i}")
+
+    def other() -> None:
+        start.wait()
+        c = LocalConnection("web1")
+        while not done.is_set():
+            try:
+                acquire(c, path, info("r2"))
+            except LockHeld as exc:
+                if "run r1" not in str(exc):
+                    faults.append(f"r2 refused by {exc}")
+                continue
+            with guard:
+                if inside:
+                    faults.append(f"r2 got the lock while parts {sorted(inside)} were inside")
+            release(c, path, "r2")
+
+    def guarded(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # any error in a thread fails the test
+            faults.append(f"{fn.__name__}{args}: {exc!r}")
+            done.set()
+
+    threads = [threading.Thread(target=guarded, args=(part, i)) for i in range(6)]
+    rival = threading.Thread(target=guarded, args=(other,))
+    for t in [*threads, rival]:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    rival.join()
+    assert not faults, faults[:5]
