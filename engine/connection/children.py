@@ -16,7 +16,11 @@ does it:
   outside a step (releasing the deploy locks after the run) is not cut off;
 - on Linux each child asks for SIGKILL when the thread that started it dies
   (`PR_SET_PDEATHSIG`), which covers playbook itself being SIGKILLed; a child's own children
-  (rsync's ssh) see their pipes close and exit;
+  (rsync's ssh) see their pipes close and exit. util-linux's `setpriv --pdeathsig KILL` asks
+  for it and then executes the child (the setting survives exec), so Python can start it with
+  vfork; a `preexec_fn` doing the same would make every start a full fork of the controller,
+  ~3× the cost, holding the GIL while it copies the page tables. Without `setpriv` the
+  `preexec_fn` is the fallback;
 - at interpreter exit every child still running is killed (`kill_all`, registered with atexit).
 
 `abort` runs in a signal handler: it touches the registry only with single dict operations and
@@ -29,7 +33,9 @@ import atexit
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,15 +83,37 @@ def _death_signal() -> Callable[[], Any] | None:
     return set_pdeathsig
 
 
-_PREEXEC = _death_signal()
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+_PREEXEC = None if _SETPRIV else _death_signal()
+
+
+def _found(program: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise FileNotFoundError as Popen would when `program` cannot be found (setpriv would
+    otherwise report it as its own exit status)."""
+    if "/" in program:
+        where = os.path.join(kwargs.get("cwd") or "", program)
+        if os.path.exists(where):
+            return
+    else:
+        env = kwargs.get("env")
+        path = (env if env is not None else os.environ).get("PATH", os.defpath)
+        if shutil.which(program, path=path):
+            return
+    raise FileNotFoundError(errno.ENOENT, f"No such file or directory: {program!r}", program)
 
 
 def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
     """`subprocess.Popen` in a new session, killed with playbook, tracked until `forget`."""
     kwargs.setdefault("start_new_session", True)
-    if _PREEXEC is not None:
-        kwargs.setdefault("preexec_fn", _PREEXEC)
-    proc: subprocess.Popen[Any] = subprocess.Popen(argv, **kwargs)
+    args = list(argv)
+    if _SETPRIV and "preexec_fn" not in kwargs and args:
+        _found(args[0], kwargs)
+        proc: subprocess.Popen[Any] = subprocess.Popen([_SETPRIV, "--pdeathsig", "KILL", "--", *args], **kwargs)
+        proc.args = args  # what was asked for, in messages
+    else:
+        if _PREEXEC is not None:
+            kwargs.setdefault("preexec_fn", _PREEXEC)
+        proc = subprocess.Popen(args, **kwargs)
     _live[proc.pid] = proc
     if _cancelled():  # the step was aborted while this started: it must not run on
         _kill_group(proc)
