@@ -219,9 +219,16 @@ def test_requests_per_run_stay_few(store):
 def test_a_history_write_that_loses_its_cas_reads_again_and_keeps_both(store):
     hist = open_history(f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}", "")
     other = open_history(f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}", "")
+    from engine.record.state import s3history
+
+    hist.store = store
     hist.start_run(run_id="r1", playbook="pb.yml", name="pb", mode="run", release_id="REL1")
+    mine = dict(s3history._KNOWN)  # what hist's machine remembers of the index
     other.start_run(run_id="r2", playbook="pb.yml", name="pb", mode="run", release_id="REL2")  # moves the ETag
+    s3history._KNOWN.update(mine)  # hist's machine did not see that write
+    before = store.by_kind["index"]
     hist.finish_run("r1", 0, "ok")  # its remembered ETag is stale now: 412, then read and retry
+    assert store.by_kind["index"] - before == 3
     other.finish_run("r2", 1, "failed")
     hist.close()
     other.close()
@@ -257,3 +264,84 @@ def test_lock_status_and_break_from_the_command_line(store, tmp_path, capsys):
     assert "still renewing its lease" in capsys.readouterr().out
     assert main(["lock", "break", *argv]) == 0
     assert "web: broken (was " in capsys.readouterr().out and lock_status(store, "web") is None
+
+
+def _url(store) -> str:
+    return f"s3://{store.url.bucket}/{store.url.prefix}?endpoint_url={store.url.endpoint_url}"
+
+
+def _raw_index(store) -> dict:
+    got = store.get("history/index.json")
+    return {r["run_id"]: r for r in got[0]["runs"]} if got else {}
+
+
+def test_a_shard_that_ends_ok_records_its_end_in_its_journal_not_the_index(store):
+    hist = open_history(_url(store), "")
+    hist.store = store  # count on this store
+    hist.start_run(run_id="r1.s1of2", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    hist.add_result("r1.s1of2", _result("sync", "web1"))
+    before = dict(store.by_kind)
+    hist.finish_run("r1.s1of2", 0, "ok")
+    hist.close()
+    assert store.by_kind.get("index", 0) == before.get("index", 0)  # parts ending together do not contend
+    assert _raw_index(store)["r1.s1of2"]["status"] == "running"
+    other = open_history(_url(store), "")  # elsewhere: the journal has the end
+    rec = other.run("r1.s1of2")
+    assert (rec.status, rec.exit_code) == ("ok", 0) and rec.finished
+    assert [r.status for r in other.runs("pb")] == ["ok"]
+    # a failed part goes to the index at once (its resume and the coordinator's refusal read it)
+    hist.start_run(run_id="r1.s2of2", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    hist.finish_run("r1.s2of2", 1, "failed")
+    hist.close()
+    assert _raw_index(store)["r1.s2of2"]["status"] == "failed"
+
+
+def test_a_resumed_part_is_running_again_whatever_its_journal_said_before(store):
+    hist = open_history(_url(store), "")
+    hist.start_run(run_id="r1.s1of2", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    hist.add_result("r1.s1of2", _result("sync", "web1"))
+    hist.finish_run("r1.s1of2", 0, "ok")
+    hist.close()
+    again = open_history(_url(store), "")
+    again.start_run(run_id="r1.s1of2", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    reader = open_history(_url(store), "")
+    assert reader.run("r1.s1of2").status == "running"
+    assert [r["step"] for r in reader.results("r1.s1of2")] == ["sync"]  # what it recorded is kept
+    again.finish_run("r1.s1of2", 0, "ok")
+    again.close()
+    assert reader.run("r1.s1of2").status == "ok"
+
+
+def test_the_coordinator_folds_the_parts_ends_into_the_index(store):
+    for part in ("r1.s1of2", "r1.s2of2"):
+        h = open_history(_url(store), "")
+        h.start_run(run_id=part, playbook="pb.yml", name="pb", mode="run", release_id="REL")
+        h.finish_run(part, 0, "ok")
+        h.close()
+    coord = open_history(_url(store), "")
+    coord.store = store
+    assert {r.run_id: r.status for r in coord.runs("pb")} == {"r1.s1of2": "ok", "r1.s2of2": "ok"}  # as it checks
+    before = store.by_kind.get("index", 0)
+    coord.start_run(run_id="r1.coord", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    coord.finish_run("r1.coord", 0, "ok")
+    coord.close()
+    assert store.by_kind["index"] - before == 2  # CAS writes on the index it read: no read again
+    raw = _raw_index(store)
+    assert {p: raw[p]["status"] for p in raw} == {"r1.s1of2": "ok", "r1.s2of2": "ok", "r1.coord": "ok"}
+
+
+def test_a_shard_whose_journal_cannot_be_written_records_its_end_in_the_index(store, monkeypatch):
+    hist = open_history(_url(store), "")
+    hist.store = store
+    hist.start_run(run_id="r1.s1of2", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    real = store.put
+
+    def put(name, value, **kw):
+        if name.startswith("history/runs/"):
+            raise StateError(f"{name}: the backend went away")
+        return real(name, value, **kw)
+
+    monkeypatch.setattr(store, "put", put)
+    hist.finish_run("r1.s1of2", 0, "ok")
+    hist.close()
+    assert _raw_index(store)["r1.s1of2"]["status"] == "ok"

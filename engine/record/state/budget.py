@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine.record.state.s3store import Precondition, S3Store, StateError
+from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
 __all__ = ["SharedBudget"]
 
@@ -28,7 +28,7 @@ class SharedBudget:
 
     def record_failure(self, fleet: str, host: str) -> tuple[int, int]:
         """Add `host` to the fleet's failed hosts; (failed hosts of the fleet so far, fleet size)."""
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             got = self.store.get(self.name)
             doc, etag = got if got is not None else ({}, None)
             failed = sorted(set(doc.get(fleet, [])) | {host})
@@ -40,7 +40,7 @@ class SharedBudget:
                     self.store.put(self.name, doc, if_match=etag)
                 return len(failed), self.sizes.get(fleet, 0)
             except Precondition:
-                continue
+                backoff(attempt)
         raise StateError(f"{self.store.where(self.name)}: too much contention (gave up after {_RETRIES} tries)")
 
     def failed(self) -> dict[str, tuple[int, int]]:

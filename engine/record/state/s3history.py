@@ -2,15 +2,25 @@
 
     history/index.json              every run's record (what `playbook history` lists), changed
                                     only by compare-and-swap (If-Match on the version read)
-    history/runs/<run id>.json      the run's journal: each (step, host) result as it finished
+    history/runs/<run id>.json      the run's journal: each (step, host) result as it finished,
+                                    `{"results": [...], "end": {...}}`
 
 `S3History` has the methods of the SQLite `History` (engine/record/history.py), so the recorder,
 `--resume`, the coordinator, rollback and `playbook history` use either. Results pass the same
 secret scrubber before they are written. The journal is written by one background writer that
 always sends everything recorded so far (group commit: at most one request in flight, none
 while nothing changed), so a killed run loses at most the results of its last moment, which a
-resume then redoes; `close()` writes the rest. A run costs: one index update at the start, one
-at the end (two requests each) and one journal write per burst of results.
+resume then redoes; `close()` writes the rest.
+
+A run costs one index update at the start (read + CAS write) and one at the end (a CAS write on
+the version its start wrote). The shards of a sharded run all end at about the same time, and
+each CAS they lose costs a read and a write again; so a shard that ends ok writes its end into
+its own journal instead (`end`, with the start time it belongs to: a resumed part's old end does
+not count), and readers take a running shard's end from there. The coordinator has just read
+those journals (it checks that every shard finished): its own index writes fold the shards' ends
+into the index. A shard that fails, or is interrupted, writes its end into the index as any run.
+What this process last read or wrote of an index, with its ETag, is remembered per store, so the
+next CAS write is tried on it without reading first (a 412 means someone wrote since).
 """
 
 from __future__ import annotations
@@ -18,18 +28,26 @@ from __future__ import annotations
 import copy
 import getpass
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from engine.record.history import RunRecord, result_row
-from engine.record.state.s3store import Precondition, S3Store, StateError
+from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
 __all__ = ["S3History"]
 
 INDEX = "history/index.json"
 _RETRIES = 30
+_SHARD_PART = re.compile(r"\.s\d+of\d+$")  # `<run id>.s2of4` (engine/execute/shard.py)
+
+# per store (endpoint, bucket, prefix), in this process: the index last read or written with its
+# ETag, and the ends of shards seen in their journals (by run id), folded in at the next write
+_KNOWN: dict[tuple[Any, ...], tuple[list[dict[str, Any]], str]] = {}
+_ENDS: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+_SHARED = threading.Lock()
 
 
 def _user() -> str:
@@ -47,13 +65,17 @@ class S3History:
         self.path = store.where("history/")
         self._journals: dict[str, list[dict[str, Any]]] = {}
         self._written: dict[str, int] = {}
+        self._started: dict[str, float] = {}  # the start time of each run this process started
+        self._end: dict[str, dict[str, Any]] = {}  # a shard's end, to go into its journal
+        self._end_written: set[str] = set()
         self._cond = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closing = False
         self._error: Exception | None = None
-        # the index as this process last wrote it, with the ETag that write returned: the next
-        # change tries its CAS on it without reading first (a 412 means someone wrote since)
-        self._known: tuple[list[dict[str, Any]], str] | None = None
+
+    @property
+    def _ident(self) -> tuple[Any, ...]:
+        return (self.store.url.endpoint_url, self.store.url.bucket, self.store.url.prefix)
 
     # -- the index: compare-and-swap ---------------------------------------------------------
 
@@ -65,11 +87,15 @@ class S3History:
         runs = doc.get("runs") if isinstance(doc, dict) else None
         if not isinstance(runs, list):
             raise StateError(f"{self.store.where(INDEX)}: not a playbook history index")
+        with _SHARED:
+            _KNOWN[self._ident] = (copy.deepcopy(runs), etag)
         return runs, etag
 
     def _change(self, run_id: str, change: Any) -> None:
-        for _ in range(_RETRIES):
-            known, self._known = self._known, None
+        for attempt in range(_RETRIES):
+            with _SHARED:
+                known = _KNOWN.pop(self._ident, None)
+                ends = dict(_ENDS.get(self._ident, {}))
             runs, etag = (copy.deepcopy(known[0]), known[1]) if known else self._index()
             by_id = {r.get("run_id"): i for i, r in enumerate(runs)}
             old = runs[by_id[run_id]] if run_id in by_id else None
@@ -78,15 +104,18 @@ class S3History:
                 runs[by_id[run_id]] = new
             else:
                 runs.append(new)
+            runs = [_ended(r, ends.get(str(r.get("run_id")))) for r in runs]  # fold the shards' ends in
             try:
                 if etag is None:
                     written = self.store.put(INDEX, {"runs": runs}, if_absent=True)
                 else:
                     written = self.store.put(INDEX, {"runs": runs}, if_match=etag)
-                self._known = (copy.deepcopy(runs), written)
+                with _SHARED:
+                    _KNOWN[self._ident] = (copy.deepcopy(runs), written)
                 return
             except Precondition:
-                continue
+                if known is None:  # lost to another writer (not only our memory being stale)
+                    backoff(attempt)
         raise StateError(f"{self.store.where(INDEX)}: too much contention (gave up after {_RETRIES} tries)")
 
     def start_run(
@@ -104,13 +133,14 @@ class S3History:
         extra: dict | None = None,
     ) -> None:
         self.store.self_test()
+        started = time.time()
         rec = {
             "run_id": run_id,
             "playbook": playbook,
             "name": name,
             "mode": mode,
             "user": _user(),
-            "started": time.time(),
+            "started": started,
             "finished": None,
             "release_id": release_id,
             "exit_code": None,
@@ -122,17 +152,31 @@ class S3History:
             "extra": extra or {},
         }
         self._change(run_id, lambda _old: rec)
-        got = self.store.get(self._journal_name(run_id))  # a resumed part keeps what it recorded
+        # a resumed part keeps what it recorded; an end it recorded before belongs to its
+        # earlier start (`started` differs) and no longer counts
+        rows, _old_end = self._journal(run_id)
         with self._cond:
-            self._journals[run_id] = list(got[0]) if got and isinstance(got[0], list) else []
-            self._written[run_id] = len(self._journals[run_id])
+            self._started[run_id] = started
+            self._journals[run_id] = rows
+            self._written[run_id] = len(rows)
+            self._end.pop(run_id, None)
+            self._end_written.discard(run_id)
 
     def finish_run(self, run_id: str, exit_code: int, status: str) -> None:
+        end = {"finished": time.time(), "exit_code": exit_code, "status": status}
+        if status == "ok" and _SHARD_PART.search(run_id) and run_id in self._started:
+            with self._cond:
+                self._end[run_id] = {**end, "started": self._started[run_id]}
+                self._ensure_writer()
+                self._cond.notify_all()
+            self._flush()
+            if run_id in self._end_written:
+                return  # else (the journal write failed): into the index, as any run
         self._flush()
 
         def done(old: dict[str, Any] | None) -> dict[str, Any]:
             rec = dict(old or {"run_id": run_id})
-            rec.update(finished=time.time(), exit_code=exit_code, status=status)
+            rec.update(end)
             return rec
 
         self._change(run_id, done)
@@ -148,13 +192,17 @@ class S3History:
         row["finished"] = time.time()
         with self._cond:
             self._journals.setdefault(run_id, []).append(row)
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="playbook-journal", daemon=True)
-                self._writer.start()
+            self._ensure_writer()
             self._cond.notify_all()
 
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="playbook-journal", daemon=True)
+            self._writer.start()
+
     def _dirty(self) -> list[str]:
-        return [r for r, rows in self._journals.items() if len(rows) > self._written.get(r, 0)]
+        rows = [r for r, got in self._journals.items() if len(got) > self._written.get(r, 0)]
+        return rows + [r for r in self._end if r not in self._end_written and r not in rows]
 
     def _write_loop(self) -> None:
         while True:
@@ -163,15 +211,24 @@ class S3History:
                     self._cond.wait()
                 if not self._dirty() and self._closing:
                     return
-                batch = {r: list(self._journals[r]) for r in self._dirty()}
-            for run_id, rows in batch.items():
+                batch = {r: (list(self._journals.get(r, [])), self._end.get(r)) for r in self._dirty()}
+            for run_id, (rows, end) in batch.items():
+                doc: dict[str, Any] = {"results": rows, **({"end": end} if end else {})}
                 try:
-                    self.store.put(self._journal_name(run_id), rows)
+                    self.store.put(self._journal_name(run_id), doc)
                 except Exception as exc:  # reported by close(); the next burst tries again
                     self._error = exc
+                    if end:  # finish_run waits for this: it goes into the index instead
+                        with self._cond:
+                            self._end.pop(run_id, None)
+                            self._cond.notify_all()
                     continue
                 with self._cond:
                     self._written[run_id] = max(self._written.get(run_id, 0), len(rows))
+                    if end:
+                        self._end_written.add(run_id)
+                        with _SHARED:
+                            _ENDS.setdefault(self._ident, {})[run_id] = end
                     self._cond.notify_all()
 
     def _flush(self) -> None:
@@ -214,9 +271,31 @@ class S3History:
             extra=dict(fields.get("extra") or {}),
         )
 
+    def _journal(self, run_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The journal's rows and the end it records (None: none, or not a dict)."""
+        got = self.store.get(self._journal_name(run_id))
+        doc = got[0] if got else None
+        if isinstance(doc, list):  # written before journals had an end
+            doc = {"results": doc}
+        if not isinstance(doc, dict):
+            return [], None
+        rows = [dict(r) for r in doc.get("results") or [] if isinstance(r, dict)]
+        end = doc.get("end") if isinstance(doc.get("end"), dict) else None
+        if end is not None:
+            with _SHARED:
+                _ENDS.setdefault(self._ident, {})[run_id] = end
+        return rows, end
+
+    def _resolved(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """`raw`, with its end from its journal when it is a shard the index shows running."""
+        run_id = str(raw.get("run_id", ""))
+        if raw.get("status") != "running" or not _SHARD_PART.search(run_id):
+            return raw
+        return _ended(raw, self._journal(run_id)[1])
+
     def runs(self, name: str | None = None, *, mode: str | None = "run", limit: int = 50) -> list[RunRecord]:
-        runs = [self._record(r) for r in self._index()[0]]
-        runs = [r for r in runs if (not name or name in (r.name, r.playbook)) and (not mode or r.mode == mode)]
+        raws = [r for r in self._index()[0] if not name or name in (r.get("name"), r.get("playbook"))]
+        runs = [self._record(self._resolved(r)) for r in raws if not mode or r.get("mode", "run") == mode]
         return sorted(runs, key=lambda r: r.started, reverse=True)[:limit]
 
     def release_ids(self, base: str) -> set[str]:
@@ -230,16 +309,14 @@ class S3History:
         runs = self._index()[0]
         for r in runs:
             if r.get("run_id") == run_id:
-                return self._record(r)
+                return self._record(self._resolved(r))
         for r in runs:
             if str(r.get("run_id", "")).startswith(run_id):
-                return self._record(r)
+                return self._record(self._resolved(r))
         return None
 
     def details(self, run_id: str) -> list[dict[str, Any]]:
-        got = self.store.get(self._journal_name(run_id))
-        rows = got[0] if got and isinstance(got[0], list) else []
-        return [dict(r) for r in rows if isinstance(r, dict)]
+        return self._journal(run_id)[0]
 
     def results(self, run_id: str) -> list[dict[str, Any]]:
         return [{k: v for k, v in r.items() if k not in ("finished", "diffs")} for r in self.details(run_id)]
@@ -249,3 +326,10 @@ class S3History:
             for res in self.results(rec.run_id):
                 if step is None or res["step"] == step:
                     yield rec, res
+
+
+def _ended(raw: dict[str, Any], end: dict[str, Any] | None) -> dict[str, Any]:
+    """A running record with `end` applied when `end` belongs to this start of it."""
+    if end is None or raw.get("status") != "running" or end.get("started") != raw.get("started"):
+        return raw
+    return {**raw, **{k: end[k] for k in ("finished", "exit_code", "status") if k in end}}

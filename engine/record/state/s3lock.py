@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from engine.errors import LockHeld
-from engine.record.state.s3store import Precondition, S3Store, StateError
+from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
 __all__ = ["S3Lock", "lock_status", "live_leases", "break_lock", "runner_name", "describe", "DEFAULT_TTL"]
 
@@ -158,7 +158,7 @@ class S3Lock:
 
     def _update(self, change: Any) -> None:
         """Read, change, write back with If-Match (create with If-None-Match); retried on a lost race."""
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             got = self.store.get(self.name)
             rec, etag = got if got is not None else (None, None)
             new = change(rec)
@@ -176,7 +176,7 @@ class S3Lock:
                     self._etag = self.store.put(self.name, new, if_match=etag)
                 return
             except Precondition:
-                continue
+                backoff(attempt)
         raise StateError(
             f"deploy lock {self.store.where(self.name)}: too much contention (gave up after {_RETRIES} tries)"
         )

@@ -21,6 +21,7 @@ JSON line when it exits.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
@@ -30,11 +31,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from engine.errors import PlaybookError
 
-__all__ = ["StateError", "Precondition", "StateUrl", "parse_state_url", "S3Store"]
+__all__ = ["StateError", "Precondition", "StateUrl", "parse_state_url", "S3Store", "backoff"]
 
 
 class StateError(PlaybookError, RuntimeError):
     """The shared state backend is misconfigured, unreachable, or does not honour conditional writes."""
+
+
+def backoff(attempt: int) -> None:
+    """After a lost compare-and-swap (the `attempt`-th, from 0): wait a random moment, up to
+    50 ms × 2^attempt and at most 1 s ("full jitter"), so the losers of one race do not read and
+    collide again all at once."""
+    time.sleep(random.uniform(0, min(1.0, 0.05 * 2**attempt)))
 
 
 class Precondition(StateError):
