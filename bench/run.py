@@ -157,7 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run nothing: redraw --plot-output from saved results (default: every bench/results/*.json, "
         "newest first for each point)",
     )
-    p.add_argument("--no-plot", action="store_true", help="do not draw the scaling plot after the run")
+    p.add_argument(
+        "--no-plot", action="store_true", help="do not draw the scaling plot (after a run, or with --render)"
+    )
     p.add_argument(
         "--plot-output",
         type=Path,
@@ -421,7 +423,7 @@ def render_saved(ns: argparse.Namespace) -> int:
     )
     print(report.render_terminal(results, view))
     if not ns.no_write:
-        plot = draw_plot(saved, ns.plot_output)
+        plot = None if ns.no_plot else draw_plot(saved, ns.plot_output)
         ns.output.write_text(report.render(results, view, machine, plot=plot, out_dir=ns.output.parent))
         print(f"wrote {ns.output}")
     return 0

@@ -58,6 +58,14 @@ def test_bench_runs_steps_and_fanout_on_two_hosts(tmp_path):
     md = (tmp_path / "benchmarks.md").read_text()
     assert "### 20 small steps, re-run with nothing to do" in md
     assert "| hosts' CPU s |" in md and "| all CPU × floor |" in md
+    # re-rendered from the saved run, still without the plot: the report again, no plot written
+    plot = tmp_path / "plot.svg"
+    again = tmp_path / "again.md"
+    argv = [sys.executable, str(REPO / "bench" / "run.py"), "--render", str(next(results.glob("*.json")))]
+    argv += ["--output", str(again), "--plot-output", str(plot), "--no-plot"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "### 20 small steps, re-run with nothing to do" in again.read_text() and not plot.exists()
 
 
 def test_steps_floor_script_is_the_expected_tree(tmp_path):
