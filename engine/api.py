@@ -160,6 +160,7 @@ def execute(
         release = getattr(pool, "release", None)
     taken: list[tuple[str, list[str], Any]] = []
     shared: list[Any] = []
+    summary: RunSummary | None = None
     try:
         executor = Executor(
             loaded.playbook, loaded.inventory, options, bus=bus, connect=connect, release=release, prewarm=not warming
@@ -172,10 +173,12 @@ def execute(
             shared = shared_locks(loaded.playbook, executor.fleet_hosts, options)  # instead of the hosts' locks
         elif options.mode == "run" and options.locks:
             taken = _acquire_locks(loaded.playbook, executor, connect, options)
-        return executor.execute()
+        summary = executor.execute()
+        return summary
     finally:
+        ended_ok = summary is not None and summary.exit_code() == 0
         for lock in shared:
-            lock.release()
+            lock.release(ended_ok=ended_ok)  # a shard that ended ok leaves the run's lock to its coordinator
         for path, hosts, info in taken:
             release_all(
                 {h: functools.partial(connect, h) for h in hosts},

@@ -39,6 +39,7 @@ def shared_locks(playbook: Playbook, fleet_hosts: Mapping[str, list[str]], optio
     """Take the deploy lock of every locked fleet with hosts in the shared backend (the parts of
     one sharded run share them); returns them, to release at the end of the run."""
     from engine.record.state import open_store, state_url
+    from engine.record.state.s3history import newest_lock_version
     from engine.record.state.s3lock import S3Lock
 
     url = state_url(options.state)
@@ -51,7 +52,16 @@ def shared_locks(playbook: Playbook, fleet_hosts: Mapping[str, list[str]], optio
             coordinator = options.shard is not None and options.shard.coordinator
             if not fleet.lock or not (fleet_hosts.get(name) or coordinator):  # the coordinator locks them all
                 continue
-            lock = S3Lock(store, name, run_id=run_id, part=part or "run", playbook=playbook.path)
+            version = newest_lock_version(store, run_id, name) if coordinator else None
+            lock = S3Lock(
+                store,
+                name,
+                run_id=run_id,
+                part=part or "run",
+                playbook=playbook.path,
+                coordinator=coordinator,
+                version=version,
+            )
             lock.acquire()
             taken.append(lock)
     except BaseException:

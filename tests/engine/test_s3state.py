@@ -345,3 +345,64 @@ def test_a_shard_whose_journal_cannot_be_written_records_its_end_in_the_index(st
     hist.finish_run("r1.s1of2", 0, "ok")
     hist.close()
     assert _raw_index(store)["r1.s1of2"]["status"] == "ok"
+
+
+def test_a_sharded_run_holds_its_lock_from_the_first_shard_to_the_end_of_its_coordinator(store):
+    def counted(fn) -> int:
+        before = store.by_kind.get("locks", 0)
+        fn()
+        return store.by_kind.get("locks", 0) - before
+
+    store.self_test()
+    shards = [S3Lock(store, "web", run_id="r1", part=f"s{i}of2", playbook="pb.yml") for i in (1, 2)]
+    spent = [counted(s.acquire) for s in shards]
+    spent = [n + counted(lambda s=s: s.release(ended_ok=True)) for n, s in zip(spent, shards)]
+    assert spent == [2, 2]  # a read and a write to join; nothing to leave
+    with pytest.raises(LockHeld, match="run r1"):  # no other run between the shards and the coordinator
+        S3Lock(store, "web", run_id="r2", part="run", playbook="pb.yml").acquire()
+    coord = S3Lock(store, "web", run_id="r1", part="coord", playbook="pb.yml", coordinator=True)
+    assert counted(coord.acquire) == 2
+    with pytest.raises(LockHeld, match="part coord of run r1 is already running"):
+        S3Lock(store, "web", run_id="r1", part="coord", playbook="pb.yml", coordinator=True).acquire()
+    assert counted(lambda: coord.release(ended_ok=True)) == 1  # the end of the run: the lock goes
+    assert lock_status(store, "web") is None
+
+
+def test_a_shard_that_fails_gives_its_lease_back_at_once_for_its_resume(store):
+    shard = S3Lock(store, "web", run_id="r1", part="s1of2", playbook="pb.yml")
+    shard.acquire()
+    shard.release(ended_ok=False)
+    assert lock_status(store, "web") is None  # it was the only part in it
+    again = S3Lock(store, "web", run_id="r1", part="s1of2", playbook="pb.yml")
+    again.acquire()  # the resume
+    again.release()
+
+
+def test_the_coordinator_joins_on_the_lock_version_its_shards_recorded_in_one_request(store):
+    from engine.record.state.s3history import newest_lock_version
+
+    store.self_test()
+    for i in (1, 2):  # each shard as its process does it: history start, lock, history end, lock kept
+        part = f"r1.s{i}of2"
+        hist = open_history(_url(store), "")
+        hist.start_run(run_id=part, playbook="pb.yml", name="pb", mode="run", release_id="REL")
+        lock = S3Lock(store, "web", run_id="r1", part=f"s{i}of2", playbook="pb.yml")
+        lock.acquire()
+        hist.finish_run(part, 0, "ok")
+        hist.close()
+        lock.release(ended_ok=True)
+    reader = open_history(_url(store), "")
+    assert {r.status for r in reader.runs("pb")} == {"ok"}  # what the coordinator checks first
+    version = newest_lock_version(store, "r1", "web")
+    assert version is not None and set(version["record"]["holders"]) == {"s1of2", "s2of2"}
+    before = store.by_kind.get("locks", 0)
+    coord = S3Lock(store, "web", run_id="r1", part="coord", playbook="pb.yml", coordinator=True, version=version)
+    coord.acquire()
+    assert store.by_kind["locks"] - before == 1  # one conditional write, no read
+    assert set(lock_status(store, "web")["holders"]) == {"coord"}
+    # a second coordinator guessing the same version loses its write, reads, and is refused
+    with pytest.raises(LockHeld, match="part coord of run r1 is already running"):
+        S3Lock(store, "web", run_id="r1", part="coord", playbook="pb.yml", coordinator=True, version=version).acquire()
+    before = store.by_kind["locks"]
+    coord.release(ended_ok=True)
+    assert store.by_kind["locks"] - before == 1 and lock_status(store, "web") is None

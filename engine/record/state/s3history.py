@@ -37,7 +37,7 @@ from typing import Any
 from engine.record.history import RunRecord, result_row
 from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
-__all__ = ["S3History"]
+__all__ = ["S3History", "newest_lock_version"]
 
 INDEX = "history/index.json"
 _RETRIES = 30
@@ -165,8 +165,11 @@ class S3History:
     def finish_run(self, run_id: str, exit_code: int, status: str) -> None:
         end = {"finished": time.time(), "exit_code": exit_code, "status": status}
         if status == "ok" and _SHARD_PART.search(run_id) and run_id in self._started:
+            from engine.record.state.s3lock import held_versions
+
+            locks = held_versions(self.store, _SHARD_PART.sub("", run_id))  # for the coordinator's join
             with self._cond:
-                self._end[run_id] = {**end, "started": self._started[run_id]}
+                self._end[run_id] = {**end, "started": self._started[run_id], "locks": locks}
                 self._ensure_writer()
                 self._cond.notify_all()
             self._flush()
@@ -333,3 +336,14 @@ def _ended(raw: dict[str, Any], end: dict[str, Any] | None) -> dict[str, Any]:
     if end is None or raw.get("status") != "running" or end.get("started") != raw.get("started"):
         return raw
     return {**raw, **{k: end[k] for k in ("finished", "exit_code", "status") if k in end}}
+
+
+def newest_lock_version(store: S3Store, run_id: str, fleet: str) -> dict[str, Any] | None:
+    """The newest version of `fleet`'s lock that a shard of run `run_id` recorded at its end, among
+    the journals this process has read (`engine/record/state/s3lock.py`, `held_versions`)."""
+    ident = (store.url.endpoint_url, store.url.bucket, store.url.prefix)
+    with _SHARED:
+        ends = [e for r, e in _ENDS.get(ident, {}).items() if r.startswith(f"{run_id}.s")]
+    found = [e["locks"][fleet] for e in ends if isinstance(e.get("locks"), dict) and fleet in e["locks"]]
+    found = [v for v in found if isinstance(v, dict) and v.get("etag") and isinstance(v.get("record"), dict)]
+    return max(found, key=lambda v: float(v.get("at") or 0), default=None)

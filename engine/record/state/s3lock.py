@@ -3,19 +3,24 @@
 Taken with `If-None-Match: *` (exactly one of two racing runs creates it), changed only with
 `If-Match` on the version read. The record names the holder (user, run id, playbook, pid and
 machine, the CI runner or job, since when) and holds a lease per part of the run
-(`holders: {part: expires}`): the shards and the coordinator of one run share the lock, each
-renewing its own lease every `ttl / 3` seconds while it lives, and the last part out deletes it.
-A run that dies without releasing (SIGKILL, a lost runner) leaves leases that expire after
-`ttl` seconds (default 120, `PLAYBOOK_LOCK_TTL`); an expired lock is taken over by the next run.
+(`holders: {part: expires}`), each renewed every `ttl / 3` seconds while its part lives. A run
+that dies without releasing (SIGKILL, a lost runner) leaves leases that expire after `ttl`
+seconds (default 120, `PLAYBOOK_LOCK_TTL`); an expired lock is taken over by the next run.
 `break_lock` removes a lock whoever holds it (`playbook lock break`).
 
-A normal run costs two requests: the create and, at the end, the delete of the version it
-created. A part of a sharded run costs four: a read and a conditional write to join, the same
-to leave (renewals add two each).
+A sharded run holds the lock from its first shard to the end of its coordinator, so no other run
+deploys between the shards and the steps that run once. A shard joins (a read and a conditional
+write: its lease); one that ends ok leaves its lease in place, no longer renewed, and sends
+nothing; one that fails or is interrupted takes its lease out at once (its resume can start
+right away; the last part out deletes the lock). The coordinator, which runs only once every
+shard ended ok, joins by replacing the shards' leases with its own and deletes the lock at its
+end. An unsharded run creates the lock and deletes it: two requests. A shard: two. The
+coordinator: three. Without a coordinator, the lock lapses `ttl` after the last shard ended.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import getpass
 import os
@@ -28,11 +33,41 @@ from typing import Any
 from engine.errors import LockHeld
 from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
-__all__ = ["S3Lock", "lock_status", "live_leases", "break_lock", "runner_name", "describe", "DEFAULT_TTL"]
+__all__ = [
+    "S3Lock",
+    "lock_status",
+    "live_leases",
+    "break_lock",
+    "runner_name",
+    "describe",
+    "held_versions",
+    "DEFAULT_TTL",
+]
 
 DEFAULT_TTL = 120.0
 _RETRIES = 20
 _KEEP: Any = object()  # a change that leaves the record as it is
+# the locks this process holds, by (store, run id, fleet): what a shard's journal end records of them
+_HERE: dict[tuple[Any, ...], S3Lock] = {}
+_HERE_MUTEX = threading.Lock()
+
+
+def held_versions(store: S3Store, run_id: str) -> dict[str, dict[str, Any]]:
+    """The version of each fleet's lock of run `run_id` this process wrote last: `{fleet:
+    {"etag", "record", "at"}}`. A shard's journal end carries it; the coordinator, which reads
+    those journals, joins with one conditional write on the newest instead of reading the lock."""
+    with _HERE_MUTEX:
+        locks = [lock for (where, run, _), lock in _HERE.items() if (where, run) == (_where(store), run_id)]
+    out = {}
+    for lock in locks:
+        with lock._mutex:
+            if lock._etag is not None and lock._record is not None:
+                out[lock.fleet] = {"etag": lock._etag, "record": copy.deepcopy(lock._record), "at": lock._written_at}
+    return out
+
+
+def _where(store: S3Store) -> tuple[Any, ...]:
+    return (store.url.endpoint_url, store.url.bucket, store.url.prefix)
 
 
 def runner_name() -> str:
@@ -80,7 +115,16 @@ class S3Lock:
     a daemon thread renews the lease in between."""
 
     def __init__(
-        self, store: S3Store, fleet: str, *, run_id: str, part: str, playbook: str, ttl: float | None = None
+        self,
+        store: S3Store,
+        fleet: str,
+        *,
+        run_id: str,
+        part: str,
+        playbook: str,
+        ttl: float | None = None,
+        coordinator: bool = False,
+        version: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
@@ -90,8 +134,12 @@ class S3Lock:
         self.playbook = playbook
         self.ttl = ttl if ttl is not None else float(os.environ.get("PLAYBOOK_LOCK_TTL", DEFAULT_TTL))
         self._etag: str | None = None
+        self._record: dict[str, Any] | None = None  # what our last write stored (its ETag: _etag)
+        self._written_at = 0.0
+        self._version = version  # a version of the lock its shards wrote last (`held_versions`)
         self._alone = False  # our last write held only our lease: release is one conditional delete
         self.shared = part != "run"  # a part of a sharded run shares the lock with its siblings
+        self.coordinator = coordinator  # the run's last part: every shard ended ok before it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -121,13 +169,17 @@ class S3Lock:
         self.store.self_test()
         with self._mutex:
             if self.shared:  # its siblings may hold it already: read first (2 requests either way)
-                self._update(self._join)
+                known = self._version
+                first = (known["record"], known["etag"]) if known and known.get("etag") else None
+                self._update(self._join, first=first)  # the coordinator: one write on its shards' version
             else:
                 try:
-                    self._etag = self.store.put(self.name, self._fresh(), if_absent=True)
+                    self._wrote(self.store.put(self.name, fresh := self._fresh(), if_absent=True), fresh)
                     self._alone = True
                 except Precondition:
                     self._update(self._join)
+        with _HERE_MUTEX:
+            _HERE[(_where(self.store), self.run_id, self.fleet)] = self
         self._thread = threading.Thread(target=self._renew_loop, name=f"playbook-lease-{self.fleet}", daemon=True)
         self._thread.start()
 
@@ -137,14 +189,16 @@ class S3Lock:
             return self._fresh()
         live = _live(rec, now)
         if rec.get("run_id") == self.run_id and self.part not in live:
-            rec["holders"] = {**live, self.part: self._lease()}
+            # the coordinator ends the run: the shards' leases (they ended ok) make way for its own
+            rec["holders"] = {self.part: self._lease()} if self.coordinator else {**live, self.part: self._lease()}
             return rec
         if rec.get("run_id") == self.run_id:
             lease = live[self.part]
             raise LockHeld(
                 f"deploy lock {self.store.where(self.name)} (fleet '{self.fleet}'): part {self.part} of run "
                 f"{self.run_id} is already running (pid {lease.get('pid')} on {lease.get('host')}, runner "
-                f"{lease.get('runner')}, lease for {_age(float(lease.get('expires', now)) - now)} more); if it died, "
+                f"{lease.get('runner')}, lease for {_age(float(lease.get('expires', now)) - now)} more; a shard that "
+                f"ended ok keeps its lease until the coordinator ends the run); if it died, "
                 f"break the lock with 'playbook lock break' or wait for the lease to end",
                 path=self.fleet,
             )
@@ -156,10 +210,14 @@ class S3Lock:
             path=self.fleet,
         )
 
-    def _update(self, change: Any) -> None:
-        """Read, change, write back with If-Match (create with If-None-Match); retried on a lost race."""
+    def _wrote(self, etag: str | None, record: dict[str, Any] | None) -> None:
+        self._etag, self._record, self._written_at = etag, record, time.time()
+
+    def _update(self, change: Any, *, first: tuple[dict[str, Any], str] | None = None) -> None:
+        """Read, change, write back with If-Match (create with If-None-Match); retried on a lost
+        race. `first`: a version (record, ETag) to try the first write on without reading."""
         for attempt in range(_RETRIES):
-            got = self.store.get(self.name)
+            got = (copy.deepcopy(first[0]), first[1]) if first and attempt == 0 else self.store.get(self.name)
             rec, etag = got if got is not None else (None, None)
             new = change(rec)
             if new is _KEEP:
@@ -169,14 +227,15 @@ class S3Lock:
                 if new is None:
                     if etag is not None:
                         self.store.delete(self.name, if_match=etag)
-                    self._etag = None
+                    self._wrote(None, None)
                 elif etag is None:
-                    self._etag = self.store.put(self.name, new, if_absent=True)
+                    self._wrote(self.store.put(self.name, new, if_absent=True), new)
                 else:
-                    self._etag = self.store.put(self.name, new, if_match=etag)
+                    self._wrote(self.store.put(self.name, new, if_match=etag), new)
                 return
             except Precondition:
-                backoff(attempt)
+                if not (first and attempt == 0):  # a guessed version that is gone: read at once
+                    backoff(attempt)
         raise StateError(
             f"deploy lock {self.store.where(self.name)}: too much contention (gave up after {_RETRIES} tries)"
         )
@@ -202,14 +261,20 @@ class S3Lock:
 
             self._update(extend)
 
-    def release(self) -> None:
-        """Drop this part's lease; the last part deletes the lock. Never removes another run's."""
+    def release(self, *, ended_ok: bool = False) -> None:
+        """Drop this part's lease; the last part deletes the lock. Never removes another run's.
+        A shard that `ended_ok` keeps its lease (not renewed any more): the run goes on with
+        the coordinator, which deletes the lock."""
         self._stop.set()
+        if ended_ok and self.shared and not self.coordinator:
+            return
+        with _HERE_MUTEX:
+            _HERE.pop((_where(self.store), self.run_id, self.fleet), None)
         with self._mutex:
             if self._etag is not None and self._alone:
                 try:  # the common case: nobody touched it since our last write
                     self.store.delete(self.name, if_match=self._etag)
-                    self._etag = None
+                    self._wrote(None, None)
                     return
                 except Precondition:
                     pass
