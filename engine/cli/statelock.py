@@ -36,7 +36,10 @@ def cmd_shared_lock(ns: argparse.Namespace, loaded: Any) -> int:
             continue
         if live and ns.action == "release" and not ns.force:
             kept += 1
-            sys.stdout.write(f"{name}: kept: {describe(rec, now)} is still renewing its lease (use break)\n")
+            sys.stdout.write(
+                f"{name}: kept: {describe(rec, now)} has a live lease (a part that runs, or a shard that "
+                f"ended ok and waits for its coordinator; use break)\n"
+            )
             continue
         was = break_lock(store, name)
         sys.stdout.write(f"{name}: broken (was {describe(was, now) if was else 'free'})\n")

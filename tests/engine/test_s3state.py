@@ -261,7 +261,7 @@ def test_lock_status_and_break_from_the_command_line(store, tmp_path, capsys):
     assert main(["lock", "status", *argv]) == 0
     assert "web: held by" in capsys.readouterr().out
     assert main(["lock", "release", *argv]) == 1  # a live lease is kept without break
-    assert "still renewing its lease" in capsys.readouterr().out
+    assert "has a live lease" in capsys.readouterr().out
     assert main(["lock", "break", *argv]) == 0
     assert "web: broken (was " in capsys.readouterr().out and lock_status(store, "web") is None
 
