@@ -29,7 +29,7 @@ def cmd_shared_lock(ns: argparse.Namespace, loaded: Any) -> int:
             sys.stdout.write(f"{name}: free\n")
             continue
         now = time.time()
-        live = live_leases(rec, now)
+        live = live_leases(rec, now, store=store, fleet=name)  # a sharded run's: in its parts' journals
         if ns.action == "status":
             state = f"{len(live)} live lease(s)" if live else "every lease expired"
             sys.stdout.write(f"{name}: held by {describe(rec, now)}; {state}\n")

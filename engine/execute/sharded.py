@@ -37,38 +37,29 @@ def open_history(options: RunOptions) -> Any:
 
 def shared_locks(playbook: Playbook, fleet_hosts: Mapping[str, list[str]], options: RunOptions) -> list[Any]:
     """Take the deploy lock of every locked fleet with hosts in the shared backend (the parts of
-    one sharded run share them); returns them, to release at the end of the run."""
+    one sharded run share them, each part with its lease in its journal); returns what to
+    release at the end of the run."""
     from engine.record.state import open_store, state_url
-    from engine.record.state.s3history import newest_lock_version
-    from engine.record.state.s3lock import S3Lock
+    from engine.record.state.s3lock import hold
 
     url = state_url(options.state)
     assert url is not None
-    store = open_store(url)
-    run_id, _, part = options.run_id.partition(".") if options.shard is not None else (options.run_id, "", "")
-    taken: list[Any] = []
-    try:
-        for name, fleet in playbook.fleets.items():
-            coordinator = options.shard is not None and options.shard.coordinator
-            if not fleet.lock or not (fleet_hosts.get(name) or coordinator):  # the coordinator locks them all
-                continue
-            version = newest_lock_version(store, run_id, name) if coordinator else None
-            lock = S3Lock(
-                store,
-                name,
-                run_id=run_id,
-                part=part or "run",
-                playbook=playbook.path,
-                coordinator=coordinator,
-                version=version,
-            )
-            lock.acquire()
-            taken.append(lock)
-    except BaseException:
-        for lock in taken:
-            lock.release()
-        raise
-    return taken
+    shard = options.shard
+    run_id, _, part = options.run_id.partition(".") if shard is not None else (options.run_id, "", "")
+    coordinator = shard is not None and shard.coordinator
+    fleets = [
+        name
+        for name, fleet in playbook.fleets.items()
+        if fleet.lock and (fleet_hosts.get(name) or coordinator)  # the coordinator locks them all
+    ]
+    return hold(
+        open_store(url),
+        fleets,
+        run_id=run_id,
+        part=part or "run",
+        playbook=playbook.path,
+        total=shard.total if shard is not None else 0,
+    )
 
 
 def shared_run_id(given: str | None, env: Mapping[str, str] | None = None) -> str:

@@ -11,7 +11,7 @@ from engine.errors import LockHeld
 from engine.model.results import Status, StepResult
 from engine.record.state import open_history, state_url
 from engine.record.state.budget import SharedBudget
-from engine.record.state.s3lock import S3Lock, break_lock, lock_status
+from engine.record.state.s3lock import S3Lock, break_lock, hold, lock_status
 from engine.record.state.s3store import S3Store, StateError, parse_state_url
 from engine.secrets import Scrubber, Secret
 
@@ -35,21 +35,33 @@ def test_state_urls():
         state_url("s3://b/p?endpoint=x")
 
 
+def _part(store, run, part, *, total=2, ttl=None):
+    """One part of a sharded run takes its lock as its process does (`hold`): [lease, lock]."""
+    return hold(store, ["web"], run_id=run, part=part, playbook="pb.yml", total=total, ttl=ttl)
+
+
+def _release(taken, *, ended_ok):
+    for held in taken:
+        held.release(ended_ok=ended_ok)
+
+
 def test_a_lost_race_names_the_holder_and_the_same_run_shares_the_lock(store, monkeypatch):
     monkeypatch.setenv("CI_JOB_URL", "https://gitlab.example.com/ops/deploy/-/jobs/42")
-    first = S3Lock(store, "web", run_id="r1", part="s1of2", playbook="pb.yml")
-    first.acquire()
-    sibling = S3Lock(store, "web", run_id="r1", part="s2of2", playbook="pb.yml")
-    sibling.acquire()  # the other shard of the same run joins
+    first = _part(store, "r1", "s1of2")
+    sibling = _part(store, "r1", "s2of2")  # the other shard of the same run joins
     with pytest.raises(LockHeld) as exc:
         S3Lock(store, "web", run_id="r2", part="run", playbook="other.yml").acquire()
     said = str(exc.value)
     assert "run r1" in said and "since 20" in said and "runner https://gitlab.example.com/ops/deploy/-/jobs/42" in said
     with pytest.raises(LockHeld, match="part s1of2 of run r1 is already running"):
-        S3Lock(store, "web", run_id="r1", part="s1of2", playbook="pb.yml").acquire()
-    first.release()
-    assert lock_status(store, "web") is not None  # the sibling still holds it
-    sibling.release()
+        _part(store, "r1", "s1of2")
+    _release(first, ended_ok=False)  # a failed shard: its resume starts at once
+    again = _part(store, "r1", "s1of2")
+    _release(again, ended_ok=True)
+    _release(sibling, ended_ok=True)
+    with pytest.raises(LockHeld, match="run r1"):  # the run holds it until its coordinator ends it
+        S3Lock(store, "web", run_id="r2", part="run", playbook="other.yml").acquire()
+    _release(_part(store, "r1", "coord"), ended_ok=True)
     assert lock_status(store, "web") is None
 
 
@@ -348,61 +360,153 @@ def test_a_shard_whose_journal_cannot_be_written_records_its_end_in_the_index(st
 
 
 def test_a_sharded_run_holds_its_lock_from_the_first_shard_to_the_end_of_its_coordinator(store):
-    def counted(fn) -> int:
-        before = store.by_kind.get("locks", 0)
+    def counted(fn) -> tuple[int, int]:
+        before = dict(store.by_kind)
         fn()
-        return store.by_kind.get("locks", 0) - before
+        return tuple(store.by_kind.get(k, 0) - before.get(k, 0) for k in ("locks", "journal"))
 
     store.self_test()
-    shards = [S3Lock(store, "web", run_id="r1", part=f"s{i}of2", playbook="pb.yml") for i in (1, 2)]
-    spent = [counted(s.acquire) for s in shards]
-    spent = [n + counted(lambda s=s: s.release(ended_ok=True)) for n, s in zip(spent, shards)]
-    assert spent == [2, 2]  # a read and a write to join; nothing to leave
+    shards: list = []
+    spent = [counted(lambda i=i: shards.append(_part(store, "r1", f"s{i}of2"))) for i in (1, 2)]
+    assert spent == [(1, 1), (2, 1)]  # the lock: a create, or a create that finds it and a read
+    # ...and the journal: the claim (a part reads its journal at its start anyway)
+    assert [counted(lambda t=t: _release(t, ended_ok=True)) for t in shards] == [(0, 0), (0, 0)]
     with pytest.raises(LockHeld, match="run r1"):  # no other run between the shards and the coordinator
         S3Lock(store, "web", run_id="r2", part="run", playbook="pb.yml").acquire()
-    coord = S3Lock(store, "web", run_id="r1", part="coord", playbook="pb.yml", coordinator=True)
-    assert counted(coord.acquire) == 2
+    coord: list = []
+    assert counted(lambda: coord.append(_part(store, "r1", "coord"))) == (1, 1)  # it reads the lock
     with pytest.raises(LockHeld, match="part coord of run r1 is already running"):
-        S3Lock(store, "web", run_id="r1", part="coord", playbook="pb.yml", coordinator=True).acquire()
-    assert counted(lambda: coord.release(ended_ok=True)) == 1  # the end of the run: the lock goes
+        _part(store, "r1", "coord")
+    assert counted(lambda: _release(coord[0], ended_ok=True)) == (1, 0)  # the end of the run: the lock goes
     assert lock_status(store, "web") is None
 
 
-def test_a_shard_that_fails_gives_its_lease_back_at_once_for_its_resume(store):
-    shard = S3Lock(store, "web", run_id="r1", part="s1of2", playbook="pb.yml")
-    shard.acquire()
-    shard.release(ended_ok=False)
-    assert lock_status(store, "web") is None  # it was the only part in it
-    again = S3Lock(store, "web", run_id="r1", part="s1of2", playbook="pb.yml")
-    again.acquire()  # the resume
-    again.release()
-
-
-def test_the_coordinator_joins_on_the_lock_version_its_shards_recorded_in_one_request(store):
-    from engine.record.state.s3history import newest_lock_version
-
+def test_parts_starting_together_pay_at_most_two_lock_requests_each_and_one_copy_of_each_runs(store):
+    """Four shards and a copy of each start at one instant, each process with its own store."""
     store.self_test()
-    for i in (1, 2):  # each shard as its process does it: history start, lock, history end, lock kept
-        part = f"r1.s{i}of2"
-        hist = open_history(_url(store), "")
-        hist.start_run(run_id=part, playbook="pb.yml", name="pb", mode="run", release_id="REL")
-        lock = S3Lock(store, "web", run_id="r1", part=f"s{i}of2", playbook="pb.yml")
-        lock.acquire()
-        hist.finish_run(part, 0, "ok")
-        hist.close()
-        lock.release(ended_ok=True)
-    reader = open_history(_url(store), "")
-    assert {r.status for r in reader.runs("pb")} == {"ok"}  # what the coordinator checks first
-    version = newest_lock_version(store, "r1", "web")
-    assert version is not None and set(version["record"]["holders"]) == {"s1of2", "s2of2"}
-    before = store.by_kind.get("locks", 0)
-    coord = S3Lock(store, "web", run_id="r1", part="coord", playbook="pb.yml", coordinator=True, version=version)
-    coord.acquire()
-    assert store.by_kind["locks"] - before == 1  # one conditional write, no read
-    assert set(lock_status(store, "web")["holders"]) == {"coord"}
-    # a second coordinator guessing the same version loses its write, reads, and is refused
-    with pytest.raises(LockHeld, match="part coord of run r1 is already running"):
-        S3Lock(store, "web", run_id="r1", part="coord", playbook="pb.yml", coordinator=True, version=version).acquire()
-    before = store.by_kind["locks"]
-    coord.release(ended_ok=True)
-    assert store.by_kind["locks"] - before == 1 and lock_status(store, "web") is None
+    url = parse_state_url(_url(store))
+    names = [f"s{i}of4" for i in range(1, 5)] * 2
+    start = threading.Barrier(len(names))
+    won: dict[str, list] = {}
+    lost: list[str] = []
+    spent: list[int] = []
+    mutex = threading.Lock()
+
+    def take(name):
+        own = S3Store(url)
+        own.self_test()
+        start.wait()
+        try:
+            taken = _part(own, "r1", name, total=4)
+            with mutex:
+                won.setdefault(name, []).append(taken)
+        except LockHeld as exc:
+            assert "is already running" in str(exc)
+            with mutex:
+                lost.append(name)
+        with mutex:
+            spent.append(own.by_kind.get("locks", 0))
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won) == sorted(set(names)) and all(len(w) == 1 for w in won.values())
+    assert sorted(lost) == sorted(set(names))
+    assert max(spent) <= 2 and spent.count(1) == 1  # one created the lock, every other part read it
+    for [taken] in won.values():
+        _release(taken, ended_ok=True)
+    _release(_part(store, "r1", "coord", total=4), ended_ok=True)
+    assert lock_status(store, "web") is None
+
+
+def test_a_dead_sharded_runs_lock_is_taken_over_only_after_its_parts_are_fenced(store):
+    from engine.record.state.s3lease import PartLease
+
+    dead = _part(store, "r1", "s1of2", ttl=-1)  # its lock's own lease is over at once
+    _release(dead, ended_ok=False)  # ...and its part's lease is gone: the run is dead
+    late = S3Lock(store, "web", run_id="r1", part="s2of2", playbook="pb.yml", parts=("s1of2", "s2of2", "coord"))
+    late.acquire()  # a shard of the dead run reads the lock: it is its run's...
+    taker = S3Lock(store, "web", run_id="r2", part="run", playbook="pb.yml")
+    taker.acquire()  # ...and r2 takes it over before that shard claims its lease
+    assert lock_status(store, "web")["run_id"] == "r2"
+    with pytest.raises(LockHeld, match="run r1 lost it"):  # the late shard cannot deploy beside r2
+        PartLease(store, "r1.s2of2", {"web": late.token}, ttl=60).claim()
+    taker.release()
+
+
+def test_a_sharded_run_with_a_live_part_is_not_taken_over(store):
+    first = _part(store, "r1", "s1of2", ttl=-1)  # the lock's own lease is over, the part's is not
+    first[0].ttl = 600
+    first[0].renew(force=True)
+    with pytest.raises(LockHeld, match=r"run r1.*part s1of2 has a live lease"):
+        S3Lock(store, "web", run_id="r2", part="run", playbook="pb.yml").acquire()
+    assert lock_status(store, "web")["run_id"] == "r1"
+    _release(_part(store, "r1", "s2of2"), ended_ok=True)  # r2 fenced none of r1's parts
+    _release(first, ended_ok=True)
+    _release(_part(store, "r1", "coord"), ended_ok=True)
+
+
+def test_a_take_over_that_meets_a_part_claiming_meanwhile_withdraws_its_fences(store, monkeypatch):
+    from engine.record.state import s3lease
+
+    dead = _part(store, "r1", "s1of2", ttl=-1)
+    _release(dead, ended_ok=False)  # the lock's and the part's leases are over: r1 looks dead
+    real = s3lease.fence
+
+    def fence(st, run, part, fleet, token, *, held):
+        if part == "s2of2":  # r2 has fenced coord and s1of2 when the late shard claims its lease
+            _part(store, "r1", "s2of2")
+        return real(st, run, part, fleet, token, held=held)
+
+    monkeypatch.setattr("engine.record.state.s3lock.fence", fence)
+    with pytest.raises(LockHeld, match=r"run r1.*part s2of2 has a live lease"):
+        S3Lock(store, "web", run_id="r2", part="run", playbook="pb.yml").acquire()
+    monkeypatch.undo()
+    assert lock_status(store, "web")["run_id"] == "r1"
+    assert not any(store.get(f"history/runs/r1.{p}.json")[0].get("fenced") for p in ("coord", "s1of2", "s2of2"))
+    _release(_part(store, "r1", "s1of2"), ended_ok=True)  # its resume and its coordinator still join
+    _release(_part(store, "r1", "coord"), ended_ok=True)
+
+
+def test_a_parts_lease_is_renewed_in_its_journal_and_lost_when_someone_else_writes_it(store):
+    [lease, _lock] = _part(store, "r1", "s1of2", ttl=600)
+    first = store.get("history/runs/r1.s1of2.json")[0]["lease"]["expires"]
+    lease.renew(force=True)
+    doc, _etag = store.get("history/runs/r1.s1of2.json")
+    assert doc["lease"]["expires"] > first and doc["results"] == []
+    store.put("history/runs/r1.s1of2.json", {"results": [], "fenced": ["x"]})  # another process wrote it
+    with pytest.raises(StateError, match="lost its lease"):
+        lease.write({"results": []})
+    lease.release(ended_ok=False)
+
+
+def test_lock_status_and_release_read_a_sharded_runs_leases_in_its_journals(store, tmp_path, capsys):
+    from engine.cli import main
+
+    (tmp_path / "inv.yml").write_text("hosts: {web1: {connection: local}}\ngroups: {web: {hosts: [web1]}}\n")
+    (tmp_path / "pb.yml").write_text(
+        "fleets: {web: {hosts: web}}\nsteps:\n  - {id: s, module: command, fleet: web, args: {argv: ['true']}}\n"
+    )
+    argv = [str(tmp_path / "pb.yml"), "-i", str(tmp_path / "inv.yml"), "--state", _url(store)]
+    part = _part(store, "r1", "s1of2", ttl=-1)  # the lock's own lease is over at once
+    part[0].ttl = 600
+    part[0].renew(force=True)  # the part's is not
+    assert main(["lock", "status", *argv]) == 0
+    assert "held by" in (out := capsys.readouterr().out) and "1 live lease(s)" in out
+    assert main(["lock", "release", *argv]) == 1 and "has a live lease" in capsys.readouterr().out
+    _release(part, ended_ok=False)  # it failed: no lease is left
+    assert main(["lock", "status", *argv]) == 0 and "every lease expired" in capsys.readouterr().out
+    assert main(["lock", "release", *argv]) == 0 and "broken (was " in capsys.readouterr().out
+    assert lock_status(store, "web") is None
+
+
+def test_a_killed_part_resumes_at_once_after_lock_break(store):
+    killed = _part(store, "r1", "s1of2")  # SIGKILLed: its lease stays in its journal
+    with pytest.raises(LockHeld, match="part s1of2 of run r1 is already running"):
+        _part(store, "r1", "s1of2")
+    break_lock(store, "web")  # the leases name the broken lock's token: they hold nothing now
+    resumed = _part(store, "r1", "s1of2")
+    assert resumed[1].token != killed[1].token
+    _release(resumed, ended_ok=True)

@@ -3,7 +3,8 @@
     history/index.json              every run's record (what `playbook history` lists), changed
                                     only by compare-and-swap (If-Match on the version read)
     history/runs/<run id>.json      the run's journal: each (step, host) result as it finished,
-                                    `{"results": [...], "end": {...}}`
+                                    `{"results": [...], "end": {...}}`; a part of a sharded
+                                    run keeps its deploy-lock lease there too (s3lease.py)
 
 `S3History` has the methods of the SQLite `History` (engine/record/history.py), so the recorder,
 `--resume`, the coordinator, rollback and `playbook history` use either. Results pass the same
@@ -11,6 +12,9 @@ secret scrubber before they are written. The journal is written by one backgroun
 always sends everything recorded so far (group commit: at most one request in flight, none
 while nothing changed), so a killed run loses at most the results of its last moment, which a
 resume then redoes; `close()` writes the rest.
+
+A part of a sharded run that holds a lease (`s3lease.PartLease`) writes its journal through
+it: the lease rides on each write, and the claim at its start read or created the journal.
 
 A run costs one index update at the start (read + CAS write) and one at the end (a CAS write on
 the version its start wrote). The shards of a sharded run all end at about the same time, and
@@ -35,9 +39,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from engine.record.history import RunRecord, result_row
+from engine.record.state.s3lease import claimed, journal_name
 from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
-__all__ = ["S3History", "newest_lock_version"]
+__all__ = ["S3History"]
 
 INDEX = "history/index.json"
 _RETRIES = 30
@@ -153,8 +158,12 @@ class S3History:
         }
         self._change(run_id, lambda _old: rec)
         # a resumed part keeps what it recorded; an end it recorded before belongs to its
-        # earlier start (`started` differs) and no longer counts
-        rows, _old_end = self._journal(run_id)
+        # earlier start (`started` differs) and no longer counts. A part that claimed its lease
+        # read or created its journal doing so
+        lease = claimed(self.store, run_id)
+        rows = [dict(r) for r in lease.doc.get("results") or [] if isinstance(r, dict)] if lease else None
+        if rows is None:
+            rows, _old_end = self._journal(run_id)
         with self._cond:
             self._started[run_id] = started
             self._journals[run_id] = rows
@@ -165,11 +174,8 @@ class S3History:
     def finish_run(self, run_id: str, exit_code: int, status: str) -> None:
         end = {"finished": time.time(), "exit_code": exit_code, "status": status}
         if status == "ok" and _SHARD_PART.search(run_id) and run_id in self._started:
-            from engine.record.state.s3lock import held_versions
-
-            locks = held_versions(self.store, _SHARD_PART.sub("", run_id))  # for the coordinator's join
             with self._cond:
-                self._end[run_id] = {**end, "started": self._started[run_id], "locks": locks}
+                self._end[run_id] = {**end, "started": self._started[run_id]}
                 self._ensure_writer()
                 self._cond.notify_all()
             self._flush()
@@ -188,7 +194,7 @@ class S3History:
 
     @staticmethod
     def _journal_name(run_id: str) -> str:
-        return f"history/runs/{run_id}.json"
+        return journal_name(run_id)
 
     def add_result(self, run_id: str, result: Any, scrub: Any = None) -> None:
         row = result_row(result, scrub)
@@ -218,7 +224,11 @@ class S3History:
             for run_id, (rows, end) in batch.items():
                 doc: dict[str, Any] = {"results": rows, **({"end": end} if end else {})}
                 try:
-                    self.store.put(self._journal_name(run_id), doc)
+                    lease = claimed(self.store, run_id)  # a part's lease rides on its journal writes
+                    if lease is not None:
+                        lease.write(doc)
+                    else:
+                        self.store.put(self._journal_name(run_id), doc)
                 except Exception as exc:  # reported by close(); the next burst tries again
                     self._error = exc
                     if end:  # finish_run waits for this: it goes into the index instead
@@ -336,14 +346,3 @@ def _ended(raw: dict[str, Any], end: dict[str, Any] | None) -> dict[str, Any]:
     if end is None or raw.get("status") != "running" or end.get("started") != raw.get("started"):
         return raw
     return {**raw, **{k: end[k] for k in ("finished", "exit_code", "status") if k in end}}
-
-
-def newest_lock_version(store: S3Store, run_id: str, fleet: str) -> dict[str, Any] | None:
-    """The newest version of `fleet`'s lock that a shard of run `run_id` recorded at its end, among
-    the journals this process has read (`engine/record/state/s3lock.py`, `held_versions`)."""
-    ident = (store.url.endpoint_url, store.url.bucket, store.url.prefix)
-    with _SHARED:
-        ends = [e for r, e in _ENDS.get(ident, {}).items() if r.startswith(f"{run_id}.s")]
-    found = [e["locks"][fleet] for e in ends if isinstance(e.get("locks"), dict) and fleet in e["locks"]]
-    found = [v for v in found if isinstance(v, dict) and v.get("etag") and isinstance(v.get("record"), dict)]
-    return max(found, key=lambda v: float(v.get("at") or 0), default=None)

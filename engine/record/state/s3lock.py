@@ -1,21 +1,24 @@
 """Deploy locks in the shared state backend: one object per fleet, `locks/<fleet>.json`.
 
-Taken with `If-None-Match: *` (exactly one of two racing runs creates it), changed only with
+Taken with `If-None-Match: *` (exactly one of two racing runs creates it), replaced only with
 `If-Match` on the version read. The record names the holder (user, run id, playbook, pid and
-machine, the CI runner or job, since when) and holds a lease per part of the run
-(`holders: {part: expires}`), each renewed every `ttl / 3` seconds while its part lives. A run
-that dies without releasing (SIGKILL, a lost runner) leaves leases that expire after `ttl`
-seconds (default 120, `PLAYBOOK_LOCK_TTL`); an expired lock is taken over by the next run.
+machine, the CI runner or job, since when) and a `token` naming this instance of the lock.
+A run that dies without releasing (SIGKILL, a lost runner) leaves leases that expire after
+`ttl` seconds (default 120, `PLAYBOOK_LOCK_TTL`); an expired lock is taken over by the next run.
 `break_lock` removes a lock whoever holds it (`playbook lock break`).
 
+An unsharded run keeps its lease in the lock record (`holders: {"run": lease}`), renewed every
+`ttl / 3` seconds: it creates the lock and deletes it, two requests.
+
 A sharded run holds the lock from its first shard to the end of its coordinator, so no other run
-deploys between the shards and the steps that run once. A shard joins (a read and a conditional
-write: its lease); one that ends ok leaves its lease in place, no longer renewed, and sends
-nothing; one that fails or is interrupted takes its lease out at once (its resume can start
-right away; the last part out deletes the lock). The coordinator, which runs only once every
-shard ended ok, joins by replacing the shards' leases with its own and deletes the lock at its
-end. An unsharded run creates the lock and deletes it: two requests. A shard: two. The
-coordinator: three. Without a coordinator, the lock lapses `ttl` after the last shard ended.
+deploys between the shards and the steps that run once. The record says `sharded`, lists the
+run's parts, and carries a first lease of its own (`expires`, one TTL after it was made); each
+part's lease lives in that part's journal (engine/record/state/s3lease.py), so joining parts
+only read the lock. A shard: a create (`If-None-Match: *`), and when a sibling made it first, a
+read: at most two requests, whatever the others do. The coordinator: a read, and the delete at
+the end of the run. A lock of a sharded run is alive while its own lease or a part's lease under
+its token is; another run takes a dead one over only after fencing each of its parts
+(`s3lease.fence`). Without a coordinator, the lock lapses a TTL after the last shard ended.
 """
 
 from __future__ import annotations
@@ -28,55 +31,27 @@ import re
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 from engine.errors import LockHeld
+from engine.record.state.s3lease import fence, journal_name, lease_of, runner_name, unfence
 from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
 __all__ = [
     "S3Lock",
+    "hold",
     "lock_status",
     "live_leases",
     "break_lock",
     "runner_name",
     "describe",
-    "held_versions",
     "DEFAULT_TTL",
 ]
 
 DEFAULT_TTL = 120.0
 _RETRIES = 20
 _KEEP: Any = object()  # a change that leaves the record as it is
-# the locks this process holds, by (store, run id, fleet): what a shard's journal end records of them
-_HERE: dict[tuple[Any, ...], S3Lock] = {}
-_HERE_MUTEX = threading.Lock()
-
-
-def held_versions(store: S3Store, run_id: str) -> dict[str, dict[str, Any]]:
-    """The version of each fleet's lock of run `run_id` this process wrote last: `{fleet:
-    {"etag", "record", "at"}}`. A shard's journal end carries it; the coordinator, which reads
-    those journals, joins with one conditional write on the newest instead of reading the lock."""
-    with _HERE_MUTEX:
-        locks = [lock for (where, run, _), lock in _HERE.items() if (where, run) == (_where(store), run_id)]
-    out = {}
-    for lock in locks:
-        with lock._mutex:
-            if lock._etag is not None and lock._record is not None:
-                out[lock.fleet] = {"etag": lock._etag, "record": copy.deepcopy(lock._record), "at": lock._written_at}
-    return out
-
-
-def _where(store: S3Store) -> tuple[Any, ...]:
-    return (store.url.endpoint_url, store.url.bucket, store.url.prefix)
-
-
-def runner_name() -> str:
-    """Which CI runner or job this is: GitLab's job URL or runner, a Kubernetes pod, or the host."""
-    env = os.environ
-    for key in ("CI_JOB_URL", "CI_RUNNER_DESCRIPTION", "HOSTNAME"):
-        if env.get(key):
-            return env[key]
-    return socket.gethostname()
 
 
 def _user() -> str:
@@ -111,8 +86,9 @@ def describe(rec: dict[str, Any], now: float | None = None) -> str:
 
 
 class S3Lock:
-    """The deploy lock of one fleet for one part of a run. `acquire()`, then `release()`;
-    a daemon thread renews the lease in between."""
+    """The deploy lock of one fleet for one part of a run. `acquire()`, then `release()`; for
+    an unsharded run a daemon thread renews the lease in between (a part of a sharded run
+    holds its lease in its journal: `s3lease.PartLease`)."""
 
     def __init__(
         self,
@@ -124,7 +100,7 @@ class S3Lock:
         playbook: str,
         ttl: float | None = None,
         coordinator: bool = False,
-        version: dict[str, Any] | None = None,
+        parts: tuple[str, ...] = (),
     ) -> None:
         self.store = store
         self.fleet = fleet
@@ -133,28 +109,35 @@ class S3Lock:
         self.part = part
         self.playbook = playbook
         self.ttl = ttl if ttl is not None else float(os.environ.get("PLAYBOOK_LOCK_TTL", DEFAULT_TTL))
+        self.token = ""  # the token of the lock instance held (a part's lease names it)
         self._etag: str | None = None
-        self._record: dict[str, Any] | None = None  # what our last write stored (its ETag: _etag)
-        self._written_at = 0.0
-        self._version = version  # a version of the lock its shards wrote last (`held_versions`)
+        self._record: dict[str, Any] | None = None  # what our last write stored, or the record joined
+        self._read_etag: str | None = None
         self._alone = False  # our last write held only our lease: release is one conditional delete
         self.shared = part != "run"  # a part of a sharded run shares the lock with its siblings
         self.coordinator = coordinator  # the run's last part: every shard ended ok before it
+        self.parts = tuple(parts) or (part,)  # the parts of the run that may join (fenced on a take-over)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
 
     def _fresh(self) -> dict[str, Any]:
-        return {
+        now = time.time()
+        rec: dict[str, Any] = {
             "run_id": self.run_id,
             "owner": _user(),
             "playbook": self.playbook,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "runner": runner_name(),
-            "since": time.time(),
-            "holders": {self.part: self._lease()},
+            "since": now,
+            "token": uuid.uuid4().hex,
         }
+        if self.shared:  # the parts' leases are in their journals; this one covers the first moments
+            rec.update(sharded=True, parts=sorted(set(self.parts)), expires=now + self.ttl)
+        else:
+            rec["holders"] = {self.part: self._lease()}
+        return rec
 
     def _lease(self) -> dict[str, Any]:
         return {
@@ -168,58 +151,122 @@ class S3Lock:
         """Take the lock (or join this run's), or raise `LockHeld` naming the holder."""
         self.store.self_test()
         with self._mutex:
-            if self.shared:  # its siblings may hold it already: read first (2 requests either way)
-                known = self._version
-                first = (known["record"], known["etag"]) if known and known.get("etag") else None
-                self._update(self._join, first=first)  # the coordinator: one write on its shards' version
-            else:
-                try:
-                    self._wrote(self.store.put(self.name, fresh := self._fresh(), if_absent=True), fresh)
-                    self._alone = True
-                except Precondition:
-                    self._update(self._join)
-        with _HERE_MUTEX:
-            _HERE[(_where(self.store), self.run_id, self.fleet)] = self
+            if self.shared:
+                self._acquire_shared()
+                return
+            try:
+                self._wrote(self.store.put(self.name, fresh := self._fresh(), if_absent=True), fresh)
+                self._alone = True
+            except Precondition:
+                self._update(self._join)
         self._thread = threading.Thread(target=self._renew_loop, name=f"playbook-lease-{self.fleet}", daemon=True)
         self._thread.start()
+
+    def _acquire_shared(self) -> None:
+        """A shard tries to create the lock, and reads it when a sibling was first; the
+        coordinator, which comes last, reads first. Joining the run's lock writes nothing."""
+        got = self.store.get(self.name) if self.coordinator else None
+        for attempt in range(_RETRIES):
+            if got is None:
+                try:
+                    self._wrote(self.store.put(self.name, fresh := self._fresh(), if_absent=True), fresh)
+                    return
+                except Precondition:
+                    got = self.store.get(self.name)
+                    if got is None:
+                        continue
+            rec, etag = got
+            if rec.get("run_id") == self.run_id:
+                if "run" in (rec.get("holders") or {}):
+                    raise self._held(rec, time.time())  # an unsharded run with this run id
+                self._wrote(etag, rec)
+                return
+            self._take_over(rec, etag)
+            try:
+                self._wrote(self.store.put(self.name, fresh := self._fresh(), if_match=etag), fresh)
+                return
+            except Precondition:
+                backoff(attempt)
+                got = self.store.get(self.name)
+        raise StateError(
+            f"deploy lock {self.store.where(self.name)}: too much contention (gave up after {_RETRIES} tries)"
+        )
+
+    def _held(self, rec: dict[str, Any], now: float, lease: dict[str, Any] | None = None) -> LockHeld:
+        part = f" (part {lease.get('part')} has a live lease)" if lease and lease.get("part") else ""
+        return LockHeld(
+            f"deploy lock {self.store.where(self.name)} (fleet '{self.fleet}') is held by {describe(rec, now)}{part}; "
+            f"wait for it to finish, or break a stale lock with 'playbook lock break'",
+            path=self.fleet,
+        )
+
+    def _take_over(self, rec: dict[str, Any], etag: str | None) -> None:
+        """Another run's lock: raise `LockHeld` unless it is dead. The parts of a dead sharded
+        run are fenced first, so none that joined it just now can still start."""
+        now = time.time()
+        if not rec.get("sharded"):
+            if _live(rec, now):
+                raise self._held(rec, now)
+            return
+        if float(rec.get("expires", 0) or 0) > now:
+            raise self._held(rec, now)
+        run, token = str(rec.get("run_id", "")), str(rec.get("token", ""))
+        parts = sorted(_parts(self.store, rec))
+        for part in parts:  # a look first, so a live run is refused without a fence written
+            got = self.store.get(journal_name(f"{run}.{part}"))
+            lease = lease_of(got[0] if got else None, self.fleet, token, now)
+            if lease is not None:
+                raise self._held(rec, now, {**lease, "part": part})
+        fenced: list[str] = []
+        try:
+            for part in parts:
+                fence(
+                    self.store,
+                    run,
+                    part,
+                    self.fleet,
+                    token,
+                    held=lambda lease, p=part: self._held(rec, now, {**lease, "part": p}),
+                )
+                fenced.append(part)
+        except LockHeld:  # a part claimed its lease meanwhile: the run is alive after all
+            for part in fenced:
+                unfence(self.store, run, part, token)
+            raise
 
     def _join(self, rec: dict[str, Any] | None) -> dict[str, Any] | None:
         now = time.time()
         if rec is None:
             return self._fresh()
         live = _live(rec, now)
-        if rec.get("run_id") == self.run_id and self.part not in live:
-            # the coordinator ends the run: the shards' leases (they ended ok) make way for its own
-            rec["holders"] = {self.part: self._lease()} if self.coordinator else {**live, self.part: self._lease()}
+        if rec.get("run_id") == self.run_id and not rec.get("sharded") and self.part not in live:
+            rec["holders"] = {**live, self.part: self._lease()}
             return rec
-        if rec.get("run_id") == self.run_id:
+        if rec.get("run_id") == self.run_id and not rec.get("sharded"):
             lease = live[self.part]
             raise LockHeld(
                 f"deploy lock {self.store.where(self.name)} (fleet '{self.fleet}'): part {self.part} of run "
                 f"{self.run_id} is already running (pid {lease.get('pid')} on {lease.get('host')}, runner "
-                f"{lease.get('runner')}, lease for {_age(float(lease.get('expires', now)) - now)} more; a shard that "
-                f"ended ok keeps its lease until the coordinator ends the run); if it died, "
+                f"{lease.get('runner')}, lease for {_age(float(lease.get('expires', now)) - now)} more); if it died, "
                 f"break the lock with 'playbook lock break' or wait for the lease to end",
                 path=self.fleet,
             )
-        if not live:  # every lease expired: its holder is gone
-            return self._fresh()
-        raise LockHeld(
-            f"deploy lock {self.store.where(self.name)} (fleet '{self.fleet}') is held by {describe(rec, now)}; "
-            f"wait for it to finish, or break a stale lock with 'playbook lock break'",
-            path=self.fleet,
-        )
+        if rec.get("run_id") == self.run_id:
+            raise self._held(rec, now)
+        self._take_over(rec, self._read_etag)
+        return self._fresh()
 
     def _wrote(self, etag: str | None, record: dict[str, Any] | None) -> None:
-        self._etag, self._record, self._written_at = etag, record, time.time()
+        self._etag, self._record = etag, record
+        self.token = str(record.get("token", "")) if record else ""
 
-    def _update(self, change: Any, *, first: tuple[dict[str, Any], str] | None = None) -> None:
-        """Read, change, write back with If-Match (create with If-None-Match); retried on a lost
-        race. `first`: a version (record, ETag) to try the first write on without reading."""
+    def _update(self, change: Any) -> None:
+        """Read, change, write back with If-Match (create with If-None-Match); retried on a lost race."""
         for attempt in range(_RETRIES):
-            got = (copy.deepcopy(first[0]), first[1]) if first and attempt == 0 else self.store.get(self.name)
+            got = self.store.get(self.name)
             rec, etag = got if got is not None else (None, None)
-            new = change(rec)
+            self._read_etag = etag
+            new = change(copy.deepcopy(rec))
             if new is _KEEP:
                 return
             self._alone = new is not None and set(new.get("holders") or {}) == {self.part}
@@ -234,8 +281,7 @@ class S3Lock:
                     self._wrote(self.store.put(self.name, new, if_match=etag), new)
                 return
             except Precondition:
-                if not (first and attempt == 0):  # a guessed version that is gone: read at once
-                    backoff(attempt)
+                backoff(attempt)
         raise StateError(
             f"deploy lock {self.store.where(self.name)}: too much contention (gave up after {_RETRIES} tries)"
         )
@@ -249,7 +295,7 @@ class S3Lock:
 
     def renew(self) -> None:
         with self._mutex:
-            if self._stop.is_set():
+            if self._stop.is_set() or self.shared:
                 return
 
             def extend(rec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -263,14 +309,18 @@ class S3Lock:
 
     def release(self, *, ended_ok: bool = False) -> None:
         """Drop this part's lease; the last part deletes the lock. Never removes another run's.
-        A shard that `ended_ok` keeps its lease (not renewed any more): the run goes on with
-        the coordinator, which deletes the lock."""
+        A shard leaves the lock to its coordinator (its lease is in its journal); the coordinator
+        deletes it, which ends the run."""
         self._stop.set()
-        if ended_ok and self.shared and not self.coordinator:
-            return
-        with _HERE_MUTEX:
-            _HERE.pop((_where(self.store), self.run_id, self.fleet), None)
         with self._mutex:
+            if self.shared:
+                if self.coordinator and self._etag is not None:
+                    try:
+                        self.store.delete(self.name, if_match=self._etag)
+                    except Precondition:  # broken and taken since: not ours any more
+                        pass
+                    self._wrote(None, None)
+                return
             if self._etag is not None and self._alone:
                 try:  # the common case: nobody touched it since our last write
                     self.store.delete(self.name, if_match=self._etag)
@@ -291,6 +341,59 @@ class S3Lock:
             self._update(leave)
 
 
+def hold(
+    store: S3Store,
+    fleets: list[str],
+    *,
+    run_id: str,
+    part: str,
+    playbook: str,
+    total: int = 0,
+    ttl: float | None = None,
+) -> list[Any]:
+    """Take the locks of `fleets` for one part of run `run_id`: `run` (an unsharded run), a
+    shard `s<I>of<N>` (`total` N) or `coord`, and claim a sharded part's lease in its journal
+    (its copies running elsewhere are refused there). Returns what to `release(ended_ok=...)`
+    at the end, the lease first."""
+    from engine.record.state.s3lease import PartLease
+
+    parts = (*(f"s{i}of{total}" for i in range(1, total + 1)), "coord") if part != "run" else ()
+    taken: list[Any] = []
+    try:
+        for fleet in fleets:
+            lock = S3Lock(
+                store,
+                fleet,
+                run_id=run_id,
+                part=part,
+                playbook=playbook,
+                ttl=ttl,
+                coordinator=part == "coord",
+                parts=parts,
+            )
+            lock.acquire()
+            taken.append(lock)
+        if part != "run" and taken:
+            lease = PartLease(store, f"{run_id}.{part}", {lock.fleet: lock.token for lock in taken}, ttl=taken[0].ttl)
+            lease.claim()
+            taken.insert(0, lease)
+    except BaseException:
+        for lock in taken:
+            if isinstance(lock, S3Lock) and not lock.shared:  # a part leaves its run's lock to the run
+                lock.release()
+        raise
+    return taken
+
+
+def _parts(store: S3Store, rec: dict[str, Any]) -> set[str]:
+    """The parts of the sharded run `rec` names: those it lists and those with a journal."""
+    run = str(rec.get("run_id", ""))
+    prefix = journal_name(f"{run}.")[: -len(".json")]
+    found = {n[len(prefix) : -len(".json")] for n in store.list(prefix) if n.endswith(".json")}
+    listed = rec.get("parts")
+    return {p for p in found if p} | ({str(p) for p in listed} if isinstance(listed, list) else set())
+
+
 def _live(rec: dict[str, Any], now: float) -> dict[str, dict[str, Any]]:
     """The leases of `rec` that have not expired, by part."""
     found = rec.get("holders")
@@ -302,9 +405,25 @@ def _live(rec: dict[str, Any], now: float) -> dict[str, dict[str, Any]]:
     }
 
 
-def live_leases(rec: dict[str, Any], now: float | None = None) -> dict[str, dict[str, Any]]:
-    """The leases of a lock record that have not expired, by part."""
-    return _live(rec, time.time() if now is None else now)
+def live_leases(
+    rec: dict[str, Any], now: float | None = None, *, store: S3Store | None = None, fleet: str = ""
+) -> dict[str, dict[str, Any]]:
+    """The leases of a lock record that have not expired, by part; for a sharded run's lock
+    (given its `store` and `fleet`) the leases in its parts' journals under its token, and its
+    own first lease as `(lock)` while no part holds one."""
+    now = time.time() if now is None else now
+    if not rec.get("sharded") or store is None:
+        return _live(rec, now)
+    run, token = str(rec.get("run_id", "")), str(rec.get("token", ""))
+    out: dict[str, dict[str, Any]] = {}
+    for part in sorted(_parts(store, rec)):
+        got = store.get(journal_name(f"{run}.{part}"))
+        lease = lease_of(got[0] if got else None, fleet, token, now)
+        if lease is not None:
+            out[part] = lease
+    if not out and float(rec.get("expires", 0) or 0) > now:
+        out["(lock)"] = {"expires": rec["expires"]}
+    return out
 
 
 def lock_status(store: S3Store, fleet: str) -> dict[str, Any] | None:
@@ -313,7 +432,8 @@ def lock_status(store: S3Store, fleet: str) -> dict[str, Any] | None:
 
 
 def break_lock(store: S3Store, fleet: str) -> dict[str, Any] | None:
-    """Remove the fleet's lock whoever holds it; returns the record removed (None: it was free)."""
+    """Remove the fleet's lock whoever holds it; returns the record removed (None: it was free).
+    The leases its parts hold name its token, which no lock has any more: they hold nothing."""
     got = store.get(_name(fleet))
     if got is None:
         return None
