@@ -35,7 +35,7 @@ import uuid
 from typing import Any
 
 from engine.errors import LockHeld
-from engine.record.state.s3lease import fence, journal_name, lease_of, runner_name, unfence
+from engine.record.state.s3lease import PartLease, fence, journal_name, lease_of, runner_name, unfence
 from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
 __all__ = [
@@ -355,8 +355,6 @@ def hold(
     shard `s<I>of<N>` (`total` N) or `coord`, and claim a sharded part's lease in its journal
     (its copies running elsewhere are refused there). Returns what to `release(ended_ok=...)`
     at the end, the lease first."""
-    from engine.record.state.s3lease import PartLease
-
     parts = (*(f"s{i}of{total}" for i in range(1, total + 1)), "coord") if part != "run" else ()
     taken: list[Any] = []
     try:
