@@ -510,3 +510,80 @@ def test_a_killed_part_resumes_at_once_after_lock_break(store):
     resumed = _part(store, "r1", "s1of2")
     assert resumed[1].token != killed[1].token
     _release(resumed, ended_ok=True)
+
+
+def test_a_shard_whose_start_loses_its_write_to_a_sibling_records_it_in_its_journal(store, monkeypatch):
+    from engine.record.state import s3history
+
+    def part(name, *, own=False):
+        hist = open_history(_url(store), "")
+        if own:  # its own process: its own store and no memory of the index
+            hist.store = S3Store(parse_state_url(_url(store)))
+        s3history._KNOWN.clear()
+        return hist
+
+    a, b, c = part("a"), part("b", own=True), part("c")
+    a.start_run(run_id="r1.s1of3", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    s3history._KNOWN.clear()
+    real, raced = b.store.put, []
+
+    def put(name, value, **kw):
+        if name == "history/index.json" and not raced:  # a sibling writes between b's read and b's write
+            raced.append(1)
+            c.start_run(run_id="r1.s3of3", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+            s3history._KNOWN.clear()
+        return real(name, value, **kw)
+
+    monkeypatch.setattr(b.store, "put", put)
+    b.start_run(run_id="r1.s2of3", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    assert b.store.by_kind["index"] == 3  # read, the lost write, a read that finds its siblings there
+    assert "r1.s2of3" not in _raw_index(store)
+    reader = part("reader")
+    assert {r.run_id: r.status for r in reader.runs("pb")} == dict.fromkeys(
+        ("r1.s1of3", "r1.s2of3", "r1.s3of3"), "running"
+    )
+    assert reader.run("r1.s2of3").release_id == "REL"
+    for hist, name in ((a, "r1.s1of3"), (b, "r1.s2of3"), (c, "r1.s3of3")):
+        hist.finish_run(name, 0, "ok")
+        hist.close()
+    coord = part("coord")
+    assert {r.status for r in coord.runs("pb")} == {"ok"}  # what the coordinator checks first
+    coord.start_run(run_id="r1.coord", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    coord.finish_run("r1.coord", 0, "ok")
+    coord.close()
+    raw = _raw_index(store)  # the coordinator folded the part the index lacked into it
+    assert {p: raw[p]["status"] for p in raw} == {
+        "r1.s1of3": "ok",
+        "r1.s2of3": "ok",
+        "r1.s3of3": "ok",
+        "r1.coord": "ok",
+    }
+    assert raw["r1.s2of3"]["release_id"] == "REL" and raw["r1.s2of3"]["playbook"] == "pb.yml"
+
+
+def test_a_failed_shard_whose_start_only_its_journal_holds_goes_into_the_index_whole(store, monkeypatch):
+    from engine.record.state import s3history
+
+    first = open_history(_url(store), "")
+    first.start_run(run_id="r1.s1of2", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    s3history._KNOWN.clear()
+    late = open_history(_url(store), "")
+    late.store = S3Store(parse_state_url(_url(store)))
+    real, raced = late.store.put, []
+
+    def put(name, value, **kw):
+        if name == "history/index.json" and not raced:  # a sibling writes the index between read and write
+            raced.append(1)
+            first.finish_run("r1.s1of2", 1, "failed")
+            s3history._KNOWN.clear()
+        return real(name, value, **kw)
+
+    monkeypatch.setattr(late.store, "put", put)
+    late.start_run(run_id="r1.s2of2", playbook="pb.yml", name="pb", mode="run", release_id="REL")
+    monkeypatch.undo()
+    assert raced and "r1.s2of2" not in _raw_index(store)  # its start is in its journal only
+    late.finish_run("r1.s2of2", 1, "failed")
+    late.close()
+    first.close()
+    rec = _raw_index(store)["r1.s2of2"]
+    assert (rec["status"], rec["release_id"], rec["playbook"]) == ("failed", "REL", "pb.yml") and rec["started"]

@@ -23,6 +23,11 @@ its own journal instead (`end`, with the start time it belongs to: a resumed par
 not count), and readers take a running shard's end from there. The coordinator has just read
 those journals (it checks that every shard finished): its own index writes fold the shards' ends
 into the index. A shard that fails, or is interrupted, writes its end into the index as any run.
+Shards also start together: every journal write of a shard carries its start record, and a shard
+that loses its start's CAS and then reads an index holding a sibling (a shard of its run) gives
+up there: readers that see the sibling find it in its journal (`<run>.s2of4` names its
+siblings), and the coordinator folds it into the index with the ends. A start lost to a sibling
+costs 3 index requests (read, write, read), not another read and write per sibling.
 What this process last read or wrote of an index, with its ETag, is remembered per store, so the
 next CAS write is tried on it without reading first (a 412 means someone wrote since).
 """
@@ -47,11 +52,13 @@ __all__ = ["S3History"]
 INDEX = "history/index.json"
 _RETRIES = 30
 _SHARD_PART = re.compile(r"\.s\d+of\d+$")  # `<run id>.s2of4` (engine/execute/shard.py)
+_SHARD_OF = re.compile(r"^(.+)\.s\d+of(\d+)$")
 
 # per store (endpoint, bucket, prefix), in this process: the index last read or written with its
 # ETag, and the ends of shards seen in their journals (by run id), folded in at the next write
 _KNOWN: dict[tuple[Any, ...], tuple[list[dict[str, Any]], str]] = {}
 _ENDS: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+_STARTS: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}  # shards' starts only their journals hold
 _SHARED = threading.Lock()
 
 
@@ -73,6 +80,8 @@ class S3History:
         self._started: dict[str, float] = {}  # the start time of each run this process started
         self._end: dict[str, dict[str, Any]] = {}  # a shard's end, to go into its journal
         self._end_written: set[str] = set()
+        self._starts: dict[str, dict[str, Any]] = {}  # a shard's start record, in each journal write
+        self._start_unwritten: set[str] = set()  # shards whose start is in neither index nor journal yet
         self._cond = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closing = False
@@ -96,19 +105,28 @@ class S3History:
             _KNOWN[self._ident] = (copy.deepcopy(runs), etag)
         return runs, etag
 
-    def _change(self, run_id: str, change: Any) -> None:
+    def _change(self, run_id: str, change: Any, *, siblings: str = "") -> bool:
+        """Change `run_id`'s record in the index by compare-and-swap, folding in the shards'
+        ends and the starts only their journals hold. `siblings` (a shard's start: its run's
+        shards' prefix): after a lost write, give up (False) when the index now holds a sibling
+        and not this part; the part's start is then in its journal, where readers find it."""
+        lost = False
         for attempt in range(_RETRIES):
             with _SHARED:
                 known = _KNOWN.pop(self._ident, None)
                 ends = dict(_ENDS.get(self._ident, {}))
+                starts = dict(_STARTS.get(self._ident, {}))
             runs, etag = (copy.deepcopy(known[0]), known[1]) if known else self._index()
             by_id = {r.get("run_id"): i for i, r in enumerate(runs)}
+            if lost and siblings and run_id not in by_id and any(str(r).startswith(siblings) for r in by_id):
+                return False
             old = runs[by_id[run_id]] if run_id in by_id else None
             new = change(old)
             if run_id in by_id:
                 runs[by_id[run_id]] = new
             else:
                 runs.append(new)
+            runs += [dict(rec) for part, rec in sorted(starts.items()) if part not in by_id and part != run_id]
             runs = [_ended(r, ends.get(str(r.get("run_id")))) for r in runs]  # fold the shards' ends in
             try:
                 if etag is None:
@@ -117,9 +135,10 @@ class S3History:
                     written = self.store.put(INDEX, {"runs": runs}, if_match=etag)
                 with _SHARED:
                     _KNOWN[self._ident] = (copy.deepcopy(runs), written)
-                return
+                return True
             except Precondition:
                 if known is None:  # lost to another writer (not only our memory being stale)
+                    lost = True
                     backoff(attempt)
         raise StateError(f"{self.store.where(INDEX)}: too much contention (gave up after {_RETRIES} tries)")
 
@@ -156,7 +175,6 @@ class S3History:
             "limit_pattern": limit,
             "extra": extra or {},
         }
-        self._change(run_id, lambda _old: rec)
         # a resumed part keeps what it recorded; an end it recorded before belongs to its
         # earlier start (`started` differs) and no longer counts. A part that claimed its lease
         # read or created its journal doing so
@@ -164,12 +182,25 @@ class S3History:
         rows = [dict(r) for r in lease.doc.get("results") or [] if isinstance(r, dict)] if lease else None
         if rows is None:
             rows, _old_end = self._journal(run_id)
+        shard = _SHARD_PART.search(run_id)
         with self._cond:
             self._started[run_id] = started
             self._journals[run_id] = rows
             self._written[run_id] = len(rows)
             self._end.pop(run_id, None)
             self._end_written.discard(run_id)
+            if shard:  # every journal write of a shard carries its start
+                self._starts[run_id] = rec
+        if self._change(run_id, lambda _old: rec, siblings=run_id[: shard.start()] + ".s" if shard else ""):
+            return
+        # shards starting together: a sibling's start is in the index, this one goes into its journal
+        with self._cond:
+            self._start_unwritten.add(run_id)
+            self._ensure_writer()
+            self._cond.notify_all()
+        self._flush()
+        if run_id in self._start_unwritten:  # the journal write failed: into the index after all
+            self._change(run_id, lambda _old: rec)
 
     def finish_run(self, run_id: str, exit_code: int, status: str) -> None:
         end = {"finished": time.time(), "exit_code": exit_code, "status": status}
@@ -184,7 +215,7 @@ class S3History:
         self._flush()
 
         def done(old: dict[str, Any] | None) -> dict[str, Any]:
-            rec = dict(old or {"run_id": run_id})
+            rec = dict(old or self._starts.get(run_id) or {"run_id": run_id})
             rec.update(end)
             return rec
 
@@ -211,7 +242,8 @@ class S3History:
 
     def _dirty(self) -> list[str]:
         rows = [r for r, got in self._journals.items() if len(got) > self._written.get(r, 0)]
-        return rows + [r for r in self._end if r not in self._end_written and r not in rows]
+        rows += [r for r in self._end if r not in self._end_written and r not in rows]
+        return rows + [r for r in self._start_unwritten if r not in rows]
 
     def _write_loop(self) -> None:
         while True:
@@ -220,9 +252,15 @@ class S3History:
                     self._cond.wait()
                 if not self._dirty() and self._closing:
                     return
-                batch = {r: (list(self._journals.get(r, [])), self._end.get(r)) for r in self._dirty()}
-            for run_id, (rows, end) in batch.items():
-                doc: dict[str, Any] = {"results": rows, **({"end": end} if end else {})}
+                batch = {
+                    r: (list(self._journals.get(r, [])), self._end.get(r), self._starts.get(r)) for r in self._dirty()
+                }
+            for run_id, (rows, end, start) in batch.items():
+                doc: dict[str, Any] = {
+                    "results": rows,
+                    **({"end": end} if end else {}),
+                    **({"start": start} if start else {}),
+                }
                 try:
                     lease = claimed(self.store, run_id)  # a part's lease rides on its journal writes
                     if lease is not None:
@@ -238,6 +276,7 @@ class S3History:
                     continue
                 with self._cond:
                     self._written[run_id] = max(self._written.get(run_id, 0), len(rows))
+                    self._start_unwritten.discard(run_id)
                     if end:
                         self._end_written.add(run_id)
                         with _SHARED:
@@ -286,18 +325,45 @@ class S3History:
 
     def _journal(self, run_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """The journal's rows and the end it records (None: none, or not a dict)."""
+        rows, end, _start = self._journal_doc(run_id)
+        return rows, end
+
+    def _journal_doc(self, run_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
+        """The journal's rows, and the end and the start record it holds."""
         got = self.store.get(self._journal_name(run_id))
         doc = got[0] if got else None
         if isinstance(doc, list):  # written before journals had an end
             doc = {"results": doc}
         if not isinstance(doc, dict):
-            return [], None
+            return [], None, None
         rows = [dict(r) for r in doc.get("results") or [] if isinstance(r, dict)]
         end = doc.get("end") if isinstance(doc.get("end"), dict) else None
         if end is not None:
             with _SHARED:
                 _ENDS.setdefault(self._ident, {})[run_id] = end
-        return rows, end
+        return rows, end, doc.get("start") if isinstance(doc.get("start"), dict) else None
+
+    def _unindexed(self, part: str) -> dict[str, Any] | None:
+        """The record of shard `part` from its journal, for a shard whose start is not in the
+        index (it lost its start's write to a sibling); remembered, to be folded into the index
+        by this process's next write (the coordinator's)."""
+        _rows, end, start = self._journal_doc(part)
+        if start is None or start.get("run_id") != part:
+            return None
+        with _SHARED:
+            _STARTS.setdefault(self._ident, {})[part] = dict(start)
+        return _ended(dict(start), end)
+
+    def _with_unindexed(self, raws: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`raws`, and the shards of the sharded runs in it that only their journals record."""
+        have = {str(r.get("run_id", "")) for r in raws}
+        out = list(raws)
+        for run, total in sorted({(m.group(1), int(m.group(2))) for m in map(_SHARD_OF.match, have) if m}):
+            for i in range(1, total + 1):
+                part = f"{run}.s{i}of{total}"
+                if part not in have and (rec := self._unindexed(part)) is not None:
+                    out.append(rec)
+        return out
 
     def _resolved(self, raw: dict[str, Any]) -> dict[str, Any]:
         """`raw`, with its end from its journal when it is a shard the index shows running."""
@@ -307,7 +373,9 @@ class S3History:
         return _ended(raw, self._journal(run_id)[1])
 
     def runs(self, name: str | None = None, *, mode: str | None = "run", limit: int = 50) -> list[RunRecord]:
-        raws = [r for r in self._index()[0] if not name or name in (r.get("name"), r.get("playbook"))]
+        raws = [
+            r for r in self._with_unindexed(self._index()[0]) if not name or name in (r.get("name"), r.get("playbook"))
+        ]
         runs = [self._record(self._resolved(r)) for r in raws if not mode or r.get("mode", "run") == mode]
         return sorted(runs, key=lambda r: r.started, reverse=True)[:limit]
 
@@ -323,6 +391,8 @@ class S3History:
         for r in runs:
             if r.get("run_id") == run_id:
                 return self._record(self._resolved(r))
+        if _SHARD_PART.search(run_id) and (found := self._unindexed(run_id)) is not None:
+            return self._record(found)
         for r in runs:
             if str(r.get("run_id", "")).startswith(run_id):
                 return self._record(self._resolved(r))
