@@ -38,7 +38,7 @@ from typing import Any
 from engine.errors import LockHeld
 from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
-__all__ = ["PartLease", "journal_name", "claimed", "lease_of", "fence", "unfence", "runner_name"]
+__all__ = ["PartLease", "journal_name", "claimed", "lease_of", "fence", "unfence", "runner_name", "lease_record"]
 
 _RETRIES = 20
 # the parts this process claimed, by (store, part run id): their journal writes go through them
@@ -137,13 +137,7 @@ class PartLease:
         self._thread: threading.Thread | None = None
 
     def _fresh(self) -> dict[str, Any]:
-        return {
-            "expires": time.time() + self.ttl,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "runner": runner_name(),
-            "tokens": dict(self.tokens),
-        }
+        return {**lease_record(self.ttl), "tokens": dict(self.tokens)}
 
     def _check(self, doc: dict[str, Any]) -> None:
         fenced = set(doc.get("fenced") or [])
@@ -265,6 +259,11 @@ class PartLease:
                     self._write(self.doc)
                 except StateError:
                     pass
+
+
+def lease_record(ttl: float) -> dict[str, Any]:
+    """A lease for `ttl` seconds from now, naming this process, its machine and its CI runner."""
+    return {"expires": time.time() + ttl, "pid": os.getpid(), "host": socket.gethostname(), "runner": runner_name()}
 
 
 def runner_name() -> str:

@@ -35,7 +35,7 @@ import uuid
 from typing import Any
 
 from engine.errors import LockHeld
-from engine.record.state.s3lease import PartLease, fence, journal_name, lease_of, runner_name, unfence
+from engine.record.state.s3lease import PartLease, fence, journal_name, lease_of, lease_record, runner_name, unfence
 from engine.record.state.s3store import Precondition, S3Store, StateError, backoff
 
 __all__ = [
@@ -140,12 +140,7 @@ class S3Lock:
         return rec
 
     def _lease(self) -> dict[str, Any]:
-        return {
-            "expires": time.time() + self.ttl,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "runner": runner_name(),
-        }
+        return lease_record(self.ttl)
 
     def acquire(self) -> None:
         """Take the lock (or join this run's), or raise `LockHeld` naming the holder."""
