@@ -3,7 +3,8 @@
 Why `paramiko.Transport` and not `SSHClient`: `SSHClient.load_host_keys` re-parses known_hosts for
 every connection (at 200 hosts that turns a ~2 s fan-out into ~12 s), and SSHClient leaves
 Nagle's algorithm on, which costs ~40 ms per command on loopback (delayed-ACK interplay). Here
-known_hosts is parsed once per run (`KnownHosts`) and the socket is ours, with TCP_NODELAY.
+known_hosts is parsed once per run (`KnownHosts`) and the socket is ours (engine/connection/tcp.py:
+no Nagle, and no delayed ACKs to wait on the server's Nagle).
 
 Host keys: an unknown or changed key is refused; there is no other policy. Lookups are
 port-aware like OpenSSH (`[addr]:port` unless the port is 22) and also try the inventory name.
@@ -35,6 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from engine.connection._paramiko import paramiko
 from engine.connection.base import CommandResult
 from engine.connection.keys import KnownHosts, host_key_names, load_private_key
+from engine.connection.tcp import open_tcp
 from engine.errors import CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
 from engine.model.config import Host
 
@@ -173,7 +175,7 @@ class SSHConnection:
     def _connect(self) -> paramiko.Transport:
         addr, port, timeout = self.spec.hostname, self.spec.port, self.connect_timeout
         try:
-            sock = socket.create_connection((addr, port), timeout=timeout)
+            sock = open_tcp(addr, port, timeout)
         except socket.gaierror as exc:
             raise self._fail(f"cannot resolve {addr}: {exc.strerror}") from None
         except ConnectionRefusedError:
@@ -182,8 +184,6 @@ class SSHConnection:
             raise self._fail(f"connect timed out after {timeout:g}s") from None
         except OSError as exc:
             raise self._fail(f"cannot connect: {exc.strerror or exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         transport: paramiko.Transport | None = None
         try:
             transport = paramiko.Transport(sock)

@@ -120,6 +120,15 @@ def test_tcp_nodelay_is_set(conn):
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_acks_are_not_delayed_after_commands(conn):
+    """sshd keeps Nagle on until a session starts; a delayed ACK of ours held each connection's
+    first channel open for ~40 ms. After commands the socket still asks for immediate ACKs."""
+    for i in range(4):
+        assert conn.run(["echo", str(i)]).out == f"{i}\n"
+    assert conn.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+
+
 # -- put / get -----------------------------------------------------------------------------
 
 
