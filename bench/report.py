@@ -324,7 +324,7 @@ def render(results: dict, ns, machine: dict[str, str], *, plot=None, out_dir: Pa
         "steps: one `ssh host sh -s` per host running the same work as one shell script) to all "
         "hosts at once from one small Python process. Its ssh negotiates OpenSSH's default key exchange "
         "(sntrup761x25519 on OpenSSH 9, about 70 ms of client CPU per connection here); playbook's rsync asks for "
-        "curve25519-sha256 first, what its own paramiko connection uses (docs/connections.md).",
+        "ecdh-sha2-nistp256 first, what its own paramiko connection negotiates with OpenSSH 9.2 (docs/connections.md).",
     ]
     pb_note = f"; {notes['playbook']}" if notes.get("playbook") else ""
     out += [
