@@ -46,6 +46,7 @@ _DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _GET_MISSING_RC = 44  # `cat` only exits 0 or 1, so this cannot be a read error
 _READ_CHUNK = 1 << 16
+_POLL_SECONDS = 1.0  # paramiko's 0.1: see engine/connection/tcp.py
 _P256, _X25519 = "ecdh-sha2-nistp256", "curve25519-sha256@libssh.org"
 
 # OpenSSH's default MaxSessions is 10 channels per connection, and a closed channel's slot is
@@ -188,6 +189,8 @@ class SSHConnection:
         transport: paramiko.Transport | None = None
         try:
             transport = paramiko.Transport(sock)
+            # its thread's reads time out only to notice a close, which now wakes them itself
+            sock.settimeout(_POLL_SECONDS)
             transport.banner_timeout = timeout
             transport.auth_timeout = timeout
             _prefer_kex(transport)

@@ -17,6 +17,7 @@ from engine.connection.keys import KnownHosts
 from engine.connection.local import LocalConnection
 from engine.connection.pool import ConnectionPool
 from engine.connection.ssh import SSHConnection, build_command
+from engine.connection.tcp import QuickAckSocket
 from engine.errors import CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
 from tests.harness.sshd import _children_map
 
@@ -120,13 +121,26 @@ def test_tcp_nodelay_is_set(conn):
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
-def test_acks_are_not_delayed_after_commands(conn):
+def test_the_transport_reads_through_the_quick_ack_socket(conn):
     """sshd keeps Nagle on until a session starts; a delayed ACK of ours held each connection's
-    first channel open for ~40 ms. After commands the socket still asks for immediate ACKs."""
+    first channel open for ~40 ms. The transport reads through the socket that re-arms
+    TCP_QUICKACK before every read (its kernel effect: tests/engine/connection/test_tcp.py)."""
     for i in range(4):
         assert conn.run(["echo", str(i)]).out == f"{i}\n"
-    assert conn.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+    assert type(conn.transport.sock) is QuickAckSocket
+
+
+def test_the_transport_thread_polls_once_a_second_and_ends_on_close(sshd_fleet):
+    """paramiko's 0.1 s read timeout cost ~0.5 ms of CPU per connection-second; closing the
+    socket wakes the thread instead (tests/engine/connection/test_tcp.py)."""
+    c = SSHConnection(sshd_fleet.model_hosts()[0], KnownHosts(sshd_fleet.known_hosts), connect_timeout=5)
+    c.open()
+    t = c.transport
+    assert t.sock.gettimeout() == 1.0
+    assert c.run(["echo", "ok"]).out == "ok\n"
+    c.close()
+    t.join(timeout=60)
+    assert not t.is_alive()
 
 
 # -- put / get -----------------------------------------------------------------------------

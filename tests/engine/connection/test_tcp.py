@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +67,37 @@ def test_open_tcp_raises_what_create_connection_raises():
         port = srv.getsockname()[1]
     with pytest.raises(ConnectionRefusedError):
         open_tcp("127.0.0.1", port, 5.0)
+
+
+_RECVFROM = {"x86_64": "45", "aarch64": "207"}.get(platform.machine())
+
+
+def _blocked_in_recv(tid: int) -> bool:
+    try:
+        return Path(f"/proc/self/task/{tid}/syscall").read_text().split()[0] == _RECVFROM
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(_RECVFROM is None, reason="needs /proc/<tid>/syscall and a known recvfrom number")
+def test_closing_wakes_a_reader_blocked_in_recv(pong_port):
+    """paramiko's transport thread sits in recv; on Linux a plain close does not wake it."""
+    sock = open_tcp("127.0.0.1", pong_port, 5.0)
+    sock.settimeout(None)
+    got: list[bytes | OSError] = []
+
+    def read() -> None:
+        try:
+            got.append(sock.recv(4))
+        except OSError as exc:
+            got.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while not _blocked_in_recv(reader.native_id) and reader.is_alive():
+        threading.Event().wait(0.01)  # polls a condition (the thread is inside recvfrom)
+    assert reader.is_alive() and not got
+    sock.close()
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "the reader is still blocked after close"
+    assert got == [b""] or isinstance(got[0], OSError)
