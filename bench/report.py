@@ -482,6 +482,7 @@ def _load_rows(results: dict) -> list[str]:
             rows.append(
                 f"| load average (1 min) before the N = {n} runs | min {min(loads):.1f}, "
                 f"median {statistics.median(loads):.1f}, max {max(loads):.1f} "
-                f"(on {os.cpu_count()} cores; anything well above 0 means other work shared the CPU) |"
+                f"(on {os.cpu_count()} cores; the 1-minute average includes the bench's own preceding runs, so a "
+                "high value alone does not mean other work shared the CPU) |"
             )
     return rows
