@@ -323,8 +323,9 @@ def run_n(
                         continue
                     if entry["failed"] or entry["unavailable"]:
                         continue  # a tool that broke the tree once is not timed again for this job
-                    if name in HEAVY_TOOLS and n > HEAVY_N and rep >= min(ns.heavy_repeats, ns.repeats):
-                        note = f"{rep} run{'s' if rep != 1 else ''} at N > {HEAVY_N} (--heavy-repeats: memory)"
+                    heavy = min(ns.heavy_repeats, ns.repeats)
+                    if name in HEAVY_TOOLS and n > HEAVY_N and rep >= heavy:
+                        note = f"{heavy} run{'s' if heavy != 1 else ''} at N > {HEAVY_N} (--heavy-repeats: memory)"
                         if note not in entry["notes"]:
                             entry["notes"].append(note)
                         continue
