@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from engine.cli import main
+from tests.harness.terminal import wait_for
 
 pytestmark = pytest.mark.fleet
 
@@ -183,12 +184,13 @@ def test_sigint_lets_in_flight_steps_finish(sshd_fleet, inventory, tmp_path):
           - id: slow
             module: command
             fleet: web
-            args: {argv: [sh, -c, 'read _ < "$1.go"; echo done > "$1"', sh, "{{ root }}/sigint-done"]}
+            args: {argv: [sh, -c, 'touch "$1.started"; read _ < "$1.go"; echo done > "$1"', sh, "{{ root }}/sigint-done"]}
         """,
     )
     for h in sshd_fleet:
         (h.data_dir / "sigint-done").unlink(missing_ok=True)
         (h.data_dir / "sigint-done.go").unlink(missing_ok=True)
+        (h.data_dir / "sigint-done.started").unlink(missing_ok=True)
         os.mkfifo(h.data_dir / "sigint-done.go")
     proc = subprocess.Popen(
         [
@@ -214,8 +216,11 @@ def test_sigint_lets_in_flight_steps_finish(sshd_fleet, inventory, tmp_path):
     for line in proc.stdout:
         events.append(json.loads(line))
         if events[-1]["event"] == "step_started":
-            proc.send_signal(signal.SIGINT)  # the first host's command waits for the FIFO meanwhile
             break
+    # the interrupt comes once the command runs on the host (not merely once the step started:
+    # a step still rendering its arguments is skipped, nothing done, and would never read the FIFO)
+    wait_for(lambda: (sshd_fleet[0].data_dir / "sigint-done.started").exists(), what="the first host's command")
+    proc.send_signal(signal.SIGINT)  # the first host's command waits for the FIFO meanwhile
     seen = ""
     while "interrupt: letting the steps in flight finish" not in seen:  # the interrupt was heard
         line = proc.stderr.readline()
@@ -234,6 +239,7 @@ def test_sigint_lets_in_flight_steps_finish(sshd_fleet, inventory, tmp_path):
         assert finished[name]["status"] == "skipped"
         assert "interrupted" in finished[name]["message"]
     assert not (sshd_fleet[1].data_dir / "sigint-done").exists()
+    assert not (sshd_fleet[1].data_dir / "sigint-done.started").exists()
     assert "Traceback" not in err
 
 
