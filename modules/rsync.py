@@ -23,9 +23,7 @@ import hashlib
 import os
 import posixpath
 import re
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,6 +41,7 @@ from modules._support.manifest import (
     manifest_digest,
     tree_digest,
 )
+from modules._support.memo import Memo
 from modules._support.rsync_transfer import rsync_argv, transfer_and_delete
 from modules._support.tree_record import save_listing
 
@@ -91,33 +90,11 @@ class RsyncArgs:
 
 # -- the source manifest, once per run -----------------------------------------------------------
 
-_CACHE_SIZE = 8
-# per-run memos, each key computed once however many hosts ask at once (see `_once`)
-_cache: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # source manifests
-_cache_lock = threading.Lock()
-_expected: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # expected host trees
-_expected_lock = threading.Lock()
-_compared: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # compared probe answers
-_compared_lock = threading.Lock()
-
-
-def _once(
-    table: OrderedDict[tuple, tuple[threading.Lock, list]], table_lock: threading.Lock, key: tuple, compute: Any
-) -> Any:
-    """`compute()` once per key, however many threads ask at once; the last few keys are kept."""
-    with table_lock:
-        slot = table.get(key)
-        if slot is None:
-            slot = table[key] = (threading.Lock(), [])
-            while len(table) > _CACHE_SIZE:
-                table.popitem(last=False)
-        else:
-            table.move_to_end(key)
-    lock, box = slot
-    with lock:
-        if not box:
-            box.append(compute())
-        return box[0]
+# per-run memos: each key is computed once however many hosts ask at once
+_sources = Memo()  # source manifests
+_counts = Memo()  # files in a source manifest
+_expected = Memo()  # expected host trees
+_compared = Memo()  # compared probe answers
 
 
 def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tuple[dict[str, Entry], str]:
@@ -128,16 +105,12 @@ def source_manifest(path: str, run_id: str, state_dir: str | None = None) -> tup
         manifest = cached_manifest(path, state_dir, run_id)
         return manifest, tree_digest(manifest)
 
-    return _once(_cache, _cache_lock, (run_id, path), compute)
-
-
-_counts: OrderedDict[tuple, tuple[threading.Lock, list]] = OrderedDict()  # files in a source manifest
-_counts_lock = threading.Lock()
+    return _sources.get((run_id, path), compute)
 
 
 def _file_count(local: dict[str, Entry], run_id: str, src: str) -> int:
     """How many regular files the source has: once per run and source, not once per host."""
-    return _once(_counts, _counts_lock, (run_id, src), lambda: sum(1 for e in local.values() if e.kind == "f"))
+    return _counts.get((run_id, src), lambda: sum(1 for e in local.values() if e.kind == "f"))
 
 
 def expected_digest(
@@ -146,7 +119,7 @@ def expected_digest(
     """The tree a host has once `src` is synced to it (excluded paths left out, `chmod` applied),
     its `canonical_digest` and its listing as the probe sends it; once per run and source."""
     key = (run_id, src, tuple(getattr(excludes, "patterns", ())), getattr(chmod, "spec", ""))
-    return _once(_expected, _expected_lock, key, lambda: _compute_expected(local, excludes, chmod))
+    return _expected.get(key, lambda: _compute_expected(local, excludes, chmod))
 
 
 def _compute_expected(local: dict[str, Entry], excludes: Any, chmod: Any) -> tuple:
@@ -163,11 +136,8 @@ def _compute_expected(local: dict[str, Entry], excludes: Any, chmod: Any) -> tup
 
 def clear_manifest_cache() -> None:
     """Forget cached source manifests (tests; a long-lived process between runs)."""
-    with _cache_lock, _expected_lock, _compared_lock, _counts_lock:
-        _cache.clear()
-        _counts.clear()
-        _expected.clear()
-        _compared.clear()
+    for memo in (_sources, _counts, _expected, _compared):
+        memo.clear()
 
 
 # -- the module ----------------------------------------------------------------------------------
@@ -323,7 +293,7 @@ class Rsync:
                 args.releases,
                 hashlib.sha256(b"\0".join(answer)).digest(),
             )
-            delta, remote_digest = _once(_compared, _compared_lock, key, compare)
+            delta, remote_digest = _compared.get(key, compare)
         else:
             delta, remote_digest = compare()
         fingerprint = {
