@@ -42,7 +42,7 @@ from modules._support.manifest import (
     tree_digest,
 )
 from modules._support.memo import Memo
-from modules._support.rsync_transfer import rsync_argv, transfer_and_delete
+from modules._support.rsync_transfer import transfer_and_delete
 from modules._support.tree_record import save_listing
 
 __all__ = ["Rsync", "RsyncArgs", "source_manifest", "clear_manifest_cache", "expected_digest"]
@@ -371,18 +371,12 @@ class Rsync:
                 f"{digest[:19]}…): plan again",
                 path=ctx.host or "",
             )
-        target = ctx.target
         paths = sorted(d["transfer"])
-        nbytes = sum(e.size for e in (local.get(p) for p in paths) if e is not None and e.kind == "f")
+        files = {p: (e.size, e.mtime) for p in paths if (e := local.get(p)) is not None and e.kind == "f"}
         if not d.get("releases"):
             ctx.emit(f"rsync: {len(paths)} paths to {dest}, {len(d['delete_roots'])} to delete")
             transfer_and_delete(
-                ctx,
-                rsync_argv(target, d["src"], dest, chown=d["chown"], chmod=d["chmod"]),
-                paths,
-                dest,
-                d["delete_roots"],
-                nbytes,
+                ctx, d["src"], dest, paths, d["delete_roots"], files, chown=d["chown"], chmod=d["chmod"]
             )
             return {"changed_files": d["changed"]}
 
@@ -392,12 +386,7 @@ class Rsync:
         try:
             ctx.emit(f"rsync: {len(paths)} paths to release {name}, {len(d['delete_roots'])} to delete")
             transfer_and_delete(
-                ctx,
-                rsync_argv(target, d["src"], partial, chown=d["chown"], chmod=d["chmod"]),
-                paths,
-                partial,
-                d["delete_roots"],
-                nbytes,
+                ctx, d["src"], partial, paths, d["delete_roots"], files, chown=d["chown"], chmod=d["chmod"]
             )
             info = {
                 "release": name,

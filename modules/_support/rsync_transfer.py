@@ -8,46 +8,53 @@ from __future__ import annotations
 import shlex
 import subprocess
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from engine.connection import children
 from engine.connection.openssh import host_key_refusal, refused_host_key, ssh_command
 from engine.errors import CommandTimeout, ConnectionFailed, ModuleError
 from engine.module import ApplyContext
+from modules._support.rsync_batch import send_batch
 from modules._support.transfer_progress import RsyncProgress
 
-__all__ = ["RELAY_MAX_BYTES", "rsync_argv", "is_local", "transfer_and_delete", "run_rsync", "delete_paths"]
+__all__ = [
+    "RELAY_MAX_BYTES",
+    "rsync_options",
+    "rsync_argv",
+    "is_local",
+    "transfer_and_delete",
+    "run_rsync",
+    "delete_paths",
+]
 
 
 def is_local(target: Any) -> bool:
     return target is None or getattr(target, "connection", "ssh") == "local"
 
 
-def rsync_argv(
-    target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None, rsh: str | None = None
-) -> list[str]:
-    """argv of one rsync that sends the paths named on stdin (NUL-separated) from `src` to
-    `dest_dir` on `target`. Deletions are not rsync's: see `delete_paths`.
+def rsync_options(*, chown: str | None, chmod: str | None) -> list[str]:
+    """The options of every rsync that applies a plan, sending (`rsync_argv`) or reading a
+    batch (modules/_support/rsync_batch.py).
 
     `-I` makes rsync rewrite every named file (temp + rename) even when size and mtime match
     (content or mode-only changes): a new inode, so a hard-linked older release is never written
     through. No `--inplace`, for the same reason.
     """
-    argv = [
-        "rsync",
-        "-a",
-        "--no-owner",
-        "--no-group",
-        "-I",
-        "--mkpath",
-        "--from0",
-        "--files-from=-",
-        "--force",
-    ]
+    options = ["-a", "--no-owner", "--no-group", "-I", "--mkpath", "--force"]
     if chown:
-        argv.append(f"--chown={chown}")
+        options.append(f"--chown={chown}")
     if chmod:
-        argv.append(f"--chmod={chmod}")
+        options.append(f"--chmod={chmod}")
+    return options
+
+
+def rsync_argv(
+    target: Any, src: str, dest_dir: str, *, chown: str | None, chmod: str | None, rsh: str | None = None
+) -> list[str]:
+    """argv of one rsync that sends the paths named on stdin (NUL-separated) from `src` to
+    `dest_dir` on `target`. Deletions are not rsync's: see `delete_paths`."""
+    argv = ["rsync", *rsync_options(chown=chown, chmod=chmod), "--from0", "--files-from=-"]
     source = src.rstrip("/") + "/"
     if is_local(target):
         return argv + [source, dest_dir.rstrip("/") + "/"]
@@ -60,13 +67,29 @@ def rsync_argv(
 
 
 def transfer_and_delete(
-    ctx: ApplyContext, argv: list[str], paths: list[str], root: str, deletions: list[str], nbytes: int
+    ctx: ApplyContext,
+    src: str,
+    root: str,
+    paths: list[str],
+    deletions: list[str],
+    files: Mapping[str, tuple[int, int]],
+    *,
+    chown: str | None,
+    chmod: str | None,
 ) -> None:
-    """rsync the planned paths and remove the planned deletions. A deleted path is never in the
-    source, so nothing the transfer writes is under it, and the order does not matter. Over ssh,
-    the shell that starts the host's rsync (`--rsync-path`) deletes first: no session more than
-    rsync's own. Otherwise (a local target, or a deletion list over 32 KB) the deletion runs over
-    the engine's connection while rsync transfers."""
+    """Send the planned paths of `src` to `root` and remove the planned deletions. A deleted path
+    is never in the source, so nothing the transfer writes is under it, and the order does not
+    matter. A small change over ssh goes as a batch written once for all hosts that need it
+    (modules/_support/rsync_batch.py). Otherwise one rsync per host: over ssh, the shell that
+    starts the host's rsync (`--rsync-path`) deletes first, no session more than rsync's own;
+    for a local target, or a deletion list over 32 KB, the deletion runs over the engine's
+    connection while rsync transfers. `files` are the regular files among `paths`, with their
+    sizes and mtimes in the source."""
+    if paths and not chown and not is_local(ctx.target) and all(_inside(p) for p in deletions):
+        if send_batch(ctx, src, root, paths, deletions, rsync_options(chown=None, chmod=chmod), files):
+            return
+    nbytes = sum(size for size, _ in files.values())
+    argv = rsync_argv(ctx.target, src, root, chown=chown, chmod=chmod)
     if not deletions:
         if paths:
             run_rsync(ctx, argv, paths, nbytes)

@@ -25,6 +25,7 @@ import boto3
 import pytest
 import yaml
 
+from modules._support.rsync_batch import BATCH_MAX_BYTES
 from tests.harness.holdproxy import HoldProxy
 from tests.harness.terminal import Terminal, tmux_available, wait_for
 
@@ -121,18 +122,28 @@ def inventory_with_box(sshd_fleet, tmp_path: Path) -> Path:
     return inv_path
 
 
-def test_ctrl_c_lets_in_flight_rsync_and_local_commands_finish(sshd_fleet, tmp_path):
+@pytest.mark.parametrize("how", ["batch", "rsync per host"])
+def test_ctrl_c_lets_in_flight_rsync_and_local_commands_finish(sshd_fleet, tmp_path, how):
+    """The controller's rsync is held until the test lets it go: with a small tree, the one that
+    writes the batch for hosts with the same plan (host01 already has one file, so it and
+    host02 get a batch each); with over a megabyte, each host's own rsync."""
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     for i in range(20):
         (src / "sub" / f"f{i}.txt").write_text(f"file {i}\n")
+    app = f"ctrlc-{tmp_path.name}"
+    if how == "batch":
+        ahead = sshd_fleet[0].data_dir / app / "sub" / "f0.txt"
+        ahead.parent.mkdir(parents=True)
+        shutil.copy2(src / "sub" / "f0.txt", ahead)
+    else:
+        (src / "big.bin").write_bytes(os.urandom(BATCH_MAX_BYTES))
     sync_dir = tmp_path / "sync"
     sync_dir.mkdir()
     held_rsync(tmp_path / "bin", sync_dir)
     box = tmp_path / "box"
     box.mkdir()
     os.mkfifo(box / "go-box")
-    app = f"ctrlc-{tmp_path.name}"
     pb = tmp_path / "pb.yml"
     pb.write_text(
         textwrap.dedent(f"""\
@@ -161,7 +172,7 @@ def test_ctrl_c_lets_in_flight_rsync_and_local_commands_finish(sshd_fleet, tmp_p
     with Terminal(tmp_path / "term") as term:
         term.start(playbook_cmd(pb, inv, state, "--forks", "3"), env=env_for(tmp_path / "bin"))
         term.until(lambda: (box / "started-box").exists(), what="the local command to start")
-        term.until(lambda: len(list(sync_dir.glob("started-*"))) >= 2, what="rsync to start on two hosts")
+        term.until(lambda: len(list(sync_dir.glob("started-*"))) >= 2, what="rsync to start for two hosts")
         term.ctrl_c()
         term.until(lambda: FIRST in term.stderr(), what="playbook to acknowledge the interrupt")
         with open(box / "go-box", "w") as fh:  # the local command goes on: it never saw SIGINT

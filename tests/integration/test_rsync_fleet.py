@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import modules._support.rsync_batch as batching
 import modules._support.rsync_transfer as transfer
 from engine.connection.base import ReadOnly
 from engine.connection.openssh import ssh_command
@@ -107,7 +108,37 @@ def count_rsync(monkeypatch):
     return calls
 
 
-def test_full_deploy_rerun_and_one_percent_change(sshd_fleet, tmp_path, count_rsync):
+@pytest.fixture
+def count_batches(monkeypatch):
+    """Batches written on the controller (`written`: how many paths each) and applied on hosts
+    (`applied`: host, paths)."""
+    counts: dict[str, list] = {"written": [], "applied": []}
+    write, send = batching._write_batch, transfer.send_batch
+
+    def writing(src, listed, options, timeout):
+        counts["written"].append(len(listed))
+        return write(src, listed, options, timeout)
+
+    def sending(ctx, src, root, paths, deletions, options, files):
+        sent = send(ctx, src, root, paths, deletions, options, files)
+        if sent:
+            counts["applied"].append((ctx.host, len(paths)))
+        return sent
+
+    monkeypatch.setattr(batching, "_write_batch", writing)
+    monkeypatch.setattr(transfer, "send_batch", sending)
+    return counts
+
+
+@pytest.fixture
+def no_batches(monkeypatch):
+    """Every transfer is one rsync per host (the relay or OpenSSH), however small."""
+    monkeypatch.setattr(batching, "BATCH_MAX_BYTES", 0)
+
+
+def test_full_deploy_rerun_and_one_percent_change(sshd_fleet, tmp_path, count_rsync, count_batches):
+    """A small tree goes as one batch, written once for the three hosts and applied by each
+    host's rsync; the 1% change too. Where nothing changed, nothing is written or sent."""
     src = tmp_path / "src"
     names = make_tree(src, 400)
     d = Deployer(sshd_fleet, src, "plain-app", exclude=("*.log",))
@@ -116,13 +147,15 @@ def test_full_deploy_rerun_and_one_percent_change(sshd_fleet, tmp_path, count_rs
     assert {r.status for r in res.values()} == {Status.CHANGED}
     for i in range(3):
         assert tree_of(d.dest(i)) == tree_of(src)
-    assert sorted(h for h, _ in count_rsync) == sshd_fleet.names
+    assert sorted(h for h, _ in count_batches["applied"]) == sshd_fleet.names
+    assert len(count_batches["written"]) == 1 and count_rsync == []
 
-    count_rsync.clear()
+    count_batches["written"].clear()
+    count_batches["applied"].clear()
     summary, res = d.run()
     assert {r.status for r in res.values()} == {Status.OK}
     assert all(r.message == "in sync: 400 files" for r in res.values())
-    assert count_rsync == []  # no rsync process where nothing changed
+    assert count_rsync == [] and count_batches == {"written": [], "applied": []}  # nothing where nothing changed
 
     changed = names[::100]  # 1%
     for rel in changed:
@@ -135,11 +168,64 @@ def test_full_deploy_rerun_and_one_percent_change(sshd_fleet, tmp_path, count_rs
         assert set(diff.items) == {("~", rel) for rel in changed}
     summary, res = d.run()
     assert summary.exit_code() == 0
-    assert sorted(count_rsync) == sorted((h, len(changed)) for h in sshd_fleet.names)
+    assert sorted(count_batches["applied"]) == sorted((h, len(changed)) for h in sshd_fleet.names)
+    assert len(count_batches["written"]) == 1 and count_rsync == []
     for i in range(3):
+        # each changed file is a new inode (temp + rename), every other one is untouched
         moved = {str(p.relative_to(d.dest(i))) for p, ino in inodes[i].items() if p.stat().st_ino != ino}
         assert moved == set(changed)
         assert tree_of(d.dest(i)) == tree_of(src)
+
+
+def test_hosts_with_different_plans_get_a_batch_each(sshd_fleet, tmp_path, count_batches):
+    """One batch per set of planned paths: a host that already has part of the tree gets a
+    smaller one, the hosts that have nothing share one."""
+    src = tmp_path / "src"
+    names = make_tree(src, 50)
+    app = f"groups-{tmp_path.name}"
+    ahead = sshd_fleet[0].data_dir / app
+    for rel in names[:20]:  # host01 has these already, byte and mtime equal
+        write(ahead / rel, (src / rel).read_text(), mtime=1_700_000_000)
+    d = Deployer(sshd_fleet, src, app)
+    summary, res = d.run()
+    assert summary.exit_code() == 0, [r.message for r in summary.results]
+    # host01: 30 files and, for the batch, their 10 directories and wp-content; the others: all 61
+    assert sorted(count_batches["written"]) == [41, 61]
+    assert sorted(count_batches["applied"]) == [("host01", 30), ("host02", 61), ("host03", 61)]
+    for i in range(3):
+        assert tree_of(d.dest(i)) == tree_of(src)
+
+
+def test_a_corrupted_batch_is_refused_by_the_host_and_rsync_sends_instead(
+    sshd_fleet, tmp_path, monkeypatch, count_rsync
+):
+    """The host's rsync checks every file of a batch against its checksum: a batch altered on
+    the way (here: one byte of file data) leaves the live files as they were, and the plan is
+    then sent with a normal rsync."""
+    src = tmp_path / "src"
+    names = make_tree(src, 20)
+    d = Deployer(sshd_fleet, src, f"corrupt-{tmp_path.name}")
+    assert d.run()[0].exit_code() == 0
+    write(src / names[3], "<?php // v2 " + "y" * 300 + "\n", mtime=1_750_000_000)
+    write_batch = batching._write_batch
+    seen: list[bytes] = []
+
+    def corrupting(src_dir, listed, options, timeout):
+        batch = bytearray(write_batch(src_dir, listed, options, timeout))
+        at = batch.index(b"yyyyyyyy")
+        batch[at] ^= 0x01
+        seen.append(bytes(batch))
+        return bytes(batch)
+
+    monkeypatch.setattr(batching, "_write_batch", corrupting)
+    monkeypatch.setattr(batching, "IDLE_SECONDS", 2)  # rsync 3.5.0 may wait for a resend instead of failing
+    summary, res = d.run()
+    assert summary.exit_code() == 0, [r.message for r in summary.results]
+    assert len(seen) == 1
+    assert sorted(h for h, _ in count_rsync) == sshd_fleet.names  # the fallback: one rsync per host
+    for i in range(3):
+        assert tree_of(d.dest(i)) == tree_of(src)
+        assert not [p for p in d.dest(i).rglob(".*") if p.is_file()]  # no temp file left behind
 
 
 def test_releases_on_fleet_then_cache_clear_only_when_changed(sshd_fleet, tmp_path):
@@ -167,7 +253,7 @@ def test_releases_on_fleet_then_cache_clear_only_when_changed(sshd_fleet, tmp_pa
         assert len(list(d.dest(i).glob("flushed-*"))) == 1  # nothing changed: no flush
 
 
-def test_unknown_host_key_is_refused_by_rsync_too(sshd_fleet, tmp_path, monkeypatch):
+def test_unknown_host_key_is_refused_by_rsync_too(sshd_fleet, tmp_path, monkeypatch, no_batches):
     """A transfer over the relay limit runs its own OpenSSH, as strict as the engine."""
     monkeypatch.setattr(transfer, "RELAY_MAX_BYTES", -1)
     src = tmp_path / "src"
@@ -201,7 +287,10 @@ def test_unknown_host_key_is_refused_by_rsync_too(sshd_fleet, tmp_path, monkeypa
     assert "unknown host key" in res[("sync", good.name)].message
 
 
-def test_host_down_mid_deploy_fails_alone_and_converges_later(fleet_factory, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["batch", "rsync"])
+def test_host_down_mid_deploy_fails_alone_and_converges_later(fleet_factory, tmp_path, monkeypatch, how):
+    if how == "rsync":
+        monkeypatch.setattr(batching, "BATCH_MAX_BYTES", 0)
     fleet = fleet_factory(3)
     src = tmp_path / "src"
     names = make_tree(src, 100)
@@ -212,16 +301,17 @@ def test_host_down_mid_deploy_fails_alone_and_converges_later(fleet_factory, tmp
 
     for rel in names[:10]:
         write(src / rel, "<?php // v2\n", mtime=1_760_000_000)
-    real = transfer.run_rsync
+    entry = "send_batch" if how == "batch" else "run_rsync"
+    real = getattr(transfer, entry)
 
-    def dying(ctx, argv, paths, nbytes):
+    def dying(ctx, *args):
         if ctx.host == fleet[1].name:
             fleet.stop_host(1)  # sshd (and every session it forked) dies after the release was prepared
-        return real(ctx, argv, paths, nbytes)
+        return real(ctx, *args)
 
-    monkeypatch.setattr(transfer, "run_rsync", dying)
+    monkeypatch.setattr(transfer, entry, dying)
     summary, res = d.run(release_id="20260101T000002Z")
-    monkeypatch.undo()
+    monkeypatch.setattr(transfer, entry, real)
     assert summary.exit_code() == 1
     assert res[("sync", fleet[1].name)].status in (Status.UNREACHABLE, Status.FAILED)
     for i in (0, 2):
@@ -334,15 +424,21 @@ def test_rsync_ssh_negotiates_the_engines_key_exchange(fleet_factory):
     assert "sntrup761" not in proc.stderr.split("kex: algorithm:")[1].splitlines()[0]
 
 
+@pytest.mark.parametrize("how", ["batch", "rsync"])
 @pytest.mark.parametrize("releases", [False, True])
-def test_deletions_over_ssh_with_and_without_a_transfer(sshd_fleet, tmp_path, count_rsync, releases, monkeypatch):
-    """Deletions ride on the rsync session (`--rsync-path` deletes first) when there is a
-    transfer, and go over the engine's connection when there is none; odd names included."""
+def test_deletions_over_ssh_with_and_without_a_transfer(
+    sshd_fleet, tmp_path, count_rsync, count_batches, releases, monkeypatch, how
+):
+    """Deletions ride on the transfer's session (the shell that starts the host's rsync deletes
+    first: the batch's command, or `--rsync-path`) when there is a transfer, and go over the
+    engine's connection when there is none; odd names included."""
+    if how == "rsync":
+        monkeypatch.setattr(batching, "BATCH_MAX_BYTES", 0)
     src = tmp_path / "src"
     names = make_tree(src, 30)
     for odd in ("-rf", "it's here", "sp ace/x"):
         write(src / odd, "odd\n", mtime=1_700_000_000)
-    d = Deployer(sshd_fleet, src, f"del-{releases}", releases=releases)
+    d = Deployer(sshd_fleet, src, f"del-{releases}-{how}", releases=releases)
     assert d.run()[0].exit_code() == 0
 
     def live(i: int) -> Path:
@@ -358,16 +454,21 @@ def test_deletions_over_ssh_with_and_without_a_transfer(sshd_fleet, tmp_path, co
     monkeypatch.setattr(
         transfer, "run_rsync", lambda ctx, argv, paths, n: (argvs.append(argv), counting(ctx, argv, paths, n))
     )
+    count_batches["applied"].clear()
     assert d.run(release_id=f"del{time.time_ns()}")[0].exit_code() == 0
-    assert sorted(h for h, _ in count_rsync) == sshd_fleet.names  # one rsync per host, nothing more
-    assert all(any(a.startswith("--rsync-path=cd -- ") and " rm -rf -- " in a for a in argv) for argv in argvs)
+    if how == "rsync":
+        assert sorted(h for h, _ in count_rsync) == sshd_fleet.names  # one rsync per host, nothing more
+        assert all(any(a.startswith("--rsync-path=cd -- ") and " rm -rf -- " in a for a in argv) for argv in argvs)
+    else:
+        assert count_rsync == [] and sorted(count_batches["applied"]) == [(h, 1) for h in sshd_fleet.names]
     for i in range(3):
         assert tree_of(live(i)) == tree_of(src)
 
     (src / names[1]).unlink()  # only a deletion: no rsync at all
     count_rsync.clear()
+    count_batches["applied"].clear()
     assert d.run(release_id=f"del{time.time_ns()}")[0].exit_code() == 0
-    assert count_rsync == []
+    assert count_rsync == [] and count_batches["applied"] == []
     for i in range(3):
         assert tree_of(live(i)) == tree_of(src)
 
@@ -377,8 +478,9 @@ def _logins(fleet, i: int) -> int:
 
 
 def test_small_transfers_ride_the_engines_connection(fleet_factory, tmp_path, monkeypatch):
-    """Up to RELAY_MAX_BYTES per host, rsync's remote shell is the engine's open connection: one
-    SSH login per host and run. Over it, rsync logs in again with its own OpenSSH."""
+    """A batch goes over the engine's open connection, and so does rsync's remote shell up to
+    RELAY_MAX_BYTES per host: one SSH login per host and run. Over it, rsync logs in again
+    with its own OpenSSH."""
     fleet = fleet_factory(2, log_level="INFO")
     src = tmp_path / "src"
     names = make_tree(src, 60)
@@ -394,7 +496,8 @@ def test_small_transfers_ride_the_engines_connection(fleet_factory, tmp_path, mo
             assert tree_of(d.dest(i) / "current") == tree_of(src)
         return [_logins(fleet, i) - before[i] for i in range(2)]
 
-    assert run_counting_logins() == [1, 1]
+    assert run_counting_logins() == [1, 1]  # a batch
+    monkeypatch.setattr(batching, "BATCH_MAX_BYTES", 0)
     write(src / names[0], "<?php // v2\n", mtime=1_750_000_000)
     (src / "it's here").unlink()  # a deletion rides on the relayed session's --rsync-path too
     assert run_counting_logins() == [1, 1]

@@ -10,6 +10,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+import modules._support.rsync_batch as batching
 import modules._support.rsync_transfer as transfer
 from engine.connection.base import ReadOnly
 from engine.connection.pool import ConnectionPool
@@ -49,6 +50,7 @@ def refused(sshd_fleet, tmp_path: Path, known_hosts: Path) -> HostKeyError:
 @pytest.fixture(autouse=True)
 def over_the_relay_limit(monkeypatch):
     monkeypatch.setattr(transfer, "RELAY_MAX_BYTES", -1)  # rsync starts its own OpenSSH
+    monkeypatch.setattr(batching, "BATCH_MAX_BYTES", 0)  # and no batch over the engine's connection
 
 
 def test_unknown_host_key_on_the_rsync_path_names_its_fingerprint(sshd_fleet, tmp_path):
