@@ -94,7 +94,8 @@ def send_batch(
     removal = f"rm -rf -- {' '.join(shlex.quote(p) for p in deletions)} && " if deletions else ""
     reader = f"rsync --read-batch=- --timeout={IDLE_SECONDS} {' '.join(shlex.quote(o) for o in options)} ./"
     report = " && exec stat -c '%s %Y' -- \"$@\"" if checked else ""
-    script = f'mkdir -p -- "$1" && cd -- "$1" && shift && {removal}{reader}{report}'
+    # `[` is the shell's own: no `mkdir` process where the tree exists (nearly always)
+    script = f'{{ [ -d "$1" ] || mkdir -p -- "$1"; }} && cd -- "$1" && shift && {removal}{reader}{report}'
     argv = ["sh", "-c", script, "playbook-batch", root, *checked]
     if sum(len(a) + 3 for a in argv) > _MAX_COMMAND:
         return False
