@@ -196,6 +196,27 @@ def test_hosts_with_different_plans_get_a_batch_each(sshd_fleet, tmp_path, count
         assert tree_of(d.dest(i)) == tree_of(src)
 
 
+def test_a_batch_into_a_release_never_writes_through_the_hard_links(sshd_fleet, tmp_path, count_batches):
+    """The new release is seeded with hard links to the live one; the batch's files are new
+    inodes there, the live release keeps its bytes, the untouched files stay shared."""
+    src = tmp_path / "src"
+    names = make_tree(src, 40)
+    d = Deployer(sshd_fleet, src, f"rel-batch-{tmp_path.name}", releases=True)
+    assert d.run(release_id="20260101T000001Z")[0].exit_code() == 0
+    old = {i: tree_of(d.dest(i) / "releases" / "20260101T000001Z") for i in range(3)}
+    for rel in names[:2]:
+        write(src / rel, "<?php // v2\n", mtime=1_750_000_000)
+    count_batches["applied"].clear()
+    assert d.run(release_id="20260101T000002Z")[0].exit_code() == 0
+    assert sorted(count_batches["applied"]) == [(h, 2) for h in sshd_fleet.names]
+    for i in range(3):
+        first, second = (d.dest(i) / "releases" / r for r in ("20260101T000001Z", "20260101T000002Z"))
+        assert tree_of(first) == old[i]  # the live release of before, byte for byte
+        assert tree_of(second) == tree_of(src)
+        shared = {rel for rel in names if (first / rel).stat().st_ino == (second / rel).stat().st_ino}
+        assert shared == set(names[2:])
+
+
 def test_a_corrupted_batch_is_refused_by_the_host_and_rsync_sends_instead(
     sshd_fleet, tmp_path, monkeypatch, count_rsync
 ):
