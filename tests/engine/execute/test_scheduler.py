@@ -291,3 +291,21 @@ def test_failure_in_one_batch_does_not_skip_the_next_batch():
     summary, res = execute(pb, inv, fleet, "run")
     assert res[("b", "h01")].status == Status.SKIPPED
     assert all(res[(s, h)].status == Status.CHANGED for s in ("a", "b") for h in ("h02", "h03", "h04"))
+
+
+def test_a_step_interrupted_while_rendering_its_arguments_is_skipped_with_nothing_done():
+    """SIGINT/SIGTERM arriving while a step's arguments render (here: on its StepStarted event,
+    before the render; a render checks the stop request as it goes) ends that render: the step
+    is reported skipped, as one never started, and runs no command on the host."""
+    inv = inventory(1)
+    fleet = Fleet_(inv)
+    slow = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}x"
+    pb = playbook([cmd("a", argv=["echo", slow])])
+    ex = Executor(pb, inv, RunOptions(mode="run", run_id="r", release_id="x"), connect=fleet.connect)
+    ex.bus.subscribe(lambda e: ex.request_stop() if isinstance(e, StepStarted) else None)
+    summary = ex.execute()
+    (result,) = summary.results
+    assert result.status == Status.SKIPPED
+    assert result.message == "interrupted while rendering its arguments"
+    assert fleet.mutations() == [] and all(not c.calls for c in fleet.conns.values())
+    assert summary.interrupted and summary.exit_code() == 130
