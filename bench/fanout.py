@@ -87,7 +87,8 @@ def lean_fanout(fleet: SshdFleet, *, threads: int = 50) -> float:
         try:
             t.start_client(timeout=10)
             offered = t.get_remote_server_key()
-            expected = (known.lookup(h.known_hosts_name) or {}).get(offered.get_name())
+            entry = known.lookup(h.known_hosts_name)
+            expected = entry.get(offered.get_name()) if entry is not None else None
             if expected is None or expected.asbytes() != offered.asbytes():
                 raise RuntimeError(f"{h.name}: host key mismatch")
             t.auth_publickey("root", key)

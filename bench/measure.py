@@ -165,7 +165,7 @@ def run_measured(
     peak_root = 0
     samples = 0
     done = threading.Event()
-    status: dict[str, int] = {}
+    status: dict[str, float] = {}
 
     def reap() -> None:
         # wait4 on the root only: its rusage is folded into RUSAGE_CHILDREN by the kernel
@@ -205,7 +205,7 @@ def run_measured(
         # samples and never takes more than a tenth of one core
         done.wait(max(interval, 9 * (time.perf_counter() - t_sample)))
     wall = status["t"] - t0
-    rc = status["rc"] if not timed_out else -9
+    rc = int(status["rc"]) if not timed_out else -9
     _kill_leftovers(me, exclude)
     cpu = _cpu_children() - cpu0
     m = Measurement(

@@ -45,17 +45,15 @@ def machine_description(peers) -> dict[str, str]:
         pass
     mem = "?"
     try:
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        mem = f"{kb / 2**20:.1f} GiB"
-    except (OSError, AttributeError):
+        if m := re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()):
+            mem = f"{int(m.group(1)) / 2**20:.1f} GiB"
+    except OSError:
         pass
     osname = platform.platform()
     try:
-        osname = (
-            re.search(r'PRETTY_NAME="([^"]+)"', Path("/etc/os-release").read_text()).group(1)
-            + f" (kernel {platform.release()})"
-        )
-    except (OSError, AttributeError):
+        if m := re.search(r'PRETTY_NAME="([^"]+)"', Path("/etc/os-release").read_text()):
+            osname = m.group(1) + f" (kernel {platform.release()})"
+    except OSError:
         pass
     pb = playbook_command()
     desc = {
@@ -422,10 +420,12 @@ def _targets(results: dict, ns, machine: dict[str, str] | None = None) -> list[s
         rows.append(
             (label, "–", shown, "not measured") if v is None else (label, f"{v:.2f}×", shown, _verdict(v <= most))
         )
-    for job, n, peer, least in PEER_TARGETS:
-        if n is None:
+    for job, named, peer, least in PEER_TARGETS:
+        if named is None:
             have = [k for k in sizes if _med(results, k, job, "playbook") and _med(results, k, job, peer)]
             n = max(have, key=int) if have else max(sizes, key=int)
+        else:
+            n = named
         v = ratio(n, job, peer, "playbook")
         label = f"N = {n}, {JOB_TITLES[job]}: playbook ≥ {least:g}× faster than {peer}"
         rows.append(

@@ -231,6 +231,7 @@ class SshdFleet:
         h = self.hosts[i]
         self._kill(h)
         self._spawn(h)
+        assert h._proc is not None
         why = _wait_ready(h.address, h.port, h._proc, time.monotonic() + _READY_TIMEOUT)
         if why:
             raise FleetError(f"{h.name} ({h.address}:{h.port}): {why}; see {h.log}")
@@ -411,6 +412,7 @@ class SshdFleet:
             self._spawn(h)
         deadline = time.monotonic() + _READY_TIMEOUT + self.n * 0.05
         for h in self.hosts:
+            assert h._proc is not None
             why = _wait_ready(h.address, h.port, h._proc, deadline)
             if why:
                 tail = h.log.read_text(errors="replace").strip().splitlines()[-3:]
