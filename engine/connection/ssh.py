@@ -210,7 +210,7 @@ class SSHConnection:
             raise self._fail(f"authentication failed for user {self.user}: {exc}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             _close_quietly(transport, sock)
-            raise self._fail(f"SSH handshake failed: {_reason(exc)}") from None
+            raise self._fail(f"SSH handshake failed: {_handshake_reason(exc, timeout)}") from None
 
     @staticmethod
     def _prefer_key_types(transport: paramiko.Transport, known_types: list[str]) -> None:
@@ -510,6 +510,20 @@ def _reason(exc: BaseException) -> str:
         return exc.strerror
     text = str(exc) or type(exc).__name__
     return text
+
+
+def _handshake_reason(exc: BaseException, timeout: float) -> str:
+    if not str(exc).startswith("Error reading SSH protocol banner"):
+        return _reason(exc)
+    # no `SSH-2.0-...` line came: paramiko keeps what stopped its read as the context
+    why = exc.__context__
+    if isinstance(why, TimeoutError):
+        said = f"none within {timeout:g}s"
+    elif isinstance(why, EOFError):
+        said = "the server closed the connection"
+    else:
+        said = _reason(why) if why is not None else "none"
+    return f"no SSH banner ({said}; is it an SSH server?)"
 
 
 def _close_quietly(*things: object) -> None:
