@@ -198,6 +198,8 @@ class SSHConnection:
             if known:
                 self._prefer_key_types(transport, list(known))
             transport.start_client(timeout=timeout)
+            if not transport.initial_kex_done:  # start_client gave up at `timeout` before its thread did
+                raise self._fail(f"SSH handshake failed: {_unfinished(transport, timeout)}")
             self._check_host_key(transport.get_remote_server_key(), known)
             self._authenticate(transport)
             transport.set_keepalive(30)
@@ -512,18 +514,25 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
+_NO_BANNER = "no SSH banner ({}; is it an SSH server?)"
+
+
 def _handshake_reason(exc: BaseException, timeout: float) -> str:
     if not str(exc).startswith("Error reading SSH protocol banner"):
         return _reason(exc)
     # no `SSH-2.0-...` line came: paramiko keeps what stopped its read as the context
     why = exc.__context__
     if isinstance(why, TimeoutError):
-        said = f"none within {timeout:g}s"
-    elif isinstance(why, EOFError):
-        said = "the server closed the connection"
-    else:
-        said = _reason(why) if why is not None else "none"
-    return f"no SSH banner ({said}; is it an SSH server?)"
+        return _NO_BANNER.format(f"none within {timeout:g}s")
+    if isinstance(why, EOFError):
+        return _NO_BANNER.format("the server closed the connection")
+    return _NO_BANNER.format(_reason(why) if why is not None else "none")
+
+
+def _unfinished(transport: paramiko.Transport, timeout: float) -> str:
+    if not transport.remote_version:
+        return _NO_BANNER.format(f"none within {timeout:g}s")
+    return f"key exchange with {transport.remote_version} not finished within {timeout:g}s"
 
 
 def _close_quietly(*things: object) -> None:
