@@ -145,7 +145,8 @@ def execute(
     if not options.release_id:
         options.release_id = new_release_id()
     bus = EventBus(subscribers)
-    release = None
+    release: Callable[[str], None] | None = None
+    locked: set[str] = set()  # hosts whose lock is released at the end, over their connection
     warming = pool is not None
     if connect is None:
         if pool is None:
@@ -157,7 +158,11 @@ def execute(
         def connect(name: str) -> Any:
             return pool.get(inv.hosts[name])
 
-        release = getattr(pool, "release", None)
+        def release_early(name: str) -> None:
+            if name not in locked:
+                pool.release(name)
+
+        release = release_early
     taken: list[tuple[str, list[str], Any]] = []
     shared: list[Any] = []
     summary: RunSummary | None = None
@@ -173,6 +178,7 @@ def execute(
             shared = shared_locks(loaded.playbook, executor.fleet_hosts, options)  # instead of the hosts' locks
         elif options.mode == "run" and options.locks:
             taken = _acquire_locks(loaded.playbook, executor, connect, options)
+            locked.update(h for _, hosts, _ in taken for h in hosts)
         summary = executor.execute()
         return summary
     finally:
