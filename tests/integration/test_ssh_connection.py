@@ -102,6 +102,17 @@ def test_large_stdin_while_output_flows_does_not_deadlock(conn):
     assert res.stdout == data
 
 
+def test_stdin_waits_for_a_command_that_reads_it_late(conn):
+    # the command prints 5 MB before it reads: our stdin fills the channel's window and must wait
+    data = os.urandom(5 * 1024 * 1024)
+    res = conn.run(
+        ["sh", "-c", "head -c 5000000 /dev/zero; head -c 100000 /dev/zero >&2; exec cat"], stdin=data, timeout=60
+    )
+    assert res.rc == 0
+    assert res.stdout == bytes(5_000_000) + data
+    assert res.stderr == bytes(100_000)
+
+
 def test_nonzero_rc_and_stderr_are_returned(conn):
     res = conn.run(["sh", "-c", "echo oops >&2; exit 7"])
     assert (res.rc, res.err, res.ok) == (7, "oops\n", False)
