@@ -17,7 +17,7 @@ from engine.argschema import build
 from engine.errors import ModuleError
 from engine.model.results import Change, Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
-from modules._support.releases import read_state, switch_current
+from modules._support.releases import read_releases, switch_current
 
 __all__ = ["ReleaseSwitch", "ReleaseSwitchArgs"]
 
@@ -69,7 +69,7 @@ class ReleaseSwitch:
 """
 
     def plan(self, ctx: PlanContext, args: ReleaseSwitchArgs) -> Plan:
-        state = read_state(ctx.conn, args.dest, releases=True)
+        state = read_releases(ctx.conn, args.dest, timeout=ctx.remaining())  # `current` and the releases, no tree
         outputs = {"release": args.release, "previous": state.current_release or "", "rebuilt": False, "changed": True}
         fingerprint = {"current": state.current_target, "releases": list(state.releases)}
         if state.current_release == args.release:
