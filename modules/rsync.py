@@ -248,7 +248,9 @@ class Rsync:
         else:
             state = rel.parse_probe(
                 dest,
-                ctx.probe(rel.probe_argv(dest, releases=args.releases, checksum=args.checksum)),
+                ctx.probe(
+                    rel.probe_argv(dest, releases=args.releases, checksum=args.checksum, owners=bool(args.chown))
+                ),
                 releases=args.releases,
                 host=ctx.host or "",
             )

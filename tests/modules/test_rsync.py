@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grp
 import itertools
 import json
 import os
+import pwd
 import threading
 from pathlib import Path
 
@@ -204,6 +206,20 @@ def test_chmod_is_compared_and_applied(tmp_path, src):
     assert plan(tmp_path, args)[0].change == Change.NO_CHANGE
     os.chmod(dest / "index.php", 0o666)
     assert items(plan(tmp_path, args)[0]) == {("~", "index.php")}
+
+
+@pytest.mark.parametrize("by", ["name", "id"])
+def test_chown_compares_the_owner_by_name_or_id(tmp_path, src, by):
+    dest = tmp_path / "dest"
+    deploy(tmp_path, RsyncArgs(src="src", dest=str(dest)))
+    st = (dest / "index.php").stat()
+    if by == "name":
+        mine = f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
+    else:
+        mine = f"{st.st_uid}:{st.st_gid}"
+    assert plan(tmp_path, RsyncArgs(src="src", dest=str(dest), chown=mine))[0].change == Change.NO_CHANGE
+    other = "nobody" if by == "name" else str(st.st_uid + 4242)
+    assert ("~", "index.php") in items(plan(tmp_path, RsyncArgs(src="src", dest=str(dest), chown=other))[0])
 
 
 def test_type_change_dir_to_file(tmp_path, src):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 
 from engine.connection.local import LocalConnection
 from modules._support import releases as rel
@@ -66,3 +68,18 @@ def test_odd_names_and_modes_list_alike_on_both_sides(tmp_path):
     state, tree = rel.delta_probe(LocalConnection(), str(src), expected)
     assert state.extra == {"delta": []}, state.extra  # the tree probed against its own listing: in sync
     assert _strip(tree) == _strip(expected)
+
+
+def test_the_full_listing_names_owners_only_when_asked(tmp_path):
+    """Names cost the host a passwd and group lookup per entry: only `chown` compares them."""
+    _make(tmp_path / "dest", {"a/b.txt": "x"})
+    st = os.stat(tmp_path / "dest" / "a" / "b.txt")
+    conn = LocalConnection()
+
+    def owner(owners: bool) -> str:
+        argv = rel.probe_argv(str(tmp_path / "dest"), releases=False, checksum=False, owners=owners)
+        return rel.parse_probe(str(tmp_path / "dest"), conn.run(argv), releases=False).tree["a/b.txt"].owner
+
+    assert owner(False) == f"::{st.st_uid}:{st.st_gid}"
+    names = f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
+    assert owner(True) == f"{names}:{st.st_uid}:{st.st_gid}"
