@@ -14,7 +14,7 @@ files through temp + rename (never in place, which would write through the hard 
 live release); `finish_release` links shared paths, renames the partial to `releases/<id>` and
 switches `current`. Nothing before the switch touches `current` or the release it points to.
 
-Used by the rsync module and reusable by rollback (`read_state`, `switch_current`).
+Used by the rsync module and reusable by rollback (`read_releases`, `switch_current`).
 
 Over 400 lines as one idea: the host-side scripts of the release layout and the parsing of what they
 answer belong together.
@@ -43,7 +43,6 @@ __all__ = [
     "delta_probe",
     "apply_delta",
     "parse_probe",
-    "read_state",
     "read_releases",
     "release_name_for",
     "shared_link_target",
@@ -391,21 +390,6 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
         raw_digest="sha256:" + hashlib.sha256(result.stdout).hexdigest(),
         extra={"delta": delta} if delta is not None else {},
     )
-
-
-def read_state(
-    conn: Any,
-    dest: str,
-    *,
-    releases: bool = True,
-    checksum: bool = False,
-    owners: bool = False,
-    timeout: float | None = None,
-) -> RemoteState:
-    """Probe `dest` over `conn` (a `Connection`, or a plan's read-only view)."""
-    argv = probe_argv(dest, releases=releases, checksum=checksum, owners=owners)
-    runner = getattr(conn, "probe", None) or conn.run
-    return parse_probe(dest, runner(argv, timeout=timeout), releases=releases, host=getattr(conn, "host", ""))
 
 
 def read_releases(conn: Any, dest: str, *, timeout: float | None = None) -> RemoteState:
