@@ -128,10 +128,14 @@ class GraphError(PlaybookError, ValueError):
 
 
 class ConnectionFailed(PlaybookError, ConnectionError):
-    """A host could not be reached or authenticated; the host is then `unreachable`."""
+    """A host could not be reached or authenticated; the host is then `unreachable`.
+
+    `seconds`: how long the attempt took (the pool sets it), so the step that reports a failure
+    found before it started still shows the time it cost."""
 
     def __init__(self, message: str, *, host: str = "") -> None:
         self.host = host
+        self.seconds = 0.0
         super().__init__(message, path=host)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 from engine.connection.base import Connection
@@ -64,9 +65,11 @@ class ConnectionPool:
                 return slot.conn
             if slot.error is not None:
                 raise slot.error
+            started = time.monotonic()
             try:
                 conn = self._open(host)
             except ConnectionFailed as exc:
+                exc.seconds = time.monotonic() - started
                 slot.error = exc
                 raise
             slot.conn = conn

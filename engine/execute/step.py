@@ -104,7 +104,7 @@ class StepRunner:
             result.message,
             result.plan,
             with_changed(result),
-            time.monotonic() - started,
+            max(time.monotonic() - started, result.duration),
             attempts,
         )
 
@@ -180,8 +180,8 @@ class StepRunner:
             conn = self._conn(host)
             with planning():
                 plan = module.plan(PlanContext(conn=ReadOnly(conn), **common), args)
-        except ConnectionFailed as exc:
-            return StepResult(step.id, host, Status.UNREACHABLE, str(exc))
+        except ConnectionFailed as exc:  # maybe found before the step started: count its time
+            return StepResult(step.id, host, Status.UNREACHABLE, str(exc), duration=exc.seconds)
         except CommandTimeout as exc:
             return StepResult(step.id, host, Status.FAILED, f"timed out while planning: {exc}")
         except ReadOnlyViolation as exc:  # a module bug, never "unknown until applied"

@@ -146,3 +146,29 @@ def test_a_server_that_accepts_and_then_hangs_times_out_without_a_traceback(kind
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert proc.stdout == f"web1 ({addr}:{port}): SSH handshake failed: {said}\n"
+
+
+@pytest.mark.parametrize("locks", [True, False], ids=["lock", "no lock"])
+def test_an_unreachable_hosts_step_counts_the_time_its_connect_took(locks, sshd_fleet, tmp_path):
+    """The connect is tried ahead of the step (the deploy lock, or the early open): the step that
+    reports the failure shows the seconds the attempt took, not the instant it read the result."""
+    from engine import api
+    from engine.connection.pool import ConnectionPool
+    from engine.errors import ConnectionFailed
+    from engine.execute.options import RunOptions
+    from engine.model.results import Status
+
+    pb = tmp_path / "pb.yml"
+    pb.write_text(PLAYBOOK)
+    with _listener(b"", then_hang=True) as (addr, port):
+        loaded = api.load(str(pb), str(_inventory(tmp_path, sshd_fleet, addr, port)))
+        opts = RunOptions(mode="run", state_dir=str(tmp_path / "state"), forks=2, locks=locks)
+        pool = ConnectionPool(connect_timeout=1)
+        if not locks:  # as the early open does while the run starts
+            with pytest.raises(ConnectionFailed):
+                pool.get(loaded.inventory.hosts["web1"])
+        summary = api.execute(loaded, opts, pool=pool)
+    (result,) = summary.results
+    assert result.status == Status.UNREACHABLE
+    assert "none within 1s" in result.message
+    assert result.duration >= 1.0
