@@ -1,5 +1,5 @@
 """The Python API alone does what `playbook` does: a recorded run, a resume and a rollback,
-against the real sshd fleet, with no CLI in the way (engine/api.py)."""
+against the real sshd fleet, with no CLI in the way (engine/api/)."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def test_two_runs_in_one_second_get_different_releases(setup, monkeypatch):
     """A release id is the UTC second; a second run within that second must not write into the
     first one's (live) release directory."""
     fleet, tree, loaded, state, options = setup
-    monkeypatch.setattr(api, "new_release_id", lambda: "20261202T120000Z")
+    monkeypatch.setattr(api.ids, "new_release_id", lambda: "20261202T120000Z")
     assert api.run(loaded, options()).exit_code() == 0
     assert {current(h) for h in fleet} == {"releases/20261202T120000Z"}
     first = {h.name: (Path(h.data_dir) / "app/releases/20261202T120000Z/app/f00.php").read_text() for h in fleet}

@@ -16,9 +16,8 @@ import boto3
 import pytest
 import yaml
 
-from engine import api
 from engine.cli import main
-from engine.record.deployed import ArtifactRecorder, history
+from engine.record.deployed import history
 from tests.harness.moto import MotoServer
 
 pytestmark = pytest.mark.fleet
@@ -26,21 +25,6 @@ pytestmark = pytest.mark.fleet
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 WIDGETS = PLAYBOOKS / "deploy-widgets.yml"
 TEMPLATES = PLAYBOOKS / "deploy-templates.yml"
-
-
-@pytest.fixture(autouse=True)
-def artifact_recorder(monkeypatch):
-    """Record deployed artifacts as the CLI does once `ArtifactRecorder` is registered there
-    (added here only when the CLI does not do it yet)."""
-    real = api.execute
-
-    def execute(loaded, options, *, subscribers=(), **kw):
-        subs = list(subscribers)
-        if options.mode == "run" and not any(isinstance(s, ArtifactRecorder) for s in subs):
-            subs.append(ArtifactRecorder(options.state_dir, loaded.playbook.name))
-        return real(loaded, options, subscribers=subs, **kw)
-
-    monkeypatch.setattr(api, "execute", execute)
 
 
 def cli(capsys, *args: str) -> tuple[int, dict]:
