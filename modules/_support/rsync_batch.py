@@ -57,7 +57,8 @@ IDLE_SECONDS = 30
 _PROTOCOL = 31
 _MAX_COMMAND = 32 * 1024  # the host command with its deletions; a longer one takes a normal rsync
 _batches = Memo(size=4)
-_refused: set[str] = set()  # hosts whose rsync could not read a batch: a normal rsync, from then on
+# per run id, the hosts whose rsync could not read a batch: a normal rsync for the rest of the run
+_refused = Memo(size=4)
 _refused_lock = threading.Lock()
 
 
@@ -88,7 +89,8 @@ def send_batch(
     said nothing. False when it was not sent or not applied: the caller sends with a normal
     rsync."""
     nbytes = sum(size for size, _ in files.values())
-    if not paths or nbytes >= BATCH_MAX_BYTES or ctx.conn is None or ctx.host in _refused:
+    refused: set[str] = _refused.get(ctx.run_id, set)
+    if not paths or nbytes >= BATCH_MAX_BYTES or ctx.conn is None or (ctx.host or "") in refused:
         return False
     checked = sorted(files)
     removal = f"rm -rf -- {' '.join(shlex.quote(p) for p in deletions)} && " if deletions else ""
@@ -121,7 +123,7 @@ def send_batch(
     ctx.emit(f"rsync: the host did not apply the batch ({why[0][:300]}); sending with rsync")
     if res.rc in (1, 2, 127):  # usage (an option it lacks), protocol, no rsync: it will not change
         with _refused_lock:
-            _refused.add(ctx.host or "")
+            refused.add(ctx.host or "")
     return False
 
 
