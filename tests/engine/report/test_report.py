@@ -462,3 +462,30 @@ def test_step_lines_to_a_pipe_are_what_rich_prints_without_rich(scrubber, monkey
     step_lines = [ln for ln in fast_file.getvalue().splitlines() if ln.startswith("  ") and "(" in ln]
     assert len(step_lines) >= len(summary.results)
     assert not any(getattr(p, "plain", "") in step_lines for p in printed)  # none went through rich
+
+
+@pytest.mark.parametrize("host", ["web01", "数" * 45], ids=["ascii", "wide characters"])
+def test_the_recap_to_a_pipe_is_what_rich_prints(host, scrubber, monkeypatch):
+    """The recap goes to a pipe without rich when every line fits; a line rich would wrap (45
+    wide characters are 90 columns: under the width by length, over it by cells) goes through rich."""
+    results = [StepResult("sync", host, Status.CHANGED), StepResult("sync", "web02", Status.FAILED, message="exit 1")]
+    summary = RunSummary("r-3", "pb.yml", "run", [host, "web02"], ["sync"], results, started=1.0, finished=2.0)
+    width = 80
+    fast_file = io.StringIO()
+    fast = Console(file=fast_file, width=width, highlight=False)
+    printed: list[str] = []
+    real_print = fast.print
+    monkeypatch.setattr(
+        fast, "print", lambda *a, **kw: (printed.extend(getattr(x, "plain", "") for x in a), real_print(*a, **kw))[1]
+    )
+    rep = ConsoleReporter(fast, mode="run", scrubber=scrubber)
+    feed(rep, summary)
+    rep.close()
+    slow = Console(file=io.StringIO(), record=True, width=width, highlight=False)
+    rep = ConsoleReporter(slow, mode="run", scrubber=scrubber)
+    feed(rep, summary)
+    rep.close()
+    assert fast_file.getvalue() == slow.export_text()
+    assert "Recap\n" in fast_file.getvalue()
+    through_rich = any(p.startswith("Recap\n") for p in printed)
+    assert through_rich == (host != "web01")
