@@ -440,37 +440,11 @@ def test_the_live_view_never_waits_for_the_reporter_lock(scrubber):
     assert rendered_while_held
 
 
-def test_step_lines_to_a_pipe_are_what_rich_prints_without_rich(scrubber, monkeypatch):
-    """In a pipe (no colour, no live display) a step's line is written straight to the file;
-    the bytes are those rich prints, checked against a recording console that renders with rich."""
-    from engine.report.terminal import PIPE_WIDTH
-
-    summary = run_summary()
-    fast_file = io.StringIO()
-    fast = Console(file=fast_file, width=PIPE_WIDTH, highlight=False)
-    printed: list[object] = []
-    real_print = fast.print
-    monkeypatch.setattr(fast, "print", lambda *a, **kw: (printed.extend(a), real_print(*a, **kw))[1])
-    rep = ConsoleReporter(fast, mode="run", scrubber=scrubber)
-    feed(rep, summary)
-    rep.close()
-    slow = Console(file=io.StringIO(), record=True, width=PIPE_WIDTH, highlight=False)
-    rep = ConsoleReporter(slow, mode="run", scrubber=scrubber)
-    feed(rep, summary)
-    rep.close()
-    assert fast_file.getvalue() == slow.export_text()
-    step_lines = [ln for ln in fast_file.getvalue().splitlines() if ln.startswith("  ") and "(" in ln]
-    assert len(step_lines) >= len(summary.results)
-    assert not any(getattr(p, "plain", "") in step_lines for p in printed)  # none went through rich
-
-
-@pytest.mark.parametrize("host", ["web01", "数" * 45], ids=["ascii", "wide characters"])
-def test_the_recap_to_a_pipe_is_what_rich_prints(host, scrubber, monkeypatch):
-    """The recap goes to a pipe without rich when every line fits; a line rich would wrap (45
-    wide characters are 90 columns: under the width by length, over it by cells) goes through rich."""
-    results = [StepResult("sync", host, Status.CHANGED), StepResult("sync", "web02", Status.FAILED, message="exit 1")]
-    summary = RunSummary("r-3", "pb.yml", "run", [host, "web02"], ["sync"], results, started=1.0, finished=2.0)
-    width = 80
+def to_a_pipe_and_through_rich(
+    summary: RunSummary, width: int, scrubber: Scrubber, monkeypatch
+) -> tuple[str, list[str], str]:
+    """The reporter's output on a pipe console (no colour, no live display), the plain text of
+    what it handed to rich's `print` there, and the same run on a recording console (rich)."""
     fast_file = io.StringIO()
     fast = Console(file=fast_file, width=width, highlight=False)
     printed: list[str] = []
@@ -485,7 +459,30 @@ def test_the_recap_to_a_pipe_is_what_rich_prints(host, scrubber, monkeypatch):
     rep = ConsoleReporter(slow, mode="run", scrubber=scrubber)
     feed(rep, summary)
     rep.close()
-    assert fast_file.getvalue() == slow.export_text()
-    assert "Recap\n" in fast_file.getvalue()
+    return fast_file.getvalue(), printed, slow.export_text()
+
+
+def test_step_lines_to_a_pipe_are_what_rich_prints_without_rich(scrubber, monkeypatch):
+    """In a pipe (no colour, no live display) a step's line is written straight to the file;
+    the bytes are those rich prints, checked against a recording console that renders with rich."""
+    from engine.report.terminal import PIPE_WIDTH
+
+    summary = run_summary()
+    fast, printed, slow = to_a_pipe_and_through_rich(summary, PIPE_WIDTH, scrubber, monkeypatch)
+    assert fast == slow
+    step_lines = [ln for ln in fast.splitlines() if ln.startswith("  ") and "(" in ln]
+    assert len(step_lines) >= len(summary.results)
+    assert not any(p in step_lines for p in printed)  # none went through rich
+
+
+@pytest.mark.parametrize("host", ["web01", "数" * 45], ids=["ascii", "wide characters"])
+def test_the_recap_to_a_pipe_is_what_rich_prints(host, scrubber, monkeypatch):
+    """The recap goes to a pipe without rich when every line fits; a line rich would wrap (45
+    wide characters are 90 columns: under the width by length, over it by cells) goes through rich."""
+    results = [StepResult("sync", host, Status.CHANGED), StepResult("sync", "web02", Status.FAILED, message="exit 1")]
+    summary = RunSummary("r-3", "pb.yml", "run", [host, "web02"], ["sync"], results, started=1.0, finished=2.0)
+    fast, printed, slow = to_a_pipe_and_through_rich(summary, 80, scrubber, monkeypatch)
+    assert fast == slow
+    assert "Recap\n" in fast
     through_rich = any(p.startswith("Recap\n") for p in printed)
     assert through_rich == (host != "web01")
