@@ -100,14 +100,7 @@ def execute(
         ended_ok = summary is not None and summary.exit_code() == 0
         for lock in shared:
             lock.release(ended_ok=ended_ok)  # a shard that ended ok leaves the run's lock to its coordinator
-        for path, hosts, info in taken:
-            release_all(
-                {h: functools.partial(connect, h) for h in hosts},
-                path,
-                info.run_id,
-                part=options.run_id,
-                workers=options.forks,
-            )
+        _release_locks(taken, connect, options)
         if pool is not None:
             pool.close_all()
 
@@ -138,13 +131,18 @@ def _acquire_locks(
             )
             taken.append((path, got, info))  # unreachable hosts fail at their first step
     except BaseException:
-        for path, hosts, held in taken:
-            release_all(
-                {h: functools.partial(connect, h) for h in hosts},
-                path,
-                held.run_id,
-                part=options.run_id,
-                workers=options.forks,
-            )
+        _release_locks(taken, connect, options)
         raise
     return taken
+
+
+def _release_locks(taken: list[tuple[str, list[str], Any]], connect: Callable[[str], Any], options: RunOptions) -> None:
+    """Release the deploy locks `_acquire_locks` took, on the hosts where each was taken."""
+    for path, hosts, info in taken:
+        release_all(
+            {h: functools.partial(connect, h) for h in hosts},
+            path,
+            info.run_id,
+            part=options.run_id,
+            workers=options.forks,
+        )

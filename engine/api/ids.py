@@ -17,14 +17,10 @@ def unused_release_id(history: Any) -> str:
     """A new release id no recorded run used: two runs within one second would otherwise share
     `releases/<id>` (the second writing into the live release); the later gets `-2`, `-3`, ...
     (which still sort after the first)."""
+    from modules._support.releases import release_name_for
+
     base = new_release_id()
-    used = history.release_ids(base)
-    if base not in used:
-        return base
-    n = 2
-    while f"{base}-{n}" in used:
-        n += 1
-    return f"{base}-{n}"
+    return release_name_for(base, history.release_ids(base))
 
 
 def new_release_id() -> str:

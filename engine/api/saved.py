@@ -137,6 +137,14 @@ def prepare_apply(
         recorded=scope.recorded,
         state=state,
     )
+    # the run that applies the plan sees the hosts and vars of the plan that verifies it
+    options = dataclasses.replace(
+        verify,
+        mode="run",
+        expected=saved.nodes,
+        run_id=scope.run_id if shard is not None else "",
+        budget=scope.budget,
+    )
     fresh = execute(loaded, verify)
     drifted = drift(saved, fresh)
     if drifted:
@@ -147,20 +155,4 @@ def prepare_apply(
             f"{len(hosts)} host(s) ({', '.join(hosts)}):\n{lines}\nplan again and review the new plan",
             drifted,
         )
-    options = RunOptions(
-        mode="run",
-        forks=forks,
-        limit=saved.limit,
-        extra_vars=extra,
-        release_id=saved.release_id,
-        state_dir=state_dir,
-        verbose=verbose,
-        expected=saved.nodes,
-        run_id=scope.run_id if shard is not None else "",
-        shard=scope.shard,
-        only_hosts=scope.only_hosts,
-        recorded=scope.recorded,
-        state=state,
-        budget=scope.budget,
-    )
     return SavedApply(loaded, options, saved.plan_hash, frozenset(found))
