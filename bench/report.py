@@ -235,6 +235,18 @@ def _generated_by(meta: dict) -> str:
     )
 
 
+FINDINGS = Path(__file__).with_name("findings.md")
+"""What was measured by hand, kept and dropped: copied into every report, so a render keeps it."""
+
+
+def _findings() -> list[str]:
+    try:
+        text = FINDINGS.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return []
+    return [text, ""] if text else []
+
+
 def _shards(out_dir: Path | None) -> list[str]:
     """The sharded-run numbers `bench/shards.py` wrote into docs/scale.md, shown here too."""
     scale = Path(out_dir or "docs") / "scale.md"
@@ -312,6 +324,7 @@ def render(results: dict, ns, machine: dict[str, str], *, plot=None, out_dir: Pa
             out.append("")
     out += _scaling(plot, out_dir)
     out += _targets(results, ns, machine)
+    out += _findings()
     out += _shards(out_dir)
     notes = results.get("_notes", {})
     out += [

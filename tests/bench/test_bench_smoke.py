@@ -58,6 +58,9 @@ def test_bench_runs_steps_and_fanout_on_two_hosts(tmp_path):
     md = (tmp_path / "benchmarks.md").read_text()
     assert "### 20 small steps, re-run with nothing to do" in md
     assert "| hosts' CPU s |" in md and "| all CPU × floor |" in md
+    # the hand-written findings are carried into every report, so a render does not lose them
+    findings = (REPO / "bench" / "findings.md").read_text().strip()
+    assert findings.splitlines()[0] in md and findings.splitlines()[-1] in md
     # re-rendered from the saved run, still without the plot: the report again, no plot written
     plot = tmp_path / "plot.svg"
     again = tmp_path / "again.md"
