@@ -65,7 +65,9 @@ def hook():
     h.close()
 
 
-def write_playbook(tmp_path: Path, hook: Hook, *, extra: dict | None = None, step: dict | None = None) -> Path:
+def write_playbook(
+    tmp_path: Path, hook: Hook, *, extra: dict | None = None, step: dict | None = None, timeout: float = 2
+) -> Path:
     doc = {
         "name": "notified",
         "secrets": {"hook_token": {"env": "HOOK_TOKEN"}},
@@ -84,7 +86,7 @@ def write_playbook(tmp_path: Path, hook: Hook, *, extra: dict | None = None, ste
             }
         ],
         "notify": [
-            {"url": f"{hook.url}/generic?t={{{{ hook_token }}}}", "timeout": 2, "retries": 1},
+            {"url": f"{hook.url}/generic?t={{{{ hook_token }}}}", "timeout": timeout, "retries": 1},
             {"url": f"{hook.url}/slack", "format": "slack", "events": ["step_failed", "finished"], "timeout": 2},
             *(extra or {}).get("notify", []),
         ],
@@ -126,7 +128,9 @@ def test_a_failing_webhook_is_retried_logged_and_changes_nothing(sshd_fleet, tmp
     monkeypatch.setenv("HOOK_TOKEN", SECRET)
     inv = sshd_fleet.write_inventory(tmp_path / "inv.yml")
     hook.status = 500
-    pb = write_playbook(tmp_path, hook)
+    # the run's end waits for pending notifications at most the largest `timeout`: a long one, so
+    # the retry is sent however loaded the machine is (the hook answers at once, nothing waits it out)
+    pb = write_playbook(tmp_path, hook, timeout=60)
     state = str(tmp_path / "state")
     assert main(["run", str(pb), "-i", str(inv), "--state-dir", state]) == 0
     err = capsys.readouterr().err
