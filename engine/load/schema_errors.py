@@ -80,16 +80,7 @@ def _describe(schema: Any) -> str:
     if kind == "string":
         return "a non-empty string" if schema.get("minLength") else "string"
     if kind in ("integer", "number"):
-        lo, hi = schema.get("minimum"), schema.get("maximum")
-        if lo is not None and hi is not None:
-            return f"{kind} from {lo:g} to {hi:g}"
-        if lo is not None:
-            return f"{kind} >= {lo:g}"
-        if schema.get("exclusiveMinimum") is not None:
-            return f"{kind} > {schema['exclusiveMinimum']:g}"
-        if hi is not None:
-            return f"{kind} <= {hi:g}"
-        return kind
+        return _describe_bounds(kind, schema)
     if kind == "array":
         items = schema.get("items")
         simple = (
@@ -99,6 +90,19 @@ def _describe(schema: Any) -> str:
     if kind:
         return _type_name(kind)
     return "a valid value"
+
+
+def _describe_bounds(kind: str, schema: dict) -> str:
+    """'integer from 1 to 65535', 'number > 0 and <= 60', 'integer >= 1': every bound it has."""
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if lo is not None and hi is not None:
+        return f"{kind} from {lo:g} to {hi:g}"
+    bounds = [
+        f"{op} {schema[key]:g}"
+        for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+        if schema.get(key) is not None
+    ]
+    return " and ".join([f"{kind} {bounds[0]}", *bounds[1:]]) if bounds else kind
 
 
 def _json_type(value: Any) -> str:
