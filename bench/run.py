@@ -59,6 +59,9 @@ DEFAULT_HOSTS = "10,25,50:fanout+nochange,100:fanout+nochange,200:fanout+nochang
 # Ansible forks one worker process per host: above this N it runs once per job (--heavy-repeats)
 HEAVY_TOOLS = ("ansible", "ansible-mitogen")
 HEAVY_N = 100
+# pyinfra's files.sync takes a stat and a sha1 fact per file (one dry run at N = 25: 79-105 s),
+# so by default it runs up to this N only; naming it in --tools runs it at every N
+SLOW_TOOLS = {"pyinfra-sync": 25}
 
 
 def _csv(value: str, allowed: tuple[str, ...] | None = None) -> list[str]:
@@ -107,9 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--tools",
-        default=",".join(RUNNERS),
         type=lambda v: _csv(v, RUNNERS),
-        help=f"tools to compare (default {','.join(RUNNERS)})",
+        help=f"tools to compare (default {','.join(RUNNERS)}; pyinfra-sync up to N = {SLOW_TOOLS['pyinfra-sync']} unless named)",
     )
     p.add_argument("--seed", type=int, default=8, help="seed of the artifact tree and its mutation (default 8)")
     p.add_argument("--workdir", type=Path, default=BENCH / ".work", help="scratch dir (default bench/.work)")
@@ -167,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the scaling plot to write (default docs/bench-scaling.svg)",
     )
     ns = p.parse_args(argv)
+    ns.tools_named = ns.tools is not None
+    ns.tools = ns.tools or list(RUNNERS)
     if ns.repeats < 1:
         p.error("--repeats must be at least 1")
     if ns.heavy_repeats < 1:
@@ -328,6 +332,13 @@ def run_n(
                         note = f"{heavy} run{'s' if heavy != 1 else ''} at N > {HEAVY_N} (--heavy-repeats: memory)"
                         if note not in entry["notes"]:
                             entry["notes"].append(note)
+                        continue
+                    slow = SLOW_TOOLS.get(name)
+                    if slow and n > slow and not ns.tools_named:
+                        entry["unavailable"] = (
+                            f"not run above N = {slow} by default (one stat and one sha1 fact per file; "
+                            f"`--tools {name}` runs it)"
+                        )
                         continue
                     est = _estimate_memory(results, n, job, name)
                     avail = _mem_available()
