@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 import re
+import string
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "ticked",
     "check_binop",
     "check_call",
+    "check_format",
     "bounded_join",
     "bounded_output",
 ]
@@ -182,11 +184,78 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
         if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
             b.size(right * abs(left).bit_length() // 8, "a number (in bytes)")
     elif operator == "%" and isinstance(left, str):
-        b.size(_widest(left), "a formatted string")
+        b.size(_percent_size(left, right), "a formatted string")
 
 
-def _widest(fmt: str) -> int:
-    return max((int(w) for w in _WIDTH.findall(fmt) if len(w) < 30), default=0) + len(fmt)
+# one %-conversion: (key), flags, width, .precision, length modifier, type
+_CONVERSION = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.)", re.DOTALL)
+_HUGE = 10**30  # a width written with 30 digits or more: no need to read it to refuse it
+
+
+def _number(digits: str) -> int:
+    return int(digits) if len(digits) < 30 else _HUGE
+
+
+def _percent_size(fmt: str, values: Any) -> int:
+    """How long `fmt % values` can be, less the values' own text: the format's length plus every
+    width and precision, a `*` one read from `values` (`'%*d' % (10**10, 1)`)."""
+    args = list(values) if isinstance(values, tuple) else [values]
+    total, i = len(fmt), 0
+    for m in _CONVERSION.finditer(fmt):
+        width, precision, kind = m.groups()
+        if kind == "%":
+            continue
+        for part in (width, precision):
+            if part == "*":
+                n = args[i] if i < len(args) else 0
+                i += 1
+                total += abs(n) if isinstance(n, int) else 0
+            elif part:
+                total += _number(part)
+        i += 1
+    return total
+
+
+_FORMATTER = string.Formatter()
+
+
+def _format_size(fmt: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
+    """How long `fmt.format(*args, **kwargs)` can be, less the values' own text: the format's
+    length plus every width and precision, nested ones (`'{:{}}'.format('x', 10**10)`) read from
+    the arguments as str.format would."""
+    total, auto = len(fmt), 0
+    try:
+        for _, field, spec, _ in _FORMATTER.parse(fmt):
+            if field is None:
+                continue
+            if field == "":
+                auto += 1
+            if spec and "{" in spec:
+                resolved = []
+                for literal, inner, _, _ in _FORMATTER.parse(spec):
+                    resolved.append(literal)
+                    if inner is None:
+                        continue
+                    if inner == "":
+                        value, auto = (args[auto] if auto < len(args) else ""), auto + 1
+                    else:
+                        key = re.split(r"[.\[]", inner, maxsplit=1)[0]
+                        value = args[int(key)] if key.isdigit() and int(key) < len(args) else kwargs.get(key, "")
+                    resolved.append(str(value) if isinstance(value, (int, str)) else "")
+                spec = "".join(resolved)
+            total += sum(_number(d) for d in _WIDTH.findall(spec or ""))
+    except (ValueError, TypeError):  # not a valid format (or an int too long to print): str.format says so
+        return len(fmt)
+    return total
+
+
+def check_format(fmt: str, args: Sequence[Any], kwargs: Any) -> None:
+    """Refuse, before it runs, a `str.format`/`format_map` call that would build too big a string."""
+    b = current()
+    if b is None:
+        return
+    b.check()
+    b.size(_format_size(fmt, args, kwargs if isinstance(kwargs, Mapping) else {}), "a formatted string")
 
 
 _PADDING = {"center", "ljust", "rjust", "zfill"}
@@ -209,8 +278,6 @@ def check_call(obj: Any, args: tuple, kwargs: dict) -> None:
         b.size(owner.count("\t") * int(size) + len(owner), "a string")
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         b.size(len(owner) + (owner.count(args[0]) + 1) * len(args[1]), "a string")
-    elif name == "format":
-        b.size(_widest(owner), "a formatted string")
 
 
 def bounded_join(parts: Iterable[Any], sep: str = "") -> str:

@@ -97,10 +97,25 @@ class _Env(ImmutableSandboxedEnvironment):
         template_budget.check_call(__obj, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
+    def wrap_str_format(self, value: Any) -> Any:
+        # jinja wraps `str.format`/`format_map` when they are looked up (no `call` hook sees
+        # them): the wrapper checks the size first, with the arguments that set nested widths
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt, is_map = value.__self__, value.__name__ == "format_map"
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            if is_map:
+                template_budget.check_format(fmt, (), args[0] if args else {})
+            else:
+                template_budget.check_format(fmt, args, kwargs)
+            return wrapped(*args, **kwargs)
+
+        return checked
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         template_budget.tick()
-        if isinstance(obj, str) and attribute in ("format", "format_map"):  # jinja wraps these: no `call` hook
-            template_budget.check_binop("%", obj, None)
         if isinstance(obj, UnknownValue):
             raise UnknownReference(attribute)
         value = super().getattr(obj, attribute)
@@ -137,7 +152,7 @@ def _bounded_filters() -> dict[str, Any]:
         return jinja_filters.do_indent(s, width, first, blank)
 
     def fmt(value: str, *args: Any, **kwargs: Any) -> str:
-        template_budget.check_binop("%", str(value), args)
+        template_budget.check_binop("%", str(value), kwargs or args)
         return jinja_filters.do_format(value, *args, **kwargs)
 
     @jinja2.pass_eval_context
@@ -172,6 +187,7 @@ _ENV.filters.update(
     }
 )
 _ENV.filters.update(_bounded_filters())
+del _ENV.globals["lipsum"]  # n paragraphs of Latin in one call, out of the budget's reach
 _cache: dict[str, jinja2.Template] = {}
 _expressions: dict[str, Any] = {}  # a single `{{ expr }}` compiled as an expression (keeps its type)
 

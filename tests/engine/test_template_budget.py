@@ -70,6 +70,16 @@ def test_a_long_loop_stops_at_the_time_budget(short_budget):
         "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
         "{{ range(100000)|map('string')|map('center', 100000)|join }}",
         "{% set ns = namespace(x='x') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}",
+        # widths taken from the arguments: `*` in %-formats, nested fields in str.format
+        "{{ '%*d' % (10**10, 1) }}",
+        "{{ '%.*f' % (10**10, 1.0) }}",
+        "{{ '%-*s|%s' % (10**10, 'a', 'b') }}",
+        "{{ '%*d'|format(10**10, 1) }}",
+        "{{ '{:{}}'.format('x', 10**10) }}",
+        "{{ '{0:>{1}}'.format('x', 10**10) }}",
+        "{{ '{:>{w}}'.format('x', w=10**10) }}",
+        "{{ '{a:>{w}}'.format_map({'a': 'x', 'w': 10**10}) }}",
+        "{{ '{:.{}f}'.format(1.0, 10**10) }}",
     ],
 )
 def test_big_values_are_refused_before_they_are_built(template):
@@ -102,6 +112,20 @@ def test_ordinary_templates_are_unchanged():
     assert out == "1,2 a7 12 abab 1-2"
     assert render("{{ 'x'|center(5) }}|{{ 'a\nb'|indent(2) }}|{{ 'a-b'|replace('-', '+') }}", {}) == "  x  |a\n  b|a+b"
     assert render("{{ n ** 2 }}", {"n": 12}) == 144
+    # digits in a format's literal text are not widths (a release date was refused as 20 MB)
+    assert render("{{ 'release 20261208: %s' % 'x' }}", {}) == "release 20261208: x"
+    assert render("{{ 'release 20261208: %s'|format('x') }}", {}) == "release 20261208: x"
+    assert render("{{ 'release 20261208: {}'.format('x') }}", {}) == "release 20261208: x"
+    assert render("{{ '%*d|%-3s|%.*f|%%' % (4, 7, 'a', 2, 1.5) }}", {}) == "   7|a  |1.50|%"
+    assert render("{{ '%(n)05d' % {'n': 3} }}", {}) == "00003"
+    assert render("{{ '{:{}}|{w:>{n}}|{:.{}f}'.format('x', 3, 2.5, 2, w='y', n=2) }}", {}) == "x  | y|2.50"
+
+
+def test_lipsum_is_not_offered():
+    # Jinja's `lipsum(n)` builds n paragraphs in one call, out of reach of the budget
+    # (`lipsum(10**6)` ran for over a minute and took 1.7 GB), and a deploy has no use for it
+    with pytest.raises(TemplateError, match="undefined variable: 'lipsum'"):
+        render("{{ lipsum(10**6) }}", {})
 
 
 def test_a_stop_request_ends_a_render_at_once():
