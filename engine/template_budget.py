@@ -177,6 +177,8 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
         for seq, n in ((left, right), (right, left)):
             if isinstance(seq, _SIZED) and isinstance(n, int):
                 b.size(len(seq) * n, "a value")
+        if isinstance(left, int) and isinstance(right, int):
+            b.size((left.bit_length() + right.bit_length()) // 8, "a number (in bytes)")
     elif operator == "+":
         if isinstance(left, _SIZED) and isinstance(right, _SIZED):
             b.size(len(left) + len(right), "a value")
@@ -188,7 +190,7 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
 
 
 # one %-conversion: (key), flags, width, .precision, length modifier, type
-_CONVERSION = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.)", re.DOTALL)
+_CONVERSION = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.)", re.DOTALL)
 _HUGE = 10**30  # a width written with 30 digits or more: no need to read it to refuse it
 
 
@@ -196,13 +198,27 @@ def _number(digits: str) -> int:
     return int(digits) if len(digits) < 30 else _HUGE
 
 
+def _text_len(value: Any, seen: dict[int, int]) -> int:
+    """The length of `value` as text, worked out once per object (one value may fill many fields)."""
+    key = id(value)
+    if key not in seen:
+        try:
+            seen[key] = len(value) if isinstance(value, str) else len(str(value))
+        except (ValueError, TypeError, RecursionError):  # formatting it fails the same way
+            seen[key] = 0
+    return seen[key]
+
+
 def _percent_size(fmt: str, values: Any) -> int:
-    """How long `fmt % values` can be, less the values' own text: the format's length plus every
-    width and precision, a `*` one read from `values` (`'%*d' % (10**10, 1)`)."""
+    """How long `fmt % values` can be: the format's length, every width and precision (a `*` one
+    read from `values`: `'%*d' % (10**10, 1)`) and the text of the value each conversion takes
+    (`'%(a)s' * 100000` takes one value 100000 times)."""
+    mapping = values if isinstance(values, Mapping) else None
     args = list(values) if isinstance(values, tuple) else [values]
     total, i = len(fmt), 0
+    seen: dict[int, int] = {}
     for m in _CONVERSION.finditer(fmt):
-        width, precision, kind = m.groups()
+        key, width, precision, kind = m.groups()
         if kind == "%":
             continue
         for part in (width, precision):
@@ -212,7 +228,11 @@ def _percent_size(fmt: str, values: Any) -> int:
                 total += abs(n) if isinstance(n, int) else 0
             elif part:
                 total += _number(part)
-        i += 1
+        if key is not None and mapping is not None:
+            value = mapping.get(key, "")
+        else:
+            value, i = (args[i] if i < len(args) else ""), i + 1
+        total += _text_len(value, seen)
     return total
 
 
@@ -220,30 +240,36 @@ _FORMATTER = string.Formatter()
 
 
 def _format_size(fmt: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
-    """How long `fmt.format(*args, **kwargs)` can be, less the values' own text: the format's
-    length plus every width and precision, nested ones (`'{:{}}'.format('x', 10**10)`) read from
-    the arguments as str.format would."""
+    """How long `fmt.format(*args, **kwargs)` can be: the format's length, every width and
+    precision (nested ones read from the arguments as str.format would: `'{:{}}'.format('x',
+    10**10)`) and the text of each field's value (for `{0.a}` or `{0[1]}`, all of argument 0's)."""
     total, auto = len(fmt), 0
+    seen: dict[int, int] = {}
+
+    def lookup(name: str) -> Any:
+        nonlocal auto
+        if name == "":
+            value, auto = (args[auto] if auto < len(args) else ""), auto + 1
+            return value
+        key = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if key.isdigit():
+            return args[int(key)] if int(key) < len(args) else ""
+        return kwargs.get(key, "")
+
     try:
         for _, field, spec, _ in _FORMATTER.parse(fmt):
             if field is None:
                 continue
-            if field == "":
-                auto += 1
+            value = lookup(field)
             if spec and "{" in spec:
                 resolved = []
                 for literal, inner, _, _ in _FORMATTER.parse(spec):
                     resolved.append(literal)
-                    if inner is None:
-                        continue
-                    if inner == "":
-                        value, auto = (args[auto] if auto < len(args) else ""), auto + 1
-                    else:
-                        key = re.split(r"[.\[]", inner, maxsplit=1)[0]
-                        value = args[int(key)] if key.isdigit() and int(key) < len(args) else kwargs.get(key, "")
-                    resolved.append(str(value) if isinstance(value, (int, str)) else "")
+                    if inner is not None:
+                        width = lookup(inner)
+                        resolved.append(str(width) if isinstance(width, (int, str)) else "")
                 spec = "".join(resolved)
-            total += sum(_number(d) for d in _WIDTH.findall(spec or ""))
+            total += _text_len(value, seen) + sum(_number(d) for d in _WIDTH.findall(spec or ""))
     except (ValueError, TypeError):  # not a valid format (or an int too long to print): str.format says so
         return len(fmt)
     return total
@@ -261,23 +287,49 @@ def check_format(fmt: str, args: Sequence[Any], kwargs: Any) -> None:
 _PADDING = {"center", "ljust", "rjust", "zfill"}
 
 
-def check_call(obj: Any, args: tuple, kwargs: dict) -> None:
-    """Refuse, before it runs, a string method or filter call that would build too big a value."""
+_TEXT = (str, bytes, bytearray)
+
+
+def check_call(obj: Any, args: tuple, kwargs: dict) -> tuple:
+    """Refuse, before it runs, a method call that would build too big a value. Returns the
+    arguments to call it with: what `join` is given is read first (measured as it comes)."""
     b = current()
     if b is None:
-        return
+        return args
     b.check()
     owner = getattr(obj, "__self__", None)
     name = getattr(obj, "__name__", "")
-    if not isinstance(owner, str):
-        return
-    if name in _PADDING and args and isinstance(args[0], int):
-        b.size(args[0], "a padded string")
-    elif name == "expandtabs":
-        size = args[0] if args and isinstance(args[0], int) else kwargs.get("tabsize", 8)
-        b.size(owner.count("\t") * int(size) + len(owner), "a string")
-    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
-        b.size(len(owner) + (owner.count(args[0]) + 1) * len(args[1]), "a string")
+    if type(owner) is int and name == "to_bytes":
+        length = args[0] if args else kwargs.get("length", 1)
+        if isinstance(length, int):
+            b.size(length, "a bytes value")
+        return args
+    if not isinstance(owner, _TEXT):
+        return args
+    try:
+        if name in _PADDING and args and isinstance(args[0], int):
+            b.size(args[0], "a padded string")
+        elif name == "expandtabs":
+            size = args[0] if args and isinstance(args[0], int) else kwargs.get("tabsize", 8)
+            tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+            b.size(tabs * int(size) + len(owner), "a string")
+        elif name == "replace" and len(args) >= 2 and isinstance(args[0], _TEXT) and isinstance(args[1], _TEXT):
+            b.size(len(owner) + (owner.count(args[0]) + 1) * len(args[1]), "a string")  # type: ignore[arg-type]
+        elif name == "translate" and args and isinstance(owner, str):
+            table = args[0]
+            values = table.values() if isinstance(table, Mapping) else table if isinstance(table, (list, tuple)) else ()
+            widest = max((len(v) for v in values if isinstance(v, str)), default=1)
+            b.size(len(owner) * widest, "a string")
+        elif name == "join" and args:
+            parts, total = [], 0
+            for part in args[0]:
+                parts.append(part)
+                total += len(owner) + (len(part) if isinstance(part, _TEXT) else 0)
+                b.size(total, "a string")
+            return (parts, *args[1:])
+    except TypeError:  # arguments the method itself refuses: it says so when called
+        pass
+    return args
 
 
 def bounded_join(parts: Iterable[Any], sep: str = "") -> str:

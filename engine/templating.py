@@ -8,6 +8,7 @@ applied raises `UnknownReference`, which the planner turns into an `unknown` pla
 
 from __future__ import annotations
 
+import itertools
 import json
 import posixpath
 import shlex
@@ -94,7 +95,7 @@ class _Env(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's signature)
-        template_budget.check_call(__obj, args, kwargs)
+        args = template_budget.check_call(__obj, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Any:
@@ -167,7 +168,58 @@ def _bounded_filters() -> dict[str, Any]:
             return template_budget.bounded_join(value, str(d))
         return jinja_filters.do_join(eval_ctx, value, d, attribute)
 
-    return {"center": center, "indent": indent, "format": fmt, "replace": replace, "join": join}
+    def batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+        if fill_with is not None and isinstance(linecount, int):
+            size(linecount, "a list")  # the last batch is filled up to `linecount`
+        return jinja_filters.do_batch(value, linecount, fill_with)
+
+    def slice_(value: Any, slices: int, fill_with: Any = None) -> Any:
+        if isinstance(slices, int):
+            size(slices, "a list")  # `slices` lists, however short the input
+        return jinja_filters.sync_do_slice(value, slices, fill_with)
+
+    @jinja2.pass_environment
+    def sum_(environment: jinja2.Environment, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+        if not isinstance(start, (list, tuple)):
+            return jinja_filters.sync_do_sum(environment, iterable, attribute, start)
+        # lists: joined once, measured as they come (`sum` copies the growing total for each item)
+        if attribute is not None:
+            iterable = map(jinja_filters.make_attrgetter(environment, attribute), iterable)
+        items, total = [], len(start)
+        for item in iterable:
+            items.append(item)
+            total += len(item) if isinstance(item, (list, tuple)) else 0
+            size(total, "a list")
+        if all(type(item) is type(start) for item in items):
+            return type(start)(itertools.chain(start, *items))
+        return sum(items, start)  # mixed types: sum's own TypeError
+
+    @jinja2.pass_environment
+    def wordwrap(
+        environment: jinja2.Environment,
+        s: Any,
+        width: int = 79,
+        break_long_words: bool = True,
+        wrapstring: str | None = None,
+        break_on_hyphens: bool = True,
+    ) -> str:
+        text = str(s)
+        sep = environment.newline_sequence if wrapstring is None else str(wrapstring)
+        if isinstance(width, int) and width > 0:
+            size(len(text) + (len(text) // width + text.count("\n") + 1) * len(sep))
+        return jinja_filters.do_wordwrap(environment, s, width, break_long_words, wrapstring, break_on_hyphens)
+
+    return {
+        "center": center,
+        "indent": indent,
+        "format": fmt,
+        "replace": replace,
+        "join": join,
+        "batch": batch,
+        "slice": slice_,
+        "sum": sum_,
+        "wordwrap": wordwrap,
+    }
 
 
 def _finalize(value: Any) -> Any:

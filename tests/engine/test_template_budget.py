@@ -80,6 +80,20 @@ def test_a_long_loop_stops_at_the_time_budget(short_budget):
         "{{ '{:>{w}}'.format('x', w=10**10) }}",
         "{{ '{a:>{w}}'.format_map({'a': 'x', 'w': 10**10}) }}",
         "{{ '{:.{}f}'.format(1.0, 10**10) }}",
+        # one value used by many fields
+        "{% set v = 'x' * 100000 %}{{ ('{0}' * 100000).format(v) }}",
+        "{% set m = {'a': 'x' * 100000} %}{{ ('%(a)s' * 100000) % m }}",
+        # the methods and filters that build much more than they are given, in one call
+        "{{ ('y' * 100000).join(range(100000)|map('string')) }}",
+        "{{ 'x'.encode().center(10**10) }}",
+        "{{ ('x' * 1000).encode().replace('x'.encode(), ('y' * 1000000).encode()) }}",
+        "{% set t = {120: 'y' * 1000000} %}{{ ('x' * 1000).translate(t) }}",
+        "{{ (1).to_bytes(10**10, 'big') }}",
+        "{{ [1]|batch(10**10, 'x')|list|length }}",
+        "{{ [1]|slice(10**10)|list|length }}",
+        "{{ ([[0] * 100000] * 1000)|sum(start=[])|length }}",
+        "{{ ('x' * 1000000)|wordwrap(1) }}",
+        "{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}",
     ],
 )
 def test_big_values_are_refused_before_they_are_built(template):
@@ -119,6 +133,15 @@ def test_ordinary_templates_are_unchanged():
     assert render("{{ '%*d|%-3s|%.*f|%%' % (4, 7, 'a', 2, 1.5) }}", {}) == "   7|a  |1.50|%"
     assert render("{{ '%(n)05d' % {'n': 3} }}", {}) == "00003"
     assert render("{{ '{:{}}|{w:>{n}}|{:.{}f}'.format('x', 3, 2.5, 2, w='y', n=2) }}", {}) == "x  | y|2.50"
+    assert render("{{ ', '.join(['a', 'b']) }}|{{ '-'.join(range(3)|map('string')) }}", {}) == "a, b|0-1-2"
+    assert render("{{ 'ab'.translate({97: 'xy'}) }}|{{ (258).to_bytes(2, 'big').hex() }}", {}) == "xyb|0102"
+    assert (
+        render("{{ [1, 2, 3]|batch(2, 0)|list }}|{{ [1, 2, 3]|slice(2)|list }}", {}) == "[[1, 2], [3, 0]]|[[1, 2], [3]]"
+    )
+    assert (
+        render("{{ [[1], [2, 3]]|sum(start=[]) }}|{{ [1, 2]|sum }}|{{ [{'n': 2}]|sum('n', 1) }}", {}) == "[1, 2, 3]|3|3"
+    )
+    assert render("{{ 'aa bb cc'|wordwrap(5) }}|{{ 3 * 4 * 5 }}", {}) == "aa bb\ncc|60"
 
 
 def test_lipsum_is_not_offered():
