@@ -113,9 +113,5 @@ class HostContexts:
     def _groups_map(self) -> dict[str, list[str]]:
         with self._lock:
             if self._groups is None:
-                from engine.model.patterns import group_members
-
-                groups = {g: group_members(self.inventory, g) for g in self.inventory.groups}
-                groups["all"] = list(self.inventory.hosts)
-                self._groups = groups
+                self._groups = {g: list(hosts) for g, hosts in self.inventory.members.items()}
             return self._groups

@@ -14,44 +14,16 @@ Vars may reference other vars (`app_dir: "/srv/{{ app }}"`); they are resolved p
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cache
 from typing import Any
 
 from engine.model.config import Inventory
 
-__all__ = ["host_groups", "merged_vars", "group_depths"]
-
-
-def group_depths(inventory: Inventory) -> dict[str, int]:
-    """Depth of each group below the root (a group nobody lists as a child has depth 1)."""
-    parents: dict[str, list[str]] = {g: [] for g in inventory.groups}
-    for g in inventory.groups.values():
-        for child in g.children:
-            parents.setdefault(child, []).append(g.name)
-
-    @cache
-    def depth(name: str, guard: int = 0) -> int:
-        if guard > len(parents):
-            return 1
-        ps = parents.get(name, [])
-        return 1 + max((depth(p, guard + 1) for p in ps), default=0)
-
-    return {g: depth(g) for g in inventory.groups}
+__all__ = ["host_groups", "merged_vars"]
 
 
 def host_groups(inventory: Inventory, host: str) -> list[str]:
     """Every group the host belongs to, directly or through children, parents first."""
-    direct = {g.name for g in inventory.groups.values() if host in g.hosts}
-    result = set(direct)
-    changed = True
-    while changed:
-        changed = False
-        for g in inventory.groups.values():
-            if g.name not in result and any(c in result for c in g.children):
-                result.add(g.name)
-                changed = True
-    depths = group_depths(inventory)
-    return sorted(result, key=lambda n: (depths.get(n, 1), n))
+    return list(inventory.memberships.get(host, ()))
 
 
 def merged_vars(

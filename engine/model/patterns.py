@@ -14,23 +14,15 @@ import fnmatch
 import re
 from collections.abc import Iterable
 
-from engine.errors import PlaybookError, ValidationError, suggest
+from engine.errors import ValidationError, suggest
 from engine.model.config import Inventory
 
 __all__ = ["select_hosts", "group_members"]
 
 
-def group_members(inventory: Inventory, group: str, _seen: tuple[str, ...] = ()) -> list[str]:
+def group_members(inventory: Inventory, group: str) -> list[str]:
     """Every host in a group, its children included, in inventory order."""
-    if group == "all":
-        return list(inventory.hosts)
-    if group in _seen:
-        raise PlaybookError(f"group cycle: {' -> '.join(_seen + (group,))}")
-    g = inventory.groups[group]
-    members = set(g.hosts)
-    for child in g.children:
-        members.update(group_members(inventory, child, _seen + (group,)))
-    return [h for h in inventory.hosts if h in members]
+    return list(inventory.members.get(group, ()))
 
 
 def _split(pattern: str) -> list[str]:
