@@ -248,11 +248,16 @@ def is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
+_TOO_DEEP = "template syntax error: nested too deeply"
+
+
 def _parse(source: str) -> nodes.Template:
     try:
         return _ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message} in {source!r}") from None
+    except RecursionError:  # jinja's parser recurses once per level of brackets
+        raise TemplateError(_TOO_DEEP) from None
 
 
 def _lookups(tree: nodes.Template) -> Iterator[nodes.Getattr | nodes.Getitem]:
@@ -313,6 +318,8 @@ def render(source: str, context: Mapping[str, Any], *, what: str = "", stop: thr
             tpl = _ENV.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"template syntax error: {exc.message} in {source!r}", path=what) from None
+        except RecursionError:
+            raise TemplateError(_TOO_DEEP, path=what) from None
         _cache[source] = tpl
     single = _single_expression(source)
     try:
@@ -392,26 +399,43 @@ def resolve_vars(raw: Mapping[str, Any], base: Mapping[str, Any] | None = None) 
     done: dict[str, Any] = {k: v for k, v in raw.items() if not any(is_template(x) for x in _flatten(v))}
     plain = dict(base)
     plain.update(done)
-    active: list[str] = []
+    deps: dict[str, list[str]] = {}
 
-    def resolve(name: str) -> Any:
-        if name in done:
-            return done[name]
-        if name in active:
-            cycle = " -> ".join(active[active.index(name) :] + [name])
-            raise TemplateError(f"vars reference each other in a cycle: {cycle}")
-        active.append(name)
-        value = raw[name]
-        deps = {n for n in _template_names(value) if n in raw and n != name}
-        ctx = dict(plain)
-        for dep in deps:
-            ctx[dep] = resolve(dep)
-        done[name] = render_value(value, ctx, what=f"vars.{name}")
-        active.pop()
-        return done[name]
+    def deps_of(name: str) -> list[str]:
+        if name not in deps:
+            try:
+                deps[name] = sorted({n for n in _template_names(raw[name]) if n in raw and n != name})
+            except TemplateError as exc:  # a syntax error: name the var, so it is located
+                raise TemplateError(exc.message, path=f"vars.{name}") from None
+        return deps[name]
+
+    def resolve(start: str) -> None:
+        # depth first, without recursion (a chain of vars can be long); `path` is the chain
+        # being resolved, a name met again on it is a cycle
+        path, on_path = [start], {start}
+        todo = {start: iter(deps_of(start))}
+        while path:
+            name = path[-1]
+            for dep in todo[name]:
+                if dep in done:
+                    continue
+                if dep in on_path:
+                    cycle = " -> ".join(path[path.index(dep) :] + [dep])
+                    raise TemplateError(f"vars reference each other in a cycle: {cycle}")
+                path.append(dep)
+                on_path.add(dep)
+                todo[dep] = iter(deps_of(dep))
+                break
+            else:
+                ctx = dict(plain)
+                ctx.update((d, done[d]) for d in deps_of(name))
+                done[name] = render_value(raw[name], ctx, what=f"vars.{name}")
+                path.pop()
+                on_path.discard(name)
 
     for key in raw:
-        resolve(key)
+        if key not in done:
+            resolve(key)
     return done
 
 

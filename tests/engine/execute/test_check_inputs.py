@@ -93,6 +93,31 @@ def test_a_cycle_in_host_vars_is_located_at_the_host(tmp_path, inventory, capsys
     assert f"{inventory}:4:3" in err and "hosts.b.vars.x" in err and "cycle: x -> y -> x" in err
 
 
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ('"{{ ( }}"', "template syntax error: unexpected '}'"),
+        ('"{{ ' + "(" * 5000 + "1" + ")" * 5000 + ' }}"', "template syntax error: nested too deeply"),
+    ],
+)
+def test_a_var_that_is_not_a_template_is_located_at_the_var_once(tmp_path, inventory, capsys, value, message):
+    # it said "error: host a: : template syntax error ..." without a file, or "internal error: RecursionError"
+    pb = _marker_playbook(tmp_path, tmp_path / "t", f"\n  p: {value}".replace("\n", "\n        "))
+    code = main(["validate", str(pb), "-i", str(inventory)])
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, err
+    assert f"{pb}:4:3 vars.p: {message}" in errors[0]
+
+
+def test_a_chain_of_5000_vars_resolves(tmp_path, inventory, capsys):
+    chain = "".join(f'\n  v{i}: "{{{{ v{i + 1} }}}}"' for i in range(5000)) + "\n  v5000: end"
+    pb = _marker_playbook(tmp_path, tmp_path / "t", chain.replace("\n", "\n        "))
+    code = main(["validate", str(pb), "-i", str(inventory)])
+    assert code == 0, capsys.readouterr().err  # it was "internal error: RecursionError"
+
+
 def test_a_missing_local_source_directory_is_located(tmp_path, inventory, capsys):
     pb = write(
         tmp_path,
