@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.errors import LoadError, Location
 
-__all__ = ["ALIAS_NODE_BUDGET", "DEFAULT_MAX_FILE_SIZE", "max_file_size", "read_bounded", "check_aliases"]
+__all__ = ["ALIAS_NODE_BUDGET", "DEFAULT_MAX_FILE_SIZE", "max_file_size", "read_bounded", "check_events"]
 
 ALIAS_NODE_BUDGET = 100_000
 """At most this many nodes may be reached through aliases (`*name` and `<<: *name`) in one file."""
@@ -89,7 +89,7 @@ def _kind(mode: int) -> str:
     return "not a plain file"
 
 
-def check_aliases(events: Iterable[Any], file: str, budget: int = ALIAS_NODE_BUDGET) -> None:
+def check_events(events: Iterable[Any], file: str, budget: int = ALIAS_NODE_BUDGET) -> None:
     """Raise a located `LoadError` if the aliases in a YAML event stream stand for more than
     `budget` nodes. Works on PyYAML's and ruamel.yaml's events (same class names and fields);
     nothing is built, so the cost is one pass over the events whatever the aliases expand to."""

@@ -25,7 +25,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.errors import LoadError, Location, PlaybookError, ValidationErrors
-from engine.yamlio.bounds import check_aliases, read_bounded
+from engine.yamlio.bounds import check_events, read_bounded
 
 __all__ = ["Document", "load_file", "load_text", "resolve_scalar"]
 
@@ -278,7 +278,7 @@ def load_text(text: str, file: str = "<string>") -> Document:
     """Parse YAML text into a `Document`; bad input raises `LoadError` (or `ValidationErrors`
     holding several `LoadError`s), never a PyYAML exception."""
     try:
-        check_aliases(yaml.parse(text, Loader=_Loader), file)  # before anything is built
+        check_events(yaml.parse(text, Loader=_Loader), file)  # before anything is built
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, file, text) from None

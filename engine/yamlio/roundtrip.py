@@ -27,7 +27,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
 from engine.errors import LoadError
-from engine.yamlio.bounds import check_aliases
+from engine.yamlio.bounds import check_events
 
 __all__ = [
     "merge_edit",
@@ -173,7 +173,7 @@ def merge_edit(original: str, before: str, after: str) -> str | None:
 def detect_indent(text: str) -> tuple[int, int, int]:
     """(mapping, sequence, offset) indentation most used by the file, as ruamel wants them."""
     try:
-        check_aliases(yaml.parse(text, Loader=yaml.SafeLoader), "<yaml>")  # the walk below expands aliases
+        check_events(yaml.parse(text, Loader=yaml.SafeLoader), "<yaml>")  # the walk below expands aliases
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except (yaml.YAMLError, LoadError):
         root = None

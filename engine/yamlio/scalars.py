@@ -30,7 +30,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
 from engine.errors import LoadError, ModuleError
-from engine.yamlio.bounds import check_aliases
+from engine.yamlio.bounds import check_events
 
 __all__ = [
     "YamlEditError",
@@ -82,7 +82,7 @@ class Marker:
 def _bounded(text: str, name: str) -> None:
     """Refuse an alias bomb before ruamel builds anything (engine/yamlio/bounds.py)."""
     try:
-        check_aliases(YAML().parse(text), name or "<yaml>")
+        check_events(YAML().parse(text), name or "<yaml>")
     except LoadError as exc:
         raise YamlEditError(str(exc)) from None
     except YAMLError:
