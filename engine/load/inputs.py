@@ -42,12 +42,17 @@ def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
         elif item.lstrip().startswith("{"):
             import json
 
+            from engine.yamlio.bounds import MAX_DEPTH, check_depth
+
             try:
                 data = json.loads(item)
             except json.JSONDecodeError as exc:
                 raise LoadError(f"-e JSON is not valid: {exc}") from None
+            except RecursionError:  # the decoder recurses once per level
+                raise LoadError(f"-e JSON: lists and mappings nested more than {MAX_DEPTH} levels deep") from None
             if not isinstance(data, dict):
                 raise LoadError("-e JSON must be an object")
+            check_depth(data, "-e JSON")
             result.update(data)
         elif "=" in item:
             key, _, value = item.partition("=")

@@ -18,10 +18,22 @@ from typing import Any
 
 from engine.errors import LoadError, Location
 
-__all__ = ["ALIAS_NODE_BUDGET", "DEFAULT_MAX_FILE_SIZE", "max_file_size", "read_bounded", "check_events"]
+__all__ = [
+    "ALIAS_NODE_BUDGET",
+    "MAX_DEPTH",
+    "DEFAULT_MAX_FILE_SIZE",
+    "max_file_size",
+    "read_bounded",
+    "check_events",
+    "check_depth",
+]
 
 ALIAS_NODE_BUDGET = 100_000
 """At most this many nodes may be reached through aliases (`*name` and `<<: *name`) in one file."""
+
+MAX_DEPTH = 200
+"""At most this many levels of lists and mappings, the top level included (aliases count as what
+they stand for): deeper data would overflow the recursive walks that read it."""
 
 DEFAULT_MAX_FILE_SIZE = 4 * 1024 * 1024
 """The default size limit of a playbook, an inventory or an `-e @file`, in bytes."""
@@ -91,22 +103,31 @@ def _kind(mode: int) -> str:
 
 def check_events(events: Iterable[Any], file: str, budget: int = ALIAS_NODE_BUDGET) -> None:
     """Raise a located `LoadError` if the aliases in a YAML event stream stand for more than
-    `budget` nodes. Works on PyYAML's and ruamel.yaml's events (same class names and fields);
-    nothing is built, so the cost is one pass over the events whatever the aliases expand to."""
+    `budget` nodes, or if lists and mappings nest more than `MAX_DEPTH` levels deep (aliases
+    counted as what they stand for). Works on PyYAML's and ruamel.yaml's events (same class
+    names and fields); nothing is built, so the cost is one pass over the events whatever the
+    aliases expand to."""
     sizes: dict[str, int] = {}  # anchor -> nodes its value stands for, aliases expanded
-    stack: list[list[Any]] = []  # [anchor, node count so far] per open collection
+    depths: dict[str, int] = {}  # anchor -> levels of lists and mappings in its value
+    stack: list[list[Any]] = []  # [anchor, node count so far, deepest child] per open collection
     expanded = 0
     for event in events:
         kind = type(event).__name__
         if kind in ("MappingStartEvent", "SequenceStartEvent"):
-            stack.append([getattr(event, "anchor", None), 1])
+            if len(stack) >= MAX_DEPTH:
+                raise _too_deep(file, event)
+            stack.append([getattr(event, "anchor", None), 1, 0])
             continue
         if kind in ("MappingEndEvent", "SequenceEndEvent"):
-            anchor, size = stack.pop()
+            anchor, size, inner = stack.pop()
+            depth = inner + 1
         elif kind == "ScalarEvent":
-            anchor, size = getattr(event, "anchor", None), 1
+            anchor, size, depth = getattr(event, "anchor", None), 1, 0
         elif kind == "AliasEvent":
-            anchor, size = None, sizes.get(event.anchor, 0)  # an open anchor (a cycle) is the builder's error
+            # an open anchor (a cycle) is the builder's error
+            anchor, size, depth = None, sizes.get(event.anchor, 0), depths.get(event.anchor, 0)
+            if len(stack) + depth > MAX_DEPTH:
+                raise _too_deep(file, event)
             expanded += size
             if expanded > budget:
                 mark = event.start_mark
@@ -118,8 +139,34 @@ def check_events(events: Iterable[Any], file: str, budget: int = ALIAS_NODE_BUDG
         else:
             if kind == "DocumentEndEvent":
                 sizes.clear()  # anchors do not cross documents
+                depths.clear()
             continue
         if anchor:
-            sizes[anchor] = size
+            sizes[anchor], depths[anchor] = size, depth
         if stack:
             stack[-1][1] += size
+            stack[-1][2] = max(stack[-1][2], depth)
+
+
+def _too_deep(file: str, event: Any) -> LoadError:
+    mark = event.start_mark
+    return LoadError(
+        f"lists and mappings nested more than {MAX_DEPTH} levels deep",
+        location=Location(file, mark.line + 1, mark.column + 1),
+    )
+
+
+def check_depth(value: Any, what: str) -> None:
+    """Raise `LoadError` if lists and mappings nest more than `MAX_DEPTH` levels deep in a value
+    that did not come from a YAML file (`-e` JSON); `value` itself is the first level."""
+    level = [value]
+    for _ in range(MAX_DEPTH + 1):
+        level = [
+            v
+            for item in level
+            if isinstance(item, (list, dict))
+            for v in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return
+    raise LoadError(f"{what}: lists and mappings nested more than {MAX_DEPTH} levels deep")

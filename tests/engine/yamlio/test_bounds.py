@@ -151,3 +151,36 @@ def test_load_errors_name_the_file_and_position():
     with pytest.raises(LoadError) as err:
         load_text(textwrap.dedent(bomb()), "b.yml")
     assert str(err.value).startswith("b.yml:")
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        # the top-level mapping and the one under `vars` are 2 levels: 199 lists is one too many
+        (PLAYBOOK + f"vars:\n  x: {nested(199)}\n", "pb.yml:10:"),
+        # through an alias: 2 mappings, 99 lists and the 100 lists `*a` stands for
+        (PLAYBOOK + f"x-a: &a {nested(100)}\nvars:\n  x: {'[' * 99}*a{']' * 99}\n", "pb.yml:11:"),
+    ],
+)
+def test_yaml_nested_over_200_levels_is_refused_where_it_crosses(project: Path, text: str, where: str):
+    # PyYAML builds nested values recursively: at ~490 levels this said "YAML is nested too deeply"
+    # with no line, and a value nested ~980 levels deep passed -e and then failed on the host
+    (project / "pb.yml").write_text(text)
+    refused(cli(project, "validate", "pb.yml"), where, "nested more than 200 levels")
+
+
+def test_yaml_nested_200_levels_is_read(project: Path):
+    (project / "pb.yml").write_text(PLAYBOOK + f"x-a: &a {nested(99)}\nvars:\n  x: {nested(198)}\n  y: [[[*a]]]\n")
+    proc = cli(project, "validate", "pb.yml")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("depth", [200, 980, 20000])
+def test_extra_vars_json_nested_over_200_levels_is_refused(project: Path, depth: int):
+    proc = cli(project, "validate", "ok.yml", "-e", '{"x": ' + nested(depth) + "}")
+    refused(proc, "-e JSON", "nested more than 200 levels")
+    assert cli(project, "validate", "ok.yml", "-e", '{"x": ' + nested(199) + "}").returncode == 0
