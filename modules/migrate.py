@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 
 from engine.argschema import enforce
 from engine.errors import ModuleError
+from engine.model import jsonable
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 
@@ -75,7 +76,7 @@ class Migrate:
         if not res.ok:
             raise ModuleError(f"cannot read the migration ledger: {res.err.strip()[-300:]}", path=ctx.step)
         try:
-            return json.loads(res.stdout or b"{}")
+            return jsonable.loads(res.stdout or b"{}")
         except ValueError:
             return {"release": "unknown"}
 

@@ -20,7 +20,6 @@ redirects), and never put in a message or a command line.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import urllib.error
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from engine.errors import ArgError, ModuleError
+from engine.model import jsonable
 from engine.model.results import Diff, Plan
 from engine.module import ApplyContext, PlanContext, arg, register
 from engine.record.deployed import last_deployed
@@ -204,7 +204,7 @@ class _Registry:
         url = self.url + name.replace("/", "%2f")
         with self._open(url, _ACCEPT) as resp:
             try:
-                doc = json.loads(resp.read())
+                doc = jsonable.loads(resp.read())
             except (ValueError, OSError) as exc:
                 raise ModuleError(f"{self.what}: the registry's answer is not JSON: {exc}") from None
         if not isinstance(doc, dict):

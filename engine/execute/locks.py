@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 
 from engine.connection.base import Connection
 from engine.errors import ArgError, ConnectionFailed, LockHeld, ModuleError
+from engine.model import jsonable
 
 __all__ = [
     "LOCK_ROOT",
@@ -133,7 +134,7 @@ class LockInfo:
     def from_json(cls, data: bytes | None, *, fallback_time: float = 0.0) -> LockInfo:
         """Parse `info.json`; a missing or damaged file gives an `unknown` holder."""
         try:
-            raw = json.loads(data or b"")
+            raw = jsonable.loads(data or b"")
             if not isinstance(raw, dict):
                 raise ValueError
             return cls(

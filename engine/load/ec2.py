@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engine.errors import DynamicInventoryError, Location, TemplateError
+from engine.model import jsonable
 from engine.model.config import Group, Host, Inventory
 
 __all__ = [
@@ -195,7 +196,7 @@ def _cached_instances(config: Mapping[str, Any], where: str) -> list[dict[str, A
         if ttl > 0:
             try:
                 with open(disk, encoding="utf-8") as fh:
-                    saved = json.load(fh)
+                    saved = jsonable.loads(fh.read())
                 if time.time() - float(saved["fetched"]) < ttl:
                     _cache[key] = saved["instances"]
                     return _cache[key]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import json
 import math
 from collections.abc import Mapping
 from pathlib import PurePath
@@ -14,7 +15,7 @@ from typing import Any
 from engine.model.results import Diff, UnknownValue
 from engine.secrets import MASK, Secret
 
-__all__ = ["json_safe"]
+__all__ = ["json_safe", "loads"]
 
 
 def json_safe(value: Any) -> Any:
@@ -55,3 +56,13 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, PurePath):
         return str(value)
     return str(value)
+
+
+def loads(data: str | bytes | bytearray) -> Any:
+    """`json.loads` for JSON from outside the process (a plan file, a host, a registry, a state
+    backend): lists and objects nested past the decoder's recursion limit raise `ValueError`,
+    like any other malformed JSON, instead of `RecursionError`."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModuleError
+from engine.model import jsonable
 from engine.model.events import Event, RunFinished
 from engine.model.results import Status, UnknownValue
 
@@ -40,7 +41,7 @@ def history(state_dir: str | os.PathLike[str], playbook: str, source: str) -> li
     """Every recorded deployment of a source, oldest first (empty when none)."""
     path = record_path(state_dir, playbook, source)
     try:
-        data = json.loads(path.read_text())
+        data = jsonable.loads(path.read_text())
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:

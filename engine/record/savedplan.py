@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import LoadError, PlaybookError, StalePlan, UntrustedPlan
+from engine.model import jsonable
 from engine.model.jsonable import json_safe
 from engine.model.results import Change, Plan, RunSummary
 from engine.record.plansign import ALGORITHM, KEY_ENV, KEY_FILE_ENV, PlanKey
@@ -171,7 +172,7 @@ def load_plan(path: str, *, key: PlanKey | None = None) -> SavedPlan:
     CI variable went missing would be silent."""
     try:
         with open(path, "rb") as fh:
-            doc = json.loads(fh.read())
+            doc = jsonable.loads(fh.read())
     except FileNotFoundError:
         raise LoadError("no such plan file", path=path) from None
     except (OSError, ValueError) as exc:

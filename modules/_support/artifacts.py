@@ -33,6 +33,7 @@ from pathlib import Path
 
 from engine.connection import children
 from engine.errors import ModuleError
+from engine.model import jsonable
 from modules._support.manifest import DigestCache, Entry, local_manifest
 
 __all__ = [
@@ -294,7 +295,7 @@ def _tree_problem(tree: Path, record: Path, cache_root: Path) -> str | None:
     there is no record: a tree cached before records were kept, extracted again unannounced)."""
     try:
         with open(record, encoding="utf-8") as fh:
-            want = json.load(fh)
+            want = jsonable.loads(fh.read())
     except FileNotFoundError:
         return ""
     except (OSError, ValueError):

@@ -6,7 +6,6 @@ and Flagger count it). Only reads: nothing here changes the cluster."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.error
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import ArgError
+from engine.model import jsonable
 from engine.module import arg
 from engine.secrets import SCRUBBER
 
@@ -109,7 +109,7 @@ def measure_prometheus(check: PrometheusCheck) -> tuple[float | None, str | None
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         return None, f"prometheus {check.url}: {SCRUBBER.scrub(str(getattr(exc, 'reason', exc)))[:200]}"
     try:
-        doc = json.loads(raw)
+        doc = jsonable.loads(raw)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):

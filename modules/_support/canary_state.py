@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.errors import ArgError, ModuleError
+from engine.model import jsonable
 
 __all__ = [
     "HEALTHY_ANNOTATION",
@@ -71,7 +72,7 @@ def read_state(kube: Any, args: CanaryConfig) -> State:
     if raw is None:
         raise ModuleError(f"configmap '{args.configmap}' has no key '{args.configmap_key}'", path=kube.host)
     try:
-        env = json.loads(raw)
+        env = jsonable.loads(raw)
     except ValueError as exc:
         raise ModuleError(
             f"configmap '{args.configmap}' key '{args.configmap_key}' must be JSON (got {raw[:80]!r}: {exc})",
@@ -109,7 +110,7 @@ def require_digest(image: str | None, where: str) -> str:
 
 def _healthy_record(cm: Any) -> dict[str, Any]:
     try:
-        record = json.loads((cm.metadata.annotations or {}).get(HEALTHY_ANNOTATION, "{}"))
+        record = jsonable.loads((cm.metadata.annotations or {}).get(HEALTHY_ANNOTATION, "{}"))
     except (ValueError, AttributeError):
         return {}
     return record if isinstance(record, dict) else {}
@@ -136,7 +137,7 @@ def healthy_annotation(cm: Any, deployment: str, name: str, add: str | None = No
 def switch_mark(cm: Any) -> dict[str, Any]:
     """The last switch as recorded on the ConfigMap: from, to, run, image (empty if none)."""
     try:
-        mark = json.loads((cm.metadata.annotations or {}).get(SWITCH_ANNOTATION, "{}"))
+        mark = jsonable.loads((cm.metadata.annotations or {}).get(SWITCH_ANNOTATION, "{}"))
     except (ValueError, AttributeError):
         return {}
     return mark if isinstance(mark, dict) else {}
@@ -145,7 +146,7 @@ def switch_mark(cm: Any) -> dict[str, Any]:
 def scaled_down(cm: Any) -> dict[str, int]:
     """Deployments this module scaled to 0 after a promotion, with the replicas they had."""
     try:
-        record = json.loads((cm.metadata.annotations or {}).get(SCALED_ANNOTATION, "{}"))
+        record = jsonable.loads((cm.metadata.annotations or {}).get(SCALED_ANNOTATION, "{}"))
     except (ValueError, AttributeError):
         return {}
     if not isinstance(record, dict):

@@ -12,12 +12,12 @@ run does."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from engine.errors import ConnectionFailed, ModuleError, ReadOnlyViolation
+from engine.model import jsonable
 from engine.module import ApplyContext, PlanContext, require_apply
 from engine.secrets import SCRUBBER
 
@@ -26,7 +26,7 @@ __all__ = ["KubeReader", "Kube", "Conflict", "Forbidden", "api_message", "regist
 
 def api_message(exc: Any) -> str:
     try:
-        body = json.loads(exc.body or "{}")
+        body = jsonable.loads(exc.body or "{}")
         return body.get("message") or exc.reason or str(exc.status)
     except (TypeError, ValueError):
         return str(exc.reason or exc.status)

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from engine.model import jsonable
+
 __all__ = [
     "Entry",
     "local_manifest",
@@ -70,7 +72,7 @@ class DigestCache:
         if path:
             try:
                 with open(path, encoding="utf-8") as fh:
-                    data = json.load(fh)
+                    data = jsonable.loads(fh.read())
                 if isinstance(data, dict):
                     self.entries = data
             except (OSError, ValueError):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.model import jsonable
 from engine.record.state import open_store, state_url
 from engine.record.state.s3store import Precondition
 
@@ -38,7 +39,7 @@ def pin_sources(state: str, state_dir: str, run_id: str, digests: Mapping[str, A
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        return dict(json.loads(path.read_text() or "{}"))
+        return dict(jsonable.loads(path.read_text() or "{}"))
     with os.fdopen(fd, "w") as f:
         json.dump(dict(digests), f, sort_keys=True)
     return dict(digests)

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from engine.errors import PlaybookError
+from engine.model import jsonable
 
 __all__ = ["StateError", "Precondition", "StateUrl", "parse_state_url", "S3Store", "backoff"]
 
@@ -146,7 +147,7 @@ class S3Store:
             return None
         body = resp["Body"].read()
         try:
-            return json.loads(body), str(resp["ETag"])
+            return jsonable.loads(body), str(resp["ETag"])
         except ValueError:
             raise StateError(
                 f"state backend {self.where(name)}: not JSON (damaged, or not written by playbook)"
