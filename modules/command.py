@@ -53,8 +53,8 @@ class Command:
     summary: ClassVar[str] = "run a command (argv or shell), guarded by creates/removes/unless"
     outputs: ClassVar[dict[str, str]] = {
         "rc": output("exit code", int),
-        "stdout": output("standard output", str),
-        "stderr": output("standard error", str),
+        "stdout": output("standard output (its first 64 MiB)", str),
+        "stderr": output("standard error (its first 64 MiB)", str),
     }
     controller_only: ClassVar[bool] = False
     examples: ClassVar[str] = """\
@@ -116,4 +116,7 @@ class Command:
         if res.rc not in args.ok_rc:
             tail = (res.err.strip() or res.out.strip())[-2000:]
             raise ModuleError(f"command exited {res.rc}: {_describe(args)}" + (f"\n{tail}" if tail else ""))
-        return {"rc": res.rc, "stdout": res.out, "stderr": res.err}
+        err = res.err
+        if res.dropped:  # past MAX_OUTPUT per stream: read and not kept (engine/connection/base.py)
+            err += f"\n[playbook: {res.dropped} more bytes of output were not kept]\n"
+        return {"rc": res.rc, "stdout": res.out, "stderr": err}

@@ -10,16 +10,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["CommandResult", "Connection", "ReadOnly"]
+__all__ = ["MAX_OUTPUT", "CommandResult", "Connection", "ReadOnly"]
+
+MAX_OUTPUT = 64 * 1024 * 1024
+"""The most of a command's stdout, and of its stderr, that a connection keeps, in bytes: the rest
+is read and dropped (`CommandResult.dropped`), so a command that prints without end (`yes`,
+a `journalctl -f`) cannot fill the controller's memory. A probe's listing of ~600,000 files fits."""
 
 
 @dataclass(frozen=True)
 class CommandResult:
-    """Exit status and output of one command."""
+    """Exit status and output of one command; `dropped`: bytes of output past `MAX_OUTPUT`."""
 
     rc: int
     stdout: bytes = b""
     stderr: bytes = b""
+    dropped: int = 0
 
     @property
     def ok(self) -> bool:

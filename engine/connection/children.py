@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -144,10 +145,12 @@ def run(
     cwd: str | None = None,
     text: bool = False,
     stdin: int | None = None,
+    keep: int | None = None,
 ) -> subprocess.CompletedProcess[Any]:
     """`subprocess.run(capture_output=True)` through `popen`. On timeout the child's whole group
     is killed (not just the child: `sh -c 'sleep 9'` leaves no `sleep` behind) and
-    `subprocess.TimeoutExpired` raised."""
+    `subprocess.TimeoutExpired` raised. `keep` (bytes, not with `text`): at most this much of
+    each output stream is kept, the rest read and dropped; the result's `dropped` counts it."""
     proc = popen(
         list(argv),
         stdin=subprocess.PIPE if input is not None else (stdin if stdin is not None else subprocess.DEVNULL),
@@ -157,14 +160,63 @@ def run(
         cwd=cwd,
         text=text,
     )
+    dropped = 0
     try:
-        out, err = proc.communicate(input, timeout=timeout)
+        if keep is None or text:
+            out, err = proc.communicate(input, timeout=timeout)
+        else:
+            out, err, dropped = _communicate_bounded(proc, input, timeout, keep)
     except BaseException:  # a timeout, or an abort while it ran
         kill_group(proc)
         raise
     finally:
         forget(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    done.dropped = dropped  # type: ignore[attr-defined]
+    return done
+
+
+def _communicate_bounded(
+    proc: subprocess.Popen[Any], data: bytes | str | None, timeout: float | None, keep: int
+) -> tuple[bytes, bytes, int]:
+    """`proc.communicate(data, timeout)` keeping at most `keep` bytes of stdout and of stderr:
+    the rest is read and counted, so a child that prints without end costs no memory."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    kept, dropped = [bytearray(), bytearray()], [0, 0]
+
+    def drain(i: int, stream: Any) -> None:
+        fd = stream.fileno()
+        while chunk := os.read(fd, 65536):
+            room = keep - len(kept[i])
+            if room > 0:
+                kept[i] += chunk[:room]
+            dropped[i] += len(chunk) - max(0, min(room, len(chunk)))
+
+    def feed() -> None:
+        try:
+            if data:
+                proc.stdin.write(data.encode() if isinstance(data, str) else data)  # type: ignore[union-attr]
+        except OSError:  # the child exited without reading it all
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # type: ignore[union-attr]
+
+    threads = [
+        threading.Thread(target=drain, args=(i, s), daemon=True) for i, s in enumerate((proc.stdout, proc.stderr))
+    ]
+    if proc.stdin is not None:
+        threads.append(threading.Thread(target=feed, daemon=True))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+    proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    for stream in (proc.stdout, proc.stderr):
+        stream.close()  # type: ignore[union-attr]
+    return bytes(kept[0]), bytes(kept[1]), dropped[0] + dropped[1]
 
 
 def _kill_group(proc: subprocess.Popen[Any]) -> None:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 from engine.connection import children
-from engine.connection.base import CommandResult
+from engine.connection.base import MAX_OUTPUT, CommandResult
 from engine.errors import CommandTimeout
 
 __all__ = ["LocalConnection"]
@@ -50,7 +50,7 @@ class LocalConnection:
             full_env.update(env)
         try:
             proc = children.run(  # its own session: a terminal's Ctrl-C is for playbook alone
-                args, input=stdin if stdin is not None else b"", timeout=timeout, env=full_env, cwd=cwd
+                args, input=stdin if stdin is not None else b"", timeout=timeout, env=full_env, cwd=cwd, keep=MAX_OUTPUT
             )
         except subprocess.TimeoutExpired as exc:
             raise CommandTimeout(f"command timed out after {timeout:g}s: {args[0]}", path=self.host) from exc
@@ -58,7 +58,7 @@ class LocalConnection:
             return CommandResult(127, b"", f"{args[0]}: command not found\n".encode())
         except NotADirectoryError:
             return CommandResult(1, b"", f"{cwd}: not a directory\n".encode())
-        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr, getattr(proc, "dropped", 0))
 
     def put(self, path: str, data: bytes, *, mode: int | None = None) -> None:
         directory = os.path.dirname(path) or "."

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from engine.connection._paramiko import paramiko
-from engine.connection.base import CommandResult
+from engine.connection.base import MAX_OUTPUT, CommandResult
 from engine.connection.keys import KnownHosts, host_key_names, load_private_key
 from engine.connection.tcp import open_tcp
 from engine.errors import CommandTimeout, ConnectionFailed, HostKeyError, ModuleError
@@ -391,6 +391,7 @@ class SSHConnection:
             in_thread.start()
 
         out, err = bytearray(), bytearray()
+        dropped = 0
         open_streams = [(chan.recv, chan.recv_ready, out), (chan.recv_stderr, chan.recv_stderr_ready, err)]
         try:
             while open_streams:
@@ -403,7 +404,9 @@ class SSHConnection:
                     data = recv(_READ_CHUNK)  # what is buffered, or b"" at the end: never blocks
                     progressed = True
                     if data:
-                        sink += data
+                        room = MAX_OUTPUT - len(sink)
+                        sink += data[:room] if room > 0 else b""
+                        dropped += max(0, len(data) - max(room, 0))
                     else:
                         open_streams.remove(stream)
                 # a read that empties its buffer clears `ready`: wait only after reading nothing
@@ -427,7 +430,7 @@ class SSHConnection:
             rc = 255
         if in_thread is not None:
             in_thread.join(1.0)
-        return CommandResult(rc, bytes(out), bytes(err))
+        return CommandResult(rc, bytes(out), bytes(err), dropped)
 
     # -- files -----------------------------------------------------------------------------
 

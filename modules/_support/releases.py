@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.connection.base import CommandResult, Connection
+from engine.connection.base import MAX_OUTPUT, CommandResult, Connection
 from engine.errors import ModuleError
 from modules._support.manifest import FIND_PRINTF, FIND_PRINTF_IDS, Entry, parse_find, parse_sha256sums
 
@@ -313,6 +313,8 @@ def parse_probe(dest: str, result: CommandResult, *, releases: bool, host: str =
     if result.rc != 0:
         tail = result.err.strip()[-500:] or f"exit status {result.rc}"
         raise ModuleError(f"cannot read the tree under {dest}: {tail}", path=host)
+    if result.dropped:  # a listing cut at MAX_OUTPUT would read as missing files
+        raise ModuleError(f"cannot read the tree under {dest}: its listing is over {MAX_OUTPUT} bytes", path=host)
     tokens = result.stdout.split(b"\0")
     i = 0
     current: str | None = None

@@ -96,6 +96,20 @@ def test_five_megabytes_out_and_err_without_deadlock(conn):
     assert len(res.stderr) == 3 * 1024 * 1024 and set(res.stderr) == {ord("e")}
 
 
+def test_output_past_the_limit_is_read_and_dropped(conn, monkeypatch):
+    from engine.connection import ssh
+
+    monkeypatch.setattr(ssh, "MAX_OUTPUT", 1024 * 1024)  # 64 MiB in use; 1 MiB keeps the test quick
+    res = conn.run(
+        ["sh", "-c", "head -c 5242880 /dev/zero | tr '\\0' a; head -c 3145728 /dev/zero | tr '\\0' e >&2"],
+        timeout=60,
+    )
+    assert res.rc == 0
+    assert res.stdout == b"a" * 1024 * 1024 and res.stderr == b"e" * 1024 * 1024
+    assert res.dropped == 6 * 1024 * 1024
+    assert conn.run(["echo", "next"]).stdout == b"next\n"  # the connection is still usable
+
+
 def test_large_stdin_while_output_flows_does_not_deadlock(conn):
     data = os.urandom(5 * 1024 * 1024)
     res = conn.run(["cat"], stdin=data, timeout=30)

@@ -83,3 +83,18 @@ def test_the_full_listing_names_owners_only_when_asked(tmp_path):
     assert owner(False) == f"::{st.st_uid}:{st.st_gid}"
     names = f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
     assert owner(True) == f"{names}:{st.st_uid}:{st.st_gid}"
+
+
+def test_a_listing_cut_at_the_output_limit_is_an_error_not_missing_files(tmp_path, monkeypatch):
+    import pytest
+
+    from engine.connection import local
+    from engine.errors import ModuleError
+
+    _make(tmp_path / "dest", {f"f{i}.txt": "x" for i in range(200)})
+    monkeypatch.setattr(local, "MAX_OUTPUT", 1000)  # 200 entries list in more than 1000 bytes
+    argv = rel.probe_argv(str(tmp_path / "dest"), releases=False, checksum=False)
+    res = LocalConnection().run(argv)
+    assert res.dropped > 0
+    with pytest.raises(ModuleError, match="its listing is over"):
+        rel.parse_probe(str(tmp_path / "dest"), res, releases=False)
