@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from engine.connection import children
 from engine.connection.base import MAX_OUTPUT, CommandResult
-from engine.errors import CommandTimeout
+from engine.errors import CommandTimeout, ModuleError
 
 __all__ = ["LocalConnection"]
 
@@ -77,9 +77,12 @@ class LocalConnection:
     def get(self, path: str) -> bytes | None:
         try:
             with open(path, "rb") as fh:
-                return fh.read()
+                data = fh.read(MAX_OUTPUT + 1)  # /dev/zero, or a file that grows, ends here
         except FileNotFoundError:
             return None
+        if len(data) > MAX_OUTPUT:
+            raise ModuleError(f"cannot read {path}: it is over {MAX_OUTPUT} bytes", path=self.host)
+        return data
 
     def close(self) -> None:
         return None

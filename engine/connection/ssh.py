@@ -312,14 +312,16 @@ class SSHConnection:
         command = build_command(argv, env=env, cwd=cwd, shell=shell)
         return self._exec(command, stdin=stdin, timeout=timeout, label=_label(argv))
 
-    def _exec(self, command: str, *, stdin: bytes | None, timeout: float | None, label: str) -> CommandResult:
+    def _exec(
+        self, command: str, *, stdin: bytes | None, timeout: float | None, label: str, whole: bool = False
+    ) -> CommandResult:
         command = _stdin_safe(command, stdin is not None)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._sessions:
             transport = self._live_transport()
             chan = self._open_session(transport)
             try:
-                return self._drive(chan, command, stdin, deadline, timeout, label)
+                return self._drive(chan, command, stdin, deadline, timeout, label, whole)
             finally:
                 _close_quietly(chan)
 
@@ -363,7 +365,12 @@ class SSHConnection:
         deadline: float | None,
         timeout: float | None,
         label: str,
+        whole: bool = False,
     ) -> CommandResult:
+        """Run `command` on `chan` and read its output (see `run`). `whole`: the caller wants all
+        of it or nothing (`get`): past MAX_OUTPUT the channel is closed and the result, with its
+        `dropped` set, is not read further, so an endless `cat` ends."""
+
         def write_stdin() -> None:
             try:
                 if stdin:
@@ -407,6 +414,8 @@ class SSHConnection:
                         room = MAX_OUTPUT - len(sink)
                         sink += data[:room] if room > 0 else b""
                         dropped += max(0, len(data) - max(room, 0))
+                        if dropped and whole:
+                            return CommandResult(-1, bytes(out), bytes(err), dropped)
                     else:
                         open_streams.remove(stream)
                 # a read that empties its buffer clears `ready`: wait only after reading nothing
@@ -448,8 +457,14 @@ class SSHConnection:
     def get(self, path: str) -> bytes | None:
         """The file's bytes, or None when it does not exist (other failures raise ModuleError)."""
         res = self._exec(
-            build_command(["sh", "-c", _GET_SCRIPT, "sh", path]), stdin=None, timeout=None, label=f"get {path}"
+            build_command(["sh", "-c", _GET_SCRIPT, "sh", path]),
+            stdin=None,
+            timeout=None,
+            label=f"get {path}",
+            whole=True,
         )
+        if res.dropped:
+            raise ModuleError(f"cannot read {path}: it is over {MAX_OUTPUT} bytes", path=self.host)
         if res.rc == _GET_MISSING_RC:
             return None
         if res.rc != 0:

@@ -108,6 +108,9 @@ def test_output_past_the_limit_is_read_and_dropped(conn, monkeypatch):
     assert res.stdout == b"a" * 1024 * 1024 and res.stderr == b"e" * 1024 * 1024
     assert res.dropped == 6 * 1024 * 1024
     assert conn.run(["echo", "next"]).stdout == b"next\n"  # the connection is still usable
+    with pytest.raises(ModuleError, match="is over 1048576 bytes"):
+        conn.get("/dev/zero")  # a file is refused whole, never cut, and the endless read stops
+    assert conn.run(["echo", "after"]).stdout == b"after\n"
 
 
 def test_large_stdin_while_output_flows_does_not_deadlock(conn):

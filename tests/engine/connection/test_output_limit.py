@@ -64,3 +64,14 @@ def test_a_run_whose_command_prints_2_gb_stays_bounded(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"[playbook: {2048 * MIB - 64 * MIB} more bytes of output were not kept]" in proc.stdout
+
+
+def test_a_file_over_the_limit_is_refused_not_cut(small_limit, tmp_path: Path):
+    from engine.errors import ModuleError
+
+    (tmp_path / "big").write_bytes(b"x" * (MIB + 1))
+    (tmp_path / "ok").write_bytes(b"x" * MIB)
+    assert LocalConnection().get(str(tmp_path / "ok")) == b"x" * MIB
+    for path in (str(tmp_path / "big"), "/dev/zero"):  # /dev/zero never ends
+        with pytest.raises(ModuleError, match="is over 1048576 bytes"):
+            LocalConnection().get(path)
