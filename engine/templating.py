@@ -23,7 +23,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine import template_budget
-from engine.errors import TemplateError
+from engine.errors import TemplateError, ValidationErrors
 from engine.model.results import UnknownValue
 
 __all__ = [
@@ -409,34 +409,52 @@ def resolve_vars(raw: Mapping[str, Any], base: Mapping[str, Any] | None = None) 
                 raise TemplateError(exc.message, path=f"vars.{name}") from None
         return deps[name]
 
+    broken: set[str] = set()  # failed, or using a var that failed: each error is reported once
+    errors: list[TemplateError] = []
+
     def resolve(start: str) -> None:
         # depth first, without recursion (a chain of vars can be long); `path` is the chain
         # being resolved, a name met again on it is a cycle
         path, on_path = [start], {start}
-        todo = {start: iter(deps_of(start))}
-        while path:
-            name = path[-1]
-            for dep in todo[name]:
-                if dep in done:
-                    continue
-                if dep in on_path:
-                    cycle = " -> ".join(path[path.index(dep) :] + [dep])
-                    raise TemplateError(f"vars reference each other in a cycle: {cycle}")
-                path.append(dep)
-                on_path.add(dep)
-                todo[dep] = iter(deps_of(dep))
-                break
-            else:
-                ctx = dict(plain)
-                ctx.update((d, done[d]) for d in deps_of(name))
-                done[name] = render_value(raw[name], ctx, what=f"vars.{name}")
-                path.pop()
-                on_path.discard(name)
+        try:
+            todo = {start: iter(deps_of(start))}
+            while path:
+                name = path[-1]
+                for dep in todo[name]:
+                    if dep in done:
+                        continue
+                    if dep in broken:
+                        raise _UsesBroken()
+                    if dep in on_path:
+                        cycle = " -> ".join(path[path.index(dep) :] + [dep])
+                        raise TemplateError(f"vars reference each other in a cycle: {cycle}")
+                    path.append(dep)
+                    on_path.add(dep)
+                    todo[dep] = iter(deps_of(dep))
+                    break
+                else:
+                    ctx = dict(plain)
+                    ctx.update((d, done[d]) for d in deps_of(name))
+                    done[name] = render_value(raw[name], ctx, what=f"vars.{name}")
+                    path.pop()
+                    on_path.discard(name)
+        except template_budget.RenderInterrupted:
+            raise
+        except (TemplateError, _UsesBroken) as exc:  # every var on the path uses the one that failed
+            broken.update(path)
+            if isinstance(exc, TemplateError):
+                errors.append(exc)
 
     for key in raw:
-        if key not in done:
+        if key not in done and key not in broken:
             resolve(key)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ValidationErrors(errors)
     return done
+
+
+class _UsesBroken(Exception):
+    """A var needs one whose error is already reported."""
 
 
 def _flatten(value: Any) -> Iterator[Any]:

@@ -57,11 +57,12 @@ def check(
         try:
             contexts_ok[h] = contexts.host(h)
         except PlaybookError as exc:
-            located = _var_error(exc, loaded, h, extra)
-            key = f"{located.location} {located}"
-            if key not in reported:  # a playbook var's mistake is every host's: once
-                reported.add(key)
-                errors.append(located)
+            for one in exc.errors if isinstance(exc, ValidationErrors) else [exc]:
+                located = _var_error(one, loaded, h, extra)
+                key = f"{located.location} {located}"
+                if key not in reported:  # a playbook var's mistake is every host's: once
+                    reported.add(key)
+                    errors.append(located)
     missing, bad = output_errors(pb, recorded)
     errors.extend(missing)
     steps_ns, sources_ns = output_namespaces(pb, recorded)

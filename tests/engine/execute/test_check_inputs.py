@@ -111,6 +111,19 @@ def test_a_var_that_is_not_a_template_is_located_at_the_var_once(tmp_path, inven
     assert f"{pb}:4:3 vars.p: {message}" in errors[0]
 
 
+def test_every_broken_var_is_reported_once_and_not_the_vars_that_use_it(tmp_path, inventory, capsys):
+    # only the first was reported: fixing it showed the next one, run after run
+    text = '\n  p: "{{ ( }}"\n  q: "{{ nope }}"\n  r: "{{ p }}/x"\n  s: "{{ q ~ r }}"\n  t: fine'
+    pb = _marker_playbook(tmp_path, tmp_path / "t", text.replace("\n", "\n        "))
+    code = main(["validate", str(pb), "-i", str(inventory)])
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2, err
+    assert f"{pb}:4:3 vars.p: template syntax error" in errors[0]
+    assert f"{pb}:5:3 vars.q: undefined variable: 'nope'" in errors[1]
+
+
 def test_a_chain_of_5000_vars_resolves(tmp_path, inventory, capsys):
     chain = "".join(f'\n  v{i}: "{{{{ v{i + 1} }}}}"' for i in range(5000)) + "\n  v5000: end"
     pb = _marker_playbook(tmp_path, tmp_path / "t", chain.replace("\n", "\n        "))
