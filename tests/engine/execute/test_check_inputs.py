@@ -52,6 +52,15 @@ def _marker_playbook(tmp_path: Path, marker: Path, vars_: str = "{}") -> Path:
     )
 
 
+def _vars_errors(tmp_path: Path, inventory: Path, capsys, lines: str) -> tuple[Path, list[str]]:
+    """`validate` a playbook whose `vars:` are `lines` (one var per line): its path and error lines."""
+    pb = _marker_playbook(tmp_path, tmp_path / "t", ("\n" + lines).replace("\n", "\n          "))
+    code = main(["validate", str(pb), "-i", str(inventory)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    return pb, [ln for ln in err.splitlines() if ln.startswith("error:")]
+
+
 @pytest.mark.parametrize("bad", ["a/b", "..", "rel 1", "../x", ".", "", "v1;x", "a..b"])
 @pytest.mark.parametrize("command", ["plan", "run"])
 def test_a_release_id_that_is_not_a_plain_name_is_refused(tmp_path, inventory, capsys, bad, command):
@@ -75,12 +84,8 @@ def test_a_plain_release_id_is_used(tmp_path, inventory, capsys):
 
 
 def test_a_cycle_in_playbook_vars_is_located_at_the_var_once(tmp_path, inventory, capsys):
-    pb = _marker_playbook(tmp_path, tmp_path / "t", '\n  p: "{{ q }}"\n  q: "{{ p }}"'.replace("\n", "\n        "))
-    code = main(["validate", str(pb), "-i", str(inventory)])
-    err = capsys.readouterr().err
-    assert code == 1
-    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, err
+    pb, errors = _vars_errors(tmp_path, inventory, capsys, 'p: "{{ q }}"\nq: "{{ p }}"')
+    assert len(errors) == 1, errors
     assert f"{pb}:4:3 vars.p" in errors[0] and "cycle: p -> q -> p" in errors[0]
 
 
@@ -102,24 +107,16 @@ def test_a_cycle_in_host_vars_is_located_at_the_host(tmp_path, inventory, capsys
 )
 def test_a_var_that_is_not_a_template_is_located_at_the_var_once(tmp_path, inventory, capsys, value, message):
     # it said "error: host a: : template syntax error ..." without a file, or "internal error: RecursionError"
-    pb = _marker_playbook(tmp_path, tmp_path / "t", f"\n  p: {value}".replace("\n", "\n        "))
-    code = main(["validate", str(pb), "-i", str(inventory)])
-    err = capsys.readouterr().err
-    assert code == 1
-    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, err
+    pb, errors = _vars_errors(tmp_path, inventory, capsys, f"p: {value}")
+    assert len(errors) == 1, errors
     assert f"{pb}:4:3 vars.p: {message}" in errors[0]
 
 
 def test_every_broken_var_is_reported_once_and_not_the_vars_that_use_it(tmp_path, inventory, capsys):
     # only the first was reported: fixing it showed the next one, run after run
-    text = '\n  p: "{{ ( }}"\n  q: "{{ nope }}"\n  r: "{{ p }}/x"\n  s: "{{ q ~ r }}"\n  t: fine'
-    pb = _marker_playbook(tmp_path, tmp_path / "t", text.replace("\n", "\n        "))
-    code = main(["validate", str(pb), "-i", str(inventory)])
-    err = capsys.readouterr().err
-    assert code == 1
-    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 2, err
+    text = 'p: "{{ ( }}"\nq: "{{ nope }}"\nr: "{{ p }}/x"\ns: "{{ q ~ r }}"\nt: fine'
+    pb, errors = _vars_errors(tmp_path, inventory, capsys, text)
+    assert len(errors) == 2, errors
     assert f"{pb}:4:3 vars.p: template syntax error" in errors[0]
     assert f"{pb}:5:3 vars.q: undefined variable: 'nope'" in errors[1]
 
