@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RANKS: list[list[str]] = [
     ["engine.errors", "engine.secrets", "engine.workers"],
     ["engine.model"],
-    ["engine.yamlio", "engine.templating", "engine.template_budget", "engine.connection"],
+    ["engine.yamlio", "engine.templating", "engine.template_filters", "engine.template_budget", "engine.connection"],
     ["engine.module", "engine.argschema"],
     ["engine.load", "engine.record", "engine.report"],
     ["engine.execute"],
